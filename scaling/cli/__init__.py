@@ -1,0 +1,1 @@
+"""The `scaling` command line: app.py assembles one module per command group."""

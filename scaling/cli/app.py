@@ -1,0 +1,43 @@
+"""The `scaling` application: only assembles the command modules.
+
+Commands import torch, MLflow and Ray lazily inside their bodies so `scaling --help`
+stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from scaling.cli import plan as plan_cmd
+from scaling.cli.errors import run_guarded
+
+app = typer.Typer(
+    name="scaling",
+    help="Plan, run and analyse scaling studies of SimCLR against supervised training.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """Plan, run and analyse scaling studies of SimCLR against supervised training."""
+    if version:
+        from scaling import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+app.command("plan")(plan_cmd.plan)
+
+
+def main() -> None:
+    run_guarded(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Loading YAML into strict pydantic models with one-line, actionable errors.
+
+Shared by sweep specs and cluster profiles: unknown keys are answered with the list
+of valid ones, type errors with the key path and what is allowed, and `--set`
+overrides are applied to the raw mapping before validation so they are checked too.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from scaling.errors import SpecError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a SpecError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError("file not found", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"invalid YAML: {where}{problem}", file=str(path)) from None
+    if data is None:
+        raise SpecError("the file is empty; expected a mapping of keys", file=str(path))
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping of keys, got {type(data).__name__}", file=str(path))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], file: str) -> dict[str, Any]:
+    """Apply `key.path=value` overrides (value parsed as YAML) to a nested mapping."""
+    data = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set expects key.path=value, got {item!r}", file=file)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(f"cannot set inside a {type(child).__name__}", file=file, key=key)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def submodel(annotation: Any) -> type[StrictModel] | None:
+    """The StrictModel inside an annotation such as `Model | None`, if any."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for cand in candidates:
+        if isinstance(cand, type) and issubclass(cand, StrictModel):
+            return cand
+    return None
+
+
+def check_keys(data: Mapping[str, Any], model: type[StrictModel], file: str, prefix: str = "") -> None:
+    """Reject unknown keys anywhere in `data`, listing the valid ones."""
+    fields = model.model_fields
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise SpecError(f"unknown key {key!r}; valid keys: {valid}", file=file, key=path)
+        sub = submodel(fields[key].annotation)
+        if sub is not None and isinstance(value, Mapping):
+            check_keys(value, sub, file, prefix=f"{path}.")
+
+
+def validate(model: type[StrictModel], data: Mapping[str, Any], file: str, prefix: str = "") -> Any:
+    """`model.model_validate(data)` with the first error as a one-line SpecError."""
+    check_keys(data, model, file, prefix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, file, prefix) from None
+
+
+def validation_error(exc: ValidationError, file: str, prefix: str = "") -> SpecError:
+    """The first pydantic error as a SpecError naming the key and what is allowed."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"] if not _is_union_branch(p)]
+    key = prefix + ".".join(loc) if loc else prefix.rstrip(".") or None
+    msg = err["msg"]
+    if err["type"] == "literal_error":
+        msg = "must be " + msg.removeprefix("Input should be ")
+    elif msg.startswith("Input should be"):
+        msg = "must be" + msg.removeprefix("Input should be")
+    elif err["type"] == "missing":
+        msg = "is required"
+    value = err.get("input")
+    if err["type"] != "missing" and not isinstance(value, (dict, list)):
+        msg = f"{msg} (got {value!r})"
+    return SpecError(msg, file=file, key=key)
+
+
+def _is_union_branch(part: Any) -> bool:
+    # pydantic puts the tried branch of a union into the location ("int", "list[int]",
+    # "literal['sqrt','linear']", "function-after[...]"); the user wrote only the key.
+    return isinstance(part, str) and (
+        "[" in part or part in {"int", "float", "str", "bool", "none", "list"}
+    )

@@ -1,0 +1,241 @@
+"""The plan: every run of a sweep with its layout, memory and cost, before launch.
+
+One row per run. The cost of each distinct architecture is computed once on the meta
+device (scaling.costs) and shared by every run that uses it, so a 100,000-run grid
+plans in about a second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from scaling.cluster import ClusterProfile
+from scaling.errors import SpecError
+from scaling.layout import Layout, derive, test_size, train_size
+from scaling.methods import get_method
+from scaling.spec import RunSpec, Sweep
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """The resolved device of one run: what the planner sizes micro-batches for."""
+
+    device: str
+    name: str
+    memory_gb: float
+    peak_tflops: float
+    utilization: float
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    spec: RunSpec
+    layout: Layout | None
+    encoder_params: int
+    flops_per_image: int
+    peak_memory_gb: float
+    gpu_hours: float
+    feasible: bool
+    reason: str
+
+    def row(self) -> dict[str, Any]:
+        spec = self.spec
+        n_train = train_size(spec.dataset) or 0
+        layout = self.layout
+        lr = derive(spec.config, layout, n_train).lr if layout else float("nan")
+        row = spec.flat()
+        row.update(
+            lr=lr,
+            micro_batch=layout.micro_batch if layout else 0,
+            accum_steps=layout.accum_steps if layout else 0,
+            gpus=layout.gpus if layout else 0,
+            nodes=layout.nodes if layout else 0,
+            encoder_params=self.encoder_params,
+            flops_per_image=self.flops_per_image,
+            peak_memory_gb=self.peak_memory_gb,
+            gpu_hours=self.gpu_hours,
+            feasible=self.feasible,
+            reason=self.reason,
+        )
+        return row
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep: Sweep
+    profile: ClusterProfile
+    accelerator: Accelerator
+    runs: tuple[PlannedRun, ...]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.row() for r in self.runs]
+
+    def table(self) -> Any:
+        """The plan as a pyarrow Table (columns: spec fields, layout, cost)."""
+        import pyarrow as pa
+
+        rows = self.rows()
+        columns: dict[str, list[Any]] = {}
+        for row in rows:  # union of keys: methods contribute their own columns
+            for key in row:
+                columns.setdefault(key, [])
+        for row in rows:
+            for key, values in columns.items():
+                values.append(row.get(key))
+        return pa.table({k: _arrow_column(v) for k, v in columns.items()})
+
+
+def _arrow_column(values: list[Any]) -> Any:
+    import pyarrow as pa
+
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int, float} and float in kinds:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if len(kinds) > 1:  # e.g. lr_rule: "sqrt" in one run, 0.5 in another
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.array(values)
+
+
+def resolve_accelerator(profile: ClusterProfile) -> Accelerator:
+    """Fill the profile's null accelerator fields from this machine (local backend)."""
+    acc = profile.accelerator
+    device = profile.device
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    name, memory_gb, peak = acc.name, acc.memory_gb, acc.peak_tflops
+    if device == "cuda" and _cuda_available() and (memory_gb is None or name is None):
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        name = name or props.name
+        memory_gb = memory_gb or props.total_memory / GB
+    if device == "cpu":
+        from scaling.cluster import total_memory_gb
+
+        name = name or f"cpu ({os.cpu_count()} cores)"
+        memory_gb = memory_gb or total_memory_gb() / profile.max_parallel
+        peak = peak or _cpu_tflops() / profile.max_parallel
+    if memory_gb is None or peak is None:
+        raise SpecError(
+            "accelerator.memory_gb and accelerator.peak_tflops are needed for a "
+            f"{device} device that this machine cannot measure; set them in the cluster profile",
+            key="accelerator",
+        )
+    return Accelerator(device, name or device, float(memory_gb), float(peak), acc.utilization)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _cpu_tflops() -> float:
+    """Measured fp32 matmul throughput of this CPU (a ~0.1 s calibration)."""
+    import torch
+
+    a = torch.randn(512, 512)
+    a @ a  # warm-up
+    reps, start = 8, time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    seconds = time.perf_counter() - start
+    return 2 * 512**3 * reps / seconds / 1e12
+
+
+def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None) -> Plan:
+    """Lay out and cost every run of `sweep` on `profile`'s hardware."""
+    from scaling import costs
+
+    acc = accelerator or resolve_accelerator(profile)
+    gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
+    memory_bytes = int(acc.memory_gb * GB)
+    throughput = acc.peak_tflops * 1e12 * acc.utilization
+    planned = []
+    for spec in sweep.runs:
+        info = get_method(spec.method)
+        batch = int(spec.config["batch_size"])
+        if batch % gpus:
+            raise SpecError(
+                f"batch {batch} is not divisible by gpus_per_run={gpus} of the cluster profile; "
+                "use a multiple of it",
+                file=sweep.path,
+                key=f"methods.{spec.method}.batch_size",
+            )
+        cost = costs.arch_cost(
+            spec.method,
+            spec.model["depth"],
+            spec.model["width"],
+            spec.model["stem"],
+            spec.model["depth_multiplier"],
+            spec.dataset["image_size"],
+            spec.config.get("projection_dim", 128),
+            _num_classes(spec),
+        )
+        max_micro = costs.max_micro_batch(cost, memory_bytes, info.views)
+        layout_mb = costs.choose_layout(batch, gpus, max_micro)
+        layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes) if layout_mb else None
+        n_train = train_size(spec.dataset)
+        reason = ""
+        if layout is None:
+            need = costs.peak_memory_bytes(cost, 1, info.views) / GB
+            reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
+        elif n_train is not None and batch > n_train:
+            reason = f"batch {batch} exceeds the {n_train} training images"
+        micro = layout.micro_batch if layout else 1
+        cached = info.cached_accumulation and layout is not None and layout.accum_steps > 1
+        train_flops = costs.train_flops(
+            cost.flops_per_image, n_train or 0, int(spec.config["epochs"]), info.views, cached
+        )
+        eval_flops = cost.flops_per_image * ((n_train or 0) + (test_size(spec.dataset) or 0))
+        planned.append(
+            PlannedRun(
+                spec=spec,
+                layout=layout,
+                encoder_params=cost.encoder_params,
+                flops_per_image=cost.flops_per_image,
+                peak_memory_gb=costs.peak_memory_bytes(cost, micro, info.views) / GB,
+                gpu_hours=(train_flops + eval_flops) / throughput / 3600 if n_train else math.nan,
+                feasible=not reason,
+                reason=reason,
+            )
+        )
+    return Plan(sweep, profile, acc, tuple(planned))
+
+
+def _num_classes(spec: RunSpec) -> int:
+    from scaling.data_info import num_classes
+
+    return num_classes(spec.dataset)
+
+
+def totals(plan: Plan) -> dict[str, Any]:
+    """Runs per method, GPU-hours, infeasible runs and why: the plan's last lines."""
+    per_method: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    hours = 0.0
+    for run in plan.runs:
+        per_method[run.spec.method] = per_method.get(run.spec.method, 0) + 1
+        if run.feasible and not math.isnan(run.gpu_hours):
+            hours += run.gpu_hours
+        if not run.feasible:
+            key = run.reason.split(",")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    return {
+        "runs": len(plan.runs),
+        "per_method": per_method,
+        "gpu_hours": hours,
+        "infeasible": sum(reasons.values()),
+        "reasons": reasons,
+    }
+
+
+def iter_feasible(plan: Plan) -> Iterable[PlannedRun]:
+    return (r for r in plan.runs if r.feasible)

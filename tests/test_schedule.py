@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scaling.layout import Layout, derive
+from scaling.schedule import lr_for_batch, warmup_cosine
+
+
+@pytest.mark.parametrize(
+    ("rule", "batch", "expected"),
+    [
+        ("linear", 256, 0.3),
+        ("linear", 4096, 4.8),  # SimCLR: 0.3 x 4096 / 256
+        ("sqrt", 4096, 4.8),  # 0.075 x 64: the two rules meet at 4096
+        ("sqrt", 256, 1.2),
+        ("sqrt", 64, 0.6),
+        (0.5, 1024, 0.5),
+    ],
+)
+def test_lr_rules(rule: str | float, batch: int, expected: float) -> None:
+    assert lr_for_batch(rule, batch) == pytest.approx(expected)
+
+
+def test_unknown_rule_is_rejected() -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        lr_for_batch("cubic", 256)
+
+
+def test_warmup_then_cosine_to_zero() -> None:
+    base, total, warm = 1.0, 100, 10
+    lrs = [warmup_cosine(s, total, warm, base) for s in range(total)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert warmup_cosine(total, total, warm, base) == pytest.approx(0.0)
+
+
+def test_derive_uses_the_effective_batch() -> None:
+    config = {"batch_size": 512, "epochs": 10, "warmup_epochs": 1, "lr_rule": "linear"}
+    d = derive(config, Layout(micro_batch=64, accum_steps=4, gpus=2), n_train=50_000)
+    assert d.lr == pytest.approx(0.6)  # 0.3 x 512/256, not the micro-batch's 64
+    assert d.steps_per_epoch == 97 and d.total_steps == 970 and d.warmup_steps == 97
+    assert d.per_rank_batch == 256
+    with pytest.raises(ValueError):
+        derive(config, Layout(micro_batch=64, accum_steps=3, gpus=2), n_train=50_000)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.errors import SpecError
+from scaling.spec import RunSpec, load_sweep
+from tests.conftest import REPO, write
+
+BASE = """
+name: t
+dataset: {name: digits, image_size: 16}
+seeds: [0, 1]
+model: {depth: [10, 18], width: [0.25, 0.5, 1.0], stem: cifar}
+methods:
+  simclr:
+    batch_size: [64, 128, 256]
+    epochs: [5, 10]
+    temperature: [0.1, 0.5]
+  supervised:
+    batch_size: 128
+    epochs: 10
+"""
+
+
+def test_expansion_is_method_aware(tmp_path: Path) -> None:
+    sweep = load_sweep(write(tmp_path / "s.yaml", BASE))
+    simclr, supervised = sweep.runs_of("simclr"), sweep.runs_of("supervised")
+    # model axes (2 depths x 3 widths) x 2 seeds x simclr's own axes (3 x 2 x 2)
+    assert len(simclr) == 2 * 3 * 2 * (3 * 2 * 2)
+    # supervised is not multiplied by SimCLR's batch sizes, epochs or temperatures
+    assert len(supervised) == 2 * 3 * 2
+    assert all("temperature" not in r.config for r in supervised)
+    assert sweep.axes["methods.simclr.temperature"] == (0.1, 0.5)
+    assert sweep.axes["model.width"] == (0.25, 0.5, 1.0)
+
+
+def test_nested_eval_field_is_an_axis(tmp_path: Path) -> None:
+    text = BASE.replace("temperature: [0.1, 0.5]", "eval: {epochs: [10, 50]}")
+    sweep = load_sweep(write(tmp_path / "s.yaml", text))
+    assert sweep.axes["methods.simclr.eval.epochs"] == (10, 50)
+    assert {r.config["eval"]["epochs"] for r in sweep.runs_of("simclr")} == {10, 50}
+
+
+def test_run_ids_are_unique_and_stable_across_processes(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", BASE)
+    ids = [r.run_id for r in load_sweep(path).runs]
+    assert len(set(ids)) == len(ids)
+    code = (
+        "import json,sys; from scaling.spec import load_sweep; "
+        "print(json.dumps([r.run_id for r in load_sweep(sys.argv[1]).runs]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert json.loads(out.stdout) == ids
+
+
+def test_run_id_ignores_key_order_sweep_name_and_data_location() -> None:
+    a = RunSpec("supervised", {"name": "digits", "image_size": 16, "root": None}, {"depth": 10, "width": 0.5}, 0, {"epochs": 3, "batch_size": 8}, sweep="a")
+    b = RunSpec("supervised", {"root": "/data", "image_size": 16, "name": "digits"}, {"width": 0.5, "depth": 10}, 0, {"batch_size": 8, "epochs": 3}, sweep="b")
+    assert a.run_id == b.run_id
+    c = RunSpec("supervised", a.dataset, a.model, 0, {"epochs": 4, "batch_size": 8})
+    d = RunSpec("supervised", a.dataset, a.model, 1, a.config)
+    assert len({a.run_id, c.run_id, d.run_id}) == 3
+
+
+def test_width_given_as_int_has_the_same_id_as_float(tmp_path: Path) -> None:
+    one = load_sweep(write(tmp_path / "a.yaml", BASE.replace("[0.25, 0.5, 1.0]", "1")))
+    other = load_sweep(write(tmp_path / "b.yaml", BASE.replace("[0.25, 0.5, 1.0]", "1.0")))
+    assert [r.run_id for r in one.runs] == [r.run_id for r in other.runs]
+
+
+def test_round_trip_through_json(tmp_path: Path) -> None:
+    for run in load_sweep(write(tmp_path / "s.yaml", BASE)).runs[:5]:
+        again = RunSpec.from_dict(json.loads(json.dumps(run.to_dict())))
+        assert again == run and again.run_id == run.run_id
+
+
+def test_from_dict_rejects_a_tampered_run_id(tmp_path: Path) -> None:
+    data = load_sweep(write(tmp_path / "s.yaml", BASE)).runs[0].to_dict()
+    data["config"]["epochs"] = 999
+    with pytest.raises(SpecError, match="does not match"):
+        RunSpec.from_dict(data)
+
+
+def test_overrides_are_validated(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.yaml", BASE)
+    sweep = load_sweep(path, ["methods.simclr.epochs=[1, 2, 3]", "seeds=[7]"])
+    assert sweep.axes["methods.simclr.epochs"] == (1, 2, 3)
+    assert {r.seed for r in sweep.runs} == {7}
+    with pytest.raises(SpecError, match="methods.simclr.epochs"):
+        load_sweep(path, ["methods.simclr.epochs=-1"])
+
+
+@pytest.mark.parametrize("name", ["quickstart", "cifar10_batch_epochs", "imagenet_depth_width"])
+def test_shipped_sweeps_load(name: str) -> None:
+    sweep = load_sweep(REPO / "sweeps" / f"{name}.yaml")
+    assert sweep.runs and sweep.description
+
+
+def test_quickstart_is_a_real_study() -> None:
+    sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml")
+    assert {r.method for r in sweep.runs} == {"simclr", "supervised"}
+    assert len({r.model["width"] for r in sweep.runs}) >= 3
+    assert len({r.config["batch_size"] for r in sweep.runs_of("simclr")}) >= 2
+    assert len({r.config["epochs"] for r in sweep.runs_of("simclr")}) >= 2
