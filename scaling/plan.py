@@ -179,13 +179,19 @@ def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | 
             spec.config.get("projection_dim", 128),
             _num_classes(spec),
         )
-        max_micro = costs.max_micro_batch(cost, memory_bytes, info.views)
+        # Without accumulation both views of the rank's batch hold graphs at once. With
+        # cached accumulation only one chunk of one view does, so chunks can be larger.
+        live_views = info.views
+        max_micro = costs.max_micro_batch(cost, memory_bytes, live_views)
+        if info.cached_accumulation and max_micro < batch // gpus:
+            live_views = 1
+            max_micro = costs.max_micro_batch(cost, memory_bytes, live_views)
         layout_mb = costs.choose_layout(batch, gpus, max_micro)
         layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes) if layout_mb else None
         n_train = train_size(spec.dataset)
         reason = ""
         if layout is None:
-            need = costs.peak_memory_bytes(cost, 1, info.views) / GB
+            need = costs.peak_memory_bytes(cost, 1, live_views) / GB
             reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
@@ -201,7 +207,7 @@ def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | 
                 layout=layout,
                 encoder_params=cost.encoder_params,
                 flops_per_image=cost.flops_per_image,
-                peak_memory_gb=costs.peak_memory_bytes(cost, micro, info.views) / GB,
+                peak_memory_gb=costs.peak_memory_bytes(cost, micro, live_views) / GB,
                 gpu_hours=(train_flops + eval_flops) / throughput / 3600 if n_train else math.nan,
                 feasible=not reason,
                 reason=reason,

@@ -80,14 +80,26 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """What changes the result: everything but the sweep's name and data location."""
-        dataset = {k: v for k, v in self.dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
         return {
             "method": self.method,
-            "dataset": dataset,
+            "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
             "config": dict(self.config),
         }
+
+    @classmethod
+    def _trusted(
+        cls, method: str, dataset: Mapping[str, Any], model: Mapping[str, Any], seed: int,
+        config: Mapping[str, Any], sweep: str, canonical: str,
+    ) -> RunSpec:  # fmt: skip
+        """Build from validated parts whose canonical identity JSON is already known."""
+        spec = object.__new__(cls)
+        for name, value in (("method", method), ("dataset", dataset), ("model", model),
+                            ("seed", seed), ("config", config), ("sweep", sweep)):  # fmt: skip
+            object.__setattr__(spec, name, value)
+        object.__setattr__(spec, "run_id", _hash(canonical))
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,8 +150,23 @@ class RunSpec:
 
 
 def run_id_of(identity: Mapping[str, Any]) -> str:
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return _hash(_canonical(identity))
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _hash(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
+
+
+def _with_json(items: Iterable[dict[str, Any]], part: Any = dict) -> list[tuple[dict[str, Any], str]]:
+    return [(item, _canonical(part(item))) for item in items]
 
 
 @dataclass(frozen=True)
@@ -257,9 +284,19 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         config_model: type[MethodConfig] = METHODS[method].config
         grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
         axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
-        configs = list(grid.expand())
-        for dataset, model, seed in itertools.product(data_grid.expand(), model_grid.expand(), seeds):
-            for config in configs:
-                runs.append(RunSpec(method, dataset, model, seed, config, sweep=top.name))
+        configs = [(c, _canonical(c)) for c in grid.expand()]
+        method_json = _canonical(method)
+        for (dataset, d_json), (model, m_json), seed in itertools.product(
+            _with_json(data_grid.expand(), identity_of_dataset), _with_json(model_grid.expand()), seeds
+        ):
+            for config, c_json in configs:
+                # The identity's canonical JSON assembled from per-part fragments: the
+                # same string json.dumps(sort_keys=True) gives, without re-encoding
+                # every part for each of (possibly) 100,000 runs.
+                canonical = (
+                    f'{{"config":{c_json},"dataset":{d_json},"method":{method_json},'
+                    f'"model":{m_json},"seed":{seed}}}'
+                )
+                runs.append(RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical))
     unique = tuple({r.run_id: r for r in runs}.values())
     return Sweep(top.name, top.description, file, top.tracking, unique, axes)

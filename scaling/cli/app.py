@@ -9,7 +9,8 @@ from __future__ import annotations
 import typer
 
 from scaling.cli import plan as plan_cmd
-from scaling.cli.errors import run_guarded
+from scaling.cli import train as train_cmd
+from scaling.cli.errors import guarded
 
 app = typer.Typer(
     name="scaling",
@@ -32,11 +33,12 @@ def _root(
         raise typer.Exit()
 
 
-app.command("plan")(plan_cmd.plan)
+app.command("plan")(guarded(plan_cmd.plan))
+app.command("train")(guarded(train_cmd.train))
 
 
 def main() -> None:
-    run_guarded(app)
+    app()
 
 
 if __name__ == "__main__":

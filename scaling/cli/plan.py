@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +27,7 @@ def plan(
     set_: SetOpt = None,
     only: OnlyOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv")] = "table",
-    out: Annotated[Optional[Path], typer.Option("--out", help="Also write the plan as Parquet.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the plan as Parquet.")] = None,
 ) -> None:
     """Expand SWEEP into runs and show each one's layout, memory and cost."""
     from scaling.planning import build_plan
@@ -62,7 +62,8 @@ def print_plan(the_plan: Any) -> None:
 
     from scaling.plan import totals
 
-    console = Console()
+    # Piped or in CI, rich would assume 80 columns and squeeze every cell.
+    console = Console(width=None if sys.stdout.isatty() else 220)
     acc = the_plan.accelerator
     table = Table(
         title=f"{the_plan.sweep.name}: {len(the_plan.runs)} runs on {acc.name} "
@@ -70,7 +71,7 @@ def print_plan(the_plan: Any) -> None:
         title_justify="left",
     )
     for col in TABLE_COLUMNS:
-        table.add_column(col, justify="left" if col in ("run_id", "method") else "right")
+        table.add_column(col, justify="left" if col in ("run_id", "method") else "right", no_wrap=True)
     table.add_column("note")
     for row in the_plan.rows():
         cells = [_fmt(col, row.get(col)) for col in TABLE_COLUMNS]

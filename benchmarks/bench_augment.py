@@ -1,0 +1,127 @@
+"""Throughput of the batched SimCLR augmentation against torchvision v2 applied per image.
+
+The usual way to get SimCLR's per-image randomness is a torchvision `v2.Compose` called
+once per image in a Dataset (a batched v2 call draws ONE set of parameters for the whole
+batch). This measures both on the same pipeline (crop 0.08-1, flip, jitter 0.8s p 0.8 in
+random order, grayscale p 0.2, blur p 0.5 from 64 px, normalise), one view per image:
+
+    .venv/bin/python benchmarks/bench_augment.py            # CPU, 2 threads, 32 and 96 px
+    .venv/bin/python benchmarks/bench_augment.py --device cuda
+
+and prints markdown table rows (images/s = augmented views per second) for BENCHMARKS.md.
+The per-image baselines always run on the CPU (where a Dataset runs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torchvision
+from PIL import Image
+from torchvision.transforms import v2
+
+from scaling.augment import SimCLRAugment
+
+
+def per_image_pipeline(aug: SimCLRAugment) -> v2.Compose:
+    """The same pipeline as `aug`, as the torchvision v2 transforms a Dataset would call."""
+    s = aug.color_strength
+    steps: list[torch.nn.Module] = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(
+            aug.image_size, scale=aug.crop_scale, ratio=aug.crop_ratio, antialias=True
+        ),
+        v2.RandomHorizontalFlip(aug.flip_p),
+        v2.RandomApply([v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=aug.jitter_p),
+        v2.RandomGrayscale(aug.gray_p),
+    ]
+    if aug.blur_p > 0:
+        steps.append(
+            v2.RandomApply([v2.GaussianBlur(aug.kernel_size, aug.blur_sigma)], p=aug.blur_p)
+        )
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(aug.mean), list(aug.std))]
+    return v2.Compose(steps)
+
+
+def images_per_second(
+    fn: Callable[[], object], images: int, seconds: float, sync: Callable[[], None]
+) -> float:
+    """Median throughput over repeats filling about `seconds` (after one warm-up call)."""
+    fn()
+    sync()
+    rates: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(rates) < 3:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        rates.append(images / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def bench(size: int, batch: int, device: str, seconds: float) -> dict[str, float]:
+    aug = SimCLRAugment(size)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    on_device = images.to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    batched = images_per_second(lambda: aug(on_device, generator), batch, seconds, sync)
+    compose = per_image_pipeline(aug)
+    n = max(32, batch // 4)  # per-image is slow: time a quarter batch
+    tensor_rate = images_per_second(
+        lambda: [compose(im) for im in images[:n]], n, seconds, lambda: None
+    )
+    pils = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:n]]
+    pil_rate = images_per_second(lambda: [compose(im) for im in pils], n, seconds, lambda: None)
+    return {"batched": batched, "tensor": tensor_rate, "pil": pil_rate}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    machine = f"{cpu_name()}, {args.threads} threads"
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name()}"
+    print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {machine}")
+    print(
+        "| px | batch | batched on "
+        + args.device
+        + " (img/s) | v2 per image, uint8 tensor (img/s) "
+        "| v2 per image, PIL (img/s) | speed-up vs best per image | machine |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for size in args.sizes:
+        r = bench(size, args.batch, args.device, args.seconds)
+        best = max(r["tensor"], r["pil"])
+        print(
+            f"| {size} | {args.batch} | {r['batched']:,.0f} | {r['tensor']:,.0f} | {r['pil']:,.0f} "
+            f"| {r['batched'] / best:.1f}x | {machine} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

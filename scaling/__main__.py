@@ -1,0 +1,3 @@
+from scaling.cli.app import main
+
+main()

@@ -1,0 +1,368 @@
+"""SimCLR's augmentation, batched on the training device, one random draw per image and view.
+
+torchvision.transforms.v2 applied to a batched tensor draws ONE set of parameters for the
+whole batch, so every image gets the same crop and the same colour change: that is not
+SimCLR. Applied per image in a Dataset it is right but slow (a Python call per image and
+op, on CPU workers). Here the parameters are drawn per image as tensors
+(`sample_params`) and applied to the whole batch at once (`apply`):
+
+* random resized crop + horizontal flip: ONE `grid_sample` call. The sampling grid is
+  built per image so that it equals torchvision's crop-then-bilinear-resize exactly when
+  the crop is enlarged (always the case when the stored images are at `image_size`):
+  source coordinates are clamped to the crop box as `interpolate` does. When a crop is
+  shrunk there is no antialiasing (like TF SimCLR's `crop_and_resize`).
+* colour jitter: brightness, contrast and saturation are all torchvision's
+  `blend(x, target, f) = clamp(f x + (1 - f) target)` with target 0, the mean grey level,
+  or the grey image; the four ops run in a random order PER IMAGE (as the paper and
+  torchvision's ColorJitter), by a loop over the 4 positions with per-image op codes.
+  Hue (RGB -> HSV -> RGB) runs only on the images whose op at that position is hue
+  (a `nonzero`, i.e. one host sync per position on CUDA).
+* grayscale and Gaussian blur: per-image masks; blur is a separable depthwise conv with
+  per-image kernels (a delta kernel for images not blurred) and reflect padding.
+
+Everything is computed in float32 on [0, 1] (torchvision's uint8 path rounds after every
+op; this does not), then normalised with `mean`/`std` (default 0.5/0.5, i.e. [-1, 1]).
+Reproducible: the same generator state gives the same output; the number of draws does
+not depend on the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
+CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop: 10 tries, then a centre crop
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op codes in AugmentParams.order
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Everything random about one view of a batch of N images, as tensors."""
+
+    boxes: Tensor  # (N, 4) int64: top, left, height, width of the crop, input pixels
+    flip: Tensor  # (N,) bool: horizontal flip
+    jitter: Tensor  # (N,) bool: colour jitter applied
+    factors: Tensor  # (N, 4) float32: brightness, contrast, saturation, hue factors
+    order: Tensor  # (N, 4) int64: op code applied at each position (a permutation of 0..3)
+    gray: Tensor  # (N,) bool: converted to grayscale
+    blur: Tensor  # (N,) bool: Gaussian blur applied
+    sigma: Tensor  # (N,) float32: blur standard deviation in pixels
+
+    def __len__(self) -> int:
+        return self.flip.shape[0]
+
+    def slice(self, start: int, stop: int) -> AugmentParams:
+        """The parameters of images start..stop-1."""
+        return AugmentParams(*(t[start:stop] for t in astuple_shallow(self)))
+
+    def to(self, device: torch.device | str) -> AugmentParams:
+        return AugmentParams(*(t.to(device) for t in astuple_shallow(self)))
+
+
+def astuple_shallow(p: AugmentParams) -> tuple[Tensor, ...]:
+    """The fields in order, without dataclasses.astuple's deep copy."""
+    return tuple(getattr(p, f.name) for f in fields(p))
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """Odd kernel of ~10% of the side, as the official SimCLR code (23 at 224, 9 at 96)."""
+    return 2 * ((image_size // 10) // 2) + 1
+
+
+class SimCLRAugment:
+    """The paper's pipeline (Appendix A): crop 0.08-1, flip, jitter, grayscale, blur.
+
+    Colour jitter is ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) applied with p 0.8, s =
+    `color_strength` (the paper uses 1.0 on ImageNet, 0.5 on CIFAR-10). Blur (p 0.5,
+    sigma 0.1-2.0) defaults to on for images of 64 px and more; the paper drops it on CIFAR.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        color_strength: float = 0.5,
+        blur: bool | None = None,
+        *,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+    ) -> None:
+        if image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        if not 0.0 <= color_strength <= 2.5:  # hue factor 0.2 s must stay within 0.5 of a turn
+            raise ValueError(f"color_strength must be in [0, 2.5], got {color_strength}")
+        self.image_size = image_size
+        self.color_strength = color_strength
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
+        self.flip_p, self.jitter_p, self.gray_p = flip_p, jitter_p, gray_p
+        self.blur_p = blur_p if (image_size >= 64 if blur is None else blur) else 0.0
+        self.blur_sigma = blur_sigma
+        self.kernel_size = blur_kernel_size(image_size)
+        s = 0.8 * color_strength
+        # (low, high) of each factor, as torchvision's ColorJitter: [max(0, 1 - s), 1 + s].
+        self.factor_ranges = ((max(0.0, 1 - s), 1 + s),) * 3 + (
+            (-0.2 * color_strength, 0.2 * color_strength),
+        )
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    def sample_params(
+        self, n: int, height: int, width: int, generator: torch.Generator
+    ) -> AugmentParams:
+        """Draw the parameters of one view of `n` images of `height` x `width` pixels."""
+        dev = generator.device
+
+        def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
+            return torch.rand(*shape, generator=generator, device=dev) * (high - low) + low
+
+        boxes = _sample_boxes(n, height, width, self.crop_scale, self.crop_ratio, uniform)
+        flip = uniform(n) < self.flip_p
+        jitter = uniform(n) < self.jitter_p
+        lows = torch.tensor([r[0] for r in self.factor_ranges], device=dev)
+        highs = torch.tensor([r[1] for r in self.factor_ranges], device=dev)
+        factors = lows + uniform(n, 4) * (highs - lows)
+        order = uniform(n, 4).argsort(dim=1)  # a uniform random permutation per image
+        gray = uniform(n) < self.gray_p
+        blur = uniform(n) < self.blur_p
+        sigma = uniform(n, low=self.blur_sigma[0], high=self.blur_sigma[1])
+        return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma)
+
+    # -- applying --------------------------------------------------------------------------
+
+    def apply(self, images: Tensor, params: AugmentParams) -> Tensor:
+        """Augment uint8 NCHW images (or float in [0, 1]) with given parameters.
+
+        On CPU the batch goes through in chunks of ~`CPU_CHUNK_PIXELS` pixels: the ~60
+        elementwise passes then reuse a few MB of buffers instead of faulting in fresh
+        pages for every full-batch temporary (1.4x faster at 96 px, batch 256, 2
+        threads). On an accelerator the whole batch is one chunk.
+        """
+        n, _, height, width = images.shape
+        params = params if params.flip.device == images.device else params.to(images.device)
+        step = n
+        if images.device.type == "cpu":
+            step = max(1, CPU_CHUNK_PIXELS // max(height * width, self.image_size**2))
+        if step >= n:
+            return self._apply(images, params)
+        out = torch.empty(n, 3, self.image_size, self.image_size, device=images.device)
+        for a in range(0, n, step):
+            out[a : a + step] = self._apply(images[a : a + step], params.slice(a, a + step))
+        return out
+
+    def _apply(self, images: Tensor, p: AugmentParams) -> Tensor:
+        x = crop_flip(to_unit_float(images), p.boxes, p.flip, self.image_size)
+        if self.jitter_p > 0:
+            x = color_jitter(x, p.factors, p.order, p.jitter)
+        if self.gray_p > 0:
+            x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
+        if self.blur_p > 0 and self.kernel_size > 1:
+            x = gaussian_blur(x, p.sigma, p.blur, self.kernel_size)
+        return normalize(x, self.mean, self.std)
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """One augmented view: float32 NCHW at `image_size`, normalised."""
+        n, _, h, w = images.shape
+        return self.apply(images, self.sample_params(n, h, w, generator))
+
+    def two_views(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Two independent views (the second draw follows the first in the generator)."""
+        return self(images, generator), self(images, generator)
+
+    def eval_transform(self, images: Tensor) -> Tensor:
+        """No randomness: resize to `image_size` if needed, normalise like training."""
+        return eval_transform(images, self.image_size, mean=self.mean, std=self.std)
+
+
+class CropFlipAugment(SimCLRAugment):
+    """The supervised baseline's augmentation: random resized crop 0.08-1 and flip only."""
+
+    def __init__(
+        self,
+        image_size: int,
+        *,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+    ) -> None:
+        super().__init__(
+            image_size,
+            0.0,
+            False,
+            mean=mean,
+            std=std,
+            crop_scale=crop_scale,
+            jitter_p=0.0,
+            gray_p=0.0,
+        )
+
+
+def eval_transform(
+    images: Tensor,
+    image_size: int | None = None,
+    *,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> Tensor:
+    """Deterministic evaluation input: uint8 -> [0, 1], optional antialiased resize, normalise."""
+    x = to_unit_float(images)
+    if image_size is not None and x.shape[-2:] != (image_size, image_size):
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
+        x = x.clamp_(0.0, 1.0)
+    return normalize(x, mean, std)
+
+
+# -- building blocks (batched, per-image parameters) --------------------------------------
+
+
+def to_unit_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected RGB images of shape (N, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def _sample_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    uniform: Callable[..., Tensor],
+) -> Tensor:
+    """torchvision's RandomResizedCrop.get_params, vectorised: first of 10 valid tries."""
+    area = height * width
+    target = area * uniform(n, CROP_ATTEMPTS, low=scale[0], high=scale[1])
+    aspect = torch.exp(uniform(n, CROP_ATTEMPTS, low=math.log(ratio[0]), high=math.log(ratio[1])))
+    w = torch.sqrt(target * aspect).round().long()
+    h = torch.sqrt(target / aspect).round().long()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.int().argmax(dim=1, keepdim=True)  # index of the first valid try
+    fw, fh = _fallback_crop(height, width, ratio)
+    w = torch.where(ok.any(dim=1), w.gather(1, first).squeeze(1), fw)
+    h = torch.where(ok.any(dim=1), h.gather(1, first).squeeze(1), fh)
+    top = (uniform(n) * (height - h + 1)).long().clamp_(max=height - h)
+    left = (uniform(n) * (width - w + 1)).long().clamp_(max=width - w)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _fallback_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """The centre crop torchvision uses after 10 invalid tries (aspect clamped to `ratio`)."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        return width, int(round(width / min(ratio)))
+    if in_ratio > max(ratio):
+        return int(round(height * max(ratio))), height
+    return width, height
+
+
+def crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
+    """Crop boxes (top, left, h, w) resized bilinearly to `size`, flipped where `flip`.
+
+    Source coordinate of output pixel u: left + clamp((u + 0.5) w / size - 0.5, 0, w - 1),
+    which is `interpolate(crop, align_corners=False)` (its clamping included).
+    """
+    n, _, height, width = x.shape
+    top, left, h, w = boxes.to(x.dtype).unbind(dim=1)
+    u = torch.arange(size, device=x.device, dtype=x.dtype) + 0.5
+
+    def coords(start: Tensor, length: Tensor, extent: int) -> Tensor:
+        rel = (u[None] * (length[:, None] / size) - 0.5).clamp(min=0.0)
+        src = start[:, None] + torch.minimum(rel, length[:, None] - 1)
+        return (2.0 * src + 1.0) / extent - 1.0  # grid_sample's normalised coordinate
+
+    gx = coords(left, w, width)
+    gx = torch.where(flip[:, None], gx.flip(1), gx)
+    gy = coords(top, h, height)
+    grid = torch.stack(
+        [gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=-1
+    )
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """(N, 1, H, W) luma with torchvision's weights, in its operation order."""
+    r, g, b = x.unbind(dim=1)
+    w = GRAY_WEIGHTS
+    return r.mul(w[0]).add_(g, alpha=w[1]).add_(b, alpha=w[2]).unsqueeze(1)
+
+
+def color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor) -> Tensor:
+    """ColorJitter with per-image factors and per-image op order; identity where not `active`.
+
+    Position k applies op `order[:, k]` to each image. Brightness, contrast and saturation
+    share torchvision's blend: clamp(f x + (1 - f) t), t = 0, mean grey, grey image.
+    """
+    ones = torch.ones_like(factors[:, 0])
+    for k in range(4):
+        op = order[:, k]
+        f = torch.where(active & (op != HUE), factors.gather(1, op[:, None]).squeeze(1), ones)
+        is_sat = (op == SATURATION).to(x.dtype)[:, None, None, None]
+        is_con = (op == CONTRAST).to(x.dtype)[:, None, None, None]
+        gray = grayscale(x)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        target = gray.mul_(is_sat).add_(mean * is_con)
+        x = torch.lerp(target, x, f[:, None, None, None]).clamp_(0.0, 1.0)  # f x + (1 - f) t
+        idx = (active & (op == HUE)).nonzero().squeeze(1)  # host sync on CUDA
+        if idx.numel() > 0:
+            x = x.index_copy(0, idx, adjust_hue(x.index_select(0, idx), factors[idx, HUE]))
+    return x
+
+
+def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
+    """Rotate hue by `hue` (fraction of a turn, per image) in HSV space, as torchvision.
+
+    RGB -> HSV -> RGB without materialising S: with chroma c = max - min and h6 the hue in
+    sixths of a turn, channel n in (5, 3, 1) for (r, g, b) is
+    max - c clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6: the closed form of the
+    six-sector table. Grey pixels (c = 0) come back unchanged.
+    """
+    r, g, b = x.unbind(dim=1)
+    maxc, minc = x.amax(dim=1), x.amin(dim=1)
+    chroma = maxc - minc
+    # h6 = (g - b)/c if max is r, else 2 + (b - r)/c if max is g, else 4 + (r - g)/c.
+    is_g = maxc == g
+    num = torch.where(is_g, (b - r).add_(chroma, alpha=2.0), (r - g).add_(chroma, alpha=4.0))
+    num = torch.where(maxc == r, g - b, num)
+    h6 = num.div_(chroma.clamp(min=1e-12)).add_(6.0 * hue[:, None, None])
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(h6[:, None] + n, 6.0)
+    drop = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(chroma[:, None])
+    return torch.sub(maxc[:, None], drop, out=drop)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor, active: Tensor, kernel_size: int) -> Tensor:
+    """Separable Gaussian blur with a per-image sigma, reflect padding; identity where not active."""
+    n, c, height, width = x.shape
+    r = kernel_size // 2
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)
+    kernel = torch.where(active[:, None], kernel, (t == 0).to(x.dtype)[None])
+    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per image channel
+    xp = F.pad(x, (r, r, r, r), mode="reflect").reshape(1, n * c, height + 2 * r, width + 2 * r)
+    xp = F.conv2d(xp, kernel[:, None, None, :], groups=n * c)
+    xp = F.conv2d(xp, kernel[:, None, :, None], groups=n * c)
+    return xp.reshape(n, c, height, width)

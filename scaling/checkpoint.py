@@ -1,0 +1,56 @@
+"""Checkpoints that survive a kill at any moment.
+
+Saved every epoch and on SIGTERM/SIGUSR1 to a temporary file renamed into place; the
+newest one that loads is restored (a truncated or corrupt file is skipped, never
+loaded). Loaded with `weights_only=True`: a checkpoint holds tensors and plain data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaling.rundir import CHECKPOINTS, atomic_write_bytes
+
+log = logging.getLogger(__name__)
+KEEP = 2  # the newest two survive, so one bad write never leaves nothing to resume from
+_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def save(run_dir: Path, global_step: int, state: dict[str, Any]) -> Path:
+    """Write `state` as checkpoints/ckpt-<global_step>.pt atomically; prune old ones."""
+    folder = run_dir / CHECKPOINTS
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = folder / f"ckpt-{global_step:09d}.pt"
+    atomic_write_bytes(path, buffer.getvalue())
+    for old in _ordered(folder)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def restore(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The newest checkpoint that loads, or None when there is none."""
+    for path in _ordered(run_dir / CHECKPOINTS):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
+            log.warning("skipping unreadable checkpoint %s: %s", path.name, exc)
+            continue
+        if isinstance(state, dict) and "global_step" in state:
+            return state
+        log.warning("skipping checkpoint without a training state: %s", path.name)
+    return None
+
+
+def _ordered(folder: Path) -> list[Path]:
+    """Checkpoints, newest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]

@@ -1,0 +1,100 @@
+"""The run directory: `<workdir>/<sweep>/<run_id>/`, the local truth of one run.
+
+Written before MLflow: spec.json (the resolved spec, layout and code version),
+metrics.jsonl (one JSON line per epoch), checkpoints/, result.json (written last,
+atomically: its presence means the run finished), failure.json (why it stopped),
+train.log. Every file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+SPEC, METRICS, RESULT, FAILURE, LOG, CHECKPOINTS = (
+    "spec.json", "metrics.jsonl", "result.json", "failure.json", "train.log", "checkpoints",
+)  # fmt: skip
+
+
+def run_dir_of(workdir: str | Path, sweep: str, run_id: str) -> Path:
+    return Path(workdir) / sweep / run_id
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write-then-rename: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_bytes(
+        path, (json.dumps(data, indent=1, sort_keys=True, default=str) + "\n").encode()
+    )
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    """Append one line; a line cut by a kill is skipped by `read_jsonl`."""
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if isinstance(record, dict):
+            yield record
+
+
+def truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Keep the lines of epochs 1..epochs_done (a resumed run rewrites the rest)."""
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= epochs_done]
+    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+
+
+def git_version(start: Path | None = None) -> dict[str, Any]:
+    """The code's git commit and whether the tree was dirty (None outside a checkout)."""
+    cwd = start or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
