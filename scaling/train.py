@@ -90,6 +90,38 @@ def run(
     return result
 
 
+def run_tracked(
+    spec: RunSpec,
+    run_dir: str | Path,
+    layout: Layout | None,
+    tracking: tuple[str, str] | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """`run` under the run's lock, mirrored to MLflow after each epoch and at the end.
+
+    The lock makes a second process for the same run (a racing `submit`, a duplicate
+    Slurm task) stop with AlreadyRunning instead of training twice. Tracking is a copy
+    of the run directory: a push that fails is retried by the next one or by
+    `scaling sync`, and never fails the run.
+    """
+    from scaling.state import run_lock
+
+    run_dir = Path(run_dir)
+
+    def mirror(_: dict[str, Any] | None = None) -> None:
+        if tracking is not None and dist.rank() == 0:
+            from scaling.tracking import push
+
+            push(run_dir, *tracking)
+
+    with run_lock(run_dir):
+        mirror()
+        try:
+            return run(spec, run_dir, layout, on_epoch=mirror, **options)
+        finally:
+            mirror()
+
+
 def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:
     import traceback
 
@@ -148,10 +180,13 @@ def _train(
     test = load_dataset(
         name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
     ).to(dev)
+    crop_scale = (float(config["crop_min_scale"]), 1.0)
     if spec.method == "simclr":
-        aug: SimCLRAugment = SimCLRAugment(size, color_strength=float(config["color_strength"]))
+        aug: SimCLRAugment = SimCLRAugment(
+            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale
+        )
     else:
-        aug = CropFlipAugment(size)
+        aug = CropFlipAugment(size, crop_scale=crop_scale)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(spec.seed)  # the same initial weights on every rank
@@ -294,6 +329,7 @@ def _train(
             steps=global_step,
             images_seen=global_step * derived.effective_batch,
             train_flops=_train_flops(spec, layout, global_step * derived.effective_batch),
+            **_arch(spec),
             wall_time_s=time.time() - started,
             derived=derived.to_dict(),
             layout=layout.to_dict(),
@@ -348,13 +384,24 @@ def _train_flops(spec: RunSpec, layout: Layout, images: int) -> float:
     from scaling import costs
 
     info = get_method(spec.method)
-    cost = costs.arch_cost(
+    cost = _cost(spec)
+    cached = info.cached_accumulation and layout.accum_steps > 1
+    return float(costs.train_flops(cost.flops_per_image, images, 1, info.views, cached))
+
+
+def _arch(spec: RunSpec) -> dict[str, int]:
+    cost = _cost(spec)
+    return {"encoder_params": cost.encoder_params, "flops_per_image": cost.flops_per_image}
+
+
+def _cost(spec: RunSpec) -> Any:
+    from scaling import costs
+
+    return costs.arch_cost(
         spec.method, spec.model["depth"], spec.model["width"], spec.model["stem"],
         spec.model["depth_multiplier"], spec.dataset["image_size"],
         int(spec.config.get("projection_dim", 128)), _num_classes(spec),
     )  # fmt: skip
-    cached = info.cached_accumulation and layout.accum_steps > 1
-    return float(costs.train_flops(cost.flops_per_image, images, 1, info.views, cached))
 
 
 def _num_classes(spec: RunSpec) -> int:

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from scaling.errors import SpecError
+
+EXIT_PREEMPTED = 143  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: resumable
+EXIT_ALREADY_RUNNING = 75  # another process holds the run's lock (EX_TEMPFAIL)
 
 
 def train(
     run_spec: Annotated[Path, typer.Argument(help="A run's spec.json (run spec, optional layout).")],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="The run directory (created if needed).")],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for this run.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for this run.")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network.")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(envvar="SCALING_TRACKING_URI", help="MLflow URI to mirror the run to."),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(envvar="SCALING_EXPERIMENT", help="MLflow experiment name.")
+    ] = None,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
     from scaling.layout import Layout
     from scaling.spec import RunSpec
-    from scaling.train import Preempted, run
+    from scaling.state import AlreadyRunning
+    from scaling.train import Preempted, run_tracked
 
     try:
         data = json.loads(run_spec.read_text())
@@ -31,8 +42,12 @@ def train(
         raise SpecError(f"invalid JSON: {exc}", file=str(run_spec)) from None
     spec = RunSpec.from_dict(data, file=str(run_spec))
     layout = Layout.from_dict(data["layout"]) if "layout" in data else None
+    tracking = (tracking_uri, experiment or spec.sweep or "scaling") if tracking_uri else None
     try:
-        run(spec, run_dir, layout, device=device, threads=threads, compile=compile)
+        run_tracked(spec, run_dir, layout, tracking, device=device, threads=threads, compile=compile)
     except Preempted as exc:
         typer.echo(str(exc), err=True)
-        raise SystemExit(143) from None
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except AlreadyRunning as exc:
+        typer.echo(str(exc), err=True)
+        raise SystemExit(EXIT_ALREADY_RUNNING) from None

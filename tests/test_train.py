@@ -1,0 +1,186 @@
+"""The trainer end to end on CPU: resume bit-identical, divergence, frozen evaluation, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scaling import checkpoint
+from scaling.augment import SimCLRAugment
+from scaling.data import load_dataset
+from scaling.errors import RunFailed
+from scaling.evaluate import evaluate_run
+from scaling.layout import Layout
+from scaling.models import build_network
+from scaling.rundir import FAILURE, METRICS, RESULT, read_json, read_jsonl
+from scaling.spec import RunSpec
+from scaling.train import run
+from tests.conftest import REPO
+
+
+def tiny_spec(method: str = "simclr", **config: object) -> RunSpec:
+    base: dict[str, object] = {"batch_size": 32, "epochs": 2, "lr_rule": "sqrt", "warmup_epochs": 1.0}
+    if method == "simclr":
+        base.update(projection_dim=16, eval={"epochs": 5})
+    base.update(config)
+    data = {
+        "method": method,
+        "dataset": {"name": "synthetic", "image_size": 16, "size": 192},
+        "model": {"depth": 10, "width": 0.25, "stem": "cifar"},
+        "seed": 3,
+        "config": base,
+    }
+    return RunSpec.from_dict(data)
+
+
+def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None:
+    spec = tiny_spec()
+    result = run(spec, tmp_path, threads=1)
+    lines = list(read_jsonl(tmp_path / METRICS))
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert {"loss", "lr", "top1", "images_per_s", "peak_memory_mb"} <= set(lines[0])
+    assert read_json(tmp_path / RESULT) == json.loads(json.dumps(result, default=str))
+    assert 0 <= result["top1"] <= 1 and 0 <= result["knn_top1"] <= 1
+    assert result["steps"] == 2 * (192 // 32) and result["images_seen"] == result["steps"] * 32
+    assert result["train_flops"] > 0
+    assert checkpoint.restore(tmp_path)["global_step"] == result["steps"]
+    spec_json = read_json(tmp_path / "spec.json")
+    assert spec_json["run_id"] == spec.run_id and "commit" in spec_json["code"]
+
+
+def test_cached_accumulation_run_matches_plain_run_without_bn_effects(tmp_path: Path) -> None:
+    """With accumulation the run uses gradient caching; it must train and log the layout."""
+    spec = tiny_spec(epochs=1)
+    result = run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
+    assert result["layout"]["accum_steps"] == 4 and result["steps"] == 6
+
+
+def test_supervised_run(tmp_path: Path) -> None:
+    result = run(tiny_spec("supervised", epochs=2), tmp_path, threads=1)
+    assert set(result) >= {"top1", "top5"} and "knn_top1" not in result
+
+
+def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path: Path) -> None:
+    spec = tiny_spec("supervised", epochs=1)
+    first = run(spec, tmp_path, threads=1)
+    again = run(spec, tmp_path, threads=1)
+    assert again["top1"] == first["top1"] and again["steps"] == first["steps"]
+    assert len(list(read_jsonl(tmp_path / METRICS))) == 1
+
+
+def test_divergence_stops_with_the_step(tmp_path: Path) -> None:
+    spec = tiny_spec("supervised", optimizer="sgd", lr_rule=1.0e12, epochs=1)
+    with pytest.raises(RunFailed) as info:
+        run(spec, tmp_path, threads=1)
+    assert info.value.kind == "diverged" and info.value.step is not None and info.value.step >= 1
+    failure = read_json(tmp_path / FAILURE)
+    assert failure is not None and failure["kind"] == "diverged" and failure["step"] == info.value.step
+    assert not (tmp_path / RESULT).exists()
+
+
+def test_linear_evaluation_leaves_the_encoder_untouched() -> None:
+    torch.manual_seed(0)
+    spec = tiny_spec(eval={"epochs": 3, "protocol": "augmented"})
+    net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
+    train = load_dataset("synthetic", image_size=16, split="train", num_images=64)
+    test = load_dataset("synthetic", image_size=16, split="test", num_images=64)
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = evaluate_run(spec, net, train, test, SimCLRAugment(16))
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "evaluation changed the encoder"
+    assert 0 <= result["top1"] <= 1
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path: Path) -> None:
+    spec = tiny_spec("supervised", epochs=2)
+    reference = run(spec, tmp_path / "ref", threads=1)
+    run(tiny_spec("supervised", epochs=2), tmp_path / "run", threads=1)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:100])  # truncated by a crash
+    (tmp_path / "run" / RESULT).unlink()
+    state = checkpoint.restore(tmp_path / "run")
+    assert state is not None and state["global_step"] < reference["steps"]
+    again = run(spec, tmp_path / "run", threads=1)
+    assert again["top1"] == reference["top1"]
+
+
+def _train_cmd(spec_path: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "scaling", "train", str(spec_path), "--run-dir", str(run_dir), "--threads", "1"]
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_killed_run_resumes_bit_identical(tmp_path: Path, how: str) -> None:
+    spec = tiny_spec(epochs=3)
+    reference = run(spec, tmp_path / "reference", threads=1)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec.to_dict()))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(_train_cmd(spec_path, run_dir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Stop it in the middle of epoch 2: after the first epoch's line, a few steps in.
+    _wait_for(lambda: (run_dir / METRICS).exists() and (run_dir / METRICS).read_text().count("\n") >= 1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert not (run_dir / RESULT).exists(), out
+    if how == "sigterm":
+        assert proc.returncode == 143, out
+        state = checkpoint.restore(run_dir)
+        assert state is not None and state["step_in_epoch"] > 0, "expected a mid-epoch checkpoint"
+    done = subprocess.run(_train_cmd(spec_path, run_dir), cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed from step" in done.stdout
+    result = read_json(run_dir / RESULT)
+    assert result is not None
+    for key in ("top1", "top5", "knn_top1", "steps", "images_seen"):
+        assert result[key] == reference[key], key
+    ref_state = checkpoint.restore(tmp_path / "reference")
+    new_state = checkpoint.restore(run_dir)
+    assert all(torch.equal(ref_state["model"][k], new_state["model"][k]) for k in ref_state["model"])
+    assert [r["loss"] for r in read_jsonl(run_dir / METRICS)] == pytest.approx(
+        [r["loss"] for r in read_jsonl(tmp_path / "reference" / METRICS)], rel=1e-12
+    )
+
+
+@pytest.mark.slow
+def test_simclr_learns_on_digits(tmp_path: Path) -> None:
+    """SimCLR on real digits beats the same encoder at random initialisation clearly."""
+    data = {
+        "method": "simclr",
+        "dataset": {"name": "digits", "image_size": 16},
+        "model": {"depth": 10, "width": 0.5, "stem": "cifar"},
+        "seed": 0,
+        "config": {"batch_size": 128, "epochs": 8, "lr_rule": "sqrt", "warmup_epochs": 1.0,
+                   "projection_dim": 64, "color_strength": 0.5, "eval": {"epochs": 100}},
+    }  # fmt: skip
+    spec = RunSpec.from_dict(data)
+    torch.manual_seed(spec.seed)
+    net = build_network("simclr", depth=10, width=0.5, stem="cifar", projection_dim=64)
+    train = load_dataset("digits", image_size=16, split="train")
+    test = load_dataset("digits", image_size=16, split="test")
+    baseline = evaluate_run(spec, net, train, test, SimCLRAugment(16, 0.5))
+    trained = run(spec, tmp_path, threads=2)
+    assert trained["top1"] >= baseline["top1"] + 0.10, (baseline, trained)
+    assert trained["knn_top1"] >= baseline["knn_top1"] + 0.15, (baseline, trained)
+    supervised = run(RunSpec.from_dict({**data, "method": "supervised", "config": {
+        "batch_size": 128, "epochs": 8, "lr_rule": "linear", "base_lr": 0.4, "crop_min_scale": 0.35,
+        "warmup_epochs": 1.0}}), tmp_path / "sup", threads=2)  # fmt: skip
+    assert supervised["top1"] >= 0.85, supervised
