@@ -15,6 +15,7 @@ results DataFrame (gaps.frame) and returns the files it wrote.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,14 @@ def save(fig: Any, out_dir: Path, name: str) -> list[Path]:
         fig.savefig(paths[1], bbox_inches="tight")
     _plt().close(fig)
     return paths
+
+
+def legend_below(ax: Any) -> None:
+    """The legend under the axes, so that it never hides a point (saved with a tight
+    bounding box, the figure grows to hold it)."""
+    n = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2 if n > 3 else 1,
+              frameon=False)  # fmt: skip
 
 
 def _means(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -121,7 +130,7 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
         ax.set(xscale="log", xlabel="encoder parameters", ylabel="top-1 accuracy (%)",
                title=f"Top-1 vs parameters (Fig. 7) - {_domain_title(domain)}")  # fmt: skip
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        legend_below(ax)
         paths += save(fig, out_dir, "fig7_params" + (f"_{n}" if n else ""))
     return paths
 
@@ -143,6 +152,18 @@ def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     return out
 
 
+def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    """n panels, two to a row: a row of four would be shrunk to illegible text on a page."""
+    cols = min(2, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
+                             layout="constrained")  # fmt: skip
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n]
+
+
 def _arch_title(arch: dict[str, Any]) -> str:
     mult = "" if arch["depth_multiplier"] == 1 else f" depth x{arch['depth_multiplier']:g}"
     return f"R{arch['depth']} {arch['width']:g}x{mult} ({arch['dataset']})"
@@ -154,9 +175,8 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     if not panels:
         return []
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False,
-                             layout="constrained")  # fmt: skip
-    for ax, (arch, runs) in zip(axes[0], panels, strict=True):
+    fig, axes = _panel_grid(plt, len(panels), 4.8, 3.8)
+    for ax, (arch, runs) in zip(axes, panels, strict=True):
         sim = runs[runs["method"] != REFERENCE]
         cells = _means(sim, ["batch_size", "epochs", *_other_axes(sim)])
         cells = cells.sort_values("mean").groupby(["batch_size", "epochs"]).tail(1)
@@ -179,7 +199,7 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set_xticks(epochs, [str(int(e)) for e in epochs])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     other = _other_axes(df[df["method"] != REFERENCE])
     fig.suptitle("SimCLR linear evaluation vs epochs and batch size (Fig. 9)"
                  + (f"; best over {', '.join(other)}" if other else ""))  # fmt: skip
@@ -200,19 +220,22 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     if not panels:
         return []
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False,
-                             layout="constrained")  # fmt: skip
-    for ax, (arch, runs) in zip(axes[0], panels, strict=True):
+    fig, axes = _panel_grid(plt, len(panels), 5.2, 3.8)
+    for ax, (arch, runs) in zip(axes, panels, strict=True):
         sim = runs[runs["method"] != REFERENCE]
         cells = _means(sim, ["batch_size", "epochs", *_other_axes(sim)])
         grid = cells.pivot_table(index="batch_size", columns="epochs", values="mean", aggfunc="max")
         grid = grid.reindex(
             index=sorted(sim["batch_size"].unique()), columns=sorted(sim["epochs"].unique())
         )
-        im = ax.imshow(grid.to_numpy(float), cmap="viridis", aspect="auto", origin="lower")
-        for (i, j), v in np.ndenumerate(grid.to_numpy(float)):
-            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.1f}", ha="center", va="center", fontsize=8,
-                    color="white" if math.isnan(v) or v < np.nanmean(grid.to_numpy(float)) else "black")  # fmt: skip
+        cmap = plt.get_cmap("viridis").copy()
+        cmap.set_bad("#e4e4e4")  # a cell without a finished run: grey, not the page's white
+        values = grid.to_numpy(float)
+        im = ax.imshow(values, cmap=cmap, aspect="auto", origin="lower")
+        for (i, j), v in np.ndenumerate(values):
+            colour = "#555" if math.isnan(v) else "white" if v < np.nanmean(values) else "black"
+            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.1f}", ha="center", va="center",
+                    fontsize=8, color=colour)  # fmt: skip
         ax.set_xticks(range(grid.shape[1]), [str(int(e)) for e in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(int(b)) for b in grid.index])
         ax.set(xlabel="epochs", ylabel="batch size", title=_arch_title(arch))
@@ -264,14 +287,15 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
                 label="range of models trained",
             )
         else:
-            ax.text(0.02, 0.04, f"no fitted gap curve: {g.statement.removeprefix('No gap curve: ')}",
-                    transform=ax.transAxes, fontsize=7, wrap=True)  # fmt: skip
-        ax.axhline(c.threshold if c else 1.0, color="black", lw=0.8, ls="-.")
+            why = f"no fitted gap curve: {g.statement.removeprefix('No gap curve: ')}"
+            ax.plot([], [], " ", label=textwrap.fill(why, 70))  # in the legend: never over a point
+        threshold = c.threshold if c else 1.0
+        ax.axhline(threshold, color="black", lw=0.8, ls="-.", label=f"{threshold:g}-point gap")
         ax.axhline(0, color="black", lw=0.5)
         ax.set(xscale="log", xlabel="encoder parameters", ylabel="supervised - SimCLR top-1 (points)",
                title=f"Gap to supervised - {_domain_title(g.domain)}")  # fmt: skip
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        legend_below(ax)
         paths += save(fig, out_dir, "gap_params" + (f"_{n}" if n else ""))
     return paths
 
@@ -304,7 +328,7 @@ def compute_figure(df: pd.DataFrame, fits: FitSet, out_dir: Path) -> list[Path]:
     ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="top-1 accuracy (%)",
            title="Top-1 vs training compute (curves: fits to the compute frontier)")  # fmt: skip
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    legend_below(ax)
     return save(fig, out_dir, "compute")
 
 

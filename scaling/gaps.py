@@ -313,7 +313,12 @@ def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> lis
         elif ref is None:
             statement = "No gap curve: the sweep has no finished supervised runs in this domain."
         else:
-            why = "; ".join(x.fit.message for x in (ref, f) if not x.fit.ok)
+            # Name each failed fit; the same message for both is said once.
+            failed = [(x.method, x.fit.message) for x in (ref, f) if not x.fit.ok]
+            if len(failed) == 2 and failed[0][1] == failed[1][1]:
+                why = f"{failed[0][1]} (both fits)"
+            else:
+                why = "; ".join(f"{method}: {message}" for method, message in failed)
             statement = f"No gap curve: {why}."
         gaps.append(SweepGap(domain, f.recipe, curve, statement, f.role == "headline"))
     return gaps

@@ -9,20 +9,32 @@ from typing import Any
 from scaling.cluster import load_profile
 from scaling.errors import SpecError
 from scaling.plan import Plan, make_plan
-from scaling.spec import load_sweep
+from scaling.spec import RunSpec, load_sweep
 
 
 def build_plan(
-    sweep_path: Path | str, cluster: Path | str | None, overrides: list[str], only: str | None
+    sweep_path: Path | str,
+    cluster: Path | str | None,
+    overrides: list[str],
+    only: str | None,
+    profile_overrides: list[str] | None = None,
 ) -> Plan:
     sweep = load_sweep(sweep_path, overrides)
-    profile = load_profile(cluster)
+    profile = load_profile(cluster, profile_overrides)
     plan = make_plan(sweep, profile)
     if only:
         filters = parse_only(only)
         kept = tuple(r for r in plan.runs if matches(r.row(), filters))
         plan = replace(plan, runs=kept)
     return plan
+
+
+def filter_runs(runs: tuple[RunSpec, ...], only: str | None) -> tuple[RunSpec, ...]:
+    """--only on run specs alone (no plan, no cost model: for status and cancel)."""
+    if not only:
+        return runs
+    filters = parse_only(only)
+    return tuple(r for r in runs if matches(r.flat(), filters))
 
 
 def parse_only(only: str) -> dict[str, str]:

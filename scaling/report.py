@@ -102,31 +102,47 @@ def _jsonable(value: Any) -> Any:
 # ----------------------------------------------------------------------------- html
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#f3f3f3}td.l,th.l{text-align:left}figure{margin:1.5em 0}img{max-width:100%}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td.l,th.l{text-align:left}td.w{white-space:normal;text-align:left}td.w div{min-width:18em}td.s{white-space:normal}
+.scroll{overflow-x:auto;max-width:100%}figure{margin:1.5em 0}img{max-width:100%}
 figcaption{color:#555;font-size:12px}.answer{background:#f6faf6;border-left:4px solid #2a2;padding:.5em 1em}
 .warn{background:#fff6f0;border-left:4px solid #d60;padding:.5em 1em}pre{background:#f6f6f6;padding:1em;overflow:auto}"""
+#: Free-text columns: wrapped, at least 18em wide; SOFT ones may wrap at their spaces;
+#: every other cell stays on one line (a table too wide scrolls sideways).
+WRAP = {"note", "notes", "error_message"}
+SOFT = {"fit", "E", "A", "alpha"}
+#: Grid values shown exactly (a width of 0.125 must not read 0.12).
+EXACT = {"width", "depth_multiplier", "base_lr", "weight_decay", "temperature"}
 
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any, digits: int = 2) -> str:
+def _num(value: Any, digits: int = 2, column: str = "") -> str:
+    value = value.item() if hasattr(value, "item") else value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if column in EXACT and isinstance(value, (int, float)):
+        return f"{value:g}"
+    if column == "encoder_params" and isinstance(value, (int, float)):
+        return f"{int(value):,}"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def html_table(frame: pd.DataFrame, columns: Iterable[str], left: Iterable[str] = ()) -> str:
+    """A table that keeps numbers on one line and scrolls sideways when it is too wide."""
     cols, left = [c for c in columns if c in frame.columns], set(left)
-    head = "".join(f'<th class="{"l" if c in left else ""}">{_e(c)}</th>' for c in cols)
+    css = {c: "w" if c in WRAP else " ".join(k for k, on in (("s", c in SOFT), ("l", c in left)) if on)
+           for c in cols}  # fmt: skip
+    head = "".join(
+        f'<th class="{"l" if c in left or c in WRAP else ""}">{_e(c)}</th>' for c in cols
+    )
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if c in left else ""}">{_e(_num(v))}</td>'
-                         for c, v in zip(cols, row, strict=True)) + "</tr>"
+        "<tr>" + "".join(_cell(css[c], _num(v, column=c)) for c, v in zip(cols, row, strict=True)) + "</tr>"
         for row in frame[cols].itertuples(index=False)
     )  # fmt: skip
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, missing: pd.DataFrame,
@@ -143,13 +159,17 @@ def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, mis
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
     parts.append(_answer(fits))
     parts.append(_figures(figs, out))
-    parts.append(
-        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture; points; std over seeds; "
-        "gap_se: standard error of the difference of means. All recipes below and in gaps.csv.</p>"
-    )
     cols = ["dataset", "depth", "width", "stem", "depth_multiplier", "encoder_params", "method", "recipe",
             "top1", "std", "n", "missing", "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing",
             "gap", "gap_se", "note"]  # fmt: skip
+    common = _common(gap_df, ("dataset", "image_size", "stem", "depth_multiplier", "method",
+                              "sup_recipe", "missing", "sup_missing"))  # fmt: skip
+    cols = [c for c in cols if c not in common]
+    parts.append(
+        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture; points; std over seeds; "
+        "gap_se: standard error of the difference of means. All recipes below and in gaps.csv."
+        + (" Every row: " + _e(_common_text(common)) + "." if common else "") + "</p>"
+    )  # fmt: skip
     left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
     parts.append(html_table(gap_df[gap_df["kind"] == "best"], cols, left))
     parts.append("<details><summary>Every recipe</summary>"
@@ -159,6 +179,32 @@ def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, mis
     parts.append(_spec_section(sweep))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _cell(css: str, text: str) -> str:
+    if css == "w" and text != "-":
+        return f'<td class="w"><div>{_e(text)}</div></td>'
+    return f'<td class="{css}">{_e(text)}</td>'
+
+
+def _common(frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, Any]:
+    """Columns with one value in every row: said once above the table, not in each row."""
+    return {c: frame[c].iloc[0] for c in columns
+            if c in frame and len(frame) and frame[c].nunique(dropna=False) == 1}  # fmt: skip
+
+
+def _common_text(common: Mapping[str, Any]) -> str:
+    """{"stem": "cifar", "missing": 0, ...} -> "cifar stem, ..., no unfinished run"."""
+    words = {"dataset": "dataset {}", "image_size": "{} px", "stem": "{} stem", "depth_multiplier":
+             "depth multiplier {}", "method": "method {}", "sup_recipe": "supervised {}"}  # fmt: skip
+    parts = [words[k].format(_num(v, column=k)) for k, v in common.items() if k in words]
+    for key, side in (("missing", "SimCLR"), ("sup_missing", "supervised")):
+        if key in common:
+            n = int(common[key])
+            parts.append(
+                f"no unfinished {side} run" if n == 0 else f"{n} unfinished {side} run(s) in each"
+            )
+    return ", ".join(parts)
 
 
 def _state_counts(df: pd.DataFrame) -> str:
@@ -218,7 +264,8 @@ def _param(point: Mapping[str, float], intervals: Mapping[str, Any], key: str) -
         return "-"
     if key not in intervals:
         return f"{point[key]:.4g}"
-    return f"{point[key]:.4g} [{intervals[key][0]:.4g}, {intervals[key][1]:.4g}]"
+    # A no-break space inside the brackets: a narrow cell wraps before the interval only.
+    return f"{point[key]:.4g} [{intervals[key][0]:.4g},\u00a0{intervals[key][1]:.4g}]"
 
 
 def _missing_section(missing: pd.DataFrame, orphans: list[str]) -> str:
@@ -227,9 +274,12 @@ def _missing_section(missing: pd.DataFrame, orphans: list[str]) -> str:
     text = [f"<h2>Missing or failed runs ({len(missing)})</h2>"]
     if len(missing):
         counts = missing.groupby("state").size()
+        common = _common(missing, ("dataset", "image_size", "stem", "depth_multiplier"))
         text.append("<p>" + _e(", ".join(f"{n} {s}" for s, n in counts.items())) + ". They are left out of "
-                    "means and fits, and counted in the gap table's missing columns.</p>")  # fmt: skip
-        text.append(html_table(missing.head(MAX_LISTED), missing.columns, ("run_id", "method", "state",
+                    "means and fits, and counted in the gap table's missing columns."
+                    + (f" Every row: {_e(_common_text(common))}." if common else "") + "</p>")  # fmt: skip
+        cols = [c for c in missing.columns if c not in common]
+        text.append(html_table(missing.head(MAX_LISTED), cols, ("run_id", "method", "state",
                                "error_kind", "error_message", "dataset", "stem")))  # fmt: skip
         if len(missing) > MAX_LISTED:
             text.append(f"<p>{len(missing) - MAX_LISTED} more in results.parquet.</p>")

@@ -309,7 +309,7 @@ def recipe_label(values: Mapping[str, Any]) -> str:
         if key == "batch_size":
             parts.append(f"batch {value}")
         elif key == "epochs":
-            parts.append(f"{value} epochs")
+            parts.append(f"{value} epoch{'' if value == 1 else 's'}")
         else:
             parts.append(f"{key}={value}")
     return ", ".join(parts)

@@ -516,7 +516,8 @@ def _all_runs(
             ):
                 continue
             out[run_id] = {
-                "mlflow_run_id": run.info.run_id, "status": run.info.status,
+                "mlflow_run_id": run.info.run_id, "experiment_id": experiment_id,
+                "status": run.info.status,
                 "tags": dict(run.data.tags), "params": dict(run.data.params),
                 "metrics": dict(run.data.metrics), "start_time": run.info.start_time,
                 "end_time": run.info.end_time,

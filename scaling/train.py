@@ -115,7 +115,6 @@ def run_tracked(
             push(run_dir, *tracking)
 
     with run_lock(run_dir):
-        mirror()
         try:
             return run(spec, run_dir, layout, on_epoch=mirror, **options)
         finally:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import typer
 
 from scaling.cli import plan as plan_cmd
+from scaling.cli import report as report_cmd
+from scaling.cli import runs as runs_cmd
+from scaling.cli import tracking as tracking_cmd
 from scaling.cli import train as train_cmd
 from scaling.cli.errors import guarded
 
@@ -34,6 +37,12 @@ def _root(
 
 
 app.command("plan")(guarded(plan_cmd.plan))
+app.command("submit")(guarded(runs_cmd.submit))
+app.command("status")(guarded(runs_cmd.status))
+app.command("cancel")(guarded(runs_cmd.cancel))
+app.command("report")(guarded(report_cmd.report))
+app.command("ui")(guarded(tracking_cmd.ui))
+app.command("sync")(guarded(tracking_cmd.sync))
 app.command("train")(guarded(train_cmd.train))
 
 

@@ -18,5 +18,7 @@ SetOpt = Annotated[
 ]
 OnlyOpt = Annotated[
     str | None,
-    typer.Option("--only", help="Filter runs: method=simclr,depth=18,width=0.5 (columns of the plan)."),
+    typer.Option(
+        "--only", help="Filter runs: method=simclr,depth=18,width=0.5 (columns of the plan)."
+    ),
 ]

@@ -27,7 +27,9 @@ def plan(
     set_: SetOpt = None,
     only: OnlyOpt = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table | json | csv")] = "table",
-    out: Annotated[Path | None, typer.Option("--out", help="Also write the plan as Parquet.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also write the plan as Parquet.")
+    ] = None,
 ) -> None:
     """Expand SWEEP into runs and show each one's layout, memory and cost."""
     from scaling.planning import build_plan
@@ -71,7 +73,9 @@ def print_plan(the_plan: Any) -> None:
         title_justify="left",
     )
     for col in TABLE_COLUMNS:
-        table.add_column(col, justify="left" if col in ("run_id", "method") else "right", no_wrap=True)
+        table.add_column(
+            col, justify="left" if col in ("run_id", "method") else "right", no_wrap=True
+        )
     table.add_column("note")
     for row in the_plan.rows():
         cells = [_fmt(col, row.get(col)) for col in TABLE_COLUMNS]

@@ -15,8 +15,12 @@ EXIT_ALREADY_RUNNING = 75  # another process holds the run's lock (EX_TEMPFAIL)
 
 
 def train(
-    run_spec: Annotated[Path, typer.Argument(help="A run's spec.json (run spec, optional layout).")],
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="The run directory (created if needed).")],
+    run_spec: Annotated[
+        Path, typer.Argument(help="A run's spec.json (run spec, optional layout).")
+    ],
+    run_dir: Annotated[
+        Path, typer.Option("--run-dir", help="The run directory (created if needed).")
+    ],
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads for this run.")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the network.")] = False,
@@ -44,7 +48,9 @@ def train(
     layout = Layout.from_dict(data["layout"]) if "layout" in data else None
     tracking = (tracking_uri, experiment or spec.sweep or "scaling") if tracking_uri else None
     try:
-        run_tracked(spec, run_dir, layout, tracking, device=device, threads=threads, compile=compile)
+        run_tracked(
+            spec, run_dir, layout, tracking, device=device, threads=threads, compile=compile
+        )
     except Preempted as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(EXIT_PREEMPTED) from None

@@ -1,0 +1,216 @@
+"""`scaling report`: gaps, fits, figures and report.html of a sweep, logged to MLflow.
+
+The report folder (default `<workdir>/<sweep>/report`) is the deliverable; the terminal
+gets the gap table, the answer and where the files are; MLflow gets the folder as the
+artifacts of ONE sweep-level run (tag `scaling.kind=report`), reused by every later
+report of the sweep, so the latest report is one click away in the MLflow UI. MLflow is
+a copy here too: a store that cannot be written only warns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from scaling.cli.options import ClusterOpt, SetOpt, SweepArg
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from scaling.spec import Sweep
+
+log = logging.getLogger(__name__)
+
+KIND_TAG, SWEEP_TAG = "scaling.kind", "scaling.sweep"
+ARTIFACT_PATH = "report"  # the folder's place among the MLflow run's artifacts
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Report folder; default: <workdir>/<sweep>/report."),
+]
+
+
+def report(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Collect SWEEP's results; write gaps, fits, figures and report.html; log them to MLflow."""
+    from scaling import gaps, results, tracking
+    from scaling.cluster import load_profile
+    from scaling.report import build_report
+    from scaling.spec import load_sweep
+
+    the_sweep = load_sweep(sweep, set_ or [])
+    profile = load_profile(cluster)
+    uri = tracking.resolve_uri(the_sweep.tracking.uri, profile.tracking.uri)
+    sweep_dir = Path(profile.workdir) / the_sweep.name
+    out_dir = out if out is not None else sweep_dir / "report"
+    console = _console()
+    table = results.collect(the_sweep, profile.workdir, uri)
+    states = table.column("state").to_pylist()
+    if all(s == "pending" for s in states):
+        console.print(f"[yellow]warning:[/yellow] no run of {the_sweep.name} has started under "
+                      f"{sweep_dir.resolve()} nor in MLflow at {uri} (another workdir? "
+                      "--cluster sets it)", soft_wrap=True)  # fmt: skip
+    page = build_report(the_sweep, table, out_dir)
+    print_gaps(console, gaps.gap_table(table), the_sweep.name)
+    print_answer(console, out_dir / "fits.json")
+    print_files(console, out_dir, page)
+    where = log_report(uri, tracking.experiment_name(the_sweep), out_dir, the_sweep, states)
+    if where:
+        console.print(f"MLflow: sweep-level run {where}", soft_wrap=True)
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Piped or in CI, rich would assume 80 columns and squeeze every cell.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
+    """The best SimCLR recipe per architecture against supervised, in points."""
+    from rich.table import Table
+
+    table = Table(title=f"{name}: supervised vs SimCLR top-1 (points; ± std over seeds, "
+                  "gap ± its standard error)", title_justify="left")  # fmt: skip
+    for col in ("architecture", "params", "supervised", "n", "SimCLR best recipe", "top-1", "n",
+                "gap"):  # fmt: skip
+        left = col in ("architecture", "SimCLR best recipe")
+        table.add_column(col, justify="left" if left else "right", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    for r in gap_df[gap_df["kind"] == "best"].itertuples(index=False):
+        mult = "" if r.depth_multiplier == 1 else f" d{r.depth_multiplier:g}"
+        arch = f"{r.dataset} R{r.depth} {r.width:g}x{mult} {r.stem}"
+        params = "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M"
+        gap = _pm(r.gap, r.gap_se)
+        colour = "" if _nan(r.gap) else "green" if r.gap < 1 else "red" if r.gap > 5 else "yellow"
+        table.add_row(arch, params, _pm(r.sup_top1, r.sup_std), str(r.sup_n),
+                      f"{r.method}: {r.recipe.removeprefix('best: ')}", _pm(r.top1, r.std),
+                      str(r.n), f"[{colour}]{gap}[/{colour}]" if colour else gap, r.note)  # fmt: skip
+    console.print(table)
+
+
+def print_answer(console: Console, fits_json: Path) -> None:
+    """The headline gap statements (where the fitted gap closes, or why it cannot say)."""
+    from scaling.results import recipe_label
+
+    fits = json.loads(fits_json.read_text())
+    heads = [g for g in fits["gaps"] if g["headline"]] or fits["gaps"]
+    if not heads:
+        console.print("Gap curve: none (needs finished supervised and SimCLR runs of "
+                      "several model sizes).")  # fmt: skip
+    for g in heads:
+        console.print(f"[bold]{g['domain'].get('dataset')}, SimCLR {recipe_label(g['recipe'])}"
+                      f":[/bold] {g['statement']}")  # fmt: skip
+
+
+def print_files(console: Console, out_dir: Path, page: Path) -> None:
+    figures = sorted((out_dir / "figures").glob("*.png"))
+    # soft_wrap: paths stay on one line, whole, for copying
+    console.print(f"report: {page.resolve().as_uri()}", soft_wrap=True)
+    console.print(f"  in {out_dir.resolve()}: results.parquet, gaps.csv, fits.json, "
+                  f"figures/ ({len(figures)} figures, PNG + SVG)", soft_wrap=True)  # fmt: skip
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _pm(mean: float, spread: float) -> str:
+    if _nan(mean):
+        return "-"
+    return f"{mean:.2f}" + ("" if _nan(spread) else f" ± {spread:.2f}")
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def log_report(uri: str, experiment: str, out_dir: Path, sweep: Sweep,
+               states: list[str]) -> str | None:  # fmt: skip
+    """Upload `out_dir` to the sweep's report run; where to see it, or None (warned)."""
+    from scaling import tracking
+
+    try:
+        with _lock(uri, experiment, sweep.name):
+            experiment_id = tracking.ensure_experiment(uri, experiment)
+            run_id = _upload(uri, experiment_id, out_dir, sweep, states)
+        return tracking.run_hint(uri, experiment_id, run_id)
+    except Exception as exc:  # the report on disk is complete; MLflow is a copy
+        log.debug("report logging failed", exc_info=True)
+        print(f"warning: the report was not logged to MLflow at {uri} ({type(exc).__name__}: "
+              f"{exc}); it is complete in {out_dir}", file=sys.stderr)  # fmt: skip
+        return None
+
+
+def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: list[str]) -> str:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    client = MlflowClient(tracking_uri=uri)
+    query = f"tags.`{KIND_TAG}` = 'report' and tags.`{SWEEP_TAG}` = '{sweep.name}'"
+    found = client.search_runs([experiment_id], query, max_results=10,
+                               order_by=["attributes.start_time ASC"])  # fmt: skip
+    if found:  # one report run per sweep: the oldest, should a race have made two
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        tags = {KIND_TAG: "report", SWEEP_TAG: sweep.name}
+        run_id = client.create_run(
+            experiment_id, tags=tags, run_name=f"{sweep.name}-report"
+        ).info.run_id
+    client.log_artifacts(run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
+    now = int(time.time() * 1000)
+    counts = {
+        f"runs_{s}": float(states.count(s)) for s in ("finished", "failed", "running", "pending")
+    }
+    note = _note(out_dir, sweep, counts)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
+        tags=[RunTag("mlflow.note.content", note), RunTag("scaling.report_dir", str(out_dir.resolve())),
+              RunTag("scaling.report_time", time.strftime("%Y-%m-%d %H:%M:%S %z"))],
+    )  # fmt: skip
+    client.set_terminated(run_id, status="FINISHED")
+    return str(run_id)
+
+
+def _note(out_dir: Path, sweep: Sweep, counts: dict[str, float]) -> str:
+    """The run's description in the MLflow UI: the answer and where the page is."""
+    fits = json.loads((out_dir / "fits.json").read_text())
+    lines = [f"**{sweep.name}**: {sweep.description}".rstrip(": "), "",
+             ", ".join(f"{int(v)} {k.removeprefix('runs_')}" for k, v in counts.items()) + " runs.",
+             ""]  # fmt: skip
+    lines += [f"- {g['statement']}" for g in fits["gaps"] if g["headline"]]
+    lines += ["", f"Open `{ARTIFACT_PATH}/report.html` under Artifacts for figures and tables."]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _lock(uri: str, experiment: str, sweep: str) -> Iterator[None]:
+    """Serialise report uploads of one sweep on this machine, so that two racing reports
+    never create two report runs (across machines the oldest run is reused)."""
+    import fcntl
+
+    key = hashlib.sha256(f"{uri}\0{experiment}\0{sweep}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"scaling-report-{key}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -1,0 +1,256 @@
+"""`scaling submit`, `scaling status`, `scaling cancel`: launching and following runs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
+
+
+def submit(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    set_: SetOpt = None,
+    only: OnlyOpt = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", min=1, help="Runs at once.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would run and why the rest would not.")
+    ] = False,
+    rerun_failed: Annotated[
+        bool, typer.Option("--rerun-failed", help="Rerun failed runs (resuming).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rerun every selected run from scratch.")
+    ] = False,
+) -> None:
+    """Run every feasible run of SWEEP that is not finished; safe to repeat."""
+    from rich.console import Console
+
+    from scaling.backends.base import get_backend
+    from scaling.planning import build_plan
+    from scaling.submission import context_of, decide, prepare
+
+    console = Console(stderr=True)
+    overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
+    plan = build_plan(sweep, cluster, set_ or [], only, overrides)
+    ctx = context_of(plan)
+    decisions = decide(
+        plan, ctx, rerun_failed=rerun_failed, force=force, tracked=_tracked(ctx, console)
+    )
+    _print_decisions(console, decisions, verbose=dry_run)
+    if dry_run:
+        return
+    jobs = prepare(decisions)
+    if not jobs:
+        console.print("nothing to run")
+        _where_to_look(console, sweep, cluster)
+        return
+    _ensure_experiment(ctx, console)
+    backend = get_backend(ctx.profile.backend)
+    console.print(
+        f"submitting {len(jobs)} runs to {backend.name} ({ctx.max_parallel} at once, "
+        f"{ctx.device}{'' if ctx.device != 'cpu' else f', {ctx.threads_per_run} threads each'}); "
+        f"runs in {ctx.workdir / ctx.sweep}, tracking {ctx.tracking_uri}"
+    )
+    outcomes = backend.submit(jobs, ctx)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.state] = counts.get(outcome.state, 0) + 1
+    console.print(
+        "done: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing")
+    )
+    _where_to_look(console, sweep, cluster)
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _tracked(ctx: Any, console: Any) -> dict[str, Any]:
+    """MLflow's view of the sweep (run_id -> status); empty with a warning when unreachable."""
+    from scaling.errors import ScalingError
+    from scaling.tracking import find_runs
+
+    try:
+        return find_runs(ctx.tracking_uri, ctx.experiment)
+    except ScalingError as exc:
+        console.print(
+            f"[yellow]warning:[/yellow] tracking not readable ({exc}); deciding from run directories"
+        )
+        return {}
+
+
+def _ensure_experiment(ctx: Any, console: Any) -> None:
+    """Create the experiment once, here, so that concurrent jobs never race to create it."""
+    from scaling.tracking import ensure_experiment
+
+    try:
+        ensure_experiment(ctx.tracking_uri, ctx.experiment)
+    except Exception as exc:  # tracking must never stop training
+        console.print(f"[yellow]warning:[/yellow] could not create the MLflow experiment ({exc}); "
+                      "runs still write their run directories; `scaling sync` uploads them later")  # fmt: skip
+
+
+def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
+    reasons: dict[tuple[str, str], int] = {}
+    for d in decisions:
+        key = (
+            d.action,
+            d.why.split(":")[0].split(" (")[0] if d.action != "skip" else d.why.split("; ")[0],
+        )
+        reasons[key] = reasons.get(key, 0) + 1
+        if verbose:
+            spec = d.planned.spec
+            console.print(
+                f"{d.action:<6} {spec.run_id} {spec.method:<10} depth {spec.model['depth']} "
+                f"width {spec.model['width']} batch {spec.config['batch_size']} epochs {spec.config['epochs']} "
+                f"seed {spec.seed}: {d.why}",
+                highlight=False,
+            )
+    summary = "; ".join(f"{action} {n} ({why})" for (action, why), n in sorted(reasons.items()))
+    console.print(f"{len(decisions)} runs: {summary}", highlight=False)
+
+
+def _where_to_look(console: Any, sweep: Path, cluster: Path | None) -> None:
+    flag = f" --cluster {cluster}" if cluster else ""
+    console.print(
+        f"next: scaling status {sweep}{flag}   |   scaling ui {sweep}{flag}   |   scaling report {sweep}{flag}",
+        highlight=False,
+    )
+
+
+def status(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    set_: SetOpt = None,
+    only: OnlyOpt = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Refresh every 2 s until Ctrl-C.")
+    ] = False,
+) -> None:
+    """Counts by state and one row per run: state, epoch, last metric, MLflow link."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from scaling.cluster import load_profile
+    from scaling.planning import filter_runs
+    from scaling.spec import load_sweep
+    from scaling.submission import make_context
+
+    the_sweep = load_sweep(sweep, set_ or [])
+    ctx = make_context(the_sweep, load_profile(cluster))
+    runs = filter_runs(the_sweep.runs, only)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if not watch:
+        console.print(_status_view(runs, ctx, console))
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_status_view(runs, ctx, console), refresh=True)
+                time.sleep(2)
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    from scaling.backends.base import get_backend
+    from scaling.rundir import run_dir_of
+    from scaling.state import run_state
+    from scaling.tracking import run_url
+
+    tracked = _tracked(ctx, console)
+    scheduler: dict[str, str] = {}
+    if ctx.profile.backend != "local":
+        from scaling.backends.base import Job
+        from scaling.layout import Layout
+
+        jobs = [Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
+                    int(r.config["epochs"])) for r in runs]  # fmt: skip
+        scheduler = get_backend(ctx.profile.backend).status(jobs, ctx)
+    table = Table(
+        title=f"{ctx.sweep}: {len(runs)} runs in {ctx.workdir / ctx.sweep}", title_justify="left"
+    )
+    for col in (
+        "run_id",
+        "method",
+        "depth",
+        "width",
+        "batch",
+        "epochs",
+        "seed",
+        "state",
+        "epoch",
+        "loss",
+        "top-1",
+        "mlflow",
+    ):
+        table.add_column(col, no_wrap=True)
+    if scheduler:
+        table.add_column("scheduler", no_wrap=True)
+    counts: dict[str, int] = {}
+    failures = []
+    for r in runs:
+        run_dir = run_dir_of(ctx.workdir, ctx.sweep, r.run_id)
+        st = run_state(run_dir)
+        counts[st.state] = counts.get(st.state, 0) + 1
+        info = tracked.get(r.run_id)
+        link = "-"
+        if info:
+            link = (
+                run_url(ctx.tracking_uri, info["experiment_id"], info["mlflow_run_id"])
+                or info["mlflow_run_id"][:12]
+            )
+        top1 = f"{st.result['top1']:.4f}" if st.result else "-"
+        loss = f"{st.last['loss']:.4f}" if st.last else "-"
+        color = {
+            "finished": "green",
+            "failed": "red",
+            "running": "cyan",
+            "resumable": "yellow",
+        }.get(st.state, "white")
+        cells = [r.run_id, r.method, str(r.model["depth"]), str(r.model["width"]), str(r.config["batch_size"]),
+                 str(r.config["epochs"]), str(r.seed), f"[{color}]{st.state}[/{color}]",
+                 f"{st.epoch}/{r.config['epochs']}", loss, top1, link]  # fmt: skip
+        if scheduler:
+            cells.append(scheduler.get(r.run_id, "-"))
+        table.add_row(*cells)
+        if st.state == "failed":
+            kind = (st.failure or {}).get("kind", "error")
+            message = (st.failure or {}).get("message", "")
+            tail = "\n    ".join(st.log_tail(run_dir, 5))
+            failures.append(f"[red]{r.run_id} failed ({kind})[/red]: {message}\n    {tail}")
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return Group(table, f"states: {summary}", *failures)
+
+
+def cancel(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    set_: SetOpt = None,
+    only: OnlyOpt = None,
+) -> None:
+    """Stop running runs of SWEEP; each one checkpoints and stays resumable."""
+    from scaling.backends.base import Job, get_backend
+    from scaling.cluster import load_profile
+    from scaling.layout import Layout
+    from scaling.planning import filter_runs
+    from scaling.rundir import run_dir_of
+    from scaling.spec import load_sweep
+    from scaling.submission import make_context
+
+    the_sweep = load_sweep(sweep, set_ or [])
+    ctx = make_context(the_sweep, load_profile(cluster))
+    runs = filter_runs(the_sweep.runs, only)
+    jobs = [Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
+                int(r.config["epochs"])) for r in runs]  # fmt: skip
+    count = get_backend(ctx.profile.backend).cancel(jobs, ctx)
+    typer.echo(f"cancelled {count} runs; `scaling submit` resumes them")

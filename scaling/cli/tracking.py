@@ -1,0 +1,83 @@
+"""`scaling ui` and `scaling sync`: the MLflow side of a sweep."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Annotated
+
+import typer
+
+from scaling.cli.options import ClusterOpt, SetOpt, SweepArg
+from scaling.errors import ScalingError
+
+
+def ui(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the sweep's tracking store and print its URL."""
+    from scaling.cluster import load_profile
+    from scaling.spec import load_sweep
+    from scaling.submission import make_context
+
+    ctx = make_context(load_sweep(sweep, set_ or []), load_profile(cluster))
+    uri = ctx.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"the sweep logs to a tracking server: open {uri} (experiment {ctx.experiment})")
+        return
+    typer.echo(
+        f"MLflow UI for {uri} at http://{host}:{port}  (experiment {ctx.experiment}; Ctrl-C stops it)"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    try:
+        code = subprocess.call(cmd, env={**os.environ})
+    except KeyboardInterrupt:
+        code = 0
+    if code not in (0, -2, 130):
+        raise ScalingError(f"the MLflow UI exited with code {code}; is port {port} free? (--port)")
+
+
+def sync(
+    sweep: SweepArg,
+    cluster: ClusterOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Push run directories to MLflow (after an outage, or runs that never reached it)."""
+    from scaling.cluster import load_profile
+    from scaling.spec import load_sweep
+    from scaling.submission import make_context
+    from scaling.tracking import ensure_experiment
+    from scaling.tracking import sync as sync_runs
+
+    ctx = make_context(load_sweep(sweep, set_ or []), load_profile(cluster))
+    folder = ctx.workdir / ctx.sweep
+    run_dirs = (
+        sorted(p for p in folder.iterdir() if (p / "spec.json").exists()) if folder.is_dir() else []
+    )
+    if not run_dirs:
+        typer.echo(f"no run directories under {folder}")
+        return
+    ensure_experiment(ctx.tracking_uri, ctx.experiment)
+    pushed, failed = sync_runs(run_dirs, ctx.tracking_uri, ctx.experiment)
+    typer.echo(f"synced {pushed} of {len(run_dirs)} runs to {ctx.tracking_uri} (experiment {ctx.experiment})"
+               + (f"; {failed} failed, run `scaling sync` again" if failed else ""))  # fmt: skip
+    if failed:
+        raise typer.Exit(1)
