@@ -55,7 +55,7 @@ class ClusterProfile(StrictModel):
     accelerator: AcceleratorConfig = AcceleratorConfig()
     gpus_per_node: PositiveInt = 1
     gpus_per_run: PositiveInt = 1
-    max_parallel: PositiveInt = 1
+    max_parallel: PositiveInt | None = None  # None: one run per CPU core or per GPU set
     threads_per_run: PositiveInt | None = None  # CPU threads each run may use
     workdir: str = "runs"
     tracking: ClusterTracking = ClusterTracking()
@@ -82,6 +82,18 @@ def load_profile(path: str | Path | None = None, overrides: list[str] | None = N
     file = str(path)
     raw = apply_overrides(read_yaml(path), overrides or [], file)
     return validate(ClusterProfile, raw, file)
+
+
+def parallel_runs(profile: ClusterProfile, device: str) -> int:
+    """Runs at once: the profile's max_parallel, else one per CPU core (one thread each:
+    small CPU runs use cores better side by side than threaded) or one per GPU set."""
+    if profile.max_parallel is not None:
+        return profile.max_parallel
+    if device == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count() // profile.gpus_per_run)
+    return max(1, os.cpu_count() or 1)
 
 
 def total_memory_gb() -> float:

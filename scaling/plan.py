@@ -120,8 +120,11 @@ def resolve_accelerator(profile: ClusterProfile) -> Accelerator:
         from scaling.cluster import total_memory_gb
 
         name = name or f"cpu ({os.cpu_count()} cores)"
-        memory_gb = memory_gb or total_memory_gb() / profile.max_parallel
-        peak = peak or _cpu_tflops() / profile.max_parallel
+        from scaling.cluster import parallel_runs
+
+        parallel = parallel_runs(profile, device)
+        memory_gb = memory_gb or total_memory_gb() / parallel
+        peak = peak or _cpu_tflops() / parallel
     if memory_gb is None or peak is None:
         raise SpecError(
             "accelerator.memory_gb and accelerator.peak_tflops are needed for a "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.backends.base import Context, Job
-from scaling.cluster import ClusterProfile
+from scaling.cluster import ClusterProfile, parallel_runs
 from scaling.plan import Plan, PlannedRun
 from scaling.rundir import FAILURE, SPEC, git_version, read_json, run_dir_of, write_json
 from scaling.spec import Sweep
@@ -48,7 +48,8 @@ def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = Non
     """Where a sweep's runs live and log: workdir, tracking URI, device, threads per run."""
     from scaling.tracking import experiment_name, resolve_uri
 
-    max_parallel = profile.max_parallel
+    device = device or ("cpu" if profile.device == "auto" else profile.device)
+    max_parallel = parallel_runs(profile, device)
     threads = profile.threads_per_run or max(1, (os.cpu_count() or 1) // max_parallel)
     return Context(
         profile=profile,
@@ -56,7 +57,7 @@ def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = Non
         workdir=Path(profile.workdir).absolute(),
         tracking_uri=resolve_uri(sweep.tracking.uri, profile.tracking.uri),
         experiment=experiment_name(sweep),
-        device=device or ("cpu" if profile.device == "auto" else profile.device),
+        device=device,
         threads_per_run=threads,
         max_parallel=max_parallel,
     )

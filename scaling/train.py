@@ -108,17 +108,23 @@ def run_tracked(
 
     run_dir = Path(run_dir)
 
-    def mirror(_: dict[str, Any] | None = None) -> None:
-        if tracking is not None and dist.rank() == 0:
-            from scaling.tracking import push
+    outage = False
 
-            push(run_dir, *tracking)
+    def mirror(_: dict[str, Any] | None = None, *, final: bool = False) -> None:
+        # After one failed push the rest of the run only tries once more, at the end: an
+        # unreachable server must not cost seconds of retries after every epoch.
+        nonlocal outage
+        if tracking is None or dist.rank() != 0 or (outage and not final):
+            return
+        from scaling.tracking import push
+
+        outage = push(run_dir, *tracking) is None
 
     with run_lock(run_dir):
         try:
             return run(spec, run_dir, layout, on_epoch=mirror, **options)
         finally:
-            mirror()
+            mirror(final=True)
 
 
 def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:

@@ -7,6 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The session-scoped `slurm_cluster` fixture (a real one-machine Slurm with accounting).
+pytest_plugins = ["tests.slurm_cluster"]
+
 # Keep tests on the CPU and small thread counts: two cores are shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -15,7 +15,7 @@ picks, in this order:
    ``CI=true``: in CI a missing Slurm is a failure, never a silent skip.
 
 Use it from a test module with ``from slurm_cluster import slurm_cluster`` or, once
-for the whole suite, ``pytest_plugins = ["slurm_cluster"]`` in ``tests/conftest.py``.
+for the whole suite, ``pytest_plugins = ["tests.slurm_cluster"]`` in ``tests/conftest.py``.
 Several imports are harmless: a second instance finds the first one's cluster
 answering ``sinfo`` and reuses it.
 """

@@ -14,14 +14,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-if (
-    TYPE_CHECKING
-):  # imported by pytest_plugins below; importing it first would skip assertion rewriting
-    from slurm_cluster import SlurmCluster
+if TYPE_CHECKING:  # registered by pytest_plugins in conftest.py
+    from tests.slurm_cluster import SlurmCluster
 
 pytestmark = pytest.mark.slurm
-# Registers the session-scoped `slurm_cluster` fixture (tests/slurm_cluster.py).
-pytest_plugins = ["slurm_cluster"]
 
 
 def test_batch_job_runs_and_sacct_reports_completed(

@@ -1,0 +1,206 @@
+"""`scaling submit` on this machine, end to end through the real CLI and a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scaling.cli.app import app
+from scaling.rundir import METRICS, RESULT, read_json, read_jsonl
+from scaling.spec import load_sweep
+from scaling.tracking import find_runs
+from tests.conftest import REPO, write
+
+SWEEP = """\
+name: tiny
+description: a tiny sweep for tests
+dataset: {name: synthetic, image_size: 16, size: 96}
+seeds: [0]
+model: {depth: 10, width: [0.125, 0.25], stem: cifar}
+methods:
+  simclr: {batch_size: 32, epochs: [1, 2], projection_dim: 16, warmup_epochs: 0.5, eval: {epochs: 3}}
+  supervised: {batch_size: 32, epochs: 2, warmup_epochs: 0.5}
+"""
+PROFILE = "backend: local\ndevice: cpu\nmax_parallel: 2\nthreads_per_run: 1\n"
+
+
+@pytest.fixture
+def study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "sweep.yaml", SWEEP)
+    write(tmp_path / "local.yaml", PROFILE)
+    return tmp_path
+
+
+def invoke(*args: str) -> object:
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def mlflow_runs(root: Path, experiment: str = "tiny") -> dict[str, dict]:
+    return find_runs(f"sqlite:///{root}/mlflow.db", experiment)
+
+
+def all_mlflow_run_count(root: Path) -> int:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    return len(client.search_runs([exp.experiment_id], max_results=1000))
+
+
+@pytest.mark.slow
+def test_submit_runs_everything_then_nothing(study: Path) -> None:
+    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml")
+    assert result.exit_code == 0, result.output
+    assert "6 finished" in result.output
+    sweep = load_sweep(study / "sweep.yaml")
+    for spec in sweep.runs:
+        run_dir = study / "runs" / "tiny" / spec.run_id
+        assert read_json(run_dir / RESULT)["run_id"] == spec.run_id
+    tracked = mlflow_runs(study)
+    assert set(tracked) == {r.run_id for r in sweep.runs}
+    for spec in sweep.runs:
+        info = tracked[spec.run_id]
+        assert info["status"] == "FINISHED"
+        assert info["tags"]["scaling.sweep"] == "tiny" and info["tags"]["scaling.method"] == spec.method
+        assert info["params"]["batch_size"] == "32" and info["params"]["micro_batch"] == "32"
+        assert info["params"]["width"] == str(spec.model["width"])
+        assert "top1" in info["metrics"] and "train/loss" in info["metrics"]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{study}/mlflow.db")
+    some = tracked[sweep.runs[1].run_id]
+    history = client.get_metric_history(some["mlflow_run_id"], "train/loss")
+    assert [m.step for m in history] == list(range(1, int(sweep.runs[1].config["epochs"]) + 1))
+    artifacts = {a.path for a in client.list_artifacts(some["mlflow_run_id"])}
+    assert {"spec.json", "result.json", "metrics.jsonl"} <= artifacts
+
+    again = invoke("submit", "sweep.yaml", "--cluster", "local.yaml")
+    assert again.exit_code == 0 and "nothing to run" in again.output and "skip 6 (finished)" in again.output
+    assert all_mlflow_run_count(study) == 6
+
+    status = invoke("status", "sweep.yaml", "--cluster", "local.yaml")
+    assert status.exit_code == 0 and "6 finished" in status.output
+
+
+def test_dry_run_says_what_would_run_and_why(study: Path) -> None:
+    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", "--dry-run", "--only", "method=supervised")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("run    ") == 2 and "new" in result.output
+    assert not (study / "runs").exists()
+
+
+def _submit_process(study: Path, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "scaling", "submit", "sweep.yaml", "--cluster", "local.yaml", *extra]
+    return subprocess.Popen(cmd, cwd=study, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait(predicate, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Path) -> None:
+    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=4"]
+    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=4"])
+    spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
+    run_dir = study / "runs" / "tiny" / spec.run_id
+    proc = _submit_process(study, *only)
+    _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1 and (run_dir / "mlflow.json").exists())
+    first_mlflow_id = json.loads((run_dir / "mlflow.json").read_text())["mlflow_run_id"]
+    pid = int((run_dir / ".lock").read_text().split()[0])
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)  # the training process, mid-epoch
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 1 and "failed" in out, out  # killed: not finished
+    assert not (run_dir / RESULT).exists()
+
+    again = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *only)
+    assert again.exit_code == 0, again.output
+    assert "resume" in again.output and "1 finished" in again.output
+    resumed = read_json(run_dir / RESULT)
+
+    # The same run uninterrupted, elsewhere: the result must be identical.
+    from scaling.train import run
+
+    reference = run(spec, study / "reference", threads=1)
+    for key in ("top1", "top5", "steps", "images_seen"):
+        assert resumed[key] == reference[key], key
+    tracked = mlflow_runs(study)
+    assert tracked[spec.run_id]["mlflow_run_id"] == first_mlflow_id
+    assert tracked[spec.run_id]["status"] == "FINISHED" and all_mlflow_run_count(study) == 1
+
+
+@pytest.mark.slow
+def test_eight_runs_logging_at_once_lose_no_metric(study: Path) -> None:
+    write(study / "sweep.yaml", SWEEP.replace("seeds: [0]", "seeds: [0, 1, 2, 3]").replace("epochs: [1, 2]", "epochs: 2"))
+    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", "--max-parallel", "8", "--only", "width=0.125")
+    assert result.exit_code == 0, result.output
+    tracked = mlflow_runs(study)
+    assert len(tracked) == 8
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{study}/mlflow.db")
+    for info in tracked.values():
+        assert len(client.get_metric_history(info["mlflow_run_id"], "train/loss")) == 2
+        assert info["status"] == "FINISHED" and "top1" in info["metrics"]
+
+
+@pytest.mark.slow
+def test_unreachable_tracking_loses_nothing_and_sync_uploads(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = ["--set", "tracking.uri=http://127.0.0.1:9", "--only", "method=supervised,width=0.125"]
+    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *down)
+    assert result.exit_code == 0, result.output
+    assert "1 finished" in result.output and "warning" in result.output
+    synced = invoke("sync", "sweep.yaml", "--cluster", "local.yaml")  # the sweep's own (sqlite) store
+    assert synced.exit_code == 0 and "synced 1 of 1" in synced.output, synced.output
+    (info,) = mlflow_runs(study).values()
+    assert info["status"] == "FINISHED" and "top1" in info["metrics"]
+
+
+@pytest.mark.slow
+def test_failed_runs_are_reported_and_rerun_only_when_asked(study: Path) -> None:
+    bad = ["--only", "method=supervised,width=0.125", "--set", "methods.supervised.optimizer=sgd",
+           "--set", "methods.supervised.lr_rule=1.0e12"]  # fmt: skip
+    first = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
+    assert first.exit_code == 1 and "failed" in first.output and "diverged" in first.output, first.output
+    status = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *bad[:1] + bad[1:2], "--set",
+                    "methods.supervised.optimizer=sgd", "--set", "methods.supervised.lr_rule=1.0e12")  # fmt: skip
+    assert "failed (diverged)" in status.output, status.output
+    second = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
+    assert second.exit_code == 0 and "use --rerun-failed" in second.output
+    third = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad, "--rerun-failed")
+    assert third.exit_code == 1 and "rerun after failure (diverged)" in third.output
+
+
+@pytest.mark.slow
+def test_two_racing_submits_train_each_run_once(study: Path) -> None:
+    only = ["--only", "method=simclr,epochs=1"]
+    a, b = _submit_process(study, *only), _submit_process(study, *only)
+    out_a, out_b = (p.communicate(timeout=300)[0].decode() for p in (a, b))
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert all_mlflow_run_count(study) == 2
+    sweep = load_sweep(study / "sweep.yaml")
+    for spec in sweep.runs_of("simclr"):
+        if spec.config["epochs"] == 1:
+            assert read_json(study / "runs" / "tiny" / spec.run_id / RESULT) is not None
+
+
+def test_submit_rejects_bad_input_in_one_line(study: Path) -> None:
+    write(study / "bad.yaml", SWEEP.replace("depth: 10", "depth: 11"))
+    result = invoke("submit", "bad.yaml", "--cluster", "local.yaml")
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "model.depth" in result.output
