@@ -44,9 +44,11 @@ class SlurmConfig(StrictModel):
 class RayConfig(StrictModel):
     address: str = "local"  # local | auto | ray://host:port
     num_cpus: PositiveInt | None = None  # local Ray only
-    cpus_per_trial: PositiveFloat = 1
+    cpus_per_trial: PositiveFloat = 1  # per training process (per rank of a multi-GPU run)
     accelerator_type: str | None = None
     max_failures: NonNegativeInt = 2
+    temp_dir: str | None = None  # local Ray only; None: <workdir>/.ray (or a short /tmp dir)
+    runtime_env: dict[str, Any] = {}  # joining a cluster: ray.init(runtime_env=...)
 
 
 class ClusterProfile(StrictModel):

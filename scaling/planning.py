@@ -21,6 +21,10 @@ def build_plan(
 ) -> Plan:
     sweep = load_sweep(sweep_path, overrides)
     profile = load_profile(cluster, profile_overrides)
+    if profile.backend == "slurm":  # submitit's parameter check, before any cost is computed
+        from scaling.backends.slurm import check_profile
+
+        check_profile(profile, str(cluster))
     plan = make_plan(sweep, profile)
     if only:
         filters = parse_only(only)

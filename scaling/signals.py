@@ -1,4 +1,10 @@
-"""Stop requests: SIGTERM/SIGUSR1 set a flag the training loop checks after each step."""
+"""Stop requests: SIGTERM/SIGUSR1 set a flag the training loop checks after each step.
+
+Signal handlers can only be installed on the main thread. Trainers that run elsewhere
+(a Ray Tune trial or Ray Train worker runs the training function on a thread of its
+actor) are stopped through `EXTERNAL_STOP` instead: setting it from any thread has the
+same effect as SIGTERM (checkpoint after the current step, then Preempted).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,29 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+# One training run per process at a time, so one process-wide event is enough; the
+# caller that sets it clears it before starting the next run.
+EXTERNAL_STOP = threading.Event()
+
 
 class StopFlag:
-    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints after the current step and stops."""
+    """SIGTERM/SIGUSR1 (or EXTERNAL_STOP) set a flag; the loop checkpoints after the
+    current step and stops."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self._signalled = False
+
+    @property
+    def requested(self) -> bool:
+        return self._signalled or EXTERNAL_STOP.is_set()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        self._signalled = True
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
         if threading.current_thread() is not threading.main_thread():
-            yield self  # signals can only be handled on the main thread (e.g. under Ray)
+            yield self  # no signal handlers off the main thread: EXTERNAL_STOP only
             return
         previous = {
             sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)

@@ -184,7 +184,7 @@ def test_failed_runs_are_reported_and_rerun_only_when_asked(study: Path) -> None
     second = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
     assert second.exit_code == 0 and "use --rerun-failed" in second.output
     third = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad, "--rerun-failed")
-    assert third.exit_code == 1 and "rerun after failure (diverged)" in third.output
+    assert third.exit_code == 1 and "resume 1 (rerun)" in third.output and "diverged" in third.output
 
 
 @pytest.mark.slow

@@ -54,13 +54,18 @@ class Context:
     max_parallel: int
     extra_env: dict[str, str] = field(default_factory=dict)
 
-    def train_command(self, job: Job) -> list[str]:
-        """The command every backend runs for a job (one process; a rank under srun)."""
+    def train_command(self, job: Job, *, tracking: bool = True) -> list[str]:
+        """The command every backend runs for a job (one process; a rank under srun).
+
+        tracking=False leaves MLflow to the caller (the local backend pushes from the
+        parent, which keeps MLflow's import and connections out of every run).
+        """
         cmd = [
             sys.executable, "-m", "scaling", "train", str(job.spec_path),
             "--run-dir", str(job.run_dir), "--device", self.device,
-            "--tracking-uri", self.tracking_uri, "--experiment", self.experiment,
         ]  # fmt: skip
+        if tracking:
+            cmd += ["--tracking-uri", self.tracking_uri, "--experiment", self.experiment]
         if self.device == "cpu":
             cmd += ["--threads", str(self.threads_per_run)]
         return cmd

@@ -3,6 +3,8 @@
 At most `max_parallel` at once (CPU threads split between them; one run per GPU set
 on CUDA). Multi-rank runs (gpus_per_run > 1) start through torchrun. Ctrl-C sends
 SIGTERM to every child, which checkpoints and exits: every run stays resumable.
+This process, not the children, mirrors each run directory to MLflow as its epochs
+land: the runs never import MLflow or wait on the store.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class _Child:
     started: float
     gpus: str | None = None
     task: Any = None
+    pushed: int = -1  # epochs mirrored to MLflow so far
 
 
 class LocalBackend:
@@ -55,11 +58,16 @@ class LocalBackend:
                         running.append(self._start(job, ctx, gpus, view))
                     time.sleep(POLL_SECONDS)
                     for child in list(running):
-                        view.update(child.task, _epochs_done(child.job.run_dir))
+                        epochs = _epochs_done(child.job.run_dir)
+                        view.update(child.task, epochs)
+                        if epochs != child.pushed:
+                            child.pushed = epochs
+                            _push(child.job, ctx)
                         if child.proc.poll() is None:
                             continue
                         running.remove(child)
                         child.log.close()
+                        _push(child.job, ctx)
                         if slots:
                             free.append(child.gpus)
                         outcome = _outcome(child)
@@ -77,7 +85,7 @@ class LocalBackend:
         return outcomes
 
     def _start(self, job: Job, ctx: Context, gpus: str | None, view: Any) -> _Child:
-        cmd = ctx.train_command(job)
+        cmd = ctx.train_command(job, tracking=False)  # the parent mirrors to MLflow
         if job.layout.gpus > 1:  # one process per rank, rendezvous on this machine
             nproc = f"--nproc-per-node={job.layout.gpus}"
             cmd = [
@@ -127,6 +135,13 @@ class LocalBackend:
             except (OSError, ValueError, IndexError):
                 continue
         return count
+
+
+def _push(job: Job, ctx: Context) -> None:
+    """Mirror a run directory to MLflow; a failure only leaves it pending (never raises)."""
+    from scaling.tracking import push
+
+    push(job.run_dir, ctx.tracking_uri, ctx.experiment)
 
 
 def _gpu_slots(ctx: Context) -> list[str]:

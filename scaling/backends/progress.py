@@ -25,7 +25,7 @@ COLORS = {"finished": "green", "failed": "red", "preempted": "yellow", "already-
 
 class LiveView:
     def __init__(self, total: int, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.live = self.console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),

@@ -37,7 +37,7 @@ def submit(
     from scaling.planning import build_plan
     from scaling.submission import context_of, decide, prepare
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     plan = build_plan(sweep, cluster, set_ or [], only, overrides)
     ctx = context_of(plan)
@@ -99,10 +99,8 @@ def _ensure_experiment(ctx: Any, console: Any) -> None:
 def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
     reasons: dict[tuple[str, str], int] = {}
     for d in decisions:
-        key = (
-            d.action,
-            d.why.split(":")[0].split(" (")[0] if d.action != "skip" else d.why.split("; ")[0],
-        )
+        # Launches grouped by kind (new, resume, rerun, forced), skips by their full reason.
+        key = (d.action, d.why if d.action == "skip" else d.why.split(":")[0].split(" after")[0])
         reasons[key] = reasons.get(key, 0) + 1
         if verbose:
             spec = d.planned.spec

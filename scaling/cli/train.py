@@ -45,7 +45,22 @@ def train(
     except ValueError as exc:
         raise SpecError(f"invalid JSON: {exc}", file=str(run_spec)) from None
     spec = RunSpec.from_dict(data, file=str(run_spec))
-    layout = Layout.from_dict(data["layout"]) if "layout" in data else None
+    layout = None
+    if "layout" in data:
+        try:
+            layout = Layout.from_dict(data["layout"])
+        except (KeyError, TypeError, ValueError):
+            raise SpecError(
+                "expected {micro_batch, accum_steps, gpus, nodes}", file=str(run_spec), key="layout"
+            ) from None
+        batch = int(spec.config["batch_size"])
+        if layout.micro_batch * layout.accum_steps * layout.gpus != batch:
+            raise SpecError(
+                f"micro_batch x accum_steps x gpus = {layout.micro_batch} x {layout.accum_steps} x "
+                f"{layout.gpus} must equal the batch size {batch}",
+                file=str(run_spec),
+                key="layout",
+            )
     tracking = (tracking_uri, experiment or spec.sweep or "scaling") if tracking_uri else None
     try:
         run_tracked(

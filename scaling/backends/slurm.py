@@ -1,0 +1,418 @@
+"""The Slurm backend: the runs of one `submit` as job arrays, through submitit.
+
+What a Slurm user gets, and where it comes from:
+
+- Parameters: the profile's `slurm:` section, the run's GPUs and the device become
+  submitit's own parameter names (those of `submitit.slurm.slurm._make_sbatch_string`,
+  the function whose signature submitit validates `update_parameters` against).
+  `check_profile` validates them when the plan is made, so a misspelt key is a
+  one-line SpecError that lists the valid ones, not a failure at submission.
+- One task per GPU (one per rank on a CPU profile): a run of G GPUs on nodes of N
+  is ceil(G/N) nodes x G/nodes tasks. Every task runs `TrainCall`; the training core
+  reads SLURM_PROCID/SLURM_NTASKS/SLURM_JOB_NODELIST (scaling.distributed.detect_env).
+- One `sbatch` per MaxArraySize runs: a job array's *index* must stay below the
+  cluster's MaxArraySize (`scontrol show config`), and submitit numbers tasks from 0,
+  so an array holds at most MaxArraySize runs. The profile's array_parallelism caps
+  the runs of one submit running at once; with several chunks it is split between them.
+- Requeue: `TrainCall` is a submitit `Checkpointable`. On submitit's preemption or
+  time-out signal (USR2, `--signal=USR2@90`) the trainer checkpoints after its
+  current step, then submitit's own handler calls `checkpoint()` (the same call: the
+  run directory holds the state) and `scontrol requeue`s the job, at most
+  `slurm.max_timeouts` times for time-outs. The requeued job resumes from the
+  checkpoint into the same MLflow run (run directory + mlflow.json).
+- SIGTERM alone (`scancel`, `scontrol requeue`) also checkpoints; the job then ends
+  and the run stays resumable. A preemption sends SIGTERM and USR2 together, so after
+  a SIGTERM the job waits `USR_SIGNAL_GRACE_S` for USR2 before deciding it was a cancel.
+- Job ids per run in `<run_dir>/slurm.json`; `status` asks sacct through submitit's
+  watcher, forced (a cached state is never trusted); `cancel` is `job.cancel()`.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import FailedJobError, JobPaths
+from submitit.helpers import Checkpointable, DelayedSubmission
+from submitit.slurm import slurm as _slurm
+
+from scaling.backends.base import Context, Job, Outcome
+from scaling.cluster import ClusterProfile, SlurmConfig
+from scaling.errors import SpecError, SubmissionError
+from scaling.rundir import LOG, SPEC, read_json, write_json
+
+RECORD = "slurm.json"  # per run: the Slurm job ids that trained it, newest last
+EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75  # as `scaling train`
+USR_SIGNAL_GRACE_S = 5.0  # after SIGTERM, how long to wait for a preemption's USR2
+LOG_TAIL_LINES = 5
+ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
+                    "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"})  # fmt: skip
+FAILED_FOR_GOOD = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                             "DEADLINE", "PREEMPTED"})  # fmt: skip
+# Profile field -> submitit parameter it sets (so `additional` cannot set them twice).
+OWNED = {"partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
+         "nodes": "gpus_per_run", "ntasks_per_node": "gpus_per_run",
+         "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
+         "constraint": "constraint", "exclude": "exclude", "setup": "setup",
+         "array_parallelism": "array_parallelism", "job_name": "(the sweep name)"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- parameters
+
+
+def task_layout(profile: ClusterProfile, file: str | None = None) -> tuple[int, int]:
+    """(nodes, tasks per node) of one run: one task per GPU, or per rank on a CPU."""
+    per_run, per_node = profile.gpus_per_run, profile.gpus_per_node
+    nodes = profile.nodes_per_run
+    if per_run % nodes:
+        raise SpecError(
+            f"gpus_per_run={per_run} spans {nodes} nodes of {per_node}: use a multiple of "
+            "gpus_per_node so every node runs the same number of tasks", file=file, key="gpus_per_run",
+        )  # fmt: skip
+    return nodes, per_run // nodes
+
+
+def threads_per_task(profile: ClusterProfile, device: str) -> int | None:
+    """CPU threads of each task: the profile's threads_per_run, else cpus_per_task."""
+    if device != "cpu":
+        return None
+    return profile.threads_per_run or _config(profile).cpus_per_task
+
+
+def executor_parameters(
+    profile: ClusterProfile,
+    device: str,
+    *,
+    sweep: str = "sweep",
+    extra_env: Mapping[str, str] | None = None,
+    file: str | None = None,
+) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one run's job; SpecError when invalid."""
+    cfg = _config(profile)
+    nodes, tasks = task_layout(profile, file)
+    exports = dict(extra_env or {})
+    threads = threads_per_task(profile, device)
+    if threads:
+        exports["OMP_NUM_THREADS"] = str(threads)
+    params: dict[str, Any] = {
+        "job_name": f"scaling-{sweep}", "partition": cfg.partition, "account": cfg.account,
+        "qos": cfg.qos, "time": cfg.time_min, "nodes": nodes, "ntasks_per_node": tasks,
+        "gpus_per_node": tasks if device == "cuda" else None, "cpus_per_task": cfg.cpus_per_task,
+        "mem": _slurm._convert_mem(cfg.mem_gb) if cfg.mem_gb else None,
+        "constraint": cfg.constraint, "exclude": cfg.exclude,
+        "setup": [*cfg.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(exports.items()))],
+        "array_parallelism": cfg.array_parallelism,
+        "stderr_to_stdout": True,  # one log per task, tracebacks in place: run_dir/train.log
+    }  # fmt: skip
+    valid = set(_slurm._get_default_parameters())
+    unknown = sorted(set(cfg.additional) - valid)
+    if unknown:
+        choices = ", ".join(sorted(valid - set(OWNED)))
+        raise SpecError(
+            f"unknown submitit parameter(s) {', '.join(unknown)}; valid: {choices}",
+            file=file, key="slurm.additional",
+        )  # fmt: skip
+    owned = sorted(set(cfg.additional) & set(OWNED))
+    if owned:
+        fields = ", ".join(f"{k} (set by {OWNED[k]})" for k in owned)
+        raise SpecError(f"set by the profile, not here: {fields}", file=file, key="slurm.additional")
+    params.update(cfg.additional)
+    params = {k: v for k, v in params.items() if v is not None}
+    try:  # submitit's own check of the values (what update_parameters does)
+        _slurm._make_sbatch_string(command="true", folder="/nonexistent/%j", **params)
+    except (TypeError, ValueError, AssertionError) as exc:
+        raise SpecError(f"submitit rejects the parameters: {exc}", file=file, key="slurm") from None
+    return params
+
+
+def check_profile(profile: ClusterProfile, file: str | None = None) -> None:
+    """Validate a Slurm profile when the plan is made (no Slurm needed); SpecError if bad."""
+    if profile.backend != "slurm":
+        return
+    if profile.device == "auto":
+        raise SpecError(
+            "device: auto would be resolved on the submitting machine, not on the cluster's "
+            "nodes; set device: cuda (or cpu)", file=file, key="device",
+        )  # fmt: skip
+    executor_parameters(profile, profile.device, file=file)
+
+
+def submitit_folder(ctx: Context) -> Path:
+    """Where submitit keeps pickles, sbatch files and logs: one folder per job id."""
+    return ctx.workdir / ctx.sweep / ".submitit" / "%j"
+
+
+def sbatch_script(ctx: Context, runs: int, python: str | None = None) -> str:
+    """The sbatch file submitit writes for an array of `runs` runs (without submitting)."""
+    folder = submitit_folder(ctx)
+    params = executor_parameters(ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env)
+    if runs > 1:
+        params["map_count"] = runs
+    python = python or shlex.quote(sys.executable)
+    # as SlurmExecutor._submitit_command_str
+    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _slurm._make_sbatch_string(command=command, folder=folder, **params)
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (array indices run from 0 to MaxArraySize - 1)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SubmissionError(f"cannot read the Slurm configuration (scontrol show config): {exc}") from None
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize":
+            return int(value.split()[0])
+    return 1001  # Slurm's default
+
+
+def chunks(items: Sequence[Job], limit: int) -> list[Sequence[Job]]:
+    """Consecutive groups of at most `limit` runs (MaxArraySize 0 disables arrays)."""
+    size = max(1, limit)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _config(profile: ClusterProfile) -> SlurmConfig:
+    return profile.slurm or SlurmConfig()
+
+
+# ---------------------------------------------------------------------- the job
+
+
+class TrainCall(Checkpointable):
+    """What every task of a run's Slurm job executes: `scaling train` for that run.
+
+    Holds only where the run lives and how to train it (picklable, a few hundred bytes);
+    the run directory holds the state, so `checkpoint()` resubmits the same call.
+    """
+
+    def __init__(self, run_dir: str, tracking: tuple[str, str] | None, device: str,
+                 threads: int | None) -> None:  # fmt: skip
+        self.run_dir = run_dir
+        self.tracking = tracking
+        self.device = device
+        self.threads = threads
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Requeue protocol: the trainer has checkpointed; the run resumes from it."""
+        return DelayedSubmission(TrainCall(self.run_dir, self.tracking, self.device, self.threads))
+
+    def __call__(self) -> dict[str, Any] | None:
+        import json
+
+        from scaling import distributed
+        from scaling.layout import Layout
+        from scaling.spec import RunSpec
+        from scaling.state import AlreadyRunning
+        from scaling.train import Preempted, run, run_tracked
+
+        run_dir = Path(self.run_dir)
+        data = json.loads((run_dir / SPEC).read_text())
+        spec = RunSpec.from_dict(data, file=str(run_dir / SPEC))
+        layout = Layout.from_dict(data["layout"]) if "layout" in data else None
+        rank = distributed.detect_env().rank
+        if rank == 0:
+            _link_log(run_dir)
+        options: dict[str, Any] = {"device": self.device, "threads": self.threads}
+        usr_sig = submitit.JobEnvironment._usr_sig()
+        preemption = _Preemption(signal.getsignal(usr_sig))
+        previous = signal.signal(usr_sig, preemption.handle)
+        try:
+            if rank == 0:  # the run's lock, tracking and result files belong to rank 0
+                return run_tracked(spec, run_dir, layout, self.tracking, **options)
+            run(spec, run_dir, layout, **options)
+            return None
+        except Preempted as exc:
+            print(f"{exc}", flush=True)
+            if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
+                preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
+            raise SystemExit(EXIT_PREEMPTED) from None
+        except AlreadyRunning as exc:
+            print(f"{exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_ALREADY_RUNNING) from None
+        finally:
+            signal.signal(usr_sig, previous)
+            distributed.cleanup()
+
+
+class _Preemption:
+    """submitit's USR2 (preemption or time-out) turned into a stop at a step boundary.
+
+    In the training loop the trainer's SIGTERM/SIGUSR1 handler (scaling.signals.StopFlag)
+    is asked to stop: it checkpoints after the current step and raises Preempted, then
+    `requeue()` hands over to submitit's handler. Outside the loop (loading data,
+    evaluating) there is no step to finish: submitit's handler runs at once.
+    """
+
+    def __init__(self, submitit_handler: Any) -> None:
+        self.requested = False
+        self._submitit = submitit_handler if callable(submitit_handler) else None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        from scaling.signals import StopFlag
+
+        self.requested = True
+        stop = signal.getsignal(signal.SIGUSR1)
+        if callable(stop) and isinstance(getattr(stop, "__self__", None), StopFlag):
+            stop(signum, frame)
+        elif self._submitit is not None:
+            self._submitit(signum, frame)
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.requested and self._submitit is not None
+
+    def requeue(self) -> None:
+        handler: Callable[[int, Any], None] | None = self._submitit
+        if handler is not None:
+            handler(submitit.JobEnvironment._usr_sig(), None)
+
+
+def _link_log(run_dir: Path) -> None:
+    """run_dir/train.log -> this job's log, so the run directory shows it as locally."""
+    try:
+        target = submitit.JobEnvironment().paths.stdout
+    except Exception:  # not under submitit (a test calling the object directly)
+        return
+    link = run_dir / LOG
+    if link.exists() and not link.is_symlink():
+        return  # a log of an earlier local run: keep it
+    tmp = run_dir / f".{LOG}.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
+# ---------------------------------------------------------------------- the backend
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def submit(self, jobs: Sequence[Job], ctx: Context) -> list[Outcome]:
+        """Queue every run not already queued; return once Slurm has them (job ids printed)."""
+        cfg = _config(ctx.profile)
+        params = executor_parameters(ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env)
+        states = _states([j.run_dir for j in jobs])
+        outcomes, todo = [], []
+        for job in jobs:
+            state, job_id = states.get(job.run_id, ("", ""))
+            if state in ACTIVE:
+                outcomes.append(Outcome(job.run_id, "already-running", f"slurm job {job_id} {state}"))
+            else:
+                todo.append(job)
+        groups = chunks(todo, max_array_size())
+        parallel = max(1, cfg.array_parallelism // max(1, len(groups)))
+        folder = submitit_folder(ctx)
+        threads = threads_per_task(ctx.profile, ctx.device)
+        tracking = (ctx.tracking_uri, ctx.experiment)
+        for group in groups:
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=cfg.max_timeouts)
+            executor.update_parameters(**{**params, "array_parallelism": parallel})
+            calls = [TrainCall(str(j.run_dir), tracking, ctx.device, threads) for j in group]
+            try:
+                submitted = executor.submit_array(calls)
+            except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
+                raise SubmissionError(f"sbatch failed: {str(exc).strip()}") from None
+            for job, sjob in zip(group, submitted, strict=True):
+                _record(job.run_dir, sjob.job_id, folder)
+                outcomes.append(Outcome(job.run_id, "submitted", f"slurm job {sjob.job_id}"))
+            first, last = submitted[0].job_id, submitted[-1].job_id
+            span = first if len(submitted) == 1 else f"{first} .. {last}, {min(parallel, len(group))} at once"
+            print(f"slurm: {len(group)} runs queued as job {span}; logs in {folder.parent}", file=sys.stderr, flush=True)  # fmt: skip
+        return outcomes
+
+    def status(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
+        """run_id -> "<STATE> (job <id>)", e.g. "RUNNING (job 41_2)" or
+        "FAILED (exit 1:0, job 41_2)" followed, for runs that failed for good, by the
+        last lines of the job's log on further lines. Runs never submitted are absent."""
+        states = _states([j.run_dir for j in jobs], exit_codes=True)
+        out = {}
+        for job in jobs:
+            if job.run_id not in states:
+                continue
+            state, job_id, *rest = states[job.run_id]
+            code = rest[0] if rest else ""
+            if state in FAILED_FOR_GOOD:
+                folder = Path((read_json(job.run_dir / RECORD) or {}).get("folder", ""))
+                tail = "\n".join(_log_tail(folder, job_id))
+                out[job.run_id] = f"{state} (exit {code}, job {job_id})" + (f"\n{tail}" if tail else "")
+            else:
+                out[job.run_id] = f"{state} (job {job_id})"
+        return out
+
+    def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
+        """scancel each run's queued or running job; runs checkpoint on SIGTERM and stay
+        resumable (Slurm sends SIGTERM, then SIGKILL after its KillWait, 30 s by default)."""
+        states = _states([j.run_dir for j in jobs])
+        count = 0
+        for job in jobs:
+            state, job_id = states.get(job.run_id, ("", ""))
+            if state not in ACTIVE:
+                continue
+            folder = (read_json(job.run_dir / RECORD) or {})["folder"]
+            try:
+                submitit.SlurmJob(folder=folder, job_id=job_id).cancel(check=True)
+            except subprocess.CalledProcessError as exc:
+                raise SubmissionError(f"scancel {job_id} failed ({exc.returncode})") from None
+            count += 1
+        return count
+
+
+class _Watcher(_slurm.SlurmInfoWatcher):
+    """submitit's sacct watcher, asking for the exit code too."""
+
+    def _make_command(self) -> list[str] | None:
+        command = super()._make_command()
+        if command is not None:
+            command[command.index("-o") + 1] = "JobID,State,ExitCode,NodeList"
+        return command
+
+
+def _states(run_dirs: Sequence[Path], exit_codes: bool = False) -> dict[str, tuple[str, ...]]:
+    """run_id -> (state, job id[, exit code]) of each run's newest job, from one fresh sacct."""
+    newest = {d.name: str(rec["job_id"]) for d in run_dirs if (rec := read_json(d / RECORD))}
+    if not newest:
+        return {}
+    watcher = _Watcher(delay_s=0)  # a new watcher: nothing cached, one sacct for all
+    for job_id in set(newest.values()):
+        watcher.register_job(job_id)
+    watcher.update()
+    out: dict[str, tuple[str, ...]] = {}
+    for run_id, job_id in newest.items():
+        info = watcher.get_info(job_id, mode="cache")
+        state = (info.get("State") or "UNKNOWN").split()[0]  # "CANCELLED by 0" -> CANCELLED
+        out[run_id] = (state, job_id, info.get("ExitCode", "")) if exit_codes else (state, job_id)
+    return out
+
+
+def _record(run_dir: Path, job_id: str, folder: Path) -> None:
+    old = read_json(run_dir / RECORD) or {}
+    previous = [*old.get("previous", []), *([old["job_id"]] if "job_id" in old else [])]
+    write_json(run_dir / RECORD, {"job_id": job_id, "folder": str(folder),
+                                  "submitted": time.time(), "previous": previous})  # fmt: skip
+
+
+def _log_tail(folder: Path, job_id: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last non-empty lines of task 0's log (stderr first when kept apart)."""
+    paths = JobPaths(folder, job_id=job_id, task_id=0)
+    for path in (paths.stderr, paths.stdout):
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        kept = [ln for ln in text.splitlines() if ln.strip()]
+        if kept:
+            return kept[-lines:]
+    return []
