@@ -26,6 +26,13 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(BIN)/scaling plan sweeps/quickstart.yaml
+	$(BIN)/scaling submit sweeps/quickstart.yaml
+	$(BIN)/scaling report sweeps/quickstart.yaml
+	@echo
+	@echo "look next:  .venv/bin/scaling status sweeps/quickstart.yaml"
+	@echo "            .venv/bin/scaling ui sweeps/quickstart.yaml      (MLflow UI on http://127.0.0.1:5000)"
+	@echo "            runs/quickstart/report/report.html               (the report)"
+	@echo "            jupyter lab analysis/                            (notebooks on the same parquet)"
 
 test: install-dev
 	$(BIN)/python -m pytest -q
@@ -36,6 +43,11 @@ lint: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_plan.py
+	$(BIN)/python benchmarks/bench_augment.py
+	$(BIN)/python benchmarks/bench_accumulate.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_local.py
+	$(BIN)/python benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) runs mlflow.db mlruns reports

@@ -17,11 +17,10 @@ already in the run directories, against the plan of the previous submit, while a
 experiment over what scaling.submission decides now costs the same and is always
 current. Each submit is a new experiment under <workdir>/<sweep>/.ray_results.
 
-Signals: Tune and Ray Train run the training function on a thread of their actor, where
-no signal handler can be installed, so SIGTERM checkpointing does not apply there;
-`scaling cancel` writes <storage>/cancel/<run_id>, a watcher thread sets
-scaling.signals.EXTERNAL_STOP, and the run checkpoints after its current step and stops
-(rank 0 only for multi-rank runs: Ray Train then tears the other ranks down).
+Cancel: `scaling cancel` writes <storage>/cancel/<run_id>; the trial sees it and the run
+checkpoints after its current step (signals do not reach Tune's training thread: see
+scaling.backends.ray_trial, which holds everything that runs inside Ray). `status`
+reads <storage>/driver.json, kept by a live `submit`.
 """
 
 from __future__ import annotations
@@ -33,28 +32,25 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
+from scaling.backends import ray_trial
 from scaling.backends.base import Context, Job, Outcome
+from scaling.backends.ray_trial import Settings, cancel_file
 from scaling.cluster import RayConfig
-from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl, write_json
+from scaling.errors import SubmissionError
+from scaling.rundir import FAILURE, LOG, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 STORAGE = ".ray_results"  # <workdir>/<sweep>/.ray_results: Tune's and Train's storage_path
 DRIVER_STATE = "driver.json"  # written by a live submit: its pid and each trial's state
-CANCEL_DIR = "cancel"  # <storage>/cancel/<run_id>: asks that run's trial to stop
-POLL_SECONDS = 0.5
-TERMINAL_KINDS = ("diverged", "oom", "timeout")  # failures a retry would only repeat
 # Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store;
 # AF_UNIX paths are limited to 107 bytes on Linux (103 on macOS).
 SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
@@ -66,20 +62,6 @@ DRIVER_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What every trial needs, as plain data (pickled once with the trainable)."""
-
-    storage: str
-    tracking: tuple[str, str] | None
-    device: str
-    threads: int | None
-    cpus: float
-    accelerator_type: str | None
-    cwd: str
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-
 class RayBackend:
     name = "ray"
 
@@ -89,8 +71,10 @@ class RayBackend:
 
         storage = storage_path(ctx)
         for job in jobs:
-            _cancel_file(storage, job.run_id).unlink(missing_ok=True)
+            cancel_file(storage, job.run_id).unlink(missing_ok=True)
         with connect(_config(ctx), ctx.workdir), LiveView(len(jobs)) as view:
+            if _config(ctx).address == "local":  # a cluster may autoscale; this Ray never grows
+                _check_fits(jobs, ctx)
             progress = _Progress(jobs, view, storage / DRIVER_STATE)
             try:
                 with _scoped_env(DRIVER_ENV):
@@ -119,7 +103,7 @@ class RayBackend:
         for job in jobs:
             active = live.get(job.run_id) in ("PENDING", "RUNNING", "RETRYING")
             if active or is_locked(job.run_dir):
-                path = _cancel_file(storage, job.run_id)
+                path = cancel_file(storage, job.run_id)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"{time.time()}\n")
                 count += 1
@@ -132,10 +116,6 @@ def storage_path(ctx: Context) -> Path:
 
 def _config(ctx: Context) -> RayConfig:
     return ctx.profile.ray or RayConfig()
-
-
-def _cancel_file(storage: str | Path, run_id: str) -> Path:
-    return Path(storage) / CANCEL_DIR / run_id
 
 
 def _alive(state: dict[str, Any]) -> bool:
@@ -259,7 +239,9 @@ def _tuner(jobs: Sequence[Job], ctx: Context, progress: _Progress) -> tune.Tuner
     def resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
         return _trial_resources(ranks[config["run_id"]], settings)
 
-    trainable = tune.with_resources(tune.with_parameters(_trial, settings=settings), resources)
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trial.trial, settings=settings), resources
+    )
     return tune.Tuner(
         trainable,
         param_space={
@@ -268,8 +250,8 @@ def _tuner(jobs: Sequence[Job], ctx: Context, progress: _Progress) -> tune.Tuner
         },
         tune_config=tune.TuneConfig(
             max_concurrent_trials=ctx.max_parallel,
-            trial_name_creator=lambda trial: trial.config["run_id"],
-            trial_dirname_creator=lambda trial: trial.config["run_id"],
+            trial_name_creator=lambda t: t.config["run_id"],
+            trial_dirname_creator=lambda t: t.config["run_id"],
         ),
         run_config=tune.RunConfig(
             name=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
@@ -280,6 +262,21 @@ def _tuner(jobs: Sequence[Job], ctx: Context, progress: _Progress) -> tune.Tuner
             verbose=0,
         ),
     )
+
+
+def _check_fits(jobs: Sequence[Job], ctx: Context) -> None:
+    """A trial that a local Ray cannot hold would wait forever: say so before starting."""
+    have = ray.cluster_resources()
+    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
+    for job in jobs:
+        need_cpus = _config(ctx).cpus_per_trial * job.layout.gpus
+        need_gpus = job.layout.gpus if ctx.device == "cuda" else 0
+        if need_cpus > cpus or need_gpus > gpus:
+            raise SubmissionError(
+                f"run {job.run_id} needs {need_cpus:g} CPUs and {need_gpus} GPUs "
+                f"({job.layout.gpus} ranks x ray.cpus_per_trial); the local Ray has {cpus:g} CPUs "
+                f"and {gpus:g} GPUs: raise ray.num_cpus or lower ray.cpus_per_trial / gpus_per_run"
+            )
 
 
 def _trial_resources(gpus: int, settings: Settings) -> tune.PlacementGroupFactory:
@@ -341,7 +338,7 @@ class _Progress(tune.Callback):
         self._finish(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "trial errored")
+        self._finish(trial, str(trial.get_error() or "trial errored"))
 
     def _finish(self, trial: Any, error: str | None) -> None:
         run_id = trial.config["run_id"]
@@ -379,218 +376,3 @@ def _tail(path: Path, lines: int) -> list[str]:
         return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
     except OSError:
         return []
-
-
-# ---------------------------------------------------------------------- the trial
-
-
-def _trial(config: dict[str, Any], settings: Settings) -> None:
-    """One run: train it (here, or through Ray Train), then report its outcome."""
-    run_id, run_dir = config["run_id"], Path(config["run_dir"])
-    _enter(settings)
-    cancel = _cancel_file(settings.storage, run_id)
-    if cancel.exists():
-        tune.report({"outcome": "cancelled", "detail": "cancelled before it started"})
-        return
-    pointer = tune.get_checkpoint()
-    start = (read_json(Path(pointer.path) / "run.json") or {}).get("epoch", 0) if pointer else 0
-    with _output_to(run_dir / LOG), _Reporter(run_dir, settings.storage, start) as reporter:
-        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
-              f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})", flush=True)  # fmt: skip
-        layout = _layout(run_dir)
-        train = _train_ranks if layout.gpus > 1 else _train_one
-        state, detail = train(run_id, run_dir, settings, cancel)
-    tune.report({**reporter.last, "outcome": state, "detail": detail})
-
-
-def _enter(settings: Settings) -> None:
-    """The trial's process works where `submit` was run (relative dataset roots), with its env."""
-    os.environ.update(settings.extra_env)
-    if os.path.isdir(settings.cwd):
-        os.chdir(settings.cwd)
-    for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" in every log
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _layout(run_dir: Path) -> Any:
-    from scaling.layout import Layout
-
-    data = read_json(run_dir / "spec.json") or {}
-    return Layout.from_dict(data["layout"]) if "layout" in data else Layout(1, 1)
-
-
-def _load(run_dir: Path) -> tuple[Any, Any]:
-    from scaling.spec import RunSpec
-
-    path = run_dir / "spec.json"
-    data = read_json(path)
-    if data is None:
-        raise FileNotFoundError(f"{path}: no run spec (scaling.submission writes it first)")
-    return RunSpec.from_dict(data, file=str(path)), _layout(run_dir)
-
-
-def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> tuple[str, str]:
-    """Train in this actor. Failures a retry cannot fix end the trial; others raise,
-    and Tune retries the trial, which resumes from the run's checkpoint."""
-    from scaling.errors import RunFailed, ScalingError
-    from scaling.state import AlreadyRunning
-    from scaling.train import Preempted, run_tracked
-
-    spec, layout = _load(run_dir)
-    with _watching(cancel):
-        try:
-            result = run_tracked(spec, run_dir, layout, settings.tracking,
-                                 device=settings.device, threads=settings.threads)  # fmt: skip
-        except Preempted:
-            return "preempted", "cancelled; resumable"
-        except AlreadyRunning:
-            return "already-running", "another process is training it"
-        except ScalingError as exc:
-            kind = exc.kind if isinstance(exc, RunFailed) else "error"
-            return "failed", f"{kind}: {exc}"
-    return "finished", f"top-1 {result.get('top1', float('nan')):.4f}"
-
-
-def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> tuple[str, str]:
-    """Drive a TorchTrainer with one worker per rank; settle from the run directory."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    layout = _layout(run_dir)
-    cuda = settings.device == "cuda"
-    per_worker: dict[str, float] = {"CPU": settings.cpus, **({"GPU": 1.0} if cuda else {})}
-    trainer = TorchTrainer(
-        _rank_main,
-        train_loop_config={"run_dir": str(run_dir), "settings": settings},
-        torch_config=TorchConfig(backend="nccl" if cuda else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=layout.gpus, use_gpu=cuda, resources_per_worker=per_worker,
-            accelerator_type=settings.accelerator_type,
-        ),  # fmt: skip
-        run_config=ray.train.RunConfig(
-            name=f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
-            storage_path=settings.storage,
-            failure_config=ray.train.FailureConfig(max_failures=0),  # Tune retries
-        ),
-    )
-    try:
-        trainer.fit()
-    except Exception as exc:
-        failure = read_json(run_dir / FAILURE) or {}
-        if (run_dir / RESULT).exists():
-            pass
-        elif cancel.exists():
-            return "preempted", "cancelled; resumable"
-        elif "AlreadyRunning" in str(exc):
-            return "already-running", "another process is training it"
-        elif failure.get("kind") in TERMINAL_KINDS:
-            return "failed", f"{failure['kind']}: {failure.get('message', '')}"
-        else:
-            raise
-    result = read_json(run_dir / RESULT) or {}
-    return "finished", f"top-1 {result.get('top1', float('nan')):.4f}"
-
-
-def _rank_main(config: dict[str, Any]) -> None:
-    """One rank of a multi-rank run, on a Ray Train worker (the process group exists).
-
-    Rank 0 trains under the run's lock and mirrors to MLflow; the other ranks train
-    without them (a second lock holder would be refused). Only rank 0 watches for a
-    cancel: it checkpoints and raises, and Ray Train stops the rest of the group.
-    """
-    import ray.train
-
-    from scaling.train import run, run_tracked
-
-    settings: Settings = config["settings"]
-    run_dir = Path(config["run_dir"])
-    _enter(settings)
-    spec, layout = _load(run_dir)
-    options = {"device": settings.device, "threads": settings.threads}
-    if ray.train.get_context().get_world_rank() != 0:
-        with _output_to(run_dir / LOG):
-            run(spec, run_dir, layout, **options)
-        return
-    with _output_to(run_dir / LOG), _watching(_cancel_file(settings.storage, spec.run_id)):
-        run_tracked(spec, run_dir, layout, settings.tracking, **options)
-
-
-# ---------------------------------------------------------------------- trial helpers
-
-
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """This process's stdout/stderr appended to the run's train.log (one run per actor),
-    with the traceback of whatever escapes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", buffering=1) as stream:
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            try:
-                yield
-            except BaseException:
-                traceback.print_exc()
-                raise
-
-
-@contextlib.contextmanager
-def _watching(cancel: Path) -> Iterator[None]:
-    """Set EXTERNAL_STOP when the cancel file appears (polled by a daemon thread)."""
-    from scaling.signals import EXTERNAL_STOP
-
-    EXTERNAL_STOP.clear()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(POLL_SECONDS):
-            if cancel.exists():
-                EXTERNAL_STOP.set()
-                return
-
-    thread = threading.Thread(target=watch, name="scaling-cancel-watch", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        EXTERNAL_STOP.clear()
-
-
-class _Reporter:
-    """Reports each new line of metrics.jsonl to Tune, with a pointer checkpoint.
-
-    A thread that tails the file rather than a hook in the trainer: it works the same
-    whether this process trains or drives Ray Train workers elsewhere.
-    """
-
-    def __init__(self, run_dir: Path, storage: str, start_epoch: int) -> None:
-        self.run_dir, self.storage = run_dir, Path(storage)
-        self.epoch = int(start_epoch)
-        self.last: dict[str, Any] = {}
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="scaling-tune-report", daemon=True)
-
-    def __enter__(self) -> _Reporter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-        self._report_new()
-
-    def _loop(self) -> None:
-        while not self._done.wait(POLL_SECONDS):
-            self._report_new()
-
-    def _report_new(self) -> None:
-        for record in read_jsonl(self.run_dir / METRICS):
-            if int(record.get("epoch", 0)) <= self.epoch:
-                continue
-            self.epoch = int(record["epoch"])
-            self.last = record
-            self.storage.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=self.storage, prefix=".pointer-") as tmp:
-                pointer = {"run_dir": str(self.run_dir), "epoch": self.epoch, "step": record.get("step")}  # fmt: skip
-                write_json(Path(tmp) / "run.json", pointer)
-                tune.report(record, checkpoint=tune.Checkpoint.from_directory(tmp))
