@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scaling.augment import CropFlipAugment, SimCLRAugment
-from scaling.errors import RunFailed
 from scaling.spec import RunSpec
 
 Transform = Callable[[Tensor], Tensor]
@@ -137,46 +136,50 @@ def evaluate_run(
     spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
 ) -> dict[str, Any]:
     """SimCLR: linear evaluation (top-1/top-5) and kNN top-1 of the frozen encoder.
-    Supervised: top-1/top-5 of the trained classifier on the test split."""
-    net.eval()
+    Supervised: top-1/top-5 of the trained classifier on the test split.
+
+    `train` and `test` are in-memory or streamed data sets (anything with `batch(indices)`
+    and `len`): images are read in chunks, so a folder larger than memory works too.
+    """
+    device = next(net.parameters()).device
     if spec.method != "simclr":
-        with torch.no_grad():
-            logits = torch.cat(
-                [
-                    net(aug.eval_transform(test.images[i : i + 512])).float()
-                    for i in range(0, len(test), 512)
-                ]
-            )
-        acc = topk_accuracy(logits, test.labels)
+        logits, labels = data_features(net, test, aug.eval_transform, device)
+        acc = topk_accuracy(logits, labels)
         return {"top1": acc[1], "top5": acc[5]}
     cfg = spec.config["eval"]
     encoder = net.encoder
-    train_f = extract_features(encoder, train.images, aug.eval_transform)
-    test_f = extract_features(encoder, test.images, aug.eval_transform)
-    train_y = train.labels
-    if train_f.shape[0] != train_y.shape[0]:  # unlabeled images (STL-10) have label -1
-        raise RunFailed("feature and label counts differ")
-    labelled = train_y >= 0
+    train_f, train_y = data_features(encoder, train, aug.eval_transform, device)
+    test_f, test_y = data_features(encoder, test, aug.eval_transform, device)
+    labelled = train_y >= 0  # unlabeled images (STL-10's) have label -1
     train_f, train_y = train_f[labelled], train_y[labelled]
-    knn = knn_top1(
-        train_f,
-        train_y,
-        test_f,
-        test.labels,
-        train.num_classes,
-        int(cfg["knn_k"]),
-        float(cfg["knn_temperature"]),
-    )
+    knn = knn_top1(train_f, train_y, test_f, test_y, train.num_classes,
+                   int(cfg["knn_k"]), float(cfg["knn_temperature"]))  # fmt: skip
     augment = None
-    train_x = train_f
     if cfg["protocol"] == "augmented":
         crop_flip = CropFlipAugment(spec.dataset["image_size"])
-        train_x = train.images[labelled]
 
-        def augment(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            return extract_features(encoder, images, lambda x: crop_flip(x, g))
+        def augment(_: Tensor, g: torch.Generator) -> Tensor:
+            feats, _labels = data_features(encoder, train, lambda x: crop_flip(x, g), device)
+            return feats[labelled]
 
-    acc = linear_probe(
-        train_x, train_y, test_f, test.labels, train.num_classes, cfg, spec.seed, augment
-    )
+    acc = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, cfg, spec.seed, augment)
     return {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
+
+
+def data_features(
+    model: nn.Module, data: Any, transform: Transform, device: torch.device, batch_size: int = 512
+) -> tuple[Tensor, Tensor]:
+    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and labels."""
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                idx = torch.arange(start, min(len(data), start + batch_size))
+                images, y = data.batch(idx)
+                outputs.append(model(transform(images.to(device))).float())
+                labels.append(y.to(device))
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)

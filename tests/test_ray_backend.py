@@ -253,14 +253,20 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
 
     reference = root / "reference"
     run(job.spec, reference, Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
-    got, want = list(read_jsonl(job.run_dir / METRICS)), list(read_jsonl(reference / METRICS))
-    assert len(got) == len(want) == 2  # one line per epoch: only rank 0 writes
-    for a, b in zip(got, want, strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    # One line per epoch: only rank 0 writes. (Its loss is rank 0's share of the global
+    # objective, not the whole batch's: the trainer does not all-reduce epoch metrics.)
+    assert len(list(read_jsonl(job.run_dir / METRICS))) == 2
+    # Parameters match; BN running statistics cannot: each rank tracks its own half of
+    # the batch (CPU has no SyncBatchNorm), the single process both micro-batches.
     a, b = newest_weights(job.run_dir), newest_weights(reference)
-    for key in a:
-        torch.testing.assert_close(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5)
-    assert (read_json(job.run_dir / RESULT) or {})["layout"]["gpus"] == 2
+    params = [
+        k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    assert a.keys() == b.keys() and len(params) > len(a) / 3
+    for key in params:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    got, want = read_json(job.run_dir / RESULT) or {}, read_json(reference / RESULT) or {}
+    assert got["layout"]["gpus"] == 2 and got["steps"] == want["steps"] == 6
     assert len(mlflow_runs(root)) == 1
 
 
@@ -270,7 +276,9 @@ def test_cancel_stops_running_and_pending_trials_leaving_them_resumable(
 ) -> None:
     from scaling.state import run_state
 
-    sweep = SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace("epochs: 2, warmup", "epochs: 40, warmup")
+    sweep = SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace(
+        "epochs: 2, warmup", "epochs: 40, warmup"
+    )
     root = study(tmp_path, sweep, PROFILE + "max_parallel: 1\n")
     monkeypatch.chdir(root)
     jobs, ctx = jobs_of(root, "method=supervised")

@@ -184,3 +184,20 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
         "batch_size": 128, "epochs": 8, "lr_rule": "linear", "base_lr": 0.4, "crop_min_scale": 0.35,
         "warmup_epochs": 1.0}}), tmp_path / "sup", threads=2)  # fmt: skip
     assert supervised["top1"] >= 0.85, supervised
+
+
+def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path) -> None:
+    """An ImageFolder too large for memory is evaluated chunk by chunk, with the same result."""
+    from tests.test_data import write_imagefolder
+
+    write_imagefolder(tmp_path)
+    spec = tiny_spec(eval={"epochs": 3})
+    torch.manual_seed(0)
+    net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
+    results = []
+    for cache in (1 << 30, 1000):  # in memory, then streamed
+        train = load_dataset("imagefolder", root=tmp_path, image_size=16, max_cache_bytes=cache)
+        test = load_dataset("imagefolder", root=tmp_path, image_size=16, split="test", max_cache_bytes=cache)
+        results.append(evaluate_run(spec, net, train, test, SimCLRAugment(16)))
+    assert type(train).__name__ == "StreamingImageSet"
+    assert results[0] == results[1]

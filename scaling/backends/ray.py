@@ -54,6 +54,7 @@ DRIVER_STATE = "driver.json"  # written by a live submit: its pid and each trial
 # Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store;
 # AF_UNIX paths are limited to 107 bytes on Linux (103 on macOS).
 SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+INTERRUPTED = "stopped with the experiment; resumable"
 DRIVER_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's console table off (verbose=0): the live view shows it
     # Each epoch's pointer checkpoint forces a snapshot of the experiment state (a few
@@ -81,8 +82,14 @@ class RayBackend:
                     results = _tuner(jobs, ctx, progress).fit()
             finally:
                 (storage / DRIVER_STATE).unlink(missing_ok=True)
-        by_id = {r.config["run_id"]: r for r in results if r.config}
-        return [_outcome(job, by_id.get(job.run_id)) for job in jobs]
+            by_id = {r.config["run_id"]: r for r in results if r.config}
+            outcomes = [_outcome(job, by_id.get(job.run_id)) for job in jobs]
+            if any(o.detail == INTERRUPTED for o in outcomes):
+                # Ctrl-C: Tune stopped every trial (each run resumes from its last epoch).
+                view.note(f"interrupted: {sum(o.detail == INTERRUPTED for o in outcomes)} runs "
+                          "stopped, resumable; `scaling submit` resumes them")  # fmt: skip
+                raise KeyboardInterrupt
+        return outcomes
 
     def status(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
         """Trial states recorded by a live `submit` ({} when none is alive: the run
@@ -365,6 +372,8 @@ def _outcome(job: Job, result: Any) -> Outcome:
 def _outcome_of(job: Job, last: dict[str, Any], error: str | None) -> Outcome:
     if error is None and last.get("outcome"):
         return Outcome(job.run_id, str(last["outcome"]), str(last.get("detail", "")))
+    if error is None:  # no outcome and no error: Tune stopped the trial (Ctrl-C)
+        return Outcome(job.run_id, "preempted", INTERRUPTED)
     failure = read_json(job.run_dir / FAILURE) or {}
     reason = [ln for ln in (error or "no outcome reported").splitlines() if ln.strip()][-1:]
     tail = " | ".join(reason + _tail(job.run_dir / LOG, 3))
