@@ -7,6 +7,7 @@ plans in about a second.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -18,6 +19,7 @@ from scaling.cluster import ClusterProfile
 from scaling.errors import SpecError
 from scaling.layout import Layout, derive, test_size, train_size
 from scaling.methods import get_method
+from scaling.schedule import lr_for_batch
 from scaling.spec import RunSpec, Sweep
 
 GB = 1e9
@@ -78,24 +80,73 @@ class Plan:
         return [r.row() for r in self.runs]
 
     def table(self) -> Any:
-        """The plan as a pyarrow Table (columns: spec fields, layout, cost)."""
+        """The plan as a pyarrow Table (columns: spec fields, layout, cost).
+
+        Built column by column, without a dict per row: 100,000 runs in well under a
+        second. The columns equal those of `rows()` (a test holds them together).
+        """
         import pyarrow as pa
 
-        rows = self.rows()
-        columns: dict[str, list[Any]] = {}
-        for row in rows:  # union of keys: methods contribute their own columns
-            for key in row:
-                columns.setdefault(key, [])
-        for row in rows:
-            for key, values in columns.items():
-                values.append(row.get(key))
+        runs = self.runs
+        columns: dict[str, list[Any]] = {
+            "run_id": [r.spec.run_id for r in runs],
+            "method": [r.spec.method for r in runs],
+            "dataset": [r.spec.dataset["name"] for r in runs],
+            "image_size": [r.spec.dataset["image_size"] for r in runs],
+        }
+        model_keys = dict.fromkeys(k for r in runs[:1] for k in r.spec.model)
+        columns.update({k: [r.spec.model.get(k) for r in runs] for k in model_keys})
+        columns["seed"] = [r.spec.seed for r in runs]
+        for key, sub in _config_keys(runs):
+            if sub is None:
+                columns[key] = [r.spec.config.get(key) for r in runs]
+            else:
+                columns[f"{key}_{sub}"] = [(r.spec.config.get(key) or {}).get(sub) for r in runs]
+        lrs: dict[tuple[Any, ...], float] = {}
+        columns["lr"] = [_lr(r, lrs) for r in runs]
+        for name in ("micro_batch", "accum_steps", "gpus", "nodes"):
+            columns[name] = [getattr(r.layout, name) if r.layout else 0 for r in runs]
+        for name in (
+            "encoder_params",
+            "flops_per_image",
+            "peak_memory_gb",
+            "gpu_hours",
+            "feasible",
+            "reason",
+        ):
+            columns[name] = [getattr(r, name) for r in runs]
         return pa.table({k: _arrow_column(v) for k, v in columns.items()})
+
+
+def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, str | None]]:
+    """(key, None) for scalar config fields, (key, sub) for nested ones, in first-seen order."""
+    keys: dict[tuple[str, str | None], None] = {}
+    for method in dict.fromkeys(r.spec.method for r in runs):
+        config = next(r.spec.config for r in runs if r.spec.method == method)
+        for key, value in config.items():
+            if isinstance(value, dict):
+                keys.update({(key, sub): None for sub in value})
+            else:
+                keys[(key, None)] = None
+    return list(keys)
+
+
+def _lr(run: PlannedRun, cache: dict[tuple[Any, ...], float]) -> float:
+    if run.layout is None:
+        return float("nan")
+    config = run.spec.config
+    key = (config["lr_rule"], config.get("base_lr"), config["batch_size"])
+    if key not in cache:
+        cache[key] = lr_for_batch(
+            config["lr_rule"], int(config["batch_size"]), config.get("base_lr")
+        )
+    return cache[key]
 
 
 def _arrow_column(values: list[Any]) -> Any:
     import pyarrow as pa
 
-    kinds = {type(v) for v in values if v is not None}
+    kinds = set(map(type, values)) - {type(None)}
     if kinds and kinds <= {int, float} and float in kinds:
         return pa.array([None if v is None else float(v) for v in values], pa.float64())
     if len(kinds) > 1:  # e.g. lr_rule: "sqrt" in one run, 0.5 in another
@@ -153,7 +204,9 @@ def _cpu_tflops() -> float:
     return 2 * 512**3 * reps / seconds / 1e12
 
 
-def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None) -> Plan:
+def make_plan(
+    sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None
+) -> Plan:
     """Lay out and cost every run of `sweep` on `profile`'s hardware."""
     from scaling import costs
 
@@ -161,6 +214,11 @@ def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | 
     gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
     memory_bytes = int(acc.memory_gb * GB)
     throughput = acc.peak_tflops * 1e12 * acc.utilization
+
+    @functools.cache
+    def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
+        return costs.max_micro_batch(cost, memory_bytes, views)
+
     planned = []
     for spec in sweep.runs:
         info = get_method(spec.method)
@@ -185,10 +243,10 @@ def make_plan(sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | 
         # Without accumulation both views of the rank's batch hold graphs at once. With
         # cached accumulation only one chunk of one view does, so chunks can be larger.
         live_views = info.views
-        max_micro = costs.max_micro_batch(cost, memory_bytes, live_views)
+        max_micro = fits(cost, live_views)
         if info.cached_accumulation and max_micro < batch // gpus:
             live_views = 1
-            max_micro = costs.max_micro_batch(cost, memory_bytes, live_views)
+            max_micro = fits(cost, live_views)
         layout_mb = costs.choose_layout(batch, gpus, max_micro)
         layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes) if layout_mb else None
         n_train = train_size(spec.dataset)

@@ -277,7 +277,7 @@ def test_cancel_stops_running_and_pending_trials_leaving_them_resumable(
     from scaling.state import run_state
 
     sweep = SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace(
-        "epochs: 2, warmup", "epochs: 40, warmup"
+        "epochs: 2, warmup", "epochs: 200, warmup"
     )
     root = study(tmp_path, sweep, PROFILE + "max_parallel: 1\n")
     monkeypatch.chdir(root)

@@ -32,7 +32,9 @@ from typing import Any
 
 from ray import tune
 
+from scaling.layout import Layout
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl, write_json
+from scaling.spec import RunSpec
 
 CANCEL_DIR = "cancel"  # <storage>/cancel/<run_id>: asks that run's trial to stop
 POLL_SECONDS = 0.5
@@ -71,7 +73,7 @@ def trial(config: dict[str, Any], settings: Settings) -> None:
         print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
               f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})", flush=True)  # fmt: skip
         layout = _layout(run_dir)
-        train = _train_ranks if layout.gpus > 1 else _train_one
+        train = _train_ranks if layout and layout.gpus > 1 else _train_one
         state, detail = train(run_id, run_dir, settings, cancel)
     tune.report({**reporter.last, "outcome": state, "detail": detail})
 
@@ -85,16 +87,13 @@ def _enter(settings: Settings) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _layout(run_dir: Path) -> Any:
-    from scaling.layout import Layout
-
+def _layout(run_dir: Path) -> Layout | None:
+    """The layout submission wrote into spec.json (None: one process, no accumulation)."""
     data = read_json(run_dir / "spec.json") or {}
-    return Layout.from_dict(data["layout"]) if "layout" in data else Layout(1, 1)
+    return Layout.from_dict(data["layout"]) if "layout" in data else None
 
 
-def _load(run_dir: Path) -> tuple[Any, Any]:
-    from scaling.spec import RunSpec
-
+def _load(run_dir: Path) -> tuple[RunSpec, Layout | None]:
     path = run_dir / "spec.json"
     data = read_json(path)
     if data is None:
@@ -129,7 +128,8 @@ def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    layout = _layout(run_dir)
+    _, layout = _load(run_dir)
+    assert layout is not None  # only multi-rank layouts come here
     cuda = settings.device == "cuda"
     per_worker: dict[str, float] = {"CPU": settings.cpus, **({"GPU": 1.0} if cuda else {})}
     trainer = TorchTrainer(
@@ -202,8 +202,11 @@ def _output_to(path: Path) -> Iterator[None]:
         with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
             try:
                 yield
-            except BaseException:
-                traceback.print_exc()
+            except BaseException as exc:
+                if type(exc).__name__ == "Preempted":  # a cancel, not an error: one line
+                    print(f"{type(exc).__name__}: {exc}", flush=True)
+                else:
+                    traceback.print_exc()
                 raise
 
 

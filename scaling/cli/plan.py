@@ -47,7 +47,8 @@ def plan(
         json.dump([_jsonable(r) for r in rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
     elif fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [])
+        fields = list(dict.fromkeys(k for row in rows for k in row))  # methods add columns
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     else:
