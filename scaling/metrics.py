@@ -19,11 +19,27 @@ def fold(
     accs: list[torch.Tensor],
     seconds: float,
     lr: float,
+    *,
+    across_ranks: bool = False,
 ) -> None:
-    """Fold the steps since the last fold into the epoch's running sums (one sync)."""
+    """Fold the steps since the last fold into the epoch's running sums (one sync).
+
+    across_ranks averages the sums over every rank (a collective: call it at the same
+    point on every rank, i.e. at the end of an epoch), so a multi-rank run logs the
+    whole batch's loss and accuracy, not rank 0's share.
+    """
     if losses:
-        sums["loss"] += torch.stack(losses).double().sum().item()
-        sums["top1"] += torch.stack(accs).double().sum().item()
+        both = torch.stack([torch.stack(losses).double().sum(), torch.stack(accs).double().sum()])
+        if (
+            across_ranks
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            torch.distributed.all_reduce(both)
+            both /= torch.distributed.get_world_size()
+        loss_sum, acc_sum = both.tolist()
+        sums["loss"] += loss_sum
+        sums["top1"] += acc_sum
         sums["steps"] += len(losses)
     sums["seconds"] += seconds
     sums["lr"] = lr

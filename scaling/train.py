@@ -107,20 +107,22 @@ def run_tracked(
     from scaling.state import run_lock
 
     run_dir = Path(run_dir)
-
+    # Rank 0 alone holds the lock and mirrors to MLflow: the other ranks of the same
+    # job are not a second process for the run.
+    main = dist.detect_env().rank == 0
     outage = False
 
     def mirror(_: dict[str, Any] | None = None, *, final: bool = False) -> None:
         # After one failed push the rest of the run only tries once more, at the end: an
         # unreachable server must not cost seconds of retries after every epoch.
         nonlocal outage
-        if tracking is None or dist.rank() != 0 or (outage and not final):
+        if tracking is None or not main or (outage and not final):
             return
         from scaling.tracking import push
 
         outage = push(run_dir, *tracking) is None
 
-    with run_lock(run_dir):
+    with run_lock(run_dir) if main else contextlib.nullcontext():
         try:
             return run(spec, run_dir, layout, on_epoch=mirror, **options)
         finally:
@@ -180,7 +182,12 @@ def _train(
     name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
     train_split = "train+unlabeled" if name == "stl10" and spec.method == "simclr" else "train"
     train = load_dataset(
-        name, root=root, image_size=size, split=train_split, seed=0, num_images=spec.dataset.get("size")
+        name,
+        root=root,
+        image_size=size,
+        split=train_split,
+        seed=0,
+        num_images=spec.dataset.get("size"),
     ).to(dev)
     test = load_dataset(
         name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
@@ -312,7 +319,7 @@ def _train(
                     _save(run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main)
                     raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
             check_finite(losses, global_step)
-            fold(sums, losses, accs, time.perf_counter() - t0, lr)
+            fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
             start_step = 0
             state = None

@@ -204,3 +204,35 @@ def test_submit_rejects_bad_input_in_one_line(study: Path) -> None:
     write(study / "bad.yaml", SWEEP.replace("depth: 10", "depth: 11"))
     result = invoke("submit", "bad.yaml", "--cluster", "local.yaml")
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "model.depth" in result.output
+
+
+@pytest.mark.slow
+def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_batches(study: Path) -> None:
+    """gpus_per_run: 2 on a CPU profile starts 2 gloo ranks through torchrun. Global
+    negatives and averaged gradients make it equal one process whose accumulation
+    forwards the same per-rank micro-batches (batch norm statistics per micro-batch)."""
+    write(study / "two.yaml", "backend: local\ndevice: cpu\nmax_parallel: 1\nthreads_per_run: 2\n"
+          "gpus_per_run: 2\ngpus_per_node: 2\n")  # fmt: skip
+    only = ["--only", "method=simclr,width=0.125,epochs=2"]
+    result = invoke("submit", "sweep.yaml", "--cluster", "two.yaml", *only)
+    assert result.exit_code == 0, result.output
+    sweep = load_sweep(study / "sweep.yaml")
+    spec = next(r for r in sweep.runs_of("simclr") if r.model["width"] == 0.125 and r.config["epochs"] == 2)
+    run_dir = study / "runs" / "tiny" / spec.run_id
+    assert read_json(run_dir / "spec.json")["layout"]["gpus"] == 2
+
+    import torch
+
+    from scaling import checkpoint
+    from scaling.layout import Layout
+    from scaling.train import run
+
+    run(spec, study / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
+    two = checkpoint.restore(run_dir)["model"]
+    one = checkpoint.restore(study / "reference")["model"]
+    params = [k for k in one if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for key in params:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    losses_two = [r["loss"] for r in read_jsonl(run_dir / METRICS)]
+    losses_one = [r["loss"] for r in read_jsonl(study / "reference" / METRICS)]
+    assert losses_two == pytest.approx(losses_one, rel=1e-4)  # the whole batch's loss, not rank 0's
