@@ -49,8 +49,15 @@ def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = Non
     from scaling.tracking import experiment_name, resolve_uri
 
     device = device or ("cpu" if profile.device == "auto" else profile.device)
-    max_parallel = parallel_runs(profile, device)
-    threads = profile.threads_per_run or max(1, (os.cpu_count() or 1) // max_parallel)
+    if profile.backend == "slurm":  # the cluster's nodes, not this machine, set these
+        from scaling.backends.slurm import threads_per_task
+
+        assert profile.slurm is not None
+        max_parallel = profile.slurm.array_parallelism
+        threads = threads_per_task(profile, device) or profile.slurm.cpus_per_task
+    else:
+        max_parallel = parallel_runs(profile, device)
+        threads = profile.threads_per_run or max(1, (os.cpu_count() or 1) // max_parallel)
     return Context(
         profile=profile,
         sweep=sweep.name,

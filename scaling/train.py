@@ -313,7 +313,7 @@ def _train(
                 global_step += 1
                 losses.append(loss)  # kept as tensors: no CPU-GPU sync per step
                 accs.append(top1)
-                if stop.requested:
+                if stop.agreed(global_step, dev):
                     check_finite(losses, global_step)
                     fold(sums, losses, accs, time.perf_counter() - t0, lr)
                     _save(run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main)

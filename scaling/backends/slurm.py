@@ -52,16 +52,19 @@ RECORD = "slurm.json"  # per run: the Slurm job ids that trained it, newest last
 EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75  # as `scaling train`
 USR_SIGNAL_GRACE_S = 5.0  # after SIGTERM, how long to wait for a preemption's USR2
 LOG_TAIL_LINES = 5
+RECENT_S = 300  # a job sacct does not know yet, queued this recently, counts as pending
 ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
                     "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"})  # fmt: skip
 FAILED_FOR_GOOD = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
                              "DEADLINE", "PREEMPTED"})  # fmt: skip
-# Profile field -> submitit parameter it sets (so `additional` cannot set them twice).
-OWNED = {"partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
-         "nodes": "gpus_per_run", "ntasks_per_node": "gpus_per_run",
-         "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
-         "constraint": "constraint", "exclude": "exclude", "setup": "setup",
-         "array_parallelism": "array_parallelism", "job_name": "(the sweep name)"}  # fmt: skip
+# submitit parameter -> the profile field that sets it (`additional` may not set these).
+OWNED = {
+    "partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
+    "nodes": "gpus_per_run", "ntasks_per_node": "gpus_per_run", "gpus_per_node": "gpus_per_node",
+    "num_gpus": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
+    "constraint": "constraint", "exclude": "exclude", "setup": "setup",
+    "array_parallelism": "array_parallelism", "job_name": "the sweep name",
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- parameters
@@ -122,7 +125,9 @@ def executor_parameters(
     owned = sorted(set(cfg.additional) & set(OWNED))
     if owned:
         fields = ", ".join(f"{k} (set by {OWNED[k]})" for k in owned)
-        raise SpecError(f"set by the profile, not here: {fields}", file=file, key="slurm.additional")
+        raise SpecError(
+            f"set by the profile, not here: {fields}", file=file, key="slurm.additional"
+        )
     params.update(cfg.additional)
     params = {k: v for k, v in params.items() if v is not None}
     try:  # submitit's own check of the values (what update_parameters does)
@@ -149,10 +154,12 @@ def submitit_folder(ctx: Context) -> Path:
     return ctx.workdir / ctx.sweep / ".submitit" / "%j"
 
 
-def sbatch_script(ctx: Context, runs: int, python: str | None = None) -> str:
-    """The sbatch file submitit writes for an array of `runs` runs (without submitting)."""
+def sbatch_script(ctx: Context, runs: int, chunks: int = 1, python: str | None = None) -> str:
+    """The sbatch file submitit writes for an array of `runs` runs, one of `chunks`
+    arrays of a submit, without submitting anything (previews and golden tests)."""
     folder = submitit_folder(ctx)
     params = executor_parameters(ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env)
+    params["array_parallelism"] = array_parallelism(ctx.profile, chunks)
     if runs > 1:
         params["map_count"] = runs
     python = python or shlex.quote(sys.executable)
@@ -167,12 +174,19 @@ def max_array_size() -> int:
         out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
                              timeout=60, check=True).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError) as exc:
-        raise SubmissionError(f"cannot read the Slurm configuration (scontrol show config): {exc}") from None
+        raise SubmissionError(
+            f"cannot read the Slurm configuration (scontrol show config): {exc}"
+        ) from None
     for line in out.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "MaxArraySize":
             return int(value.split()[0])
     return 1001  # Slurm's default
+
+
+def array_parallelism(profile: ClusterProfile, chunks: int) -> int:
+    """Runs of each array at once: the profile's cap on the whole submit, split evenly."""
+    return max(1, _config(profile).array_parallelism // max(1, chunks))
 
 
 def chunks(items: Sequence[Job], limit: int) -> list[Sequence[Job]]:
@@ -213,7 +227,7 @@ class TrainCall(Checkpointable):
         from scaling.layout import Layout
         from scaling.spec import RunSpec
         from scaling.state import AlreadyRunning
-        from scaling.train import Preempted, run, run_tracked
+        from scaling.train import Preempted, run_tracked
 
         run_dir = Path(self.run_dir)
         data = json.loads((run_dir / SPEC).read_text())
@@ -226,11 +240,8 @@ class TrainCall(Checkpointable):
         usr_sig = submitit.JobEnvironment._usr_sig()
         preemption = _Preemption(signal.getsignal(usr_sig))
         previous = signal.signal(usr_sig, preemption.handle)
-        try:
-            if rank == 0:  # the run's lock, tracking and result files belong to rank 0
-                return run_tracked(spec, run_dir, layout, self.tracking, **options)
-            run(spec, run_dir, layout, **options)
-            return None
+        try:  # every task: rank 0 alone takes the run's lock and mirrors to MLflow
+            return run_tracked(spec, run_dir, layout, self.tracking, **options) or None
         except Preempted as exc:
             print(f"{exc}", flush=True)
             if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
@@ -303,17 +314,21 @@ class SlurmBackend:
     def submit(self, jobs: Sequence[Job], ctx: Context) -> list[Outcome]:
         """Queue every run not already queued; return once Slurm has them (job ids printed)."""
         cfg = _config(ctx.profile)
-        params = executor_parameters(ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env)
+        params = executor_parameters(
+            ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env
+        )
         states = _states([j.run_dir for j in jobs])
         outcomes, todo = [], []
         for job in jobs:
             state, job_id = states.get(job.run_id, ("", ""))
-            if state in ACTIVE:
-                outcomes.append(Outcome(job.run_id, "already-running", f"slurm job {job_id} {state}"))
+            if state in ACTIVE or (state == "UNKNOWN" and _just_submitted(job.run_dir)):
+                outcomes.append(
+                    Outcome(job.run_id, "already-running", f"slurm job {job_id} {state}")
+                )
             else:
                 todo.append(job)
         groups = chunks(todo, max_array_size())
-        parallel = max(1, cfg.array_parallelism // max(1, len(groups)))
+        parallel = array_parallelism(ctx.profile, len(groups))
         folder = submitit_folder(ctx)
         threads = threads_per_task(ctx.profile, ctx.device)
         tracking = (ctx.tracking_uri, ctx.experiment)
@@ -329,7 +344,11 @@ class SlurmBackend:
                 _record(job.run_dir, sjob.job_id, folder)
                 outcomes.append(Outcome(job.run_id, "submitted", f"slurm job {sjob.job_id}"))
             first, last = submitted[0].job_id, submitted[-1].job_id
-            span = first if len(submitted) == 1 else f"{first} .. {last}, {min(parallel, len(group))} at once"
+            span = (
+                first
+                if len(submitted) == 1
+                else f"{first} .. {last}, {min(parallel, len(group))} at once"
+            )
             print(f"slurm: {len(group)} runs queued as job {span}; logs in {folder.parent}", file=sys.stderr, flush=True)  # fmt: skip
         return outcomes
 
@@ -347,7 +366,9 @@ class SlurmBackend:
             if state in FAILED_FOR_GOOD:
                 folder = Path((read_json(job.run_dir / RECORD) or {}).get("folder", ""))
                 tail = "\n".join(_log_tail(folder, job_id))
-                out[job.run_id] = f"{state} (exit {code}, job {job_id})" + (f"\n{tail}" if tail else "")
+                out[job.run_id] = f"{state} (exit {code}, job {job_id})" + (
+                    f"\n{tail}" if tail else ""
+                )
             else:
                 out[job.run_id] = f"{state} (job {job_id})"
         return out
@@ -402,6 +423,13 @@ def _record(run_dir: Path, job_id: str, folder: Path) -> None:
     previous = [*old.get("previous", []), *([old["job_id"]] if "job_id" in old else [])]
     write_json(run_dir / RECORD, {"job_id": job_id, "folder": str(folder),
                                   "submitted": time.time(), "previous": previous})  # fmt: skip
+
+
+def _just_submitted(run_dir: Path) -> bool:
+    """Accounting reaches sacct a moment after sbatch: a job it does not know yet but
+    that was queued within the last minutes counts as queued (no duplicate submission)."""
+    submitted = float((read_json(run_dir / RECORD) or {}).get("submitted", 0))
+    return time.time() - submitted < RECENT_S
 
 
 def _log_tail(folder: Path, job_id: str, lines: int = LOG_TAIL_LINES) -> list[str]:

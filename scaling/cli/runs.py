@@ -219,7 +219,12 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
                  str(r.config["epochs"]), str(r.seed), f"[{color}]{st.state}[/{color}]",
                  f"{st.epoch}/{r.config['epochs']}", loss, top1, link]  # fmt: skip
         if scheduler:
-            cells.append(scheduler.get(r.run_id, "-"))
+            # The backend's first line is the state; further lines (a failed job's log
+            # tail) go under the table.
+            state_line, *tail = scheduler.get(r.run_id, "-").splitlines()
+            cells.append(state_line)
+            if tail and st.state != "failed":
+                failures.append(f"[red]{r.run_id} {state_line}[/red]\n    " + "\n    ".join(tail))
         table.add_row(*cells)
         if st.state == "failed":
             kind = (st.failure or {}).get("kind", "error")
