@@ -23,7 +23,6 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.errors import SpecError
-from scaling.models import build_network
 
 #: bytes per value of weights, gradients, optimizer slots and activations (fp32 training).
 BYTES_PER_VALUE = 4
@@ -124,6 +123,8 @@ def arch_cost(
     """
     if not isinstance(image_size, numbers.Integral) or image_size < 1:
         raise SpecError(f"image_size must be a positive integer, got {image_size!r}")
+    from scaling.models import build_network  # timm: imported only when a trace is needed
+
     with torch.device("meta"):
         net = build_network(
             method,

@@ -208,7 +208,7 @@ def make_plan(
     sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None
 ) -> Plan:
     """Lay out and cost every run of `sweep` on `profile`'s hardware."""
-    from scaling import costs
+    from scaling import costcache, costs
 
     acc = accelerator or resolve_accelerator(profile)
     gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
@@ -230,7 +230,7 @@ def make_plan(
                 file=sweep.path,
                 key=f"methods.{spec.method}.batch_size",
             )
-        cost = costs.arch_cost(
+        cost = costcache.arch_cost(
             spec.method,
             spec.model["depth"],
             spec.model["width"],
@@ -274,6 +274,7 @@ def make_plan(
                 reason=reason,
             )
         )
+    costcache.save()
     return Plan(sweep, profile, acc, tuple(planned))
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ pytest_plugins = ["tests.slurm_cluster"]
 
 # Keep tests on the CPU and small thread counts: two cores are shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The planner's architecture-cost cache goes to a folder of this session, not ~/.cache.
+os.environ.setdefault("SCALING_CACHE_DIR", tempfile.mkdtemp(prefix="scaling-cache-"))
 
 
 @pytest.fixture
