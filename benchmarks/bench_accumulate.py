@@ -35,7 +35,9 @@ def child(args: argparse.Namespace, accum: int) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    net = build_network("simclr", depth=args.depth, width=args.width, stem="cifar", projection_dim=128).to(dev)
+    net = build_network(
+        "simclr", depth=args.depth, width=args.width, stem="cifar", projection_dim=128
+    ).to(dev)
     opt = build_optimizer("lars", net, 0.1, 1e-6)
     x1 = torch.randn(args.batch, 3, args.size, args.size, device=dev)
     x2 = torch.randn(args.batch, 3, args.size, args.size, device=dev)
@@ -90,7 +92,9 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
     base = rows[0]
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.device}, {args.threads} threads"
-    print(f"ResNet-{args.depth} x{args.width}, {args.size} px, batch {args.batch} (two views), {machine}")
+    print(
+        f"ResNet-{args.depth} x{args.width}, {args.size} px, batch {args.batch} (two views), {machine}"
+    )
     print("| accumulation | micro-batch | step time | vs plain | peak memory | vs plain |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:

@@ -35,13 +35,17 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        (root / "sweep.yaml").write_text(SWEEP.replace("[0, 1, 2, 3, 4, 5, 6, 7]", str(list(range(n)))))
+        (root / "sweep.yaml").write_text(
+            SWEEP.replace("[0, 1, 2, 3, 4, 5, 6, 7]", str(list(range(n))))
+        )
         (root / "local.yaml").write_text(PROFILE)
         cmd = [sys.executable, "-m", "scaling", "submit", "sweep.yaml", "--cluster", "local.yaml"]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
         total = time.perf_counter() - t0
-        inside = sum(json.loads(p.read_text())["wall_time_s"] for p in root.glob("runs/bench/*/result.json"))
+        inside = sum(
+            json.loads(p.read_text())["wall_time_s"] for p in root.glob("runs/bench/*/result.json")
+        )
         t1 = time.perf_counter()
         out = subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True)
         resubmit = time.perf_counter() - t1
@@ -49,7 +53,9 @@ def main() -> None:
     per_run = (total - inside) / n
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"{n} runs: submit {total:.1f} s, inside training {inside:.1f} s")
-    print(f"| local orchestration | {per_run:.2f} s per run (resubmit of {n} finished runs: {resubmit:.1f} s) | {machine} |")
+    print(
+        f"| local orchestration | {per_run:.2f} s per run (resubmit of {n} finished runs: {resubmit:.1f} s) | {machine} |"
+    )
 
 
 if __name__ == "__main__":

@@ -47,19 +47,23 @@ def main() -> None:
     for method in ("simclr", "supervised"):
         for width in (0.125, 0.25, 0.5, 1.0):
             torch.manual_seed(0)
-            net = build_network(method, depth=10, width=width, stem="cifar", projection_dim=64).to(dev)
+            net = build_network(method, depth=10, width=width, stem="cifar", projection_dim=64).to(
+                dev
+            )
             opt = build_optimizer("lars" if method == "simclr" else "sgd", net, 0.1, 1e-6)
             gen = torch.Generator(device=dev).manual_seed(0)
             if method == "simclr":
                 aug = SimCLRAugment(16, 0.5)
 
-                def step() -> None:
+                def step(net=net, aug=aug, gen=gen) -> None:  # type: ignore[no-untyped-def]
                     simclr_step(net, images, aug, gen, layout, rows, 0.5, contextlib.nullcontext())
             else:
                 aug = CropFlipAugment(16)
 
-                def step() -> None:
-                    supervised_step(net, images, labels, aug, gen, layout, rows, contextlib.nullcontext())
+                def step(net=net, aug=aug, gen=gen) -> None:  # type: ignore[no-untyped-def]
+                    supervised_step(
+                        net, images, labels, aug, gen, layout, rows, contextlib.nullcontext()
+                    )
 
             times = []
             for i in range(args.steps + 2):

@@ -77,7 +77,9 @@ class ClusterProfile(StrictModel):
         return -(-self.gpus_per_run // self.gpus_per_node)
 
 
-def load_profile(path: str | Path | None = None, overrides: list[str] | None = None) -> ClusterProfile:
+def load_profile(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ClusterProfile:
     """Read a cluster profile; None gives the embedded local default."""
     if path is None:
         return validate(ClusterProfile, apply_overrides({}, overrides or [], "<local>"), "<local>")

@@ -84,7 +84,9 @@ def submodel(annotation: Any) -> type[StrictModel] | None:
     return None
 
 
-def check_keys(data: Mapping[str, Any], model: type[StrictModel], file: str, prefix: str = "") -> None:
+def check_keys(
+    data: Mapping[str, Any], model: type[StrictModel], file: str, prefix: str = ""
+) -> None:
     """Reject unknown keys anywhere in `data`, listing the valid ones."""
     fields = model.model_fields
     for key, value in data.items():

@@ -30,6 +30,4 @@ def count_images(root: str | None, split: str) -> int | None:
     """Images under root/split/<class>/ (None when the folder is not there)."""
     if not root or not (Path(root) / split).is_dir():
         return None
-    return sum(
-        1 for p in (Path(root) / split).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    return sum(1 for p in (Path(root) / split).glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)

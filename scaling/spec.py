@@ -165,7 +165,9 @@ def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
 
 
-def _with_json(items: Iterable[dict[str, Any]], part: Any = dict) -> list[tuple[dict[str, Any], str]]:
+def _with_json(
+    items: Iterable[dict[str, Any]], part: Any = dict
+) -> list[tuple[dict[str, Any], str]]:
     return [(item, _canonical(part(item))) for item in items]
 
 
@@ -206,7 +208,9 @@ def _section_grid(
 ) -> _Grid:
     """Validate a section whose leaves may be lists, returning its grid."""
     if not isinstance(raw, Mapping):
-        raise SpecError(f"expected a mapping, got {type(raw).__name__}", file=file, key=prefix.rstrip("."))
+        raise SpecError(
+            f"expected a mapping, got {type(raw).__name__}", file=file, key=prefix.rstrip(".")
+        )
     check_keys(raw, model, file, prefix)
     leaves = dict(_leaves(raw, model))
     axes: list[tuple[str, list[Any]]] = []
@@ -214,7 +218,9 @@ def _section_grid(
     for key, value in leaves.items():
         if isinstance(value, list):
             if not value:
-                raise SpecError("empty list: a grid axis needs at least one value", file=file, key=prefix + key)
+                raise SpecError(
+                    "empty list: a grid axis needs at least one value", file=file, key=prefix + key
+                )
             axes.append((key, value))
             value = value[0]
         _set_dotted(template, key, value)
@@ -230,7 +236,9 @@ def _section_grid(
     return _Grid(base=base.model_dump(), axes=tuple(validated_axes))
 
 
-def _leaves(raw: Mapping[str, Any], model: type[StrictModel], prefix: str = "") -> Iterable[tuple[str, Any]]:
+def _leaves(
+    raw: Mapping[str, Any], model: type[StrictModel], prefix: str = ""
+) -> Iterable[tuple[str, Any]]:
     for key, value in raw.items():
         sub = submodel(model.model_fields[key].annotation)
         if sub is not None and isinstance(value, Mapping):
@@ -265,7 +273,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     raw = apply_overrides(read_yaml(path), list(overrides), file)
     top: SweepFile = validate(SweepFile, raw, file)
     if not top.methods:
-        raise SpecError(f"empty grid: no methods; allowed: {', '.join(METHODS)}", file=file, key="methods")
+        raise SpecError(
+            f"empty grid: no methods; allowed: {', '.join(METHODS)}", file=file, key="methods"
+        )
     seeds = [top.seeds] if isinstance(top.seeds, int) else list(dict.fromkeys(top.seeds))
     if not seeds:
         raise SpecError("empty list: give at least one seed", file=file, key="seeds")
@@ -279,7 +289,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     for method, section in top.methods.items():
         if method not in METHODS:
             raise SpecError(
-                f"unknown method {method!r}; allowed: {', '.join(METHODS)}", file=file, key=f"methods.{method}"
+                f"unknown method {method!r}; allowed: {', '.join(METHODS)}",
+                file=file,
+                key=f"methods.{method}",
             )
         config_model: type[MethodConfig] = METHODS[method].config
         grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
@@ -287,7 +299,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         configs = [(c, _canonical(c)) for c in grid.expand()]
         method_json = _canonical(method)
         for (dataset, d_json), (model, m_json), seed in itertools.product(
-            _with_json(data_grid.expand(), identity_of_dataset), _with_json(model_grid.expand()), seeds
+            _with_json(data_grid.expand(), identity_of_dataset),
+            _with_json(model_grid.expand()),
+            seeds,
         ):
             for config, c_json in configs:
                 # The identity's canonical JSON assembled from per-part fragments: the
@@ -297,6 +311,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                     f'{{"config":{c_json},"dataset":{d_json},"method":{method_json},'
                     f'"model":{m_json},"seed":{seed}}}'
                 )
-                runs.append(RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical))
+                runs.append(
+                    RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
+                )
     unique = tuple({r.run_id: r for r in runs}.values())
     return Sweep(top.name, top.description, file, top.tracking, unique, axes)

@@ -25,30 +25,97 @@ methods:
 # (what, sweep text or a transformation of GOOD, extra CLI args, expected fragments)
 CASES = [
     ("unknown top-level key", GOOD + "colour: red\n", [], ["colour", "valid keys", "methods"]),
-    ("unknown method key", GOOD.replace("epochs: 2}\n  sup", "epochs: 2, temprature: 0.1}\n  sup"), [], ["methods.simclr.temprature", "valid keys", "temperature"]),
-    ("unknown model key", GOOD.replace("stem: cifar", "stem: cifar, blocks: 3"), [], ["model.blocks", "depth_multiplier"]),
-    ("unknown nested eval key", GOOD.replace("epochs: 2}\n  sup", "epochs: 2, eval: {epoch: 3}}\n  sup"), [], ["methods.simclr.eval.epoch", "protocol"]),
-    ("wrong type", GOOD.replace("batch_size: 64", "batch_size: big"), [], ["methods.supervised.batch_size", "integer", "big"]),
-    ("negative batch", GOOD.replace("batch_size: 64", "batch_size: -64"), [], ["methods.supervised.batch_size", "greater than 0"]),
-    ("zero batch in an axis", GOOD.replace("[32, 64]", "[32, 0]"), [], ["methods.simclr.batch_size", "greater than 0", "got 0"]),
-    ("width <= 0", GOOD.replace("[0.25, 0.5]", "[0.25, -1]"), [], ["model.width", "greater than 0"]),
-    ("unsupported depth", GOOD.replace("depth: 10", "depth: 42"), [], ["model.depth", "10, 18, 34, 50, 101, 152", "42"]),
-    ("bad stem", GOOD.replace("stem: cifar", "stem: tiny"), [], ["model.stem", "'cifar' or 'imagenet'"]),
-    ("bad lr rule", GOOD.replace("epochs: 2}\n  sup", "epochs: 2, lr_rule: cubic}\n  sup"), [], ["methods.simclr.lr_rule", "cubic"]),
-    ("bad dataset", GOOD.replace("name: digits", "name: mnist"), [], ["dataset.name", "digits", "cifar10", "mnist"]),
-    ("unknown method", GOOD.replace("supervised:", "byol:"), [], ["methods.byol", "simclr, supervised"]),
+    (
+        "unknown method key",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, temprature: 0.1}\n  sup"),
+        [],
+        ["methods.simclr.temprature", "valid keys", "temperature"],
+    ),
+    (
+        "unknown model key",
+        GOOD.replace("stem: cifar", "stem: cifar, blocks: 3"),
+        [],
+        ["model.blocks", "depth_multiplier"],
+    ),
+    (
+        "unknown nested eval key",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, eval: {epoch: 3}}\n  sup"),
+        [],
+        ["methods.simclr.eval.epoch", "protocol"],
+    ),
+    (
+        "wrong type",
+        GOOD.replace("batch_size: 64", "batch_size: big"),
+        [],
+        ["methods.supervised.batch_size", "integer", "big"],
+    ),
+    (
+        "negative batch",
+        GOOD.replace("batch_size: 64", "batch_size: -64"),
+        [],
+        ["methods.supervised.batch_size", "greater than 0"],
+    ),
+    (
+        "zero batch in an axis",
+        GOOD.replace("[32, 64]", "[32, 0]"),
+        [],
+        ["methods.simclr.batch_size", "greater than 0", "got 0"],
+    ),
+    (
+        "width <= 0",
+        GOOD.replace("[0.25, 0.5]", "[0.25, -1]"),
+        [],
+        ["model.width", "greater than 0"],
+    ),
+    (
+        "unsupported depth",
+        GOOD.replace("depth: 10", "depth: 42"),
+        [],
+        ["model.depth", "10, 18, 34, 50, 101, 152", "42"],
+    ),
+    (
+        "bad stem",
+        GOOD.replace("stem: cifar", "stem: tiny"),
+        [],
+        ["model.stem", "'cifar' or 'imagenet'"],
+    ),
+    (
+        "bad lr rule",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, lr_rule: cubic}\n  sup"),
+        [],
+        ["methods.simclr.lr_rule", "cubic"],
+    ),
+    (
+        "bad dataset",
+        GOOD.replace("name: digits", "name: mnist"),
+        [],
+        ["dataset.name", "digits", "cifar10", "mnist"],
+    ),
+    (
+        "unknown method",
+        GOOD.replace("supervised:", "byol:"),
+        [],
+        ["methods.byol", "simclr, supervised"],
+    ),
     ("no methods", GOOD.split("methods:")[0] + "methods: {}\n", [], ["methods", "empty grid"]),
     ("empty axis", GOOD.replace("[0.25, 0.5]", "[]"), [], ["model.width", "empty list"]),
     ("missing required name", GOOD.replace("name: t\n", ""), [], ["name", "required"]),
     ("bad YAML syntax", GOOD.replace("seeds: [0]", "seeds: [0"), [], ["invalid YAML", "line"]),
     ("not a mapping", "- 1\n- 2\n", [], ["expected a mapping"]),
-    ("bad --set", GOOD, ["--set", "methods.simclr.epochs=0"], ["methods.simclr.epochs", "greater than 0"]),
+    (
+        "bad --set",
+        GOOD,
+        ["--set", "methods.simclr.epochs=0"],
+        ["methods.simclr.epochs", "greater than 0"],
+    ),
     ("bad --format", GOOD, ["--format", "xml"], ["--format", "table, json, csv"]),
 ]
 
 
 @pytest.mark.parametrize(("what", "text", "args", "fragments"), CASES, ids=[c[0] for c in CASES])
-def test_malformed_sweep(tmp_path: Path, what: str, text: str, args: list[str], fragments: list[str]) -> None:
+def test_malformed_sweep(
+    tmp_path: Path, what: str, text: str, args: list[str], fragments: list[str]
+) -> None:
     path = write(tmp_path / "sweep.yaml", text)
     result = CliRunner().invoke(app, ["plan", str(path), *args])
     assert result.exit_code == 2, result.output
@@ -66,12 +133,22 @@ PROFILE_CASES = [
     ("unknown profile key", "backend: local\ngpus: 2\n", ["gpus", "gpus_per_run"]),
     ("bad backend", "backend: kubernetes\n", ["backend", "'local', 'slurm' or 'ray'"]),
     ("bad slurm key", "backend: slurm\nslurm: {partion: gpu}\n", ["slurm.partion", "partition"]),
-    ("utilization > 1", "accelerator: {utilization: 1.5}\n", ["accelerator.utilization", "less than or equal to 1"]),
-    ("batch not divisible by gpus", "gpus_per_run: 3\ngpus_per_node: 4\naccelerator: {memory_gb: 80, peak_tflops: 100}\n", ["methods.simclr.batch_size", "gpus_per_run=3"]),
+    (
+        "utilization > 1",
+        "accelerator: {utilization: 1.5}\n",
+        ["accelerator.utilization", "less than or equal to 1"],
+    ),
+    (
+        "batch not divisible by gpus",
+        "gpus_per_run: 3\ngpus_per_node: 4\naccelerator: {memory_gb: 80, peak_tflops: 100}\n",
+        ["methods.simclr.batch_size", "gpus_per_run=3"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "text", "fragments"), PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES])
+@pytest.mark.parametrize(
+    ("what", "text", "fragments"), PROFILE_CASES, ids=[c[0] for c in PROFILE_CASES]
+)
 def test_malformed_profile(tmp_path: Path, what: str, text: str, fragments: list[str]) -> None:
     sweep = write(tmp_path / "sweep.yaml", GOOD)
     profile = write(tmp_path / "profile.yaml", text)
@@ -93,7 +170,18 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     path = write(tmp_path / "sweep.yaml", GOOD.replace("depth: 10", "depth: 42"))
     env = {"SCALING_DEBUG": "1", "PATH": "/usr/bin:/bin"}
-    quiet = subprocess.run([sys.executable, "-m", "scaling.cli.app", "plan", str(path)], capture_output=True, text=True, cwd=REPO)
-    loud = subprocess.run([sys.executable, "-m", "scaling.cli.app", "plan", str(path)], capture_output=True, text=True, cwd=REPO, env=env)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "scaling.cli.app", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    loud = subprocess.run(
+        [sys.executable, "-m", "scaling.cli.app", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "SpecError" in loud.stderr

@@ -17,12 +17,16 @@ from tests.conftest import REPO, write
 A100 = Accelerator("cuda", "A100-80GB", 80.0, 312.0, 0.35)
 
 
-def plan_of(path: Path | str, *profile: str, acc: Accelerator = A100, overrides: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+def plan_of(
+    path: Path | str, *profile: str, acc: Accelerator = A100, overrides: tuple[str, ...] = ()
+):  # type: ignore[no-untyped-def]
     return make_plan(load_sweep(path, list(overrides)), load_profile(None, list(profile)), acc)
 
 
 def test_table_columns_equal_the_rows() -> None:
-    plan = plan_of(REPO / "sweeps" / "cifar10_batch_epochs.yaml", "gpus_per_run=8", "gpus_per_node=8")
+    plan = plan_of(
+        REPO / "sweeps" / "cifar10_batch_epochs.yaml", "gpus_per_run=8", "gpus_per_node=8"
+    )
     rows = plan.rows()
     table = plan.table().to_pylist()
     assert len(table) == len(rows)
@@ -35,10 +39,15 @@ def test_table_columns_equal_the_rows() -> None:
 
 
 def test_every_layout_multiplies_to_the_batch_exactly() -> None:
-    plan = plan_of(REPO / "sweeps" / "imagenet_depth_width.yaml", "gpus_per_run=8", "gpus_per_node=8")
+    plan = plan_of(
+        REPO / "sweeps" / "imagenet_depth_width.yaml", "gpus_per_run=8", "gpus_per_node=8"
+    )
     assert all(r.feasible for r in plan.runs)
     for r in plan.runs:
-        assert r.layout.micro_batch * r.layout.accum_steps * r.layout.gpus == r.spec.config["batch_size"]
+        assert (
+            r.layout.micro_batch * r.layout.accum_steps * r.layout.gpus
+            == r.spec.config["batch_size"]
+        )
         assert r.peak_memory_gb <= A100.memory_gb
     # bigger networks need more accumulation at the same batch
     by_width = {r.spec.model["width"]: r.layout.accum_steps for r in plan.runs
@@ -47,7 +56,9 @@ def test_every_layout_multiplies_to_the_batch_exactly() -> None:
 
 
 def test_paper_learning_rates_on_the_effective_batch() -> None:
-    plan = plan_of(REPO / "sweeps" / "imagenet_depth_width.yaml", "gpus_per_run=8", "gpus_per_node=8")
+    plan = plan_of(
+        REPO / "sweeps" / "imagenet_depth_width.yaml", "gpus_per_run=8", "gpus_per_node=8"
+    )
     for row in plan.rows():
         if row["method"] == "simclr":
             assert row["lr"] == pytest.approx(4.8)  # 0.3 x 4096 / 256, whatever the micro-batch
@@ -75,13 +86,22 @@ def test_batch_larger_than_the_data_is_infeasible(tmp_path: Path) -> None:
 
 def test_gpu_hours_scale_with_epochs_and_caching_costs_an_extra_forward() -> None:
     plan = plan_of(REPO / "sweeps" / "cifar10_batch_epochs.yaml")
-    hours = {(r.spec.config["batch_size"], r.spec.config["epochs"]): r.gpu_hours for r in plan.runs if r.spec.method == "simclr"}
+    hours = {
+        (r.spec.config["batch_size"], r.spec.config["epochs"]): r.gpu_hours
+        for r in plan.runs
+        if r.spec.method == "simclr"
+    }
     assert hours[(256, 200)] == pytest.approx(2 * hours[(256, 100)], rel=1e-2)  # + evaluation
     cached = [r for r in plan.runs if r.layout.accum_steps > 1]
     plain = [r for r in plan.runs if r.layout.accum_steps == 1 and r.spec.method == "simclr"]
     assert cached and plain
-    c, p = cached[0], next(r for r in plain if r.spec.config["epochs"] == cached[0].spec.config["epochs"])
-    assert c.gpu_hours / p.gpu_hours == pytest.approx(4 / 3, rel=0.05)  # x4 instead of x3 (eval cost aside)
+    c, p = (
+        cached[0],
+        next(r for r in plain if r.spec.config["epochs"] == cached[0].spec.config["epochs"]),
+    )
+    assert c.gpu_hours / p.gpu_hours == pytest.approx(
+        4 / 3, rel=0.05
+    )  # x4 instead of x3 (eval cost aside)
 
 
 def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_warmup_then_cosine_to_zero() -> None:
     base, total, warm = 1.0, 100, 10
     lrs = [warmup_cosine(s, total, warm, base) for s in range(total)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
     assert lrs[10] == pytest.approx(1.0)
     assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
     assert warmup_cosine(total, total, warm, base) == pytest.approx(0.0)

@@ -55,14 +55,32 @@ def test_run_ids_are_unique_and_stable_across_processes(tmp_path: Path) -> None:
         "print(json.dumps([r.run_id for r in load_sweep(sys.argv[1]).runs]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, cwd=REPO
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
     )
     assert json.loads(out.stdout) == ids
 
 
 def test_run_id_ignores_key_order_sweep_name_and_data_location() -> None:
-    a = RunSpec("supervised", {"name": "digits", "image_size": 16, "root": None}, {"depth": 10, "width": 0.5}, 0, {"epochs": 3, "batch_size": 8}, sweep="a")
-    b = RunSpec("supervised", {"root": "/data", "image_size": 16, "name": "digits"}, {"width": 0.5, "depth": 10}, 0, {"batch_size": 8, "epochs": 3}, sweep="b")
+    a = RunSpec(
+        "supervised",
+        {"name": "digits", "image_size": 16, "root": None},
+        {"depth": 10, "width": 0.5},
+        0,
+        {"epochs": 3, "batch_size": 8},
+        sweep="a",
+    )
+    b = RunSpec(
+        "supervised",
+        {"root": "/data", "image_size": 16, "name": "digits"},
+        {"width": 0.5, "depth": 10},
+        0,
+        {"batch_size": 8, "epochs": 3},
+        sweep="b",
+    )
     assert a.run_id == b.run_id
     c = RunSpec("supervised", a.dataset, a.model, 0, {"epochs": 4, "batch_size": 8})
     d = RunSpec("supervised", a.dataset, a.model, 1, a.config)

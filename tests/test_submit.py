@@ -17,7 +17,7 @@ from scaling.cli.app import app
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl
 from scaling.spec import load_sweep
 from scaling.tracking import find_runs
-from tests.conftest import REPO, write
+from tests.conftest import write
 
 SWEEP = """\
 name: tiny
@@ -71,7 +71,10 @@ def test_submit_runs_everything_then_nothing(study: Path) -> None:
     for spec in sweep.runs:
         info = tracked[spec.run_id]
         assert info["status"] == "FINISHED"
-        assert info["tags"]["scaling.sweep"] == "tiny" and info["tags"]["scaling.method"] == spec.method
+        assert (
+            info["tags"]["scaling.sweep"] == "tiny"
+            and info["tags"]["scaling.method"] == spec.method
+        )
         assert info["params"]["batch_size"] == "32" and info["params"]["micro_batch"] == "32"
         assert info["params"]["width"] == str(spec.model["width"])
         assert "top1" in info["metrics"] and "train/loss" in info["metrics"]
@@ -85,7 +88,11 @@ def test_submit_runs_everything_then_nothing(study: Path) -> None:
     assert {"spec.json", "result.json", "metrics.jsonl"} <= artifacts
 
     again = invoke("submit", "sweep.yaml", "--cluster", "local.yaml")
-    assert again.exit_code == 0 and "nothing to run" in again.output and "skip 6 (finished)" in again.output
+    assert (
+        again.exit_code == 0
+        and "nothing to run" in again.output
+        and "skip 6 (finished)" in again.output
+    )
     assert all_mlflow_run_count(study) == 6
 
     status = invoke("status", "sweep.yaml", "--cluster", "local.yaml")
@@ -93,14 +100,31 @@ def test_submit_runs_everything_then_nothing(study: Path) -> None:
 
 
 def test_dry_run_says_what_would_run_and_why(study: Path) -> None:
-    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", "--dry-run", "--only", "method=supervised")
+    result = invoke(
+        "submit",
+        "sweep.yaml",
+        "--cluster",
+        "local.yaml",
+        "--dry-run",
+        "--only",
+        "method=supervised",
+    )
     assert result.exit_code == 0, result.output
     assert result.output.count("run    ") == 2 and "new" in result.output
     assert not (study / "runs").exists()
 
 
 def _submit_process(study: Path, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "scaling", "submit", "sweep.yaml", "--cluster", "local.yaml", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaling",
+        "submit",
+        "sweep.yaml",
+        "--cluster",
+        "local.yaml",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=study, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -118,7 +142,9 @@ def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Pa
     spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
     run_dir = study / "runs" / "tiny" / spec.run_id
     proc = _submit_process(study, *only)
-    _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1 and (run_dir / "mlflow.json").exists())
+    _wait(
+        lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1 and (run_dir / "mlflow.json").exists()
+    )
     first_mlflow_id = json.loads((run_dir / "mlflow.json").read_text())["mlflow_run_id"]
     pid = int((run_dir / ".lock").read_text().split()[0])
     time.sleep(0.2)
@@ -145,8 +171,20 @@ def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Pa
 
 @pytest.mark.slow
 def test_eight_runs_logging_at_once_lose_no_metric(study: Path) -> None:
-    write(study / "sweep.yaml", SWEEP.replace("seeds: [0]", "seeds: [0, 1, 2, 3]").replace("epochs: [1, 2]", "epochs: 2"))
-    result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", "--max-parallel", "8", "--only", "width=0.125")
+    write(
+        study / "sweep.yaml",
+        SWEEP.replace("seeds: [0]", "seeds: [0, 1, 2, 3]").replace("epochs: [1, 2]", "epochs: 2"),
+    )
+    result = invoke(
+        "submit",
+        "sweep.yaml",
+        "--cluster",
+        "local.yaml",
+        "--max-parallel",
+        "8",
+        "--only",
+        "width=0.125",
+    )
     assert result.exit_code == 0, result.output
     tracked = mlflow_runs(study)
     assert len(tracked) == 8
@@ -159,14 +197,18 @@ def test_eight_runs_logging_at_once_lose_no_metric(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_unreachable_tracking_loses_nothing_and_sync_uploads(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_tracking_loses_nothing_and_sync_uploads(
+    study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     down = ["--set", "tracking.uri=http://127.0.0.1:9", "--only", "method=supervised,width=0.125"]
     result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *down)
     assert result.exit_code == 0, result.output
     assert "1 finished" in result.output and "warning" in result.output
-    synced = invoke("sync", "sweep.yaml", "--cluster", "local.yaml")  # the sweep's own (sqlite) store
+    synced = invoke(
+        "sync", "sweep.yaml", "--cluster", "local.yaml"
+    )  # the sweep's own (sqlite) store
     assert synced.exit_code == 0 and "synced 1 of 1" in synced.output, synced.output
     (info,) = mlflow_runs(study).values()
     assert info["status"] == "FINISHED" and "top1" in info["metrics"]
@@ -177,14 +219,18 @@ def test_failed_runs_are_reported_and_rerun_only_when_asked(study: Path) -> None
     bad = ["--only", "method=supervised,width=0.125", "--set", "methods.supervised.optimizer=sgd",
            "--set", "methods.supervised.lr_rule=1.0e12"]  # fmt: skip
     first = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
-    assert first.exit_code == 1 and "failed" in first.output and "diverged" in first.output, first.output
+    assert first.exit_code == 1 and "failed" in first.output and "diverged" in first.output, (
+        first.output
+    )
     status = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *bad[:1] + bad[1:2], "--set",
                     "methods.supervised.optimizer=sgd", "--set", "methods.supervised.lr_rule=1.0e12")  # fmt: skip
     assert "failed (diverged)" in status.output, status.output
     second = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
     assert second.exit_code == 0 and "use --rerun-failed" in second.output
     third = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad, "--rerun-failed")
-    assert third.exit_code == 1 and "resume 1 (rerun)" in third.output and "diverged" in third.output
+    assert (
+        third.exit_code == 1 and "resume 1 (rerun)" in third.output and "diverged" in third.output
+    )
 
 
 @pytest.mark.slow
@@ -203,11 +249,15 @@ def test_two_racing_submits_train_each_run_once(study: Path) -> None:
 def test_submit_rejects_bad_input_in_one_line(study: Path) -> None:
     write(study / "bad.yaml", SWEEP.replace("depth: 10", "depth: 11"))
     result = invoke("submit", "bad.yaml", "--cluster", "local.yaml")
-    assert result.exit_code == 2 and result.output.count("\n") == 1 and "model.depth" in result.output
+    assert (
+        result.exit_code == 2 and result.output.count("\n") == 1 and "model.depth" in result.output
+    )
 
 
 @pytest.mark.slow
-def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_batches(study: Path) -> None:
+def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_batches(
+    study: Path,
+) -> None:
     """gpus_per_run: 2 on a CPU profile starts 2 gloo ranks through torchrun. Global
     negatives and averaged gradients make it equal one process whose accumulation
     forwards the same per-rank micro-batches (batch norm statistics per micro-batch)."""
@@ -217,7 +267,9 @@ def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_bat
     result = invoke("submit", "sweep.yaml", "--cluster", "two.yaml", *only)
     assert result.exit_code == 0, result.output
     sweep = load_sweep(study / "sweep.yaml")
-    spec = next(r for r in sweep.runs_of("simclr") if r.model["width"] == 0.125 and r.config["epochs"] == 2)
+    spec = next(
+        r for r in sweep.runs_of("simclr") if r.model["width"] == 0.125 and r.config["epochs"] == 2
+    )
     run_dir = study / "runs" / "tiny" / spec.run_id
     assert read_json(run_dir / "spec.json")["layout"]["gpus"] == 2
 
@@ -230,7 +282,9 @@ def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_bat
     run(spec, study / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
     two = checkpoint.restore(run_dir)["model"]
     one = checkpoint.restore(study / "reference")["model"]
-    params = [k for k in one if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    params = [
+        k for k in one if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
     for key in params:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     losses_two = [r["loss"] for r in read_jsonl(run_dir / METRICS)]

@@ -27,7 +27,12 @@ from tests.conftest import REPO
 
 
 def tiny_spec(method: str = "simclr", **config: object) -> RunSpec:
-    base: dict[str, object] = {"batch_size": 32, "epochs": 2, "lr_rule": "sqrt", "warmup_epochs": 1.0}
+    base: dict[str, object] = {
+        "batch_size": 32,
+        "epochs": 2,
+        "lr_rule": "sqrt",
+        "warmup_epochs": 1.0,
+    }
     if method == "simclr":
         base.update(projection_dim=16, eval={"epochs": 5})
     base.update(config)
@@ -82,7 +87,9 @@ def test_divergence_stops_with_the_step(tmp_path: Path) -> None:
         run(spec, tmp_path, threads=1)
     assert info.value.kind == "diverged" and info.value.step is not None and info.value.step >= 1
     failure = read_json(tmp_path / FAILURE)
-    assert failure is not None and failure["kind"] == "diverged" and failure["step"] == info.value.step
+    assert (
+        failure is not None and failure["kind"] == "diverged" and failure["step"] == info.value.step
+    )
     assert not (tmp_path / RESULT).exists()
 
 
@@ -114,7 +121,17 @@ def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path: Path) -> None:
 
 
 def _train_cmd(spec_path: Path, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "scaling", "train", str(spec_path), "--run-dir", str(run_dir), "--threads", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "scaling",
+        "train",
+        str(spec_path),
+        "--run-dir",
+        str(run_dir),
+        "--threads",
+        "1",
+    ]
 
 
 def _wait_for(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
@@ -134,9 +151,17 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path, how: str) -> None:
     spec_path.write_text(json.dumps(spec.to_dict()))
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(_train_cmd(spec_path, run_dir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _train_cmd(spec_path, run_dir),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     # Stop it in the middle of epoch 2: after the first epoch's line, a few steps in.
-    _wait_for(lambda: (run_dir / METRICS).exists() and (run_dir / METRICS).read_text().count("\n") >= 1)
+    _wait_for(
+        lambda: (run_dir / METRICS).exists() and (run_dir / METRICS).read_text().count("\n") >= 1
+    )
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
     out = proc.communicate(timeout=120)[0].decode()
@@ -145,7 +170,9 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path, how: str) -> None:
         assert proc.returncode == 143, out
         state = checkpoint.restore(run_dir)
         assert state is not None and state["step_in_epoch"] > 0, "expected a mid-epoch checkpoint"
-    done = subprocess.run(_train_cmd(spec_path, run_dir), cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        _train_cmd(spec_path, run_dir), cwd=REPO, env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed from step" in done.stdout
     result = read_json(run_dir / RESULT)
@@ -154,7 +181,9 @@ def test_killed_run_resumes_bit_identical(tmp_path: Path, how: str) -> None:
         assert result[key] == reference[key], key
     ref_state = checkpoint.restore(tmp_path / "reference")
     new_state = checkpoint.restore(run_dir)
-    assert all(torch.equal(ref_state["model"][k], new_state["model"][k]) for k in ref_state["model"])
+    assert all(
+        torch.equal(ref_state["model"][k], new_state["model"][k]) for k in ref_state["model"]
+    )
     assert [r["loss"] for r in read_jsonl(run_dir / METRICS)] == pytest.approx(
         [r["loss"] for r in read_jsonl(tmp_path / "reference" / METRICS)], rel=1e-12
     )
@@ -197,7 +226,9 @@ def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path
     results = []
     for cache in (1 << 30, 1000):  # in memory, then streamed
         train = load_dataset("imagefolder", root=tmp_path, image_size=16, max_cache_bytes=cache)
-        test = load_dataset("imagefolder", root=tmp_path, image_size=16, split="test", max_cache_bytes=cache)
+        test = load_dataset(
+            "imagefolder", root=tmp_path, image_size=16, split="test", max_cache_bytes=cache
+        )
         results.append(evaluate_run(spec, net, train, test, SimCLRAugment(16)))
     assert type(train).__name__ == "StreamingImageSet"
     assert results[0] == results[1]

@@ -168,12 +168,7 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
     tracked = _tracked(ctx, console)
     scheduler: dict[str, str] = {}
     if ctx.profile.backend != "local":
-        from scaling.backends.base import Job
-        from scaling.layout import Layout
-
-        jobs = [Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
-                    int(r.config["epochs"])) for r in runs]  # fmt: skip
-        scheduler = get_backend(ctx.profile.backend).status(jobs, ctx)
+        scheduler = get_backend(ctx.profile.backend).status(_jobs(runs, ctx), ctx)
     table = Table(
         title=f"{ctx.sweep}: {len(runs)} runs in {ctx.workdir / ctx.sweep}", title_justify="left"
     )
@@ -242,18 +237,27 @@ def cancel(
     only: OnlyOpt = None,
 ) -> None:
     """Stop running runs of SWEEP; each one checkpoints and stays resumable."""
-    from scaling.backends.base import Job, get_backend
+    from scaling.backends.base import get_backend
     from scaling.cluster import load_profile
-    from scaling.layout import Layout
     from scaling.planning import filter_runs
-    from scaling.rundir import run_dir_of
     from scaling.spec import load_sweep
     from scaling.submission import make_context
 
     the_sweep = load_sweep(sweep, set_ or [])
     ctx = make_context(the_sweep, load_profile(cluster))
     runs = filter_runs(the_sweep.runs, only)
-    jobs = [Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
-                int(r.config["epochs"])) for r in runs]  # fmt: skip
-    count = get_backend(ctx.profile.backend).cancel(jobs, ctx)
+    count = get_backend(ctx.profile.backend).cancel(_jobs(runs, ctx), ctx)
     typer.echo(f"cancelled {count} runs; `scaling submit` resumes them")
+
+
+def _jobs(runs: Any, ctx: Any) -> list[Any]:
+    """The backend's view of runs for status and cancel (their layout does not matter)."""
+    from scaling.backends.base import Job
+    from scaling.layout import Layout
+    from scaling.rundir import run_dir_of
+
+    return [
+        Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
+            int(r.config["epochs"]))
+        for r in runs
+    ]  # fmt: skip
