@@ -9,6 +9,7 @@ process is training is left alone.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -118,9 +119,12 @@ def _action(
 
 
 def prepare(decisions: list[Decision]) -> list[Job]:
-    """Write spec.json of every run to launch (wiping forced ones); return the jobs."""
+    """Write spec.json of every run to launch (wiping forced ones); return the jobs,
+    longest first: with a few runs at a time, starting the costliest early keeps one
+    long run from finishing alone at the end (longest-processing-time-first)."""
     jobs = []
-    for d in decisions:
+    launch = sorted(decisions, key=lambda d: -_cost(d))
+    for d in launch:
         if d.action == "skip":
             continue
         if d.why.startswith("forced") and d.run_dir.exists():
@@ -140,3 +144,12 @@ def prepare(decisions: list[Decision]) -> list[Job]:
         )
         jobs.append(d.job)
     return jobs
+
+
+def _cost(d: Decision) -> float:
+    """Planned device-hours still to spend (the remaining epochs of a resumed run)."""
+    hours = d.planned.gpu_hours
+    if math.isnan(hours):
+        return 0.0
+    epochs = max(1, int(d.planned.spec.config["epochs"]))
+    return hours * (1 - min(d.state.epoch, epochs) / epochs)
