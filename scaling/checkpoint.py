@@ -54,3 +54,31 @@ def _ordered(folder: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_state(
+    run_dir: Path,
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    epoch: int,
+    step_in_epoch: int,
+    global_step: int,
+    sums: dict[str, float],
+    main: bool,
+) -> None:
+    """Everything a run needs to continue bit for bit: weights, optimizer, the position in
+    the data order, the augmentation and global RNG streams, the epoch's running sums.
+    Only rank 0 writes (the ranks hold identical weights)."""
+    if not main:
+        return
+    save(run_dir, global_step, {
+        "global_step": global_step,
+        "epoch": epoch,
+        "step_in_epoch": step_in_epoch,
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "aug_rng": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "sums": sums,
+    })  # fmt: skip

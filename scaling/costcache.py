@@ -81,3 +81,19 @@ def save() -> None:
         _dirty = False
     except OSError as exc:
         log.debug("architecture cost cache not written: %s", exc)
+
+
+def arch_args(spec: Any) -> tuple[Any, ...]:
+    """The arguments of `arch_cost` for a run spec (what its network is)."""
+    from scaling.data_info import num_classes
+
+    model = spec.model
+    return (
+        spec.method, model["depth"], model["width"], model["stem"], model["depth_multiplier"],
+        spec.dataset["image_size"], int(spec.config.get("projection_dim", 128)), num_classes(spec.dataset),
+    )  # fmt: skip
+
+
+def spec_cost(spec: Any) -> Any:
+    """The architecture cost of a run spec's network (disk-cached)."""
+    return arch_cost(*arch_args(spec))

@@ -230,16 +230,7 @@ def make_plan(
                 file=sweep.path,
                 key=f"methods.{spec.method}.batch_size",
             )
-        cost = costcache.arch_cost(
-            spec.method,
-            spec.model["depth"],
-            spec.model["width"],
-            spec.model["stem"],
-            spec.model["depth_multiplier"],
-            spec.dataset["image_size"],
-            spec.config.get("projection_dim", 128),
-            _num_classes(spec),
-        )
+        cost = costcache.spec_cost(spec)
         # Without accumulation both views of the rank's batch hold graphs at once. With
         # cached accumulation only one chunk of one view does, so chunks can be larger.
         live_views = info.views
@@ -276,12 +267,6 @@ def make_plan(
         )
     costcache.save()
     return Plan(sweep, profile, acc, tuple(planned))
-
-
-def _num_classes(spec: RunSpec) -> int:
-    from scaling.data_info import num_classes
-
-    return num_classes(spec.dataset)
 
 
 def totals(plan: Plan) -> dict[str, Any]:

@@ -316,7 +316,9 @@ def _train(
                 if stop.agreed(global_step, dev):
                     check_finite(losses, global_step)
                     fold(sums, losses, accs, time.perf_counter() - t0, lr)
-                    _save(run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main)
+                    checkpoint.save_state(
+                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main
+                    )
                     raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
@@ -328,7 +330,9 @@ def _train(
                 print(format_epoch(record), flush=True)
                 if on_epoch is not None:
                     on_epoch(record)
-            _save(run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main)
+            checkpoint.save_state(
+                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main
+            )
 
     # ------------------------------------------------------------------ evaluate
     result: dict[str, Any] = {}
@@ -340,8 +344,7 @@ def _train(
             epochs=int(config["epochs"]),
             steps=global_step,
             images_seen=global_step * derived.effective_batch,
-            train_flops=_train_flops(spec, layout, global_step * derived.effective_batch),
-            **_arch(spec),
+            **_figures(spec, layout, global_step * derived.effective_batch),
             wall_time_s=time.time() - started,
             derived=derived.to_dict(),
             layout=layout.to_dict(),
@@ -367,59 +370,21 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
 
 
-def _save(
-    run_dir: Path,
-    net: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    gen: torch.Generator,
-    epoch: int,
-    step_in_epoch: int,
-    global_step: int,
-    sums: dict[str, float],
-    main: bool,
-) -> None:
-    if not main:
-        return
-    checkpoint.save(run_dir, global_step, {
-        "global_step": global_step,
-        "epoch": epoch,
-        "step_in_epoch": step_in_epoch,
-        "model": net.state_dict(),
-        "optimizer": opt.state_dict(),
-        "aug_rng": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "sums": sums,
-    })  # fmt: skip
-
-
-def _train_flops(spec: RunSpec, layout: Layout, images: int) -> float:
+def _figures(spec: RunSpec, layout: Layout, images: int) -> dict[str, Any]:
+    """Network size and the training compute actually spent, for result.json."""
     from scaling import costs
+    from scaling.costcache import spec_cost
 
     info = get_method(spec.method)
-    cost = _cost(spec)
+    cost = spec_cost(spec)
     cached = info.cached_accumulation and layout.accum_steps > 1
-    return float(costs.train_flops(cost.flops_per_image, images, 1, info.views, cached))
-
-
-def _arch(spec: RunSpec) -> dict[str, int]:
-    cost = _cost(spec)
-    return {"encoder_params": cost.encoder_params, "flops_per_image": cost.flops_per_image}
-
-
-def _cost(spec: RunSpec) -> Any:
-    from scaling import costs
-
-    return costs.arch_cost(
-        spec.method, spec.model["depth"], spec.model["width"], spec.model["stem"],
-        spec.model["depth_multiplier"], spec.dataset["image_size"],
-        int(spec.config.get("projection_dim", 128)), _num_classes(spec),
-    )  # fmt: skip
-
-
-def _num_classes(spec: RunSpec) -> int:
-    from scaling.data_info import num_classes
-
-    return num_classes(spec.dataset)
+    return {
+        "encoder_params": cost.encoder_params,
+        "flops_per_image": cost.flops_per_image,
+        "train_flops": float(
+            costs.train_flops(cost.flops_per_image, images, 1, info.views, cached)
+        ),
+    }
 
 
 if __name__ == "__main__":  # python -m scaling.train RUN_SPEC.json --run-dir DIR
