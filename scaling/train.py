@@ -118,7 +118,7 @@ def run_tracked(
         nonlocal outage
         if tracking is None or not main or (outage and not final):
             return
-        from scaling.tracking import push
+        from scaling.mirror import push
 
         outage = push(run_dir, *tracking) is None
 

@@ -204,9 +204,9 @@ def test_recipe_columns_and_labels() -> None:
 
 @pytest.mark.slow
 def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Path) -> None:
-    """A real SQLite MLflow store, filled by scaling.tracking.push from run directories
+    """A real SQLite MLflow store, filled by scaling.mirror.push from run directories
     that collect() cannot see (another machine's workdir)."""
-    from scaling import tracking
+    from scaling import mirror, tracking
 
     (tmp_path / "s.yaml").write_text(SWEEP)
     sweep = load_sweep(tmp_path / "s.yaml")
@@ -225,7 +225,7 @@ def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Pa
             write_json(
                 run_dir / final, {"kind": "diverged", "message": "loss is nan at step 3", "step": 3}
             )
-        assert tracking.push(run_dir, uri, tracking.experiment_name(sweep)) is not None
+        assert mirror.push(run_dir, uri, tracking.experiment_name(sweep)) is not None
     rows = {r["run_id"]: r for r in results.collect(sweep, tmp_path / "here", uri=uri).to_pylist()}
     done = rows[by["simclr0.25"].run_id]
     assert (done["state"], done["source"], done["top1"], done["knn_top1"]) == (

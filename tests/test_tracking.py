@@ -1,5 +1,6 @@
-"""scaling.tracking against a real SQLite MLflow store, on run directories written here
-in the formats training writes (spec.json, metrics.jsonl, result.json, failure.json)."""
+"""scaling.tracking and scaling.mirror against a real SQLite MLflow store, on run
+directories written here in the formats training writes (spec.json, metrics.jsonl,
+result.json, failure.json)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from scaling import tracking
+from scaling import mirror, tracking
 from scaling.errors import ScalingError
 from scaling.methods import METHODS
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, SPEC, append_jsonl, read_json, write_json
@@ -138,7 +139,7 @@ def test_push_logs_the_run_directory(store: str, store_dir: Path, client: Mlflow
     spec = make_spec()
     run_dir = make_run_dir(root, spec, epochs=4)
     result = finish(run_dir, spec)
-    mlflow_id = tracking.push(run_dir, store, "full")
+    mlflow_id = mirror.push(run_dir, store, "full")
     assert mlflow_id is not None
     run = client.get_run(mlflow_id)
     assert run.info.status == "FINISHED"
@@ -160,7 +161,7 @@ def test_push_logs_the_run_directory(store: str, store_dir: Path, client: Mlflow
     assert run.info.start_time == int((run_dir / SPEC).stat().st_mtime * 1000)
     stamps = sorted((m.step, m.timestamp) for m in client.get_metric_history(mlflow_id, "train/lr"))
     assert stamps == [(e, run.info.start_time + 1250 * e) for e in range(1, 5)]
-    assert tags[tracking.EPOCHS_TAG] == "4"
+    assert tags[mirror.EPOCHS_TAG] == "4"
     for key in ("top1", "top5", "knn_top1", "wall_time_s", "images_seen", "train_flops"):
         assert history(client, mlflow_id, key) == [(4, float(result[key]))]
     artifacts = {f.path for f in client.list_artifacts(mlflow_id)}
@@ -169,7 +170,7 @@ def test_push_logs_the_run_directory(store: str, store_dir: Path, client: Mlflow
     assert read_json(local) == result
     # artifacts live beside the database, not in ./mlruns of the working directory
     assert run.info.artifact_uri.startswith(str(store_dir / "mlartifacts" / "full"))
-    state = tracking.read_state(run_dir)
+    state = mirror.read_state(run_dir)
     assert state and state["mlflow_run_id"] == mlflow_id and state["epochs_pushed"] == 4
     assert state["pending"] is False and state["uri"] == store
 
@@ -184,21 +185,21 @@ def test_push_is_idempotent_and_incremental(
 ) -> None:
     spec = make_spec(seed=1)
     run_dir = make_run_dir(tmp_path, spec, epochs=2)
-    first = tracking.push(run_dir, store, "incr")
+    first = mirror.push(run_dir, store, "incr")
     assert first and client.get_run(first).info.status == "RUNNING"
-    assert tracking.push(run_dir, store, "incr") == first
-    assert tracking.push(run_dir, store, "incr", force=True) == first
-    (run_dir / tracking.STATE).unlink()  # lost state: found again through the tag
-    assert tracking.push(run_dir, store, "incr") == first
+    assert mirror.push(run_dir, store, "incr") == first
+    assert mirror.push(run_dir, store, "incr", force=True) == first
+    (run_dir / mirror.STATE).unlink()  # lost state: found again through the tag
+    assert mirror.push(run_dir, store, "incr") == first
     assert history(client, first, "train/loss") == [(1, 5.0), (2, 2.5)]
     for epoch in (3, 4):
         append_jsonl(run_dir / METRICS, epoch_record(epoch))
-    assert tracking.push(run_dir, store, "incr") == first
+    assert mirror.push(run_dir, store, "incr") == first
     assert [s for s, _ in history(client, first, "train/loss")] == [1, 2, 3, 4]
     finish(run_dir, spec)
-    assert tracking.push(run_dir, store, "incr") == first
-    (run_dir / tracking.STATE).unlink()
-    assert tracking.push(run_dir, store, "incr", force=True) == first
+    assert mirror.push(run_dir, store, "incr") == first
+    (run_dir / mirror.STATE).unlink()
+    assert mirror.push(run_dir, store, "incr", force=True) == first
     assert len(runs_tagged(client, "incr", spec.run_id)) == 1
     for key in EPOCH_KEYS:
         assert len(client.get_metric_history(first, f"train/{key}")) == 4
@@ -210,10 +211,10 @@ def test_unchanged_run_dir_is_not_sent_again_unless_forced(
     store: str, client: MlflowClient, tmp_path: Path
 ) -> None:
     run_dir = make_run_dir(tmp_path, make_spec(seed=4), epochs=1)
-    first = tracking.push(run_dir, store, "cached")
+    first = mirror.push(run_dir, store, "cached")
     client.delete_run(first)
-    assert tracking.push(run_dir, store, "cached") == first  # files unchanged: MLflow not asked
-    again = tracking.push(run_dir, store, "cached", force=True)  # asked: the run is gone
+    assert mirror.push(run_dir, store, "cached") == first  # files unchanged: MLflow not asked
+    again = mirror.push(run_dir, store, "cached", force=True)  # asked: the run is gone
     assert again is not None and again != first
     assert history(client, again, "train/loss") == [(1, 5.0)]
 
@@ -223,7 +224,7 @@ def test_failure_then_retry_then_success(store: str, client: MlflowClient, tmp_p
     run_dir = make_run_dir(tmp_path, spec, epochs=1)
     write_json(run_dir / FAILURE, {"kind": "oom", "message": "CUDA out of memory", "step": 7,
                                    "traceback": "...", "time": time.time()})  # fmt: skip
-    mlflow_id = tracking.push(run_dir, store, "fail")
+    mlflow_id = mirror.push(run_dir, store, "fail")
     assert mlflow_id is not None
     run = client.get_run(mlflow_id)
     assert run.info.status == "FAILED" and run.data.tags["scaling.failure_kind"] == "oom"
@@ -233,18 +234,18 @@ def test_failure_then_retry_then_success(store: str, client: MlflowClient, tmp_p
     make_run_dir(
         tmp_path, spec, layout={"micro_batch": 32, "accum_steps": 1, "gpus": 2, "nodes": 1}
     )
-    assert tracking.push(run_dir, store, "fail") == mlflow_id
+    assert mirror.push(run_dir, store, "fail") == mlflow_id
     run = client.get_run(mlflow_id)
     assert run.info.status == "RUNNING" and "scaling.failure_kind" not in run.data.tags
     assert run.data.tags["scaling.micro_batch"] == "32" and run.data.params["micro_batch"] == "16"
     finish(run_dir, spec)
-    assert tracking.push(run_dir, store, "fail") == mlflow_id
+    assert mirror.push(run_dir, store, "fail") == mlflow_id
     assert client.get_run(mlflow_id).info.status == "FINISHED"
 
 
 def test_push_without_spec_does_nothing(store: str, tmp_path: Path) -> None:
-    assert tracking.push(tmp_path / "empty", store, "nothing") is None
-    assert not (tmp_path / "empty" / tracking.STATE).exists()
+    assert mirror.push(tmp_path / "empty", store, "nothing") is None
+    assert not (tmp_path / "empty" / mirror.STATE).exists()
 
 
 def test_deleted_experiment_is_reported_not_raised(
@@ -255,10 +256,10 @@ def test_deleted_experiment_is_reported_not_raised(
     with pytest.raises(ScalingError, match="restore"):
         tracking.ensure_experiment(store, "gone")
     run_dir = make_run_dir(tmp_path, make_spec(seed=3), epochs=1)
-    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
-        assert tracking.push(run_dir, store, "gone") is None
+    with caplog.at_level(logging.WARNING, logger="scaling.mirror"):
+        assert mirror.push(run_dir, store, "gone") is None
     assert "restore" in caplog.text
-    state = tracking.read_state(run_dir)
+    state = mirror.read_state(run_dir)
     assert state and state["pending"] is True and "deleted" in state["error"]
 
 
@@ -272,14 +273,14 @@ def test_unreachable_server_fails_fast_then_catches_up(
     dirs = [make_run_dir(tmp_path, s, epochs=3) for s in specs]
     finish(dirs[0], specs[0])
     started = time.monotonic()
-    assert tracking.push(dirs[0], dead, "late") is None
-    assert tracking.sync(dirs, dead, "late") == (0, 2)
+    assert mirror.push(dirs[0], dead, "late") is None
+    assert mirror.sync(dirs, dead, "late") == (0, 2)
     assert time.monotonic() - started < 10
-    state = tracking.read_state(dirs[0])
+    state = mirror.read_state(dirs[0])
     assert state and state["pending"] is True and state["uri"] == dead and state["error"]
     with pytest.raises(ScalingError):
         tracking.find_runs(dead, "late")
-    assert tracking.sync(dirs, store, "late") == (2, 0)
+    assert mirror.sync(dirs, store, "late") == (2, 0)
     found = tracking.find_runs(store, "late")
     assert {k: v["status"] for k, v in found.items()} == {
         specs[0].run_id: "FINISHED",
@@ -293,7 +294,7 @@ def test_unreachable_server_fails_fast_then_catches_up(
 def test_sync_skips_folders_without_spec(store: str, tmp_path: Path) -> None:
     dirs = [make_run_dir(tmp_path, make_spec(depth=d), epochs=1) for d in (10, 34)]
     (tmp_path / "not-a-run").mkdir()
-    assert tracking.sync([*dirs, tmp_path / "not-a-run"], store, "skips") == (2, 0)
+    assert mirror.sync([*dirs, tmp_path / "not-a-run"], store, "skips") == (2, 0)
     assert len(tracking.find_runs(store, "skips")) == 2
     assert tracking.find_runs(store, "no-such-experiment") == {}
 
@@ -332,9 +333,9 @@ def _push_as_it_trains(run_dir: str, uri: str, epochs: int, barrier: Any, out: A
     ids = []
     for epoch in range(1, epochs + 1):
         append_jsonl(Path(run_dir) / METRICS, epoch_record(epoch))
-        ids.append(tracking.push(run_dir, uri, "many"))
+        ids.append(mirror.push(run_dir, uri, "many"))
     finish(Path(run_dir), spec)
-    ids.append(tracking.push(run_dir, uri, "many"))
+    ids.append(mirror.push(run_dir, uri, "many"))
     out.put((run_dir, ids))
 
 
@@ -371,7 +372,7 @@ def _race(run_dirs: list[str], uri: str, barrier: Any, out: Any) -> None:
     ids = []
     for run_dir in run_dirs:
         barrier.wait()
-        ids.append(tracking.push(run_dir, uri, "race"))
+        ids.append(mirror.push(run_dir, uri, "race"))
     out.put(ids)
 
 
@@ -388,4 +389,4 @@ def test_two_processes_racing_on_one_run_dir_make_one_run(store: str, tmp_path: 
     for spec, mlflow_id in zip(specs, a, strict=True):
         assert [r.info.run_id for r in runs_tagged(client, "race", spec.run_id)] == [mlflow_id]
         assert len(client.get_metric_history(mlflow_id, "train/loss")) == 2
-    assert os.path.exists(dirs[0] / tracking.LOCK)
+    assert os.path.exists(dirs[0] / mirror.LOCK)

@@ -139,7 +139,7 @@ class LocalBackend:
 
 def _push(job: Job, ctx: Context) -> None:
     """Mirror a run directory to MLflow; a failure only leaves it pending (never raises)."""
-    from scaling.tracking import push
+    from scaling.mirror import push
 
     push(job.run_dir, ctx.tracking_uri, ctx.experiment)
 

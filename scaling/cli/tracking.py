@@ -62,10 +62,10 @@ def sync(
 ) -> None:
     """Push run directories to MLflow (after an outage, or runs that never reached it)."""
     from scaling.cluster import load_profile
+    from scaling.mirror import sync as sync_runs
     from scaling.spec import load_sweep
     from scaling.submission import make_context
     from scaling.tracking import ensure_experiment
-    from scaling.tracking import sync as sync_runs
 
     ctx = make_context(load_sweep(sweep, set_ or []), load_profile(cluster))
     folder = ctx.workdir / ctx.sweep
