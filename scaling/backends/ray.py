@@ -153,35 +153,31 @@ def connect(config: RayConfig, workdir: Path) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    if config.address != "local":
-        ray.init(
-            address=config.address,
-            runtime_env=config.runtime_env or None,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-        return
-    temp, scratch = _temp_dir(config, workdir)
+    local = config.address == "local"
+    if local:  # started here: resources from the profile, files under the workdir
+        temp, scratch = _temp_dir(config, workdir)
+        options: dict[str, Any] = {
+            "num_cpus": config.num_cpus,
+            "include_dashboard": False,
+            "_temp_dir": str(temp),
+        }
+    else:  # joined: the cluster's own resources and files
+        temp, scratch = None, False
+        options = {"runtime_env": config.runtime_env or None}
     try:
-        with _scoped_env({"RAY_AUTH_MODE": "disabled"}):
+        with _scoped_env({"RAY_AUTH_MODE": "disabled"} if local else {}):
             ray.init(
-                address="local",
-                num_cpus=config.num_cpus,
-                include_dashboard=False,
-                _temp_dir=str(temp),
+                address=config.address,
                 log_to_driver=False,
                 logging_level=logging.WARNING,
+                **options,
             )
             try:
                 yield
             finally:
                 ray.shutdown()
     finally:
-        if scratch:
+        if scratch and temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
 
