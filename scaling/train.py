@@ -279,6 +279,9 @@ def _train(
             losses: list[torch.Tensor] = []
             accs: list[torch.Tensor] = []
             t0 = time.perf_counter()
+            # A run stopped after the last step of an epoch resumes with no step left in
+            # it: the epoch's record then comes from the restored sums alone.
+            lr = sums["lr"]
             stream = batches(
                 train, derived.effective_batch, seed=spec.seed, epoch=epoch,
                 start_step=start_step if epoch == start_epoch else 0, drop_last=True, device=dev,

@@ -232,3 +232,31 @@ def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path
         results.append(evaluate_run(spec, net, train, test, SimCLRAugment(16)))
     assert type(train).__name__ == "StreamingImageSet"
     assert results[0] == results[1]
+
+
+def test_resume_from_a_stop_after_the_last_step_of_an_epoch(tmp_path: Path) -> None:
+    """A signal that lands after an epoch's last step leaves step_in_epoch == steps per
+    epoch; resuming must close that epoch from its saved sums and go on identically."""
+    spec = tiny_spec("supervised", epochs=2)
+    reference = run(spec, tmp_path / "ref", threads=1)
+    line = next(read_jsonl(tmp_path / "ref" / METRICS))
+    run_dir = tmp_path / "run"
+    run(spec, run_dir, threads=1)
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    state = torch.load(ckpts[0], weights_only=True)  # end of epoch 1: epoch=1, step 0
+    steps = state["global_step"]
+    assert state["epoch"] == 1 and state["step_in_epoch"] == 0
+    # The same weights, as the mid-epoch checkpoint a late SIGTERM would have written.
+    state.update(epoch=0, step_in_epoch=steps, sums={
+        "loss": line["loss"] * steps, "top1": line["top1"] * steps, "steps": float(steps),
+        "seconds": line["seconds"], "lr": line["lr"],
+    })  # fmt: skip
+    for path in ckpts:
+        path.unlink()
+    checkpoint.save(run_dir, steps, state)
+    (run_dir / RESULT).unlink()
+    again = run(spec, run_dir, threads=1)
+    assert again["top1"] == reference["top1"] and again["steps"] == reference["steps"]
+    lines = list(read_jsonl(run_dir / METRICS))
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert lines[0]["loss"] == pytest.approx(line["loss"]) and lines[0]["lr"] == line["lr"]
