@@ -27,10 +27,10 @@ def child(args: argparse.Namespace, accum: int) -> dict[str, float]:
 
     import torch
 
-    from scaling.accumulate import cached_backward, plain_backward
-    from scaling.losses import nt_xent
-    from scaling.models import build_network
-    from scaling.optim import build_optimizer
+    from scaling.models.resnet import build_network
+    from scaling.train.accumulate import cached_backward, plain_backward
+    from scaling.train.losses import nt_xent
+    from scaling.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)

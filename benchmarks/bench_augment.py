@@ -25,7 +25,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
-from scaling.augment import SimCLRAugment
+from scaling.train.augment import SimCLRAugment
 
 
 def per_image_pipeline(aug: SimCLRAugment) -> v2.Compose:

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_local.py [N]
 
 Submits N tiny runs (one at a time) through the real `scaling submit` with a real
-SQLite MLflow store, then subtracts the time each run spent inside `scaling.train.run`
+SQLite MLflow store, then subtracts the time each run spent inside `scaling.train.trainer.run`
 (result.json's wall_time_s). What remains is the cost of orchestration: planning,
 the subprocess (Python + torch import), the run lock, and MLflow (experiment, run
 creation, params, per-epoch and final pushes, artifacts).

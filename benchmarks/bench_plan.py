@@ -37,9 +37,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from scaling.cluster import load_profile
-    from scaling.plan import Accelerator, make_plan
-    from scaling.spec import load_sweep
+    from scaling.plan.expand import Accelerator, make_plan
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     acc = Accelerator("cuda", "A100-80GB", 80.0, 312.0, 0.35)
     profile = load_profile(None, ["gpus_per_run=8", "gpus_per_node=8"])

@@ -1,7 +1,7 @@
 """Benchmark: a 10,000-run synthetic sweep collected, fitted and plotted (goal: < 10 s).
 
 A synthetic sweep file (20 architectures x (24 SimCLR recipes + 1 supervised) x 20
-seeds = 10,000 runs) is expanded with scaling.spec.load_sweep, and a run directory is
+seeds = 10,000 runs) is expanded with scaling.sweep.spec.load_sweep, and a run directory is
 written for each run (result.json with made-up but law-abiding metrics; 1% failed with
 failure.json, 1% running, 1% pending) outside the timed region. Timed: collect()
 reading every run directory, then build_report() (gap table, fits with bootstrap,
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from scaling.spec import load_sweep
+    from scaling.sweep.spec import load_sweep
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -96,7 +96,8 @@ def main() -> None:
         sweep = load_sweep(root / "sweep.yaml")
         write_runs(sweep, root / "work")
         t0 = time.perf_counter()
-        from scaling import report, results
+        from scaling.report import html as report
+        from scaling.report import results
 
         table = results.collect(sweep, root / "work")
         t1 = time.perf_counter()

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_train.py [--threads 1] [--device cpu]
 
 One optimizer step = batched augmentation + forward/backward (+ NT-Xent for SimCLR,
-two views per image) + LARS/SGD, exactly the functions `scaling.train` calls. Images
+two views per image) + LARS/SGD, exactly the functions `scaling.train.trainer` calls. Images
 per second count images, not views.
 """
 
@@ -26,12 +26,12 @@ def main() -> None:
 
     import torch
 
-    from scaling.augment import CropFlipAugment, SimCLRAugment
-    from scaling.data import load_dataset
-    from scaling.layout import Layout
-    from scaling.models import build_network
-    from scaling.optim import build_optimizer
-    from scaling.steps import simclr_step, supervised_step
+    from scaling.models.resnet import build_network
+    from scaling.plan.layout import Layout
+    from scaling.train.augment import CropFlipAugment, SimCLRAugment
+    from scaling.train.optim import build_optimizer
+    from scaling.train.readers import load_dataset
+    from scaling.train.steps import simclr_step, supervised_step
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from scaling.accumulate import cached_backward, plain_backward
-from scaling.losses import nt_xent
+from scaling.train.accumulate import cached_backward, plain_backward
+from scaling.train.losses import nt_xent
 
 N = 8
 loss_fn = partial(nt_xent, temperature=0.5)

@@ -9,8 +9,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
-from scaling import augment
-from scaling.augment import (
+from scaling.train import augment
+from scaling.train.augment import (
     AugmentParams,
     CropFlipAugment,
     SimCLRAugment,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling import costcache, costs
+from scaling.plan import costcache, costs
 from tests.conftest import REPO
 
 ARGS = ("simclr", 10, 0.25, "cifar", 1.0, 16, 32, 10)
@@ -28,7 +28,7 @@ def test_costs_come_back_from_disk_in_a_new_process(fresh: Path) -> None:
     data = json.loads((fresh / "arch_costs.json").read_text())
     assert len(data["costs"]) == 1
     code = (
-        "import json, sys; from scaling import costcache, costs\n"
+        "import json, sys; from scaling.plan import costcache, costs\n"
         "costs.arch_cost = None  # a hit must not trace\n"
         f"print(json.dumps(costcache.arch_cost(*{ARGS!r}).__dict__))"
     )

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from scaling.costs import (
+from scaling.errors import SpecError
+from scaling.models.resnet import DEPTHS, build_network
+from scaling.plan.costs import (
     DEFAULT_MARGIN_BYTES,
     DEFAULT_MARGIN_FRACTION,
     ArchCost,
@@ -23,8 +25,6 @@ from scaling.costs import (
     saved_activation_bytes,
     train_flops,
 )
-from scaling.errors import SpecError
-from scaling.models import DEPTHS, build_network
 
 # (method, depth, width, stem, image_size, projection_dim, num_classes)
 SMALL_ARCHS = [

@@ -15,9 +15,10 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torchvision.transforms import v2
 
-from scaling import data
-from scaling.data import DATASETS, DatasetInfo, ImageSet, StreamingImageSet, batches, load_dataset
 from scaling.errors import ScalingError, SpecError
+from scaling.train import readers
+from scaling.train.data import ImageSet, StreamingImageSet, batches
+from scaling.train.readers import DATASETS, DatasetInfo, load_dataset
 
 RNG = np.random.default_rng(0)
 
@@ -150,7 +151,7 @@ def test_every_registered_dataset_loads_as_an_imageset(name: str, tmp_path: Path
 
 def test_registering_a_name_twice_is_an_error() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        data.register_dataset(DatasetInfo("digits", 10, 32))(lambda req: None)
+        readers.register_dataset(DatasetInfo("digits", 10, 32))(lambda req: None)
 
 
 def test_unknown_dataset_and_split_are_spec_errors() -> None:

@@ -21,9 +21,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from scaling import distributed
-from scaling.accumulate import cached_backward, plain_backward
-from scaling.distributed import (
+from scaling.train import distributed
+from scaling.train.accumulate import cached_backward, plain_backward
+from scaling.train.distributed import (
     DistEnv,
     all_gather_with_grad,
     all_reduce_mean_,
@@ -32,8 +32,8 @@ from scaling.distributed import (
     first_slurm_host,
     init_distributed,
 )
-from scaling.losses import nt_xent, positive_top1
-from scaling.optim import build_optimizer
+from scaling.train.losses import nt_xent, positive_top1
+from scaling.train.optim import build_optimizer
 
 WORLD = 2
 N_PER_RANK = 4

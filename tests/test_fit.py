@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from scaling import fit as F
+from scaling.report import fit as F
+from scaling.report import gapcurve as G
 
 
 def law(x: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
@@ -129,31 +130,31 @@ def test_gap_closing_point_matches_the_analytic_solution() -> None:
     # gap = 100 * (10 - 1) * x^-0.5 points = 1  <=>  x = 900^2 = 810,000
     sup = known(0.1, 1.0, 0.5, 1e4, 1e5, "supervised")
     sim = known(0.1, 10.0, 0.5, 1e4, 1e5, "simclr")
-    curve = F.gap_curve(sup, sim, points=4000)
+    curve = G.gap_curve(sup, sim, points=4000)
     assert curve is not None
     assert curve.closes_at == pytest.approx(810_000, rel=2e-3)
     assert "8.1x the largest model" in curve.statement and "extrapolation" in curve.statement
     np.testing.assert_allclose(curve.gap, 900 * curve.x**-0.5)
-    inside = F.gap_curve(known(0.1, 1.0, 0.5, 1e4, 1e6, "s"), known(0.1, 10.0, 0.5, 1e4, 1e6, "c"))
+    inside = G.gap_curve(known(0.1, 1.0, 0.5, 1e4, 1e6, "s"), known(0.1, 10.0, 0.5, 1e4, 1e6, "c"))
     assert inside is not None and "within the range of models trained" in inside.statement
 
 
 def test_gap_that_never_closes_states_the_asymptote() -> None:
     sup = known(0.10, 1.0, 0.5, 1e4, 1e6, "supervised")
     sim = known(0.15, 10.0, 0.5, 1e4, 1e6, "simclr")
-    curve = F.gap_curve(sup, sim)
+    curve = G.gap_curve(sup, sim)
     assert curve is not None and math.isinf(curve.closes_at)
     assert curve.asymptote == pytest.approx(5.0)
     assert "do not close" in curve.statement and "outside what the data support" in curve.statement
     assert curve.to_dict()["closes_at"] is None
-    closed = F.gap_curve(sup, known(0.10, 1.001, 0.5, 1e4, 1e6, "c"))
+    closed = G.gap_curve(sup, known(0.10, 1.001, 0.5, 1e4, 1e6, "c"))
     assert closed is not None and "whole range" in closed.statement
 
 
 def test_gap_curve_needs_two_curves() -> None:
     sup = known(0.1, 1.0, 0.5, 1e4, 1e6, "supervised")
     few = F.fit_power_law([1e4, 1e5], [0.3, 0.2])
-    assert F.gap_curve(sup, few) is None
+    assert G.gap_curve(sup, few) is None
 
 
 def test_closing_point_is_where_the_gap_stays_under_the_threshold() -> None:
@@ -163,11 +164,11 @@ def test_closing_point_is_where_the_gap_stays_under_the_threshold() -> None:
         [0.5, 0.2, 0.1, 0.0],  # under everywhere
         [5.0, 4.0, 3.0, 2.0],  # never
     ])  # fmt: skip
-    out = F._closing(x, gaps, 1.0)
+    out = G._closing(x, gaps, 1.0)
     # linear in the gap, log in x: 2.0 -> 0.5 crosses 1.0 at 2/3 of the decade
     assert out[0] == pytest.approx(10 ** (2 + 2 / 3))
     assert out[1] == 1.0 and math.isinf(out[2])
 
 
 def test_human_numbers() -> None:
-    assert F.human(23_508_032) == "23.5M" and F.human(1.5e18) == "1.5E" and F.human(512) == "512"
+    assert G.human(23_508_032) == "23.5M" and G.human(1.5e18) == "1.5E" and G.human(512) == "512"

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling import gaps
-from scaling.results import to_table
+from scaling.report import gaps
+from scaling.report.results import to_table
 
 ARCH = {"dataset": "cifar10", "image_size": 32, "stem": "cifar", "depth_multiplier": 1.0}
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scaling.losses import nt_xent, positive_top1
+from scaling.train.losses import nt_xent, positive_top1
 
 
 def naive_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from scaling.errors import SpecError
-from scaling.models import (
+from scaling.models.resnet import (
     DEPTHS,
     ProjectionHead,
     SimCLRNet,

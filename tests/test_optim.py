@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from scaling.errors import SpecError
-from scaling.optim import LARS, build_optimizer, param_groups
+from scaling.train.optim import LARS, build_optimizer, param_groups
 
 
 def _param(values: list, grad: list) -> nn.Parameter:

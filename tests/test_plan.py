@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
-from scaling.cluster import load_profile
-from scaling.plan import Accelerator, make_plan, totals
-from scaling.spec import load_sweep
+from scaling.plan.expand import Accelerator, make_plan, totals
+from scaling.sweep.cluster import load_profile
+from scaling.sweep.spec import load_sweep
 from tests.conftest import REPO, write
 
 A100 = Accelerator("cuda", "A100-80GB", 80.0, 312.0, 0.35)

@@ -3,7 +3,7 @@
 The first test goes through the CLI and lets the backend start and stop its own Ray;
 the others share one Ray started once for the module with the backend's `connect`.
 Every result is compared with the same spec trained in this process by
-scaling.train.run (bit for bit on one thread; within float tolerance for 2 ranks).
+scaling.train.trainer.run (bit for bit on one thread; within float tolerance for 2 ranks).
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from scaling.backends.base import Context, Job
 from scaling.cli.app import app
-from scaling.cluster import RayConfig
-from scaling.layout import Layout
+from scaling.plan.layout import Layout
+from scaling.run.backends.base import Context, Job
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl
-from scaling.spec import load_sweep
+from scaling.sweep.cluster import RayConfig
+from scaling.sweep.spec import load_sweep
 from tests.conftest import write
 
 ray = pytest.importorskip("ray")
-from scaling.backends import ray as ray_backend  # noqa: E402
+from scaling.run.backends import ray as ray_backend  # noqa: E402
 
 SWEEP = """\
 name: tiny
@@ -101,9 +101,9 @@ def study(root: Path, sweep: str = SWEEP, profile: str = PROFILE) -> Path:
 
 def jobs_of(root: Path, only: str | None = None) -> tuple[list[Job], Context]:
     """What `scaling submit` would hand the backend (cwd must be `root`)."""
-    from scaling.planning import build_plan
-    from scaling.submission import context_of, decide, prepare
-    from scaling.tracking import ensure_experiment
+    from scaling.run.planning import build_plan
+    from scaling.run.submission import context_of, decide, prepare
+    from scaling.run.tracking import ensure_experiment
 
     plan = build_plan(root / "sweep.yaml", root / "ray.yaml", [], only)
     ctx = context_of(plan)
@@ -129,7 +129,7 @@ def assert_identical(run_dir: Path, reference: Path) -> None:
 
 
 def mlflow_runs(root: Path) -> dict[str, dict[str, Any]]:
-    from scaling.tracking import find_runs
+    from scaling.run.tracking import find_runs
 
     return find_runs(f"sqlite:///{root}/mlflow.db", "tiny")
 
@@ -185,7 +185,7 @@ def test_cli_submit_matches_local_training_and_resubmits_nothing(
         no_new_ray_processes(before)
         assert listing(OUTSIDE) == outside
 
-    from scaling.train import run
+    from scaling.train.trainer import run
 
     sweep = load_sweep(root / "sweep.yaml")
     for spec in sweep.runs:
@@ -230,7 +230,7 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(
     text = (job.run_dir / LOG).read_text()
     assert text.count(f"ray trial {job.run_id}") == 2 and "resumed from step" in text
 
-    from scaling.train import run
+    from scaling.train.trainer import run
 
     run(job.spec, root / "reference", threads=1)
     assert_identical(job.run_dir, root / "reference")
@@ -249,7 +249,7 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
     (outcome,) = ray_backend.RayBackend().submit([job], ctx)
     assert outcome.state == "finished", outcome
 
-    from scaling.train import run
+    from scaling.train.trainer import run
 
     reference = root / "reference"
     run(job.spec, reference, Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
@@ -274,7 +274,7 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
 def test_cancel_stops_running_and_pending_trials_leaving_them_resumable(
     cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from scaling.state import run_state
+    from scaling.run.state import run_state
 
     sweep = SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace(
         "epochs: 2, warmup", "epochs: 200, warmup"

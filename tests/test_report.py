@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling import gaps, report, results
-from scaling.results import to_table
+from scaling.report import gaps, results
+from scaling.report import html as report
+from scaling.report.results import to_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -105,7 +106,7 @@ def test_three_model_sizes_report_says_too_few_and_draws_no_curve(tmp_path: Path
 
 
 def test_paper_points_overlay_only_where_the_data_set_may_be_imagenet(tmp_path: Path) -> None:
-    from scaling import figures
+    from scaling.report import figures
 
     table = synthetic([0.25, 0.5, 1.0, 2.0], seeds=1)
     for dataset, expected in (("cifar10", False), ("imagefolder", True)):

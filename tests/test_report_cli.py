@@ -3,7 +3,7 @@ and report.html as a browser renders it.
 
 One session fixture trains the sweep (synthetic data, 16 px, depth 10 at widths 0.125
 and 0.25, SimCLR at two batch sizes x two epoch counts and supervised; one SimCLR run is
-left untrained, as in a sweep still in progress) with `scaling.train.run_tracked` into a
+left untrained, as in a sweep still in progress) with `scaling.run.tracked.run_tracked` into a
 temporary workdir mirrored to a SQLite MLflow store, and one more runs the command once.
 
 The browser check: a copy of report.html with a probe script injected into <head> (the
@@ -33,11 +33,12 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from scaling import report as report_lib
-from scaling import results, tracking
 from scaling.cli.errors import guarded
 from scaling.cli.report import KIND_TAG, SWEEP_TAG, report
-from scaling.spec import Sweep, load_sweep
+from scaling.report import html as report_lib
+from scaling.report import results
+from scaling.run import tracking
+from scaling.sweep.spec import Sweep, load_sweep
 from tests.conftest import REPO, write
 
 SWEEP = """\
@@ -96,7 +97,7 @@ def invoke(*args: str) -> Result:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    from scaling.train import run_tracked
+    from scaling.run.tracked import run_tracked
 
     root = tmp_path_factory.mktemp("report cli")  # a space in every path: quoting bugs
     sweep_path = write(root / "tiny.yaml", SWEEP)

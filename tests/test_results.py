@@ -7,9 +7,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from scaling import results
 from scaling.errors import ScalingError
-from scaling.spec import Sweep, load_sweep
+from scaling.report import results
+from scaling.sweep.spec import Sweep, load_sweep
 
 SWEEP = """
 name: tiny
@@ -136,7 +136,7 @@ def test_costs_come_from_a_sibling_run_of_the_same_network(tmp_path: Path, monke
                    {"top1": 0.5, "encoder_params": 1234, "flops_per_image": flops})  # fmt: skip
 
     def no_torch(spec: Any) -> Any:
-        raise AssertionError("scaling.costs should not be needed")
+        raise AssertionError("scaling.plan.costs should not be needed")
 
     monkeypatch.setattr(results, "_arch_cost", no_torch)
     rows = results.collect(sweep, tmp_path / "w").to_pylist()
@@ -146,7 +146,7 @@ def test_costs_come_from_a_sibling_run_of_the_same_network(tmp_path: Path, monke
 
 
 def test_costs_for_unknown_networks_come_from_scaling_costs(sweep_and_dirs) -> None:
-    from scaling import costs
+    from scaling.plan import costs
 
     sweep, work, ids = sweep_and_dirs
     rows = {r["run_id"]: r for r in results.collect(sweep, work).to_pylist()}
@@ -204,9 +204,9 @@ def test_recipe_columns_and_labels() -> None:
 
 @pytest.mark.slow
 def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Path) -> None:
-    """A real SQLite MLflow store, filled by scaling.mirror.push from run directories
+    """A real SQLite MLflow store, filled by scaling.run.mirror.push from run directories
     that collect() cannot see (another machine's workdir)."""
-    from scaling import mirror, tracking
+    from scaling.run import mirror, tracking
 
     (tmp_path / "s.yaml").write_text(SWEEP)
     sweep = load_sweep(tmp_path / "s.yaml")

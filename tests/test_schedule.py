@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from scaling.layout import Layout, derive
-from scaling.schedule import lr_for_batch, warmup_cosine
+from scaling.plan.layout import Layout, derive
+from scaling.plan.schedule import lr_for_batch, warmup_cosine
 
 
 @pytest.mark.parametrize(

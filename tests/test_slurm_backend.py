@@ -2,7 +2,7 @@
 
 Everything goes through the real CLI (`scaling submit/status/cancel`), real sbatch,
 srun, sacct, scancel and scontrol, and a real SQLite MLflow store; results are compared
-with the same runs trained in this process by `scaling.train.run` (bit-identical at one
+with the same runs trained in this process by `scaling.train.trainer.run` (bit-identical at one
 thread). Parameter validation and the golden sbatch file need no cluster.
 """
 
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from typer.testing import CliRunner
 
-from scaling.backends import slurm as slurm_backend
-from scaling.backends.base import Context, Job
 from scaling.cli.app import app
-from scaling.cluster import load_profile
 from scaling.errors import SpecError
-from scaling.layout import Layout
+from scaling.plan.layout import Layout
+from scaling.run.backends import slurm as slurm_backend
+from scaling.run.backends.base import Context, Job
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl, run_dir_of
-from scaling.spec import RunSpec, load_sweep
+from scaling.sweep.cluster import load_profile
+from scaling.sweep.spec import RunSpec, load_sweep
 from tests.conftest import REPO, write
 
 if TYPE_CHECKING:  # registered by pytest_plugins in conftest.py
@@ -112,7 +112,7 @@ def job_log(run_dir: Path, job_id: str | None = None, task: int = 0) -> str:
 
 
 def context(study: Path, sweep_file: str, profile_file: str) -> Context:
-    from scaling.submission import make_context
+    from scaling.run.submission import make_context
 
     return make_context(load_sweep(study / sweep_file), load_profile(study / profile_file))
 
@@ -287,7 +287,7 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
     assert written == slurm_backend.sbatch_script(ctx, runs=4, chunks=2)
 
     # The same specs trained here, at one thread: bit-identical results and metrics.
-    from scaling.train import run
+    from scaling.train.trainer import run
 
     for spec in (sweep.runs_of("simclr")[0], sweep.runs_of("supervised")[2]):
         reference = run(spec, tmp_path / "reference" / spec.run_id, threads=1)
@@ -300,7 +300,7 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
             for m in read_jsonl(tmp_path / "reference" / spec.run_id / METRICS)
         ]
 
-    from scaling.tracking import find_runs
+    from scaling.run.tracking import find_runs
 
     tracked = find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny 'quoted' \"name\"")
     assert set(tracked) == set(run_dirs)
@@ -320,8 +320,8 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
 ) -> None:  # fmt: skip
     import submitit
 
-    from scaling.state import is_locked, run_state
-    from scaling.train import run
+    from scaling.run.state import is_locked, run_state
+    from scaling.train.trainer import run
 
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "sweep.yaml", LONG)
@@ -382,7 +382,7 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
         assert resumed[key] == reference[key], key
     import mlflow
 
-    from scaling.tracking import find_runs
+    from scaling.run.tracking import find_runs
 
     tracked = find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "long")
     assert (
@@ -444,8 +444,8 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
     """
     import torch
 
-    from scaling import checkpoint
-    from scaling.train import run
+    from scaling.train import checkpoint
+    from scaling.train.trainer import run
 
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "sweep.yaml", TWO_RANKS)

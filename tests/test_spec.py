@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scaling.errors import SpecError
-from scaling.spec import RunSpec, load_sweep
+from scaling.sweep.spec import RunSpec, load_sweep
 from tests.conftest import REPO, write
 
 BASE = """
@@ -51,7 +51,7 @@ def test_run_ids_are_unique_and_stable_across_processes(tmp_path: Path) -> None:
     ids = [r.run_id for r in load_sweep(path).runs]
     assert len(set(ids)) == len(ids)
     code = (
-        "import json,sys; from scaling.spec import load_sweep; "
+        "import json,sys; from scaling.sweep.spec import load_sweep; "
         "print(json.dumps([r.run_id for r in load_sweep(sys.argv[1]).runs]))"
     )
     out = subprocess.run(

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
+from scaling.run.tracking import find_runs
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl
-from scaling.spec import load_sweep
-from scaling.tracking import find_runs
+from scaling.sweep.spec import load_sweep
 from tests.conftest import write
 
 SWEEP = """\
@@ -159,7 +159,7 @@ def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Pa
     resumed = read_json(run_dir / RESULT)
 
     # The same run uninterrupted, elsewhere: the result must be identical.
-    from scaling.train import run
+    from scaling.train.trainer import run
 
     reference = run(spec, study / "reference", threads=1)
     for key in ("top1", "top5", "steps", "images_seen"):
@@ -275,9 +275,9 @@ def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_bat
 
     import torch
 
-    from scaling import checkpoint
-    from scaling.layout import Layout
-    from scaling.train import run
+    from scaling.plan.layout import Layout
+    from scaling.train import checkpoint
+    from scaling.train.trainer import run
 
     run(spec, study / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
     two = checkpoint.restore(run_dir)["model"]

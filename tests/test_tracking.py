@@ -1,4 +1,4 @@
-"""scaling.tracking and scaling.mirror against a real SQLite MLflow store, on run
+"""scaling.run.tracking and scaling.run.mirror against a real SQLite MLflow store, on run
 directories written here in the formats training writes (spec.json, metrics.jsonl,
 result.json, failure.json)."""
 
@@ -16,11 +16,11 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from scaling import mirror, tracking
 from scaling.errors import ScalingError
-from scaling.methods import METHODS
+from scaling.run import mirror, tracking
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, SPEC, append_jsonl, read_json, write_json
-from scaling.spec import DatasetConfig, ModelConfig, RunSpec, Sweep, TrackingConfig
+from scaling.sweep.methods import METHODS
+from scaling.sweep.spec import DatasetConfig, ModelConfig, RunSpec, Sweep, TrackingConfig
 
 LAYOUT = {"micro_batch": 16, "accum_steps": 2, "gpus": 2, "nodes": 1}
 EPOCH_KEYS = ("step", "loss", "top1", "lr", "images_per_s", "peak_memory_mb", "seconds")
@@ -256,7 +256,7 @@ def test_deleted_experiment_is_reported_not_raised(
     with pytest.raises(ScalingError, match="restore"):
         tracking.ensure_experiment(store, "gone")
     run_dir = make_run_dir(tmp_path, make_spec(seed=3), epochs=1)
-    with caplog.at_level(logging.WARNING, logger="scaling.mirror"):
+    with caplog.at_level(logging.WARNING, logger="scaling.run.mirror"):
         assert mirror.push(run_dir, store, "gone") is None
     assert "restore" in caplog.text
     state = mirror.read_state(run_dir)

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from scaling import checkpoint
-from scaling.augment import SimCLRAugment
-from scaling.data import load_dataset
 from scaling.errors import RunFailed
-from scaling.evaluate import evaluate_run
-from scaling.layout import Layout
-from scaling.models import build_network
+from scaling.models.resnet import build_network
+from scaling.plan.layout import Layout
 from scaling.rundir import FAILURE, METRICS, RESULT, read_json, read_jsonl
-from scaling.spec import RunSpec
-from scaling.train import run
+from scaling.sweep.spec import RunSpec
+from scaling.train import checkpoint
+from scaling.train.augment import SimCLRAugment
+from scaling.train.evaluate import evaluate_run
+from scaling.train.readers import load_dataset
+from scaling.train.trainer import run
 from tests.conftest import REPO
 
 

@@ -26,7 +26,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_ui_serves_the_sweeps_experiment(tmp_path: Path) -> None:
-    from scaling.tracking import ensure_experiment
+    from scaling.run.tracking import ensure_experiment
 
     write(tmp_path / "sweep.yaml", SWEEP)
     ensure_experiment(f"sqlite:///{tmp_path}/mlflow.db", "uisweep")

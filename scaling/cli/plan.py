@@ -32,7 +32,7 @@ def plan(
     ] = None,
 ) -> None:
     """Expand SWEEP into runs and show each one's layout, memory and cost."""
-    from scaling.planning import build_plan
+    from scaling.run.planning import build_plan
 
     if fmt not in FORMATS:
         raise SpecError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
@@ -63,7 +63,7 @@ def print_plan(the_plan: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from scaling.plan import totals
+    from scaling.plan.expand import totals
 
     # Piped or in CI, rich would assume 80 columns and squeeze every cell.
     console = Console(width=None if sys.stdout.isatty() else 220)

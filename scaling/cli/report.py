@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-    from scaling.spec import Sweep
+    from scaling.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,11 @@ def report(
     set_: SetOpt = None,
 ) -> None:
     """Collect SWEEP's results; write gaps, fits, figures and report.html; log them to MLflow."""
-    from scaling import gaps, results, tracking
-    from scaling.cluster import load_profile
-    from scaling.report import build_report
-    from scaling.spec import load_sweep
+    from scaling.report import gaps, results
+    from scaling.report.html import build_report
+    from scaling.run import tracking
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     the_sweep = load_sweep(sweep, set_ or [])
     profile = load_profile(cluster)
@@ -110,7 +111,7 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
 
 def print_answer(console: Console, fits_json: Path) -> None:
     """The headline gap statements (where the fitted gap closes, or why it cannot say)."""
-    from scaling.results import recipe_label
+    from scaling.report.results import recipe_label
 
     fits = json.loads(fits_json.read_text())
     heads = [g for g in fits["gaps"] if g["headline"]] or fits["gaps"]
@@ -146,7 +147,7 @@ def _pm(mean: float, spread: float) -> str:
 def log_report(uri: str, experiment: str, out_dir: Path, sweep: Sweep,
                states: list[str]) -> str | None:  # fmt: skip
     """Upload `out_dir` to the sweep's report run; where to see it, or None (warned)."""
-    from scaling import tracking
+    from scaling.run import tracking
 
     try:
         with _lock(uri, experiment, sweep.name):

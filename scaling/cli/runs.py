@@ -33,9 +33,9 @@ def submit(
     """Run every feasible run of SWEEP that is not finished; safe to repeat."""
     from rich.console import Console
 
-    from scaling.backends.base import get_backend
-    from scaling.planning import build_plan
-    from scaling.submission import context_of, decide, prepare
+    from scaling.run.backends.base import get_backend
+    from scaling.run.planning import build_plan
+    from scaling.run.submission import context_of, decide, prepare
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
@@ -74,7 +74,7 @@ def submit(
 def _tracked(ctx: Any, console: Any) -> dict[str, Any]:
     """MLflow's view of the sweep (run_id -> status); empty with a warning when unreachable."""
     from scaling.errors import ScalingError
-    from scaling.tracking import find_runs
+    from scaling.run.tracking import find_runs
 
     try:
         return find_runs(ctx.tracking_uri, ctx.experiment)
@@ -87,7 +87,7 @@ def _tracked(ctx: Any, console: Any) -> dict[str, Any]:
 
 def _ensure_experiment(ctx: Any, console: Any) -> None:
     """Create the experiment once, here, so that concurrent jobs never race to create it."""
-    from scaling.tracking import ensure_experiment
+    from scaling.run.tracking import ensure_experiment
 
     try:
         ensure_experiment(ctx.tracking_uri, ctx.experiment)
@@ -135,10 +135,10 @@ def status(
     from rich.console import Console
     from rich.live import Live
 
-    from scaling.cluster import load_profile
-    from scaling.planning import filter_runs
-    from scaling.spec import load_sweep
-    from scaling.submission import make_context
+    from scaling.run.planning import filter_runs
+    from scaling.run.submission import make_context
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     the_sweep = load_sweep(sweep, set_ or [])
     ctx = make_context(the_sweep, load_profile(cluster))
@@ -160,10 +160,10 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
     from rich.console import Group
     from rich.table import Table
 
-    from scaling.backends.base import get_backend
+    from scaling.run.backends.base import get_backend
+    from scaling.run.state import run_state
+    from scaling.run.tracking import run_url
     from scaling.rundir import run_dir_of
-    from scaling.state import run_state
-    from scaling.tracking import run_url
 
     tracked = _tracked(ctx, console)
     scheduler: dict[str, str] = {}
@@ -237,11 +237,11 @@ def cancel(
     only: OnlyOpt = None,
 ) -> None:
     """Stop running runs of SWEEP; each one checkpoints and stays resumable."""
-    from scaling.backends.base import get_backend
-    from scaling.cluster import load_profile
-    from scaling.planning import filter_runs
-    from scaling.spec import load_sweep
-    from scaling.submission import make_context
+    from scaling.run.backends.base import get_backend
+    from scaling.run.planning import filter_runs
+    from scaling.run.submission import make_context
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     the_sweep = load_sweep(sweep, set_ or [])
     ctx = make_context(the_sweep, load_profile(cluster))
@@ -252,8 +252,8 @@ def cancel(
 
 def _jobs(runs: Any, ctx: Any) -> list[Any]:
     """The backend's view of runs for status and cancel (their layout does not matter)."""
-    from scaling.backends.base import Job
-    from scaling.layout import Layout
+    from scaling.plan.layout import Layout
+    from scaling.run.backends.base import Job
     from scaling.rundir import run_dir_of
 
     return [

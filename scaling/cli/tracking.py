@@ -23,9 +23,9 @@ def ui(
     port: Annotated[int, typer.Option(help="Port of the UI.")] = 5000,
 ) -> None:
     """Start the MLflow UI on the sweep's tracking store and print its URL."""
-    from scaling.cluster import load_profile
-    from scaling.spec import load_sweep
-    from scaling.submission import make_context
+    from scaling.run.submission import make_context
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     ctx = make_context(load_sweep(sweep, set_ or []), load_profile(cluster))
     uri = ctx.tracking_uri
@@ -61,11 +61,11 @@ def sync(
     set_: SetOpt = None,
 ) -> None:
     """Push run directories to MLflow (after an outage, or runs that never reached it)."""
-    from scaling.cluster import load_profile
-    from scaling.mirror import sync as sync_runs
-    from scaling.spec import load_sweep
-    from scaling.submission import make_context
-    from scaling.tracking import ensure_experiment
+    from scaling.run.mirror import sync as sync_runs
+    from scaling.run.submission import make_context
+    from scaling.run.tracking import ensure_experiment
+    from scaling.sweep.cluster import load_profile
+    from scaling.sweep.spec import load_sweep
 
     ctx = make_context(load_sweep(sweep, set_ or []), load_profile(cluster))
     folder = ctx.workdir / ctx.sweep

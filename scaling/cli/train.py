@@ -33,10 +33,11 @@ def train(
     ] = None,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
-    from scaling.layout import Layout
-    from scaling.spec import RunSpec
-    from scaling.state import AlreadyRunning
-    from scaling.train import Preempted, run_tracked
+    from scaling.plan.layout import Layout
+    from scaling.run.state import AlreadyRunning
+    from scaling.run.tracked import run_tracked
+    from scaling.sweep.spec import RunSpec
+    from scaling.train.trainer import Preempted
 
     try:
         data = json.loads(run_spec.read_text())

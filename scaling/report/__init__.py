@@ -1,0 +1,20 @@
+"""The report stage: finished runs turned into answers.
+
+Holds the results table (`results`), the supervised-vs-contrastive gap table and the
+fit sets (`gaps`), saturating power-law fits with bootstrap intervals (`fit`), the gap
+curve between two fits (`gapcurve`), figures (`figures`) and the self-contained HTML
+report (`html`). Imports every stage before it; only `scaling.cli` imports it.
+"""
+
+from __future__ import annotations
+
+from scaling._exports import lazy
+
+_EXPORTS = {
+    "build_report": "scaling.report.html",
+    "collect": "scaling.report.results",
+    "gap_table": "scaling.report.gaps",
+    "fit_power_law": "scaling.report.fit",
+}
+__all__ = list(_EXPORTS)
+__getattr__ = lazy(__name__, _EXPORTS)

@@ -1,0 +1,315 @@
+"""The results table: one row per run of a sweep, whatever its state.
+
+`collect` reads each run's directory (`<workdir>/<sweep>/<run_id>/`: result.json,
+failure.json, spec.json, metrics.jsonl), the local truth, and, for runs whose directory
+says nothing final (a run that ran on a machine whose workdir is not shared), MLflow
+through `scaling.run.tracking.find_runs`. `write` stores it as Parquet; `load` reads it
+back as a pyarrow Table (call `.to_pandas()` in notebooks).
+
+Schema (one row per run; null where a value does not apply or is not known yet):
+
+| column | type | meaning |
+| --- | --- | --- |
+| run_id, sweep, method | string | identity |
+| dataset, image_size, depth, width, stem, depth_multiplier, seed | | the run spec (RunSpec.flat()) |
+| batch_size, epochs, lr_rule, base_lr, weight_decay, warmup_epochs, optimizer, momentum | | method config |
+| temperature, projection_dim, color_strength, eval_* | | SimCLR-only config (null for supervised) |
+| lr | float64 | the scaled learning rate actually used (result.json derived.lr, or the plan's) |
+| micro_batch, accum_steps, gpus, nodes | int64 | layout (result.json or spec.json, or the plan's) |
+| encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
+| peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
+| state | string | finished, failed, running (started, not ended) or pending (never started) |
+| error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
+| top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
+| train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
+| images_seen, steps, epochs_done | int64 | progress (epochs_done from metrics.jsonl while running) |
+| source | string | where the state came from: rundir or mlflow (null: pending) |
+| mlflow_run_id | string | the run's MLflow id when tracking knows it |
+
+Schema metadata: `scaling.sweep` (name) and `scaling.orphans` (JSON list of run
+directories in the sweep's folder that no run of the current spec owns).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from scaling.rundir import FAILURE, METRICS, RESULT, SPEC, atomic_write_bytes, read_json, read_jsonl
+from scaling.sweep.spec import RunSpec, Sweep
+
+log = logging.getLogger(__name__)
+
+STATES = ("finished", "failed", "running", "pending")
+ARCH_COLUMNS = ("dataset", "image_size", "stem", "depth", "width", "depth_multiplier")
+METRIC_COLUMNS = (
+    "top1",
+    "top5",
+    "knn_top1",
+    "train_flops",
+    "wall_time_s",
+    "images_seen",
+    "steps",
+    "epochs_done",
+)
+LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes")
+#: Columns that are not part of a training recipe (identity, architecture, layout, cost,
+#: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
+NOT_RECIPE = {
+    "run_id", "sweep", "method", "seed", "lr", *ARCH_COLUMNS, *LAYOUT_COLUMNS, *METRIC_COLUMNS,
+    "encoder_params", "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason",
+    "state", "error_kind", "error_message", "source", "mlflow_run_id",
+}  # fmt: skip
+_INT = {
+    "image_size", "depth", "seed", "batch_size", "epochs", "projection_dim", "eval_epochs",
+    "eval_batch_size", "eval_knn_k", *LAYOUT_COLUMNS, "encoder_params", "flops_per_image",
+    "images_seen", "steps", "epochs_done",
+}  # fmt: skip
+_FLOAT = {
+    "width", "depth_multiplier", "base_lr", "weight_decay", "warmup_epochs", "momentum",
+    "temperature", "color_strength", "eval_lr", "eval_weight_decay", "eval_knn_temperature",
+    "lr", "top1", "top5", "knn_top1", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
+}  # fmt: skip
+_STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
+        "state", "error_kind", "error_message", "source", "mlflow_run_id", "reason"}  # fmt: skip
+_OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
+_PENDING: dict[str, Any] = {"state": "pending"}
+
+
+def collect(
+    sweep: Sweep, workdir: str | Path, uri: str | None = None, *, plan: Any = None
+) -> pa.Table:
+    """One row per run of `sweep`: spec, layout, cost, state and final metrics.
+
+    `uri`: an MLflow tracking URI to consult for runs whose directory has no final
+    state (None: run directories only). `plan`: a `scaling.plan.expand.Plan` (or its
+    `.table()`) whose layout and cost columns to use; without one, costs come from
+    result.json or, for architectures still unknown, from `scaling.plan.costs` (imports torch).
+    """
+    planned = _plan_rows(plan)
+    tracked = _tracked_runs(sweep, uri) if uri else {}
+    sweep_dir = Path(workdir) / sweep.name
+    present = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set()
+    rows, specs = [], []
+    for spec in sweep.runs:
+        row = dict(planned.get(spec.run_id) or spec.flat())
+        row["sweep"] = sweep.name
+        row.update(_from_dir(sweep_dir / spec.run_id) if spec.run_id in present else _PENDING)
+        mlflow_run = tracked.get(spec.run_id)
+        if mlflow_run:
+            row["mlflow_run_id"] = mlflow_run.get("mlflow_run_id")
+            if row["state"] in ("pending", "running"):
+                row.update(_from_mlflow(mlflow_run, row["state"]))
+        rows.append(row)
+        specs.append(spec)
+    _fill_costs(rows, specs)
+    orphans = sorted(present - {s.run_id for s in sweep.runs} - {"report"})
+    orphans = [o for o in orphans if not o.startswith(".") and (sweep_dir / o / SPEC).exists()]
+    return to_table(rows, {"scaling.sweep": sweep.name, "scaling.orphans": json.dumps(orphans)})
+
+
+def _plan_rows(plan: Any) -> dict[str, dict[str, Any]]:
+    if plan is None:
+        return {}
+    rows = plan.to_pylist() if isinstance(plan, pa.Table) else plan.rows()
+    return {r["run_id"]: {k: v for k, v in r.items() if k not in _OUTCOME} for r in rows}
+
+
+def _from_dir(run_dir: Path) -> dict[str, Any]:
+    """State, metrics and layout from one run directory (at most three small reads)."""
+    try:
+        names = set(os.listdir(run_dir))
+    except OSError:
+        return _PENDING
+    out: dict[str, Any] = {"source": "rundir"}
+    if RESULT in names:
+        result = read_json(run_dir / RESULT)
+        if result is not None:
+            return {**out, **_result_fields(result), "state": "finished"}
+        out.update(state="failed", error_kind="error", error_message="result.json is unreadable")
+        return out
+    if FAILURE in names:
+        failure = read_json(run_dir / FAILURE) or {}
+        out.update(state="failed", error_kind=str(failure.get("kind", "error")),
+                   error_message=str(failure.get("message", "failure.json is unreadable")))  # fmt: skip
+    elif SPEC in names or METRICS in names:
+        out["state"] = "running"
+    else:
+        return _PENDING
+    if METRICS in names:
+        epochs = [int(r.get("epoch", 0)) for r in read_jsonl(run_dir / METRICS)]
+        out["epochs_done"] = max(epochs, default=0)
+    spec = read_json(run_dir / SPEC) if SPEC in names else None
+    if spec and isinstance(spec.get("layout"), Mapping):
+        out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
+    return out
+
+
+def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: result.get(k) for k in ("top1", "top5", "knn_top1", "train_flops", "wall_time_s",
+                                      "images_seen", "steps")}  # fmt: skip
+    out["epochs_done"] = result.get("epochs")
+    layout = result.get("layout")
+    if isinstance(layout, Mapping):
+        out.update({k: layout.get(k) for k in LAYOUT_COLUMNS})
+    derived = result.get("derived")
+    if isinstance(derived, Mapping) and derived.get("lr") is not None:
+        out["lr"] = derived["lr"]
+    for key in ("encoder_params", "flops_per_image"):  # written by newer trainers
+        if result.get(key) is not None:
+            out[key] = result[key]
+    return out
+
+
+def _tracked_runs(sweep: Sweep, uri: str) -> dict[str, dict[str, Any]]:
+    """MLflow's view of the sweep; {} (with a warning) when tracking cannot answer."""
+    try:
+        from scaling.run import tracking
+
+        return tracking.find_runs(uri, tracking.experiment_name(sweep))
+    except Exception as exc:  # tracking never breaks a report: run directories suffice
+        log.warning("MLflow at %s could not be read (%s); using run directories only", uri, exc)
+        return {}
+
+
+def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
+    """State, metrics and layout from find_runs' record of one run (tracking.py's names)."""
+    status = str(run.get("status", "")).upper()
+    metrics, tags, params = run.get("metrics") or {}, run.get("tags") or {}, run.get("params") or {}
+    layout = {k: int(params[k]) for k in LAYOUT_COLUMNS if str(params.get(k, "")).isdigit()}
+    if status == "FINISHED" and metrics.get("top1") is not None:
+        keys = ("top1", "top5", "knn_top1", "train_flops", "wall_time_s", "images_seen")
+        return {
+            "state": "finished",
+            "source": "mlflow",
+            **layout,
+            **{k: metrics.get(k) for k in keys},
+        }
+    if status in ("FAILED", "KILLED"):
+        message = tags.get("scaling.failure_message") or f"MLflow run status {status}"
+        kind = tags.get("scaling.failure_kind", "error")
+        return {"state": "failed", "source": "mlflow", "error_kind": kind, "error_message": message}
+    if status == "RUNNING" and current == "pending":
+        return {"state": "running", "source": "mlflow", **layout}
+    return {}
+
+
+def _cost_key(spec: RunSpec) -> tuple[Any, ...]:
+    """What decides encoder_params and flops_per_image: the network and its input."""
+    return (spec.method, tuple(sorted(spec.model.items())), spec.dataset["name"],
+            spec.dataset["image_size"], spec.config.get("projection_dim", 128))  # fmt: skip
+
+
+def _fill_costs(rows: list[dict[str, Any]], specs: list[RunSpec]) -> None:
+    """encoder_params / flops_per_image for rows that lack them: from a run of the same
+    network that has them (result.json), else from scaling.plan.costs (imports torch)."""
+    known: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+    for row, spec in zip(rows, specs, strict=True):
+        if row.get("encoder_params") is not None and row.get("flops_per_image") is not None:
+            known.setdefault(_cost_key(spec), (row["encoder_params"], row["flops_per_image"]))
+    for row, spec in zip(rows, specs, strict=True):
+        if row.get("encoder_params") is None or row.get("flops_per_image") is None:
+            key = _cost_key(spec)
+            if key not in known:
+                known[key] = _arch_cost(spec)
+            row["encoder_params"], row["flops_per_image"] = known[key]
+
+
+def _arch_cost(spec: RunSpec) -> tuple[int, int]:
+    from scaling.plan import costs
+    from scaling.plan.data_info import num_classes
+
+    cost = costs.arch_cost(
+        spec.method, spec.model["depth"], spec.model["width"], spec.model["stem"],
+        spec.model["depth_multiplier"], spec.dataset["image_size"],
+        int(spec.config.get("projection_dim", 128)), num_classes(spec.dataset),
+    )  # fmt: skip
+    return cost.encoder_params, cost.flops_per_image
+
+
+def to_table(
+    rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, str] | None = None
+) -> pa.Table:
+    """Rows (dicts) -> a Table with the documented column types, in a stable order."""
+    rows = list(rows)
+    keys: dict[str, None] = {}
+    for row in rows:
+        keys.update(dict.fromkeys(row))
+    for col in ("state", *METRIC_COLUMNS, "error_kind", "error_message", "source", "mlflow_run_id"):
+        keys.setdefault(col)
+    columns = {k: _column(k, [r.get(k) for r in rows]) for k in keys}
+    table = pa.table(columns)
+    return table.replace_schema_metadata(dict(metadata or {}))
+
+
+def _column(name: str, values: list[Any]) -> pa.Array:
+    values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+    if name in _INT:
+        return pa.array([None if v is None else int(v) for v in values], pa.int64())
+    if name in _FLOAT:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if name in _STR:
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    kinds = {type(v) for v in values if v is not None}
+    if kinds and kinds <= {int, float} and float in kinds:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    if len(kinds) > 1:
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.array(values) if kinds else pa.array(values, pa.null())
+
+
+def write(table: pa.Table, path: str | Path) -> Path:
+    """Parquet, written to a temporary name and renamed (readers never see half a file)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def load(path: str | Path) -> pa.Table:
+    """A results table: a .parquet file, or a report folder holding results.parquet."""
+    import pyarrow.parquet as pq
+
+    from scaling.errors import ScalingError
+
+    path = Path(path)
+    for candidate in (path, path / "results.parquet", path / "report" / "results.parquet"):
+        if candidate.is_file():
+            return pq.read_table(candidate)
+    raise ScalingError(
+        f"no results at {path}: give a results.parquet file or the folder `scaling report` "
+        "wrote (it holds results.parquet)"
+    )
+
+
+def recipe_columns(frame: Any) -> list[str]:
+    """Config columns that vary among `frame`'s rows (a pandas DataFrame of one method);
+    batch_size and epochs always come first, so labels read like the paper's."""
+    cols = [c for c in frame.columns if c not in NOT_RECIPE and frame[c].nunique(dropna=False) > 1]
+    head = [c for c in ("batch_size", "epochs") if c in frame.columns]
+    return head + [c for c in cols if c not in head]
+
+
+def recipe_label(values: Mapping[str, Any]) -> str:
+    """{"batch_size": 256, "epochs": 100} -> "batch 256, 100 epochs" (others as key=value)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if key == "batch_size":
+            parts.append(f"batch {value}")
+        elif key == "epochs":
+            parts.append(f"{value} epoch{'' if value == 1 else 's'}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)

@@ -1,0 +1,129 @@
+"""What every task of a run's Slurm job executes: `TrainCall`, a submitit Checkpointable.
+
+The call holds only where the run lives and how to train it; the run directory holds
+the state. On submitit's preemption or time-out signal (USR2) the trainer checkpoints
+after its current step and submitit's own handler requeues the job (`checkpoint()`
+resubmits the same call); SIGTERM alone (`scancel`) checkpoints and ends the job, which
+stays resumable. See `scaling.run.backends.slurm` for the backend that submits it.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from scaling.rundir import LOG, SPEC
+
+EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75  # as `scaling train`
+USR_SIGNAL_GRACE_S = 5.0  # after SIGTERM, how long to wait for a preemption's USR2
+
+
+class TrainCall(Checkpointable):
+    """What every task of a run's Slurm job executes: `scaling train` for that run.
+
+    Holds only where the run lives and how to train it (picklable, a few hundred bytes);
+    the run directory holds the state, so `checkpoint()` resubmits the same call.
+    """
+
+    def __init__(self, run_dir: str, tracking: tuple[str, str] | None, device: str,
+                 threads: int | None) -> None:  # fmt: skip
+        self.run_dir = run_dir
+        self.tracking = tracking
+        self.device = device
+        self.threads = threads
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        """Requeue protocol: the trainer has checkpointed; the run resumes from it."""
+        return DelayedSubmission(TrainCall(self.run_dir, self.tracking, self.device, self.threads))
+
+    def __call__(self) -> dict[str, Any] | None:
+        import json
+
+        from scaling.plan.layout import Layout
+        from scaling.run.state import AlreadyRunning
+        from scaling.run.tracked import run_tracked
+        from scaling.sweep.spec import RunSpec
+        from scaling.train import distributed
+        from scaling.train.trainer import Preempted
+
+        run_dir = Path(self.run_dir)
+        data = json.loads((run_dir / SPEC).read_text())
+        spec = RunSpec.from_dict(data, file=str(run_dir / SPEC))
+        layout = Layout.from_dict(data["layout"]) if "layout" in data else None
+        rank = distributed.detect_env().rank
+        if rank == 0:
+            _link_log(run_dir)
+        options: dict[str, Any] = {"device": self.device, "threads": self.threads}
+        usr_sig = submitit.JobEnvironment._usr_sig()
+        preemption = _Preemption(signal.getsignal(usr_sig))
+        previous = signal.signal(usr_sig, preemption.handle)
+        try:  # every task: rank 0 alone takes the run's lock and mirrors to MLflow
+            return run_tracked(spec, run_dir, layout, self.tracking, **options) or None
+        except Preempted as exc:
+            print(f"{exc}", flush=True)
+            if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
+                preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
+            raise SystemExit(EXIT_PREEMPTED) from None
+        except AlreadyRunning as exc:
+            print(f"{exc}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_ALREADY_RUNNING) from None
+        finally:
+            signal.signal(usr_sig, previous)
+            distributed.cleanup()
+
+
+class _Preemption:
+    """submitit's USR2 (preemption or time-out) turned into a stop at a step boundary.
+
+    In the training loop the trainer's SIGTERM/SIGUSR1 handler (scaling.train.signals.StopFlag)
+    is asked to stop: it checkpoints after the current step and raises Preempted, then
+    `requeue()` hands over to submitit's handler. Outside the loop (loading data,
+    evaluating) there is no step to finish: submitit's handler runs at once.
+    """
+
+    def __init__(self, submitit_handler: Any) -> None:
+        self.requested = False
+        self._submitit = submitit_handler if callable(submitit_handler) else None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        from scaling.train.signals import StopFlag
+
+        self.requested = True
+        stop = signal.getsignal(signal.SIGUSR1)
+        if callable(stop) and isinstance(getattr(stop, "__self__", None), StopFlag):
+            stop(signum, frame)
+        elif self._submitit is not None:
+            self._submitit(signum, frame)
+
+    def wait(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.requested and self._submitit is not None
+
+    def requeue(self) -> None:
+        handler: Callable[[int, Any], None] | None = self._submitit
+        if handler is not None:
+            handler(submitit.JobEnvironment._usr_sig(), None)
+
+
+def _link_log(run_dir: Path) -> None:
+    """run_dir/train.log -> this job's log, so the run directory shows it as locally."""
+    try:
+        target = submitit.JobEnvironment().paths.stdout
+    except Exception:  # not under submitit (a test calling the object directly)
+        return
+    link = run_dir / LOG
+    if link.exists() and not link.is_symlink():
+        return  # a log of an earlier local run: keep it
+    tmp = run_dir / f".{LOG}.link"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)

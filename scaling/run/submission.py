@@ -1,0 +1,155 @@
+"""Deciding what to run, identically for every backend.
+
+Each feasible run of the plan is looked up by run_id, in its run directory (the local
+truth) and in MLflow: finished runs are skipped, unfinished ones resume from their
+checkpoint, failed ones are reported and rerun only when asked, and a run another
+process is training is left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scaling.plan.expand import Plan, PlannedRun
+from scaling.run.backends.base import Context, Job
+from scaling.run.state import RunState, run_state
+from scaling.rundir import FAILURE, SPEC, git_version, read_json, run_dir_of, write_json
+from scaling.sweep.cluster import ClusterProfile, parallel_runs
+from scaling.sweep.spec import Sweep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    planned: PlannedRun
+    run_dir: Path
+    state: RunState
+    action: str  # run | resume | skip
+    why: str
+
+    @property
+    def job(self) -> Job:
+        return Job(
+            self.planned.spec,
+            self.planned.layout,
+            self.run_dir,
+            int(self.planned.spec.config["epochs"]),
+        )  # type: ignore[arg-type]
+
+
+def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = None) -> Context:
+    """Where a sweep's runs live and log: workdir, tracking URI, device, threads per run."""
+    from scaling.run.tracking import experiment_name, resolve_uri
+
+    device = device or ("cpu" if profile.device == "auto" else profile.device)
+    if profile.backend == "slurm":  # the cluster's nodes, not this machine, set these
+        from scaling.run.backends.slurm import threads_per_task
+
+        assert profile.slurm is not None
+        max_parallel = profile.slurm.array_parallelism
+        threads = threads_per_task(profile, device) or profile.slurm.cpus_per_task
+    else:
+        max_parallel = parallel_runs(profile, device)
+        threads = profile.threads_per_run or max(1, (os.cpu_count() or 1) // max_parallel)
+    return Context(
+        profile=profile,
+        sweep=sweep.name,
+        workdir=Path(profile.workdir).absolute(),
+        tracking_uri=resolve_uri(sweep.tracking.uri, profile.tracking.uri),
+        experiment=experiment_name(sweep),
+        device=device,
+        threads_per_run=threads,
+        max_parallel=max_parallel,
+    )
+
+
+def context_of(plan: Plan) -> Context:
+    return make_context(plan.sweep, plan.profile, plan.accelerator.device)
+
+
+def decide(
+    plan: Plan,
+    ctx: Context,
+    *,
+    rerun_failed: bool = False,
+    force: bool = False,
+    tracked: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Decision]:
+    """One decision per run of the plan; `tracked` is find_runs() of the sweep's experiment."""
+    tracked = tracked or {}
+    decisions = []
+    for planned in plan.runs:
+        run_dir = run_dir_of(ctx.workdir, ctx.sweep, planned.spec.run_id)
+        state = run_state(run_dir)
+        mlflow_status = (tracked.get(planned.spec.run_id) or {}).get("status")
+        action, why = _action(planned, state, mlflow_status, rerun_failed, force)
+        decisions.append(Decision(planned, run_dir, state, action, why))
+    return decisions
+
+
+def _action(
+    planned: PlannedRun, state: RunState, mlflow_status: str | None, rerun_failed: bool, force: bool
+) -> tuple[str, str]:
+    if not planned.feasible:
+        return "skip", f"infeasible: {planned.reason}"
+    if state.state == "running":
+        return "skip", "running in another process"
+    if force:
+        return "run", "forced: from scratch"
+    if state.state == "finished":
+        return "skip", "finished"
+    if state.state == "pending" and mlflow_status == "FINISHED":
+        return "skip", "finished (recorded in MLflow; no local run directory)"
+    if state.state == "failed":
+        kind = (state.failure or {}).get("kind", "error")
+        if not rerun_failed:
+            return "skip", f"failed ({kind}); use --rerun-failed"
+        return "resume", f"rerun after failure ({kind})"
+    if state.state == "resumable":
+        return "resume", f"resume after epoch {state.epoch}"
+    return "run", "new"
+
+
+def prepare(decisions: list[Decision]) -> list[Job]:
+    """Write spec.json of every run to launch (wiping forced ones); return the jobs,
+    longest first: with a few runs at a time, starting the costliest early keeps one
+    long run from finishing alone at the end (longest-processing-time-first)."""
+    jobs = []
+    launch = sorted(decisions, key=lambda d: -_cost(d))
+    for d in launch:
+        if d.action == "skip":
+            continue
+        if d.why.startswith("forced") and d.run_dir.exists():
+            shutil.rmtree(d.run_dir)
+        d.run_dir.mkdir(parents=True, exist_ok=True)
+        (d.run_dir / FAILURE).unlink(missing_ok=True)
+        layout = d.planned.layout
+        assert layout is not None  # feasible runs have one
+        existing = read_json(d.run_dir / SPEC) or {}
+        write_json(
+            d.run_dir / SPEC,
+            {
+                **d.planned.spec.to_dict(),
+                "layout": layout.to_dict(),
+                "code": existing.get("code") or git_version(),
+            },
+        )
+        jobs.append(d.job)
+    return jobs
+
+
+def _cost(d: Decision) -> float:
+    """Planned device-hours still to spend (the remaining epochs of a resumed run)."""
+    hours = d.planned.gpu_hours
+    if math.isnan(hours):
+        return 0.0
+    epochs = max(1, int(d.planned.spec.config["epochs"]))
+    return hours * (1 - min(d.state.epoch, epochs) / epochs)

@@ -1,0 +1,53 @@
+"""A run trained under its lock and mirrored to tracking: what every backend executes.
+
+`scaling.train` trains; this wraps it with what only the run stage knows about: the
+run lock (two processes never train one run) and the MLflow mirror of the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from scaling.plan.layout import Layout
+from scaling.run.mirror import push
+from scaling.run.state import run_lock
+from scaling.sweep.spec import RunSpec
+from scaling.train import distributed as dist
+from scaling.train.trainer import run
+
+
+def run_tracked(
+    spec: RunSpec,
+    run_dir: str | Path,
+    layout: Layout | None,
+    tracking: tuple[str, str] | None,
+    **options: Any,
+) -> dict[str, Any]:
+    """`run` under the run's lock, mirrored to MLflow after each epoch and at the end.
+
+    The lock makes a second process for the same run (a racing `submit`, a duplicate
+    Slurm task) stop with AlreadyRunning instead of training twice. Tracking is a copy
+    of the run directory: a push that fails is retried by the next one or by
+    `scaling sync`, and never fails the run.
+    """
+    run_dir = Path(run_dir)
+    # Rank 0 alone holds the lock and mirrors to MLflow: the other ranks of the same
+    # job are not a second process for the run.
+    main = dist.detect_env().rank == 0
+    outage = False
+
+    def mirror(_: dict[str, Any] | None = None, *, final: bool = False) -> None:
+        # After one failed push the rest of the run only tries once more, at the end: an
+        # unreachable server must not cost seconds of retries after every epoch.
+        nonlocal outage
+        if tracking is None or not main or (outage and not final):
+            return
+        outage = push(run_dir, *tracking) is None
+
+    with run_lock(run_dir) if main else contextlib.nullcontext():
+        try:
+            return run(spec, run_dir, layout, on_epoch=mirror, **options)
+        finally:
+            mirror(final=True)

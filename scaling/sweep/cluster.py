@@ -1,0 +1,105 @@
+"""Cluster profiles: where and how runs execute (never part of a run's identity)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from scaling.sweep.config import StrictModel, apply_overrides, read_yaml, validate
+
+DEFAULT_UTILIZATION = 0.35  # typical model FLOP utilisation of ResNet training on GPUs
+
+
+class AcceleratorConfig(StrictModel):
+    """The accelerator of one run's device; null values are auto-detected locally."""
+
+    name: str | None = None
+    memory_gb: PositiveFloat | None = None
+    peak_tflops: PositiveFloat | None = None
+    utilization: float = Field(DEFAULT_UTILIZATION, gt=0.0, le=1.0)
+
+
+class ClusterTracking(StrictModel):
+    uri: str | None = None  # overrides the sweep's tracking URI (e.g. an mlflow server)
+
+
+class SlurmConfig(StrictModel):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: PositiveInt = 1440
+    cpus_per_task: PositiveInt = 10
+    mem_gb: PositiveFloat | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    array_parallelism: PositiveInt = 64
+    max_timeouts: NonNegativeInt = 3
+    setup: list[str] = []
+    additional: dict[str, Any] = {}
+
+
+class RayConfig(StrictModel):
+    address: str = "local"  # local | auto | ray://host:port
+    num_cpus: PositiveInt | None = None  # local Ray only
+    cpus_per_trial: PositiveFloat = 1  # per training process (per rank of a multi-GPU run)
+    accelerator_type: str | None = None
+    max_failures: NonNegativeInt = 2
+    temp_dir: str | None = None  # local Ray only; None: <workdir>/.ray (or a short /tmp dir)
+    runtime_env: dict[str, Any] = {}  # joining a cluster: ray.init(runtime_env=...)
+
+
+class ClusterProfile(StrictModel):
+    backend: Literal["local", "slurm", "ray"] = "local"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    accelerator: AcceleratorConfig = AcceleratorConfig()
+    gpus_per_node: PositiveInt = 1
+    gpus_per_run: PositiveInt = 1
+    max_parallel: PositiveInt | None = None  # None: one run per CPU core or per GPU set
+    threads_per_run: PositiveInt | None = None  # CPU threads each run may use
+    workdir: str = "runs"
+    tracking: ClusterTracking = ClusterTracking()
+    slurm: SlurmConfig | None = None
+    ray: RayConfig | None = None
+
+    @model_validator(mode="after")
+    def _backend_section(self) -> ClusterProfile:
+        if self.backend == "slurm" and self.slurm is None:
+            object.__setattr__(self, "slurm", SlurmConfig())
+        if self.backend == "ray" and self.ray is None:
+            object.__setattr__(self, "ray", RayConfig())
+        return self
+
+    @property
+    def nodes_per_run(self) -> int:
+        return -(-self.gpus_per_run // self.gpus_per_node)
+
+
+def load_profile(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> ClusterProfile:
+    """Read a cluster profile; None gives the embedded local default."""
+    if path is None:
+        return validate(ClusterProfile, apply_overrides({}, overrides or [], "<local>"), "<local>")
+    file = str(path)
+    raw = apply_overrides(read_yaml(path), overrides or [], file)
+    return validate(ClusterProfile, raw, file)
+
+
+def parallel_runs(profile: ClusterProfile, device: str) -> int:
+    """Runs at once: the profile's max_parallel, else one per CPU core (one thread each:
+    small CPU runs use cores better side by side than threaded) or one per GPU set."""
+    if profile.max_parallel is not None:
+        return profile.max_parallel
+    if device == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count() // profile.gpus_per_run)
+    return max(1, os.cpu_count() or 1)
+
+
+def total_memory_gb() -> float:
+    """This machine's physical memory (the budget of a CPU run)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9

@@ -1,0 +1,325 @@
+"""Sweep specs and run specs.
+
+A sweep spec (YAML in sweeps/) names a dataset, a model family, seeds and, per method,
+its hyperparameters. Any scalar field given as a list is a grid axis. Expansion is
+method-aware: each method's runs are (dataset axes x model axes x seeds x that
+method's own axes). Each resulting `RunSpec` is frozen, and its `run_id` is a short
+sha256 of the canonical JSON of what changes the result (not where it runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt
+
+from scaling.errors import SpecError
+from scaling.sweep.config import (
+    StrictModel,
+    apply_overrides,
+    check_keys,
+    read_yaml,
+    submodel,
+    validate,
+)
+from scaling.sweep.methods import METHODS, MethodConfig
+
+DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+DATASET_NAMES = ("digits", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+
+
+class DatasetConfig(StrictModel):
+    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"]
+    image_size: PositiveInt = 32
+    root: str | None = None
+    # Training images per epoch: how many to make for `synthetic` (test: a quarter); for
+    # `imagefolder` what the planner assumes when the folder is not reachable from here.
+    size: PositiveInt | None = None
+
+
+class ModelConfig(StrictModel):
+    depth: Literal[10, 18, 34, 50, 101, 152, 200] = 18
+    width: PositiveFloat = 1.0
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    depth_multiplier: PositiveFloat = 1.0
+
+
+class TrackingConfig(StrictModel):
+    uri: str | None = None  # None: MLflow's default store (sqlite:///mlflow.db)
+    experiment: str | None = None  # None: the sweep's name
+
+
+class SweepFile(StrictModel):
+    """The top level of a sweep file; sections are validated by their own models."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    description: str = ""
+    dataset: dict[str, Any]
+    seeds: list[int] | int = [0]
+    model: dict[str, Any] = {}
+    methods: dict[str, dict[str, Any] | None]
+    tracking: TrackingConfig = TrackingConfig()
+
+
+_IDENTITY_EXCLUDED = {("dataset", "root")}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fully resolved run. Never mutated; `run_id` identifies its result."""
+
+    method: str
+    dataset: Mapping[str, Any]
+    model: Mapping[str, Any]
+    seed: int
+    config: Mapping[str, Any]
+    sweep: str = ""
+    run_id: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_id", run_id_of(self.identity()))
+
+    def identity(self) -> dict[str, Any]:
+        """What changes the result: everything but the sweep's name and data location."""
+        return {
+            "method": self.method,
+            "dataset": identity_of_dataset(self.dataset),
+            "model": dict(self.model),
+            "seed": self.seed,
+            "config": dict(self.config),
+        }
+
+    @classmethod
+    def _trusted(
+        cls, method: str, dataset: Mapping[str, Any], model: Mapping[str, Any], seed: int,
+        config: Mapping[str, Any], sweep: str, canonical: str,
+    ) -> RunSpec:  # fmt: skip
+        """Build from validated parts whose canonical identity JSON is already known."""
+        spec = object.__new__(cls)
+        for name, value in (("method", method), ("dataset", dataset), ("model", model),
+                            ("seed", seed), ("config", config), ("sweep", sweep)):  # fmt: skip
+            object.__setattr__(spec, name, value)
+        object.__setattr__(spec, "run_id", _hash(canonical))
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "sweep": self.sweep,
+            "method": self.method,
+            "dataset": dict(self.dataset),
+            "model": dict(self.model),
+            "seed": self.seed,
+            "config": dict(self.config),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], file: str = "<run spec>") -> RunSpec:
+        """Rebuild (and re-validate) a run spec, e.g. from a run directory's spec.json."""
+        method = data.get("method")
+        if method not in METHODS:
+            raise SpecError(f"must be one of {', '.join(METHODS)}", file=file, key="method")
+        spec = cls(
+            method=method,
+            dataset=validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump(),
+            model=validate(ModelConfig, data["model"], file, "model.").model_dump(),
+            seed=int(data["seed"]),
+            config=validate(METHODS[method].config, data["config"], file, "config.").model_dump(),
+            sweep=str(data.get("sweep", "")),
+        )
+        if "run_id" in data and data["run_id"] != spec.run_id:
+            raise SpecError(
+                f"run_id {data['run_id']} does not match the spec's content ({spec.run_id})",
+                file=file,
+                key="run_id",
+            )
+        return spec
+
+    def flat(self) -> dict[str, Any]:
+        """One flat row: method, dataset, image_size, depth, width, ..., eval_protocol."""
+        row: dict[str, Any] = {"run_id": self.run_id, "method": self.method}
+        row["dataset"] = self.dataset["name"]
+        row["image_size"] = self.dataset["image_size"]
+        row.update(self.model)
+        row["seed"] = self.seed
+        for key, value in self.config.items():
+            if isinstance(value, Mapping):
+                row.update({f"{key}_{k}": v for k, v in value.items()})
+            else:
+                row[key] = value
+        return row
+
+
+def run_id_of(identity: Mapping[str, Any]) -> str:
+    return _hash(_canonical(identity))
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def _hash(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
+
+
+def _with_json(
+    items: Iterable[dict[str, Any]], part: Any = dict
+) -> list[tuple[dict[str, Any], str]]:
+    return [(item, _canonical(part(item))) for item in items]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    description: str
+    path: str
+    tracking: TrackingConfig
+    runs: tuple[RunSpec, ...]
+    axes: Mapping[str, tuple[Any, ...]]  # every grid axis with more than one value
+
+    def runs_of(self, method: str) -> tuple[RunSpec, ...]:
+        return tuple(r for r in self.runs if r.method == method)
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """A section expanded: its validated defaults plus the axes that vary."""
+
+    base: dict[str, Any]
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    def expand(self) -> Iterable[dict[str, Any]]:
+        keys = [k for k, _ in self.axes]
+        for combo in itertools.product(*(values for _, values in self.axes)):
+            out = _nested_copy(self.base)
+            for key, value in zip(keys, combo, strict=True):
+                _set_dotted(out, key, value)
+            yield out
+
+
+def _section_grid(
+    raw: Mapping[str, Any], model: type[StrictModel], file: str, prefix: str
+) -> _Grid:
+    """Validate a section whose leaves may be lists, returning its grid."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(
+            f"expected a mapping, got {type(raw).__name__}", file=file, key=prefix.rstrip(".")
+        )
+    check_keys(raw, model, file, prefix)
+    leaves = dict(_leaves(raw, model))
+    axes: list[tuple[str, list[Any]]] = []
+    template: dict[str, Any] = {}
+    for key, value in leaves.items():
+        if isinstance(value, list):
+            if not value:
+                raise SpecError(
+                    "empty list: a grid axis needs at least one value", file=file, key=prefix + key
+                )
+            axes.append((key, value))
+            value = value[0]
+        _set_dotted(template, key, value)
+    base = validate(model, template, file, prefix)
+    validated_axes = []
+    for key, values in axes:
+        coerced = []
+        for value in values:
+            trial = _nested_copy(template)
+            _set_dotted(trial, key, value)
+            coerced.append(_get_dotted(validate(model, trial, file, prefix).model_dump(), key))
+        validated_axes.append((key, tuple(dict.fromkeys(coerced))))
+    return _Grid(base=base.model_dump(), axes=tuple(validated_axes))
+
+
+def _leaves(
+    raw: Mapping[str, Any], model: type[StrictModel], prefix: str = ""
+) -> Iterable[tuple[str, Any]]:
+    for key, value in raw.items():
+        sub = submodel(model.model_fields[key].annotation)
+        if sub is not None and isinstance(value, Mapping):
+            yield from _leaves(value, sub, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def _nested_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _nested_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
+    """Read, validate and expand a sweep file into its runs."""
+    file = str(path)
+    raw = apply_overrides(read_yaml(path), list(overrides), file)
+    top: SweepFile = validate(SweepFile, raw, file)
+    if not top.methods:
+        raise SpecError(
+            f"empty grid: no methods; allowed: {', '.join(METHODS)}", file=file, key="methods"
+        )
+    seeds = [top.seeds] if isinstance(top.seeds, int) else list(dict.fromkeys(top.seeds))
+    if not seeds:
+        raise SpecError("empty list: give at least one seed", file=file, key="seeds")
+    data_grid = _section_grid(top.dataset, DatasetConfig, file, "dataset.")
+    model_grid = _section_grid(top.model, ModelConfig, file, "model.")
+    axes: dict[str, tuple[Any, ...]] = {f"dataset.{k}": v for k, v in data_grid.axes if len(v) > 1}
+    axes.update({f"model.{k}": v for k, v in model_grid.axes if len(v) > 1})
+    if len(seeds) > 1:
+        axes["seed"] = tuple(seeds)
+    runs: list[RunSpec] = []
+    for method, section in top.methods.items():
+        if method not in METHODS:
+            raise SpecError(
+                f"unknown method {method!r}; allowed: {', '.join(METHODS)}",
+                file=file,
+                key=f"methods.{method}",
+            )
+        config_model: type[MethodConfig] = METHODS[method].config
+        grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
+        axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
+        configs = [(c, _canonical(c)) for c in grid.expand()]
+        method_json = _canonical(method)
+        for (dataset, d_json), (model, m_json), seed in itertools.product(
+            _with_json(data_grid.expand(), identity_of_dataset),
+            _with_json(model_grid.expand()),
+            seeds,
+        ):
+            for config, c_json in configs:
+                # The identity's canonical JSON assembled from per-part fragments: the
+                # same string json.dumps(sort_keys=True) gives, without re-encoding
+                # every part for each of (possibly) 100,000 runs.
+                canonical = (
+                    f'{{"config":{c_json},"dataset":{d_json},"method":{method_json},'
+                    f'"model":{m_json},"seed":{seed}}}'
+                )
+                runs.append(
+                    RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
+                )
+    unique = tuple({r.run_id: r for r in runs}.values())
+    return Sweep(top.name, top.description, file, top.tracking, unique, axes)

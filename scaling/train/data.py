@@ -1,0 +1,179 @@
+"""Image sets as uint8 tensors, and the seeded batch order that makes runs resumable.
+
+Every data set loads (through `scaling.train.readers`) to an `ImageSet`: uint8 NCHW RGB
+images already at the run's image size plus int64 labels (-1 = unlabelled), small
+enough to live in memory or on the training device, where `scaling.train.augment` turns
+them into views. Image folders too large for memory load as a `StreamingImageSet` that
+decodes each batch with a thread pool; both answer `batch(indices)`, which is all
+`batches` needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+IMAGEFOLDER_CACHE_BYTES = 8 << 30  # decode an image folder into memory up to this size
+
+
+@dataclass
+class ImageSet:
+    """A whole split in memory: uint8 (N, 3, S, S) images and int64 (N,) labels."""
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.images.shape)
+        if self.images.dtype != torch.uint8 or len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {shape}")
+        if self.labels.shape != shape[:1]:
+            raise ValueError(f"{shape[0]} images but labels of shape {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+    def to(self, device: torch.device | str) -> ImageSet:
+        return ImageSet(self.images.to(device), self.labels.to(device), self.num_classes)
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Images and labels at `indices`, on the device the set lives on."""
+        idx = indices.to(self.images.device)
+        return self.images[idx], self.labels[idx]
+
+
+class StreamingImageSet:
+    """An image folder decoded batch by batch (PIL, in a thread pool) instead of cached.
+
+    `to(device)` is a no-op: decoding happens on the CPU and `batches` moves each batch.
+    """
+
+    def __init__(
+        self, paths: list[Path], labels: Tensor, num_classes: int, image_size: int, workers: int
+    ):
+        self.paths, self.labels, self.num_classes = paths, labels, num_classes
+        self.image_size = image_size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def to(self, device: torch.device | str) -> StreamingImageSet:
+        return self
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        idx = indices.tolist()
+        images = decode_all([self.paths[i] for i in idx], self.image_size, self._pool)
+        return images, self.labels[indices.cpu()]
+
+
+DataSet = ImageSet | StreamingImageSet
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a loader is asked for (every loader gets all of it and uses what applies)."""
+
+    root: Path | None
+    image_size: int
+    split: str
+    seed: int = 0  # synthetic only
+    num_images: int | None = None  # synthetic only
+    max_cache_bytes: int = IMAGEFOLDER_CACHE_BYTES  # imagefolder only
+
+
+def steps_per_epoch(num_images: int, batch_size: int, drop_last: bool = True) -> int:
+    return num_images // batch_size if drop_last else math.ceil(num_images / batch_size)
+
+
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> Tensor:
+    """The image order of one epoch, a function of (seed, epoch) alone (CPU generator)."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.randperm(num_images, generator=torch.Generator().manual_seed(int(state)))
+
+
+def batches(
+    data: DataSet,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_step: int = 0,
+    drop_last: bool = True,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (uint8 images, labels) on `device` for one epoch, from step `start_step` on.
+
+    A resumed run at (epoch, step) sees exactly the batches it would have seen: the order
+    depends on (seed, epoch) only, and skipped steps touch no data. A streamed set decodes
+    the next batch in the background while the caller works on this one.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    perm = epoch_permutation(len(data), seed, epoch)
+    steps = range(start_step, steps_per_epoch(len(data), batch_size, drop_last))
+    chunks = (perm[s * batch_size : (s + 1) * batch_size] for s in steps)
+    if not isinstance(data, StreamingImageSet):
+        yield from (_moved(data.batch(idx), device) for idx in chunks)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as ahead:
+        pending = None  # decode batch k + 1 while the caller works on batch k
+        for idx in chunks:
+            current, pending = pending, ahead.submit(data.batch, idx)
+            if current is not None:
+                yield _moved(current.result(), device)
+        if pending is not None:
+            yield _moved(pending.result(), device)
+
+
+def _moved(batch: tuple[Tensor, Tensor], device: torch.device | str) -> tuple[Tensor, Tensor]:
+    images, labels = batch
+    return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+
+
+# -- shared helpers -------------------------------------------------------------------------
+
+
+def resize_uint8(images: Tensor, size: int, chunk: int = 1024) -> Tensor:
+    """Bilinear (antialiased when shrinking) resize of uint8 NCHW images, chunk by chunk."""
+    if images.shape[-2:] == (size, size):
+        return images.contiguous()
+    out = torch.empty(images.shape[0], images.shape[1], size, size, dtype=torch.uint8)
+    for a in range(0, images.shape[0], chunk):
+        x = images[a : a + chunk].float()
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out[a : a + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def decode_image(path: Path, size: int) -> Tensor:
+    """PIL decode, shorter side to `size`, centre crop: torchvision's Resize + CenterCrop."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def decode_all(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Tensor:
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, image in enumerate(pool.map(lambda p: decode_image(p, size), paths)):
+        out[i] = image
+    return out

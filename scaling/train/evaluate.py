@@ -1,0 +1,185 @@
+"""Evaluation: linear evaluation of a frozen encoder, kNN top-1, classifier top-k.
+
+Linear evaluation never changes the encoder: it runs in eval mode under no_grad (BN
+running statistics untouched) and only the linear layer's parameters are optimised.
+The default `features` protocol extracts features once and fits the classifier on
+them; `augmented` is the paper's protocol (crop + flip every epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scaling.sweep.spec import RunSpec
+from scaling.train.augment import CropFlipAugment, SimCLRAugment
+
+Transform = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module, images: Tensor, transform: Transform, batch_size: int = 512
+) -> Tensor:
+    """Features of uint8 `images` (on the encoder's device) in eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        chunks = [
+            encoder(transform(images[i : i + batch_size])).float()
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        encoder.train(was_training)
+    return torch.cat(chunks)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+    """Fraction of rows whose label is among the k highest logits (k capped at classes)."""
+    out = {}
+    for k in ks:
+        k_eff = min(k, logits.shape[1])
+        hits = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(dim=1)
+        out[k] = hits.float().mean().item()
+    return out
+
+
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    config: Mapping[str, Any],
+    seed: int,
+    augment_features: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+) -> dict[int, float]:
+    """Fit a linear classifier (SGD, Nesterov momentum, cosine LR) and return test top-k.
+
+    With `augment_features`, train_x holds images (uint8) and each epoch computes
+    features of freshly augmented views (the paper's protocol); otherwise train_x holds
+    features computed once. Features are standardised with the training mean and std
+    (a BN without affine parameters in front of the linear layer).
+    """
+    device = train_x.device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    feature_dim = test_x.shape[1]
+    head = nn.Linear(feature_dim, num_classes).to(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+    batch = min(int(config["batch_size"]), len(train_y))
+    lr = float(config["lr"]) * batch / 256  # linear scaling rule, as in the paper's B.6
+    opt = torch.optim.SGD(
+        head.parameters(),
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=float(config["weight_decay"]),
+    )
+    epochs = int(config["epochs"])
+    steps_per_epoch = max(1, len(train_y) // batch)
+    total = epochs * steps_per_epoch
+    if augment_features is None:
+        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    else:
+        mean, std = test_x.mean(0), test_x.std(0) + 1e-6  # no fixed train features exist
+    step = 0
+    for _ in range(epochs):
+        feats = train_x if augment_features is None else augment_features(train_x, gen)
+        order = torch.randperm(len(train_y), generator=gen, device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch : (i + 1) * batch]
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(head((feats[idx] - mean) / std), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    with torch.no_grad():
+        return topk_accuracy(head((test_x - mean) / std), test_y)
+
+
+@torch.no_grad()
+def knn_top1(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> float:
+    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / temperature)."""
+    train_n = F.normalize(train_x, dim=1)
+    test_n = F.normalize(test_x, dim=1)
+    k = min(k, len(train_y))
+    correct = 0
+    for i in range(0, len(test_y), 1024):
+        sim = test_n[i : i + 1024] @ train_n.T
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / temperature).exp()
+        votes = torch.zeros(len(top_idx), num_classes, device=train_x.device)
+        votes.scatter_add_(1, train_y[top_idx], weights)
+        correct += (votes.argmax(1) == test_y[i : i + 1024]).sum().item()
+    return correct / len(test_y)
+
+
+def evaluate_run(
+    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
+) -> dict[str, Any]:
+    """SimCLR: linear evaluation (top-1/top-5) and kNN top-1 of the frozen encoder.
+    Supervised: top-1/top-5 of the trained classifier on the test split.
+
+    `train` and `test` are in-memory or streamed data sets (anything with `batch(indices)`
+    and `len`): images are read in chunks, so a folder larger than memory works too.
+    """
+    device = next(net.parameters()).device
+    if spec.method != "simclr":
+        logits, labels = data_features(net, test, aug.eval_transform, device)
+        acc = topk_accuracy(logits, labels)
+        return {"top1": acc[1], "top5": acc[5]}
+    cfg = spec.config["eval"]
+    encoder = net.encoder
+    train_f, train_y = data_features(encoder, train, aug.eval_transform, device)
+    test_f, test_y = data_features(encoder, test, aug.eval_transform, device)
+    labelled = train_y >= 0  # unlabeled images (STL-10's) have label -1
+    train_f, train_y = train_f[labelled], train_y[labelled]
+    knn = knn_top1(train_f, train_y, test_f, test_y, train.num_classes,
+                   int(cfg["knn_k"]), float(cfg["knn_temperature"]))  # fmt: skip
+    augment = None
+    if cfg["protocol"] == "augmented":
+        crop_flip = CropFlipAugment(spec.dataset["image_size"])
+
+        def augment(_: Tensor, g: torch.Generator) -> Tensor:
+            feats, _labels = data_features(encoder, train, lambda x: crop_flip(x, g), device)
+            return feats[labelled]
+
+    acc = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, cfg, spec.seed, augment)
+    return {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
+
+
+def data_features(
+    model: nn.Module, data: Any, transform: Transform, device: torch.device, batch_size: int = 512
+) -> tuple[Tensor, Tensor]:
+    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and labels."""
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                idx = torch.arange(start, min(len(data), start + batch_size))
+                images, y = data.batch(idx)
+                outputs.append(model(transform(images.to(device))).float())
+                labels.append(y.to(device))
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels)

@@ -1,0 +1,96 @@
+"""One optimizer step's worth of forward/backward for each method.
+
+Both functions receive the GLOBAL batch (every rank draws the same images and the
+same augmentation parameters from the same generator) and work on this rank's slice,
+so a run on W ranks sees exactly the views a single process would: distributed
+results can be compared with single-process ones.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scaling.plan.layout import Layout
+from scaling.train.accumulate import cached_backward, plain_backward
+from scaling.train.augment import AugmentParams, SimCLRAugment
+from scaling.train.losses import nt_xent, positive_top1
+
+
+def _slice(params: AugmentParams, rows: slice) -> AugmentParams:
+    return replace(params, **{f.name: getattr(params, f.name)[rows] for f in fields(params)})
+
+
+def local_views(
+    aug: SimCLRAugment, images: Tensor, generator: torch.Generator, rows: slice, views: int
+) -> list[Tensor]:
+    """Draw `views` parameter sets for the global batch, apply them to this rank's rows."""
+    n, _, h, w = images.shape
+    drawn = [aug.sample_params(n, h, w, generator) for _ in range(views)]
+    local = images[rows]
+    return [aug.apply(local, _slice(p, rows)) for p in drawn]
+
+
+def simclr_step(
+    net: nn.Module,
+    images: Tensor,
+    aug: SimCLRAugment,
+    generator: torch.Generator,
+    layout: Layout,
+    rows: slice,
+    temperature: float,
+    autocast: AbstractContextManager[Any],
+) -> tuple[Tensor, Tensor]:
+    """NT-Xent over the whole batch; returns (loss, positive top-1), both detached.
+
+    With accumulation (accum_steps > 1) the gradient is cached (Gao et al. 2021) so every
+    image still sees the negatives of the whole batch, not only its micro-batch's.
+    """
+    v1, v2 = local_views(aug, images, generator, rows, views=2)
+    accuracy: list[Tensor] = []
+
+    def loss_fn(z1: Tensor, z2: Tensor) -> Tensor:
+        # The loss in fp32 even under bf16 autocast: the softmax over 2N-1 logits at a
+        # low temperature is where bf16's 8-bit mantissa would hurt.
+        with torch.autocast(z1.device.type, enabled=False):
+            z1, z2 = z1.float(), z2.float()
+            accuracy.append(positive_top1(z1.detach(), z2.detach()))
+            return nt_xent(z1, z2, temperature)
+
+    with autocast:
+        if layout.accum_steps > 1:
+            loss = cached_backward(net, v1, v2, layout.micro_batch, loss_fn)
+        else:
+            loss = plain_backward(net, v1, v2, loss_fn)
+    return loss, accuracy[0]
+
+
+def supervised_step(
+    net: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    aug: SimCLRAugment,
+    generator: torch.Generator,
+    layout: Layout,
+    rows: slice,
+    autocast: AbstractContextManager[Any],
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy with plain accumulation (exact here: the loss is a mean over images)."""
+    (x,) = local_views(aug, images, generator, rows, views=1)
+    y = labels[rows]
+    total = x.shape[0]
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for xc, yc in zip(x.split(layout.micro_batch), y.split(layout.micro_batch), strict=True):
+        with autocast:
+            logits = net(xc)
+            loss = F.cross_entropy(logits.float(), yc)
+        (loss * (len(yc) / total)).backward()
+        loss_sum += loss.detach() * len(yc)
+        correct += (logits.detach().argmax(1) == yc).sum()
+    return loss_sum / total, correct / total

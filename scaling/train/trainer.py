@@ -1,0 +1,352 @@
+"""Train and evaluate one run: `scaling train RUN_SPEC.json --run-dir DIR`.
+
+Reads top to bottom: set-up, data, model, optimizer and schedule, restore, the loop
+(one JSON line per epoch, a checkpoint every epoch and on SIGTERM/SIGUSR1), then
+evaluation and result.json, written last. Restarting a killed run resumes from its
+newest valid checkpoint and ends with the same result, bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaling.errors import RunFailed
+from scaling.models.resnet import build_network
+from scaling.plan.layout import Layout, derive
+from scaling.plan.schedule import warmup_cosine
+from scaling.rundir import (
+    FAILURE,
+    METRICS,
+    RESULT,
+    SPEC,
+    append_jsonl,
+    git_version,
+    truncate_metrics,
+    write_json,
+)
+from scaling.sweep.methods import get_method
+from scaling.sweep.spec import RunSpec
+from scaling.train import checkpoint
+from scaling.train import distributed as dist
+from scaling.train.augment import CropFlipAugment, SimCLRAugment
+from scaling.train.data import batches
+from scaling.train.evaluate import evaluate_run
+from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
+from scaling.train.optim import build_optimizer
+from scaling.train.readers import load_dataset
+from scaling.train.signals import StopFlag
+from scaling.train.steps import simclr_step, supervised_step
+
+EpochHook = Callable[[dict[str, Any]], None]
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived; a checkpoint was written and the run can resume."""
+
+
+def run(
+    spec: RunSpec,
+    run_dir: str | Path,
+    layout: Layout | None = None,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    compile: bool = False,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate `spec` in `run_dir`; returns the result (also in result.json).
+
+    A run that fails for good leaves failure.json (kind: diverged, oom, error) beside
+    its checkpoints; one stopped by a signal raises Preempted and stays resumable.
+    """
+    run_dir = Path(run_dir)
+    try:
+        result = _train(
+            spec,
+            run_dir,
+            layout,
+            device=device,
+            threads=threads,
+            compile=compile,
+            on_epoch=on_epoch,
+        )
+    except Preempted:
+        raise
+    except RunFailed as exc:
+        _record_failure(run_dir, exc.kind, str(exc), exc.step)
+        raise
+    except torch.OutOfMemoryError as exc:
+        _record_failure(run_dir, "oom", str(exc).splitlines()[0], None)
+        raise RunFailed(f"out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
+    except Exception as exc:
+        _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
+        raise
+    (run_dir / FAILURE).unlink(missing_ok=True)
+    return result
+
+
+def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:
+    import traceback
+
+    if dist.rank() == 0:
+        write_json(
+            run_dir / FAILURE,
+            {
+                "kind": kind,
+                "message": message,
+                "step": step,
+                "traceback": traceback.format_exc(),
+                "time": time.time(),
+            },
+        )
+
+
+def _train(
+    spec: RunSpec,
+    run_dir: str | Path,
+    layout: Layout | None = None,
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    compile: bool = False,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    started = time.time()
+    # ------------------------------------------------------------------ set-up
+    dev = torch.device(_resolve_device(device))
+    env = dist.init_distributed(dev.type)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", env.local_rank)
+    if threads:
+        torch.set_num_threads(threads)
+    main = env.rank == 0
+    config = spec.config
+    method = get_method(spec.method)
+    layout = layout or Layout.single(int(config["batch_size"]))
+    if layout.gpus != env.world_size:
+        raise RunFailed(
+            f"layout expects {layout.gpus} ranks, the launcher started {env.world_size}"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        write_json(
+            run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(), "code": git_version()}
+        )
+
+    # ------------------------------------------------------------------ data
+    name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
+    train_split = "train+unlabeled" if name == "stl10" and spec.method == "simclr" else "train"
+    train = load_dataset(
+        name,
+        root=root,
+        image_size=size,
+        split=train_split,
+        seed=0,
+        num_images=spec.dataset.get("size"),
+    ).to(dev)
+    test = load_dataset(
+        name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
+    ).to(dev)
+    crop_scale = (float(config["crop_min_scale"]), 1.0)
+    if spec.method == "simclr":
+        aug: SimCLRAugment = SimCLRAugment(
+            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale
+        )
+    else:
+        aug = CropFlipAugment(size, crop_scale=crop_scale)
+
+    # ------------------------------------------------------------------ model
+    torch.manual_seed(spec.seed)  # the same initial weights on every rank
+    net = build_network(
+        spec.method,
+        depth=spec.model["depth"],
+        width=spec.model["width"],
+        stem=spec.model["stem"],
+        depth_multiplier=spec.model["depth_multiplier"],
+        projection_dim=int(config.get("projection_dim", 128)),
+        num_classes=train.num_classes,
+    ).to(dev)
+    if env.world_size > 1 and dev.type == "cuda":
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # global BN (paper B.1)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    step_net = torch.compile(net) if compile else net
+
+    # ------------------------------------------------------------------ optimizer, schedule
+    derived = derive(config, layout, len(train))
+    opt = build_optimizer(
+        config["optimizer"],
+        net,
+        derived.lr,
+        float(config["weight_decay"]),
+        float(config["momentum"]),
+    )
+    if main:
+        print(
+            f"run {spec.run_id} ({spec.method}, depth {spec.model['depth']}, width {spec.model['width']}): "
+            f"lr {derived.lr:.4g} ({config['lr_rule']} rule on the effective batch {derived.effective_batch}), "
+            f"{derived.steps_per_epoch} steps/epoch x {config['epochs']} epochs, warmup {derived.warmup_steps} steps; "
+            f"layout micro-batch {layout.micro_batch} x {layout.accum_steps} accumulation x {layout.gpus} ranks "
+            f"({'cached, full-batch negatives' if method.cached_accumulation and layout.accum_steps > 1 else 'plain'}); "
+            f"device {dev}, threads {torch.get_num_threads()}",
+            flush=True,
+        )
+
+    # ------------------------------------------------------------------ restore
+    gen = torch.Generator(device=dev)
+    start_epoch, start_step, global_step, sums = 0, 0, 0, new_sums()
+    state = checkpoint.restore(run_dir, map_location=dev)
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, start_step, global_step = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+        )
+        sums = state["sums"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if main:
+            print(
+                f"resumed from step {global_step} (epoch {start_epoch}, step {start_step})",
+                flush=True,
+            )
+    if main:
+        truncate_metrics(run_dir / METRICS, start_epoch)
+
+    # ------------------------------------------------------------------ train
+    stop = StopFlag()
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if dev.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    per_rank = derived.per_rank_batch
+    rows = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
+    net.train()
+    with stop.installed():
+        for epoch in range(start_epoch, int(config["epochs"])):
+            gen.manual_seed(_epoch_seed(spec.seed, epoch))
+            if state is not None and epoch == start_epoch and start_step > 0:
+                gen.set_state(state["aug_rng"].cpu())
+            else:
+                sums = new_sums()
+            losses: list[torch.Tensor] = []
+            accs: list[torch.Tensor] = []
+            t0 = time.perf_counter()
+            # A run stopped after the last step of an epoch resumes with no step left in
+            # it: the epoch's record then comes from the restored sums alone.
+            lr = sums["lr"]
+            stream = batches(
+                train, derived.effective_batch, seed=spec.seed, epoch=epoch,
+                start_step=start_step if epoch == start_epoch else 0, drop_last=True, device=dev,
+            )  # fmt: skip
+            for step_in_epoch, (images, labels) in enumerate(
+                stream, start=start_step if epoch == start_epoch else 0
+            ):
+                lr = warmup_cosine(
+                    global_step, derived.total_steps, derived.warmup_steps, derived.lr
+                )
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                if spec.method == "simclr":
+                    loss, top1 = simclr_step(
+                        step_net,
+                        images,
+                        aug,
+                        gen,
+                        layout,
+                        rows,
+                        float(config["temperature"]),
+                        autocast,
+                    )
+                else:
+                    loss, top1 = supervised_step(
+                        step_net, images, labels, aug, gen, layout, rows, autocast
+                    )
+                if env.world_size > 1:
+                    dist.average_gradients(net.parameters())
+                opt.step()
+                global_step += 1
+                losses.append(loss)  # kept as tensors: no CPU-GPU sync per step
+                accs.append(top1)
+                if stop.agreed(global_step, dev):
+                    check_finite(losses, global_step)
+                    fold(sums, losses, accs, time.perf_counter() - t0, lr)
+                    checkpoint.save_state(
+                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main
+                    )
+                    raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
+            check_finite(losses, global_step)
+            fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
+            record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
+            start_step = 0
+            state = None
+            if main:
+                append_jsonl(run_dir / METRICS, record)
+                print(format_epoch(record), flush=True)
+                if on_epoch is not None:
+                    on_epoch(record)
+            checkpoint.save_state(
+                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main
+            )
+
+    # ------------------------------------------------------------------ evaluate
+    result: dict[str, Any] = {}
+    if main:
+        result = evaluate_run(spec, net, train, test, aug)
+        result.update(
+            run_id=spec.run_id,
+            method=spec.method,
+            epochs=int(config["epochs"]),
+            steps=global_step,
+            images_seen=global_step * derived.effective_batch,
+            **_figures(spec, layout, global_step * derived.effective_batch),
+            wall_time_s=time.time() - started,
+            derived=derived.to_dict(),
+            layout=layout.to_dict(),
+        )
+        write_json(run_dir / RESULT, result)  # last: its presence means the run finished
+        print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
+    if env.world_size > 1:
+        torch.distributed.barrier()
+    return result
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The augmentation stream of an epoch depends on (seed, epoch) alone."""
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+def _figures(spec: RunSpec, layout: Layout, images: int) -> dict[str, Any]:
+    """Network size and the training compute actually spent, for result.json."""
+    from scaling.plan import costs
+    from scaling.plan.costcache import spec_cost
+
+    info = get_method(spec.method)
+    cost = spec_cost(spec)
+    cached = info.cached_accumulation and layout.accum_steps > 1
+    return {
+        "encoder_params": cost.encoder_params,
+        "flops_per_image": cost.flops_per_image,
+        "train_flops": float(
+            costs.train_flops(cost.flops_per_image, images, 1, info.views, cached)
+        ),
+    }
