@@ -1,4 +1,9 @@
-"""NT-Xent against references written from the paper, not from the code under test."""
+"""NT-Xent against references written from the paper and the official code, not from ours.
+
+Our value is the official code's loss_a + loss_b, i.e. twice Algorithm 1's mean over
+the 2N anchors: `official_tf_style` must match exactly, `naive_nt_xent` (Algorithm 1)
+up to that factor of 2.
+"""
 
 from __future__ import annotations
 
@@ -59,15 +64,18 @@ def _pair(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("n", [2, 3, 7])
 def test_matches_naive_loop(n: int, tau: float) -> None:
     z1, z2 = _pair(n, 5, seed=n)
-    assert torch.allclose(nt_xent(z1, z2, tau), naive_nt_xent(z1, z2, tau), rtol=1e-10, atol=1e-12)
+    assert torch.allclose(
+        nt_xent(z1, z2, tau), 2 * naive_nt_xent(z1, z2, tau), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_hand_computed_orthogonal_pairs() -> None:
     # Two images, both views identical and the images orthogonal: s(pos) = 1, the two
-    # negatives have s = 0, so every anchor has l = -log(e^{1/t} / (e^{1/t} + 2)).
+    # negatives have s = 0, so every anchor has l = -log(e^{1/t} / (e^{1/t} + 2)); the
+    # official loss is loss_a + loss_b, twice the mean over anchors.
     e = torch.eye(2, dtype=torch.float64)
     for tau in (0.5, 1.0):
-        expected = math.log1p(2 * math.exp(-1 / tau))
+        expected = 2 * math.log1p(2 * math.exp(-1 / tau))
         assert nt_xent(e, e.clone(), tau).item() == pytest.approx(expected, rel=1e-12)
 
 
@@ -76,11 +84,21 @@ def test_single_pair_has_no_negatives_and_zero_loss() -> None:
     assert nt_xent(z1, z2, 0.5).item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_half_of_official_tf_sum() -> None:
-    # The official code returns loss_a + loss_b (means over N each); Algorithm 1 is the
-    # mean over 2N anchors, i.e. half of it.
-    z1, z2 = _pair(6, 8, seed=3)
-    assert torch.allclose(2 * nt_xent(z1, z2, 0.2), official_tf_style(z1, z2, 0.2), rtol=1e-10)
+@pytest.mark.parametrize("tau", [0.1, 0.2, 1.0])
+@pytest.mark.parametrize("n", [1, 6])
+def test_equals_the_official_tf_loss(n: int, tau: float) -> None:
+    # The official code returns loss_a + loss_b (means over N each): our value exactly,
+    # with its gradient, so the paper's LR and weight decay mean the same here.
+    a1, a2 = _pair(n, 8, seed=3 + n)
+    a1.requires_grad_(True), a2.requires_grad_(True)
+    ours = nt_xent(a1, a2, tau)
+    ours.backward()
+    b1, b2 = a1.detach().clone().requires_grad_(True), a2.detach().clone().requires_grad_(True)
+    official = official_tf_style(b1, b2, tau)
+    official.backward()
+    assert torch.allclose(ours, official, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(a1.grad, b1.grad, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(a2.grad, b2.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_invariances() -> None:
@@ -98,7 +116,7 @@ def test_temperature_changes_loss_as_the_formula_says() -> None:
     losses = [nt_xent(z1, z2, t).item() for t in (0.1, 0.5, 2.0)]
     assert len(set(losses)) == 3
     for t, got in zip((0.1, 0.5, 2.0), losses, strict=True):
-        assert got == pytest.approx(naive_nt_xent(z1, z2, t).item(), rel=1e-10)
+        assert got == pytest.approx(2 * naive_nt_xent(z1, z2, t).item(), rel=1e-10)
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.7])
@@ -107,7 +125,7 @@ def test_gradient_matches_naive_autograd(tau: float) -> None:
     a1.requires_grad_(True), a2.requires_grad_(True)
     nt_xent(a1, a2, tau).backward()
     b1, b2 = a1.detach().clone().requires_grad_(True), a2.detach().clone().requires_grad_(True)
-    naive_nt_xent(b1, b2, tau).backward()
+    (2 * naive_nt_xent(b1, b2, tau)).backward()
     assert torch.allclose(a1.grad, b1.grad, rtol=1e-9, atol=1e-12)
     assert torch.allclose(a2.grad, b2.grad, rtol=1e-9, atol=1e-12)
 

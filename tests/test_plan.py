@@ -121,3 +121,47 @@ def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:
     table = runner.invoke(app, ["plan", sweep, "--out", str(out)])
     assert table.exit_code == 0 and "runs: 20 (simclr 16, supervised 4)" in table.output
     assert pq.read_table(out).num_rows == 20
+
+
+BN_SWEEP = """
+name: bn
+dataset: {name: imagefolder, image_size: 224, size: 100000}
+model: {depth: 50, width: 2.0, stem: imagenet}
+methods:
+  simclr: {batch_size: 1024, epochs: 100}
+"""
+
+
+def test_the_bn_batch_is_in_the_run_identity(tmp_path: Path) -> None:
+    """The same run laid out with another micro-batch normalises BN over another batch:
+    another result, so another run_id; where BN sees the whole batch the id is the spec's."""
+    path = write(tmp_path / "bn.yaml", BN_SWEEP)
+    big = Accelerator("cuda", "big", 4000.0, 312.0, 0.35)
+    small = Accelerator("cuda", "24GB", 24.0, 312.0, 0.35)
+    whole = plan_of(path, acc=big).runs[0]
+    a = plan_of(path, acc=small).runs[0]
+    synced = plan_of(path, "gpus_per_run=8", "gpus_per_node=8", acc=small).runs[0]
+    assert whole.layout.accum_steps == 1 and whole.layout.bn_batch == 1024
+    assert whole.spec.run_id == load_sweep(path).runs[0].run_id and whole.spec.bn_batch is None
+    assert a.layout.accum_steps > 1 and a.spec.bn_batch == a.layout.bn_batch == a.layout.micro_batch
+    assert a.spec.run_id != whole.spec.run_id
+    # SyncBN joins the 8 ranks' micro-batches on CUDA
+    assert synced.layout.bn_batch == synced.layout.micro_batch * 8
+    assert (synced.spec.bn_batch is None) == (synced.layout.bn_batch >= 1024)
+    row = a.row()
+    assert row["bn_batch"] == a.layout.bn_batch and "batch norm sees" in row["warnings"]
+
+
+def test_plan_warns_when_warmup_is_over_a_quarter_of_training(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "w.yaml",
+        "name: w\ndataset: {name: digits, image_size: 16}\nmodel: {depth: 10, width: 0.25}\n"
+        "methods:\n  simclr: {batch_size: 64, epochs: [10, 100], warmup_epochs: 10}\n"
+        "  supervised: {batch_size: 64, epochs: 10}\n",
+    )
+    plan = plan_of(path)
+    warned = {(r.spec.method, r.spec.config["epochs"]): r.warnings for r in plan.runs}
+    assert "warmup is 100% of training" in warned[("simclr", 10)][0]
+    assert warned[("simclr", 100)] == () and warned[("supervised", 10)] == ()  # default: 10%
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 0 and "warning (1 run): warmup is 100% of training" in result.output

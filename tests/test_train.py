@@ -63,9 +63,18 @@ def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None
 
 def test_cached_accumulation_run_matches_plain_run_without_bn_effects(tmp_path: Path) -> None:
     """With accumulation the run uses gradient caching; it must train and log the layout."""
-    spec = tiny_spec(epochs=1)
+    spec = tiny_spec(epochs=1).with_bn_batch(8)  # as the planner marks it
     result = run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
     assert result["layout"]["accum_steps"] == 4 and result["steps"] == 6
+    assert result["layout"]["bn_batch"] == 8
+
+
+def test_a_layout_that_changes_the_bn_batch_is_refused(tmp_path: Path) -> None:
+    """The BN batch is in the run's identity: a spec planned for BN over the whole batch
+    does not silently train with BN over a micro-batch (another result, same run_id)."""
+    spec = tiny_spec(epochs=1)
+    with pytest.raises(RunFailed, match="batch norm over 32 images per view; this layout gives 8"):
+        run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
 
 
 def test_supervised_run(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from scaling.errors import SpecError
 FORMATS = ("table", "json", "csv")
 TABLE_COLUMNS = (
     "run_id", "method", "depth", "width", "batch_size", "epochs", "seed", "lr",
-    "micro_batch", "accum_steps", "gpus", "encoder_params", "peak_memory_gb", "gpu_hours",
+    "micro_batch", "accum_steps", "gpus", "bn_batch", "encoder_params", "peak_memory_gb",
+    "gpu_hours",
 )  # fmt: skip
 
 
@@ -80,7 +81,8 @@ def print_plan(the_plan: Any) -> None:
     table.add_column("note")
     for row in the_plan.rows():
         cells = [_fmt(col, row.get(col)) for col in TABLE_COLUMNS]
-        table.add_row(*cells, "" if row["feasible"] else f"[red]{row['reason']}[/red]")
+        note = f"[red]{row['reason']}[/red]" if not row["feasible"] else ""
+        table.add_row(*cells, note or ("[yellow]see warnings[/yellow]" if row["warnings"] else ""))
     console.print(table)
     t = totals(the_plan)
     per_method = ", ".join(f"{m} {n}" for m, n in t["per_method"].items())
@@ -88,6 +90,8 @@ def print_plan(the_plan: Any) -> None:
     if t["infeasible"]:
         why = "; ".join(f"{n} x {r}" for r, n in t["reasons"].items())
         console.print(f"[red]infeasible: {t['infeasible']}[/red] ({why})")
+    for warning, n in t["warnings"].items():
+        console.print(f"[yellow]warning[/yellow] ({n} run{'s' * (n != 1)}): {warning}")
 
 
 def _fmt(col: str, value: Any) -> str:

@@ -49,6 +49,7 @@ def report(
     set_: SetOpt = None,
 ) -> None:
     """Collect SWEEP's results; write gaps, fits, figures and report.html; log them to MLflow."""
+    from scaling.plan.expand import make_plan
     from scaling.report import gaps, results
     from scaling.report.html import build_report
     from scaling.run import tracking
@@ -57,11 +58,12 @@ def report(
 
     the_sweep = load_sweep(sweep, set_ or [])
     profile = load_profile(cluster)
+    plan = make_plan(the_sweep, profile)  # which runs exist: the BN batch is in run_id
     uri = tracking.resolve_uri(the_sweep.tracking.uri, profile.tracking.uri)
     sweep_dir = Path(profile.workdir) / the_sweep.name
     out_dir = out if out is not None else sweep_dir / "report"
     console = _console()
-    table = results.collect(the_sweep, profile.workdir, uri)
+    table = results.collect(the_sweep, profile.workdir, uri, plan=plan)
     states = table.column("state").to_pylist()
     if all(s == "pending" for s in states):
         console.print(f"[yellow]warning:[/yellow] no run of {the_sweep.name} has started under "

@@ -135,14 +135,11 @@ def status(
     from rich.console import Console
     from rich.live import Live
 
-    from scaling.run.planning import filter_runs
+    from scaling.run.planning import planned_runs
     from scaling.run.submission import make_context
-    from scaling.sweep.cluster import load_profile
-    from scaling.sweep.spec import load_sweep
 
-    the_sweep = load_sweep(sweep, set_ or [])
-    ctx = make_context(the_sweep, load_profile(cluster))
-    runs = filter_runs(the_sweep.runs, only)
+    the_sweep, profile, runs = planned_runs(sweep, cluster, set_ or [], only)
+    ctx = make_context(the_sweep, profile)
     console = Console(width=None if sys.stdout.isatty() else 200)
     if not watch:
         console.print(_status_view(runs, ctx, console))
@@ -238,14 +235,11 @@ def cancel(
 ) -> None:
     """Stop running runs of SWEEP; each one checkpoints and stays resumable."""
     from scaling.run.backends.base import get_backend
-    from scaling.run.planning import filter_runs
+    from scaling.run.planning import planned_runs
     from scaling.run.submission import make_context
-    from scaling.sweep.cluster import load_profile
-    from scaling.sweep.spec import load_sweep
 
-    the_sweep = load_sweep(sweep, set_ or [])
-    ctx = make_context(the_sweep, load_profile(cluster))
-    runs = filter_runs(the_sweep.runs, only)
+    the_sweep, profile, runs = planned_runs(sweep, cluster, set_ or [], only)
+    ctx = make_context(the_sweep, profile)
     count = get_backend(ctx.profile.backend).cancel(_jobs(runs, ctx), ctx)
     typer.echo(f"cancelled {count} runs; `scaling submit` resumes them")
 

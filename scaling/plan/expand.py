@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaling.errors import SpecError
+from scaling.plan import checks
 from scaling.plan.layout import Layout, derive, test_size, train_size
 from scaling.plan.schedule import lr_for_batch
 from scaling.sweep.cluster import ClusterProfile
@@ -46,12 +47,13 @@ class PlannedRun:
     gpu_hours: float
     feasible: bool
     reason: str
+    warnings: tuple[str, ...] = ()
 
     def row(self) -> dict[str, Any]:
         spec = self.spec
         n_train = train_size(spec.dataset) or 0
         layout = self.layout
-        lr = derive(spec.config, layout, n_train).lr if layout else float("nan")
+        lr = derive(spec.config, layout, n_train, spec.method).lr if layout else float("nan")
         row = spec.flat()
         row.update(
             lr=lr,
@@ -59,12 +61,15 @@ class PlannedRun:
             accum_steps=layout.accum_steps if layout else 0,
             gpus=layout.gpus if layout else 0,
             nodes=layout.nodes if layout else 0,
+            bn_batch=layout.bn_batch if layout else 0,
+            precision=layout.precision if layout else "",
             encoder_params=self.encoder_params,
             flops_per_image=self.flops_per_image,
             peak_memory_gb=self.peak_memory_gb,
             gpu_hours=self.gpu_hours,
             feasible=self.feasible,
             reason=self.reason,
+            warnings="; ".join(self.warnings),
         )
         return row
 
@@ -104,8 +109,9 @@ class Plan:
                 columns[f"{key}_{sub}"] = [(r.spec.config.get(key) or {}).get(sub) for r in runs]
         lrs: dict[tuple[Any, ...], float] = {}
         columns["lr"] = [_lr(r, lrs) for r in runs]
-        for name in ("micro_batch", "accum_steps", "gpus", "nodes"):
+        for name in ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"):
             columns[name] = [getattr(r.layout, name) if r.layout else 0 for r in runs]
+        columns["precision"] = [r.layout.precision if r.layout else "" for r in runs]
         for name in (
             "encoder_params",
             "flops_per_image",
@@ -115,6 +121,7 @@ class Plan:
             "reason",
         ):
             columns[name] = [getattr(r, name) for r in runs]
+        columns["warnings"] = ["; ".join(r.warnings) for r in runs]
         return pa.table({k: _arrow_column(v) for k, v in columns.items()})
 
 
@@ -214,6 +221,7 @@ def make_plan(
     gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
     memory_bytes = int(acc.memory_gb * GB)
     throughput = acc.peak_tflops * 1e12 * acc.utilization
+    precision = Layout(1, 1, precision=profile.precision).resolved_precision(acc.device)
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
@@ -239,7 +247,11 @@ def make_plan(
             live_views = 1
             max_micro = fits(cost, live_views)
         layout_mb = costs.choose_layout(batch, gpus, max_micro)
-        layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes) if layout_mb else None
+        layout = None
+        if layout_mb:
+            layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision)
+            layout = layout.for_device(acc.device)
+            spec = spec.with_bn_batch(layout.bn_batch)  # the BN batch is part of the result
         n_train = train_size(spec.dataset)
         reason = ""
         if layout is None:
@@ -263,6 +275,7 @@ def make_plan(
                 gpu_hours=(train_flops + eval_flops) / throughput / 3600 if n_train else math.nan,
                 feasible=not reason,
                 reason=reason,
+                warnings=checks.plan_warnings(spec, layout, n_train) if layout else (),
             )
         )
     costcache.save()
@@ -273,8 +286,11 @@ def totals(plan: Plan) -> dict[str, Any]:
     """Runs per method, GPU-hours, infeasible runs and why: the plan's last lines."""
     per_method: dict[str, int] = {}
     reasons: dict[str, int] = {}
+    warnings: dict[str, int] = {}
     hours = 0.0
     for run in plan.runs:
+        for warning in run.warnings:
+            warnings[warning] = warnings.get(warning, 0) + 1
         per_method[run.spec.method] = per_method.get(run.spec.method, 0) + 1
         if run.feasible and not math.isnan(run.gpu_hours):
             hours += run.gpu_hours
@@ -287,6 +303,7 @@ def totals(plan: Plan) -> dict[str, Any]:
         "gpu_hours": hours,
         "infeasible": sum(reasons.values()),
         "reasons": reasons,
+        "warnings": warnings,
     }
 
 

@@ -8,10 +8,11 @@ start, the planner shows them, and nothing else recomputes them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from scaling.plan.schedule import lr_for_batch
+from scaling.sweep.methods import get_method
 
 # Training images per epoch, for data sets whose size is fixed (imagefolder: counted).
 TRAIN_SIZES = {"digits": 1437, "cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000}
@@ -19,21 +20,51 @@ TEST_SIZES = {"digits": 360, "cifar10": 10_000, "cifar100": 10_000, "stl10": 8_0
 SYNTHETIC_DEFAULT_SIZE = 1024
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class Layout:
-    """micro_batch images per rank per micro-step; micro_batch * accum_steps * gpus == batch."""
+    """micro_batch images per rank per micro-step; micro_batch * accum_steps * gpus == batch.
+
+    bn_batch: the images batch norm normalises over, per view: one micro-batch of one
+    view on one rank (gradient caching and plain_backward never put both views in one
+    forward), times the ranks when SyncBatchNorm joins them (CUDA). 0: micro_batch.
+    precision: "bf16" (autocast, loss in fp32), "fp32", or "auto" (bf16 on CUDA, fp32
+    elsewhere; resolved by the trainer on its device).
+    """
 
     micro_batch: int
     accum_steps: int
     gpus: int = 1
     nodes: int = 1
+    precision: str = "auto"
+    bn_batch: int = 0
 
-    def to_dict(self) -> dict[str, int]:
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
+        if self.bn_batch <= 0:
+            object.__setattr__(self, "bn_batch", self.micro_batch)
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Layout:
-        return cls(**{k: int(data[k]) for k in ("micro_batch", "accum_steps", "gpus", "nodes")})
+        sizes = {k: int(data[k]) for k in ("micro_batch", "accum_steps", "gpus", "nodes")}
+        bn_batch = int(data.get("bn_batch") or 0)
+        return cls(**sizes, precision=str(data.get("precision", "auto")), bn_batch=bn_batch)
+
+    def resolved_precision(self, device_type: str) -> str:
+        if self.precision == "auto":
+            return "bf16" if device_type == "cuda" else "fp32"
+        return self.precision
+
+    def for_device(self, device_type: str) -> Layout:
+        """This layout with its BN batch on `device_type` (SyncBatchNorm on CUDA only)."""
+        ranks = self.gpus if device_type == "cuda" else 1
+        return replace(self, bn_batch=self.micro_batch * ranks)
 
     @classmethod
     def single(cls, batch_size: int) -> Layout:
@@ -64,6 +95,14 @@ def test_size(dataset: Mapping[str, Any]) -> int | None:
     return TEST_SIZES.get(dataset["name"])
 
 
+def default_warmup_epochs(method: str, epochs: int) -> float:
+    """min(the method's warmup cap, 10% of the run): SimCLR 10 epochs, supervised 5."""
+    return min(get_method(method).warmup_cap_epochs, WARMUP_FRACTION * epochs)
+
+
+WARMUP_FRACTION = 0.1
+
+
 @dataclass(frozen=True)
 class Derived:
     effective_batch: int
@@ -77,14 +116,22 @@ class Derived:
         return asdict(self)
 
 
-def derive(config: Mapping[str, Any], layout: Layout, n_train: int) -> Derived:
-    """LR from the rule on the EFFECTIVE batch; steps counted in optimizer steps."""
+def derive(config: Mapping[str, Any], layout: Layout, n_train: int, method: str) -> Derived:
+    """LR from the rule on the EFFECTIVE batch; steps counted in optimizer steps.
+
+    Warmup: `warmup_epochs`, or when null the method's default, the paper's 10 epochs
+    (5 for supervised) or 10% of the run, whichever is shorter, so that a short run
+    still decays (a 10-epoch run with 10 warmup epochs would never leave its peak).
+    """
     batch = int(config["batch_size"])
     if layout.micro_batch * layout.accum_steps * layout.gpus != batch:
         raise ValueError(f"layout {layout} does not multiply to the batch {batch}")
     steps_per_epoch = max(1, n_train // batch)  # the last partial batch is dropped
     total = steps_per_epoch * int(config["epochs"])
-    warmup = min(total, round(float(config["warmup_epochs"]) * steps_per_epoch))
+    epochs = config.get("warmup_epochs")
+    if epochs is None:
+        epochs = default_warmup_epochs(method, int(config["epochs"]))
+    warmup = min(total, round(float(epochs) * steps_per_epoch))
     return Derived(
         effective_batch=batch,
         lr=lr_for_batch(config["lr_rule"], batch, config.get("base_lr")),

@@ -16,6 +16,9 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | temperature, projection_dim, color_strength, eval_* | | SimCLR-only config (null for supervised) |
 | lr | float64 | the scaled learning rate actually used (result.json derived.lr, or the plan's) |
 | micro_batch, accum_steps, gpus, nodes | int64 | layout (result.json or spec.json, or the plan's) |
+| bn_batch | int64 | images batch norm normalised over, per view (micro-batch x SyncBN ranks) |
+| precision | string | bf16 or fp32 (auto before a run resolves it on its device) |
+| warnings | string | the plan's validity warnings, `; `-separated (scaling.plan.checks) |
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
 | peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
 | state | string | finished, failed, running (started, not ended) or pending (never started) |
@@ -59,17 +62,18 @@ METRIC_COLUMNS = (
     "steps",
     "epochs_done",
 )
-LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes")
+LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
 #: Columns that are not part of a training recipe (identity, architecture, layout, cost,
 #: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
 NOT_RECIPE = {
     "run_id", "sweep", "method", "seed", "lr", *ARCH_COLUMNS, *LAYOUT_COLUMNS, *METRIC_COLUMNS,
     "encoder_params", "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason",
-    "state", "error_kind", "error_message", "source", "mlflow_run_id",
+    "warnings", "state", "error_kind", "error_message", "source", "mlflow_run_id",
 }  # fmt: skip
 _INT = {
     "image_size", "depth", "seed", "batch_size", "epochs", "projection_dim", "eval_epochs",
-    "eval_batch_size", "eval_knn_k", *LAYOUT_COLUMNS, "encoder_params", "flops_per_image",
+    "eval_batch_size", "eval_knn_k", "micro_batch", "accum_steps", "gpus", "nodes", "bn_batch",
+    "encoder_params", "flops_per_image",
     "images_seen", "steps", "epochs_done",
 }  # fmt: skip
 _FLOAT = {
@@ -78,6 +82,7 @@ _FLOAT = {
     "lr", "top1", "top5", "knn_top1", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
 }  # fmt: skip
 _STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
+        "precision", "warnings",
         "state", "error_kind", "error_message", "source", "mlflow_run_id", "reason"}  # fmt: skip
 _OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
 _PENDING: dict[str, Any] = {"state": "pending"}
@@ -92,13 +97,16 @@ def collect(
     state (None: run directories only). `plan`: a `scaling.plan.expand.Plan` (or its
     `.table()`) whose layout and cost columns to use; without one, costs come from
     result.json or, for architectures still unknown, from `scaling.plan.costs` (imports torch).
+    A Plan also says which runs exist (a BN batch smaller than the batch is part of a
+    run's identity, and only the layout tells); a table or None: the sweep's own runs.
     """
+    runs = tuple(r.spec for r in plan.runs) if hasattr(plan, "runs") else sweep.runs
     planned = _plan_rows(plan)
     tracked = _tracked_runs(sweep, uri) if uri else {}
     sweep_dir = Path(workdir) / sweep.name
     present = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else set()
     rows, specs = [], []
-    for spec in sweep.runs:
+    for spec in runs:
         row = dict(planned.get(spec.run_id) or spec.flat())
         row["sweep"] = sweep.name
         row.update(_from_dir(sweep_dir / spec.run_id) if spec.run_id in present else _PENDING)
@@ -110,7 +118,7 @@ def collect(
         rows.append(row)
         specs.append(spec)
     _fill_costs(rows, specs)
-    orphans = sorted(present - {s.run_id for s in sweep.runs} - {"report"})
+    orphans = sorted(present - {s.run_id for s in runs} - {"report"})
     orphans = [o for o in orphans if not o.startswith(".") and (sweep_dir / o / SPEC).exists()]
     return to_table(rows, {"scaling.sweep": sweep.name, "scaling.orphans": json.dumps(orphans)})
 

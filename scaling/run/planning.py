@@ -8,8 +8,8 @@ from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan.expand import Plan, make_plan
-from scaling.sweep.cluster import load_profile
-from scaling.sweep.spec import RunSpec, load_sweep
+from scaling.sweep.cluster import ClusterProfile, load_profile
+from scaling.sweep.spec import RunSpec, Sweep, load_sweep
 
 
 def build_plan(
@@ -33,12 +33,16 @@ def build_plan(
     return plan
 
 
-def filter_runs(runs: tuple[RunSpec, ...], only: str | None) -> tuple[RunSpec, ...]:
-    """--only on run specs alone (no plan, no cost model: for status and cancel)."""
-    if not only:
-        return runs
-    filters = parse_only(only)
-    return tuple(r for r in runs if matches(r.flat(), filters))
+def planned_runs(
+    sweep_path: Path | str, cluster: Path | str | None, overrides: list[str], only: str | None
+) -> tuple[Sweep, ClusterProfile, tuple[RunSpec, ...]]:
+    """The sweep, the profile and the run specs as planned on it (for status and cancel).
+
+    The plan, not the sweep alone, says which runs exist: a run whose layout normalises
+    batch norm over less than its batch has that BN batch in its identity (run_id).
+    """
+    plan = build_plan(sweep_path, cluster, overrides, only)
+    return plan.sweep, plan.profile, tuple(r.spec for r in plan.runs)
 
 
 def parse_only(only: str) -> dict[str, str]:

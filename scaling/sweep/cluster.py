@@ -54,6 +54,9 @@ class RayConfig(StrictModel):
 class ClusterProfile(StrictModel):
     backend: Literal["local", "slurm", "ray"] = "local"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Training precision: bf16 autocast (the loss stays fp32) or fp32 throughout.
+    # auto: bf16 on CUDA, fp32 on the CPU. bf16 also runs on the CPU (to test the path).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     accelerator: AcceleratorConfig = AcceleratorConfig()
     gpus_per_node: PositiveInt = 1
     gpus_per_run: PositiveInt = 1

@@ -42,7 +42,8 @@ class MethodConfig(StrictModel):
     lr_rule: LrRule = "linear"
     base_lr: PositiveFloat | None = None  # replaces 0.3 (linear) or 0.075 (sqrt)
     weight_decay: NonNegativeFloat = 1e-6
-    warmup_epochs: NonNegativeFloat = 10.0
+    # null: the paper's 10 epochs (5 supervised) or 10% of the run, whichever is shorter
+    warmup_epochs: NonNegativeFloat | None = None
     optimizer: Literal["lars", "sgd"] = "lars"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     # Smallest area of the random resized crop (paper: 0.08). Tiny images trained for a
@@ -66,7 +67,6 @@ class SupervisedConfig(MethodConfig):
     optimizer: Literal["lars", "sgd"] = "sgd"
     base_lr: PositiveFloat | None = 0.1
     weight_decay: NonNegativeFloat = 1e-4
-    warmup_epochs: NonNegativeFloat = 5.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class MethodInfo:
     views: int
     cached_accumulation: bool
     description: str
+    warmup_cap_epochs: float  # default warmup: min(this, 10% of the run)
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -102,6 +103,7 @@ register(
         views=2,
         cached_accumulation=True,
         description="SimCLR pretraining (NT-Xent, LARS), then linear evaluation",
+        warmup_cap_epochs=10.0,  # paper B.1 and the official code's warmup_epochs
     )
 )
 register(
@@ -111,6 +113,7 @@ register(
         views=1,
         cached_accumulation=False,
         description="supervised cross-entropy training of the same encoder",
+        warmup_cap_epochs=5.0,  # Goyal et al. 2017's gradual warmup
     )
 )
 

@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +80,10 @@ class RunSpec:
     seed: int
     config: Mapping[str, Any]
     sweep: str = ""
+    # Images per batch-norm batch, per view, when the layout makes it smaller than the
+    # batch (accumulation, ranks without SyncBN): BN statistics then differ, and so does
+    # the result. None: BN over each view's whole batch.
+    bn_batch: int | None = None
     run_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -87,13 +91,23 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """What changes the result: everything but the sweep's name and data location."""
-        return {
+        identity = {
             "method": self.method,
             "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
             "config": dict(self.config),
         }
+        if self.bn_batch is not None:
+            identity["bn_batch"] = self.bn_batch
+        return identity
+
+    def with_bn_batch(self, bn_batch: int) -> RunSpec:
+        """This run with batch norm over `bn_batch` images per view (a new run_id when
+        that is less than the batch; the same spec otherwise)."""
+        if bn_batch >= int(self.config["batch_size"]):
+            return self if self.bn_batch is None else replace(self, bn_batch=None)
+        return replace(self, bn_batch=int(bn_batch))
 
     @classmethod
     def _trusted(
@@ -103,7 +117,8 @@ class RunSpec:
         """Build from validated parts whose canonical identity JSON is already known."""
         spec = object.__new__(cls)
         for name, value in (("method", method), ("dataset", dataset), ("model", model),
-                            ("seed", seed), ("config", config), ("sweep", sweep)):  # fmt: skip
+                            ("seed", seed), ("config", config), ("sweep", sweep),
+                            ("bn_batch", None)):  # fmt: skip
             object.__setattr__(spec, name, value)
         object.__setattr__(spec, "run_id", _hash(canonical))
         return spec
@@ -117,6 +132,7 @@ class RunSpec:
             "model": dict(self.model),
             "seed": self.seed,
             "config": dict(self.config),
+            **({"bn_batch": self.bn_batch} if self.bn_batch is not None else {}),
         }
 
     @classmethod
@@ -132,6 +148,7 @@ class RunSpec:
             seed=int(data["seed"]),
             config=validate(METHODS[method].config, data["config"], file, "config.").model_dump(),
             sweep=str(data.get("sweep", "")),
+            bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
         )
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise SpecError(

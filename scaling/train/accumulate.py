@@ -79,6 +79,12 @@ def cached_backward(
             outputs.append(model(chunk))
         for b, s in zip(buffers, saved, strict=True):
             b.copy_(s)
+    # Under autocast, pass (1) filled the autocast cache with low-precision copies of
+    # the weights made without a graph; PyTorch releases before the fix of
+    # pytorch/pytorch#112583 reuse them in pass (3), so every conv and linear weight gets
+    # grad=None and only batch norm trains, silently. Dropping the cache here costs one
+    # re-cast of the weights and is right on every version (a no-op outside autocast).
+    torch.clear_autocast_cache()
     after_first_pass = _rng_state(device)
 
     # (2) Loss over the whole batch, backward to the projections only.

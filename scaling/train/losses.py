@@ -9,9 +9,13 @@ Algorithm 1 of the paper:
 and Section 2.1: "Instead, given a positive pair, [...] we treat the other 2(N - 1)
 augmented examples within a minibatch as negative examples."
 
-Note on scale: the official TensorFlow code (`objective.py`) returns loss_a + loss_b,
-each a mean over N anchors, i.e. twice the L above. We follow Algorithm 1 (a mean over
-the 2N anchors); the factor 2 only rescales the learning rate.
+Scale: the value is the official code's (`objective.py`, `add_contrastive_loss`),
+loss_a + loss_b, each a mean over the N anchors of one view: twice the L above. The
+paper's learning rates and weight decay were tuned at that scale. The factor is not a
+learning-rate detail under LARS: the trust ratio cancels the gradient's size but not its
+ratio to the weight decay, and the BN and bias parameters (no trust ratio) step with the
+raw gradient, so Algorithm 1's mean would act as twice the weight decay and half the
+BN/bias learning rate of the paper's recipe.
 """
 
 from __future__ import annotations
@@ -65,11 +69,13 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     """Normalised temperature-scaled cross-entropy over the 2N views of a batch.
 
     `z1[i]` and `z2[i]` are the projections of two views of image i; they need not be
-    normalised (the similarity is the cosine). Mean over the anchors.
+    normalised (the similarity is the cosine). The official scale: loss_a + loss_b, i.e.
+    twice the mean over the 2N anchors of Algorithm 1.
 
     Distributed (world size W > 1): each rank passes its own n pairs; its 2n anchors
-    are scored against the 2N = 2nW views of every rank and the loss is the mean over
-    this rank's anchors. Averaging the per-rank gradients then equals the gradient of
+    are scored against the 2N = 2nW views of every rank and the loss is twice the mean
+    over this rank's anchors (loss_a + loss_b over this rank's share, as on each core of
+    the official code). Averaging the per-rank gradients then equals the gradient of
     the single-process loss on the concatenated batch, because the gather's backward
     sums every rank's contribution.
     """
@@ -77,7 +83,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     logits, targets = _logits_and_targets(z1, z2, temperature)
-    return F.cross_entropy(logits, targets)
+    return 2.0 * F.cross_entropy(logits, targets)  # = loss_a + loss_b
 
 
 @torch.no_grad()

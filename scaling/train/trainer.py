@@ -134,6 +134,15 @@ def _train(
         raise RunFailed(
             f"layout expects {layout.gpus} ranks, the launcher started {env.world_size}"
         )
+    # Batch norm normalises over one micro-batch of one view (x ranks with SyncBN on
+    # CUDA): part of the result, so part of the run's identity (RunSpec.bn_batch).
+    layout = layout.for_device(dev.type)
+    if spec.with_bn_batch(layout.bn_batch).run_id != spec.run_id:
+        raise RunFailed(
+            f"run {spec.run_id} was planned with batch norm over "
+            f"{spec.bn_batch or config['batch_size']} images per view; this layout gives "
+            f"{layout.bn_batch} (micro-batch {layout.micro_batch}): plan it again for this cluster"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
         write_json(
@@ -180,7 +189,7 @@ def _train(
     step_net = torch.compile(net) if compile else net
 
     # ------------------------------------------------------------------ optimizer, schedule
-    derived = derive(config, layout, len(train))
+    derived = derive(config, layout, len(train), spec.method)
     opt = build_optimizer(
         config["optimizer"],
         net,
@@ -195,7 +204,8 @@ def _train(
             f"{derived.steps_per_epoch} steps/epoch x {config['epochs']} epochs, warmup {derived.warmup_steps} steps; "
             f"layout micro-batch {layout.micro_batch} x {layout.accum_steps} accumulation x {layout.gpus} ranks "
             f"({'cached, full-batch negatives' if method.cached_accumulation and layout.accum_steps > 1 else 'plain'}); "
-            f"device {dev}, threads {torch.get_num_threads()}",
+            f"batch norm over {layout.bn_batch} images per view; "
+            f"device {dev}, {layout.resolved_precision(dev.type)}, threads {torch.get_num_threads()}",
             flush=True,
         )
 
@@ -223,9 +233,11 @@ def _train(
 
     # ------------------------------------------------------------------ train
     stop = StopFlag()
+    # bf16 autocast (CUDA, or the CPU when asked): the loss itself runs in fp32 (steps.py).
+    precision = layout.resolved_precision(dev.type)
     autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if dev.type == "cuda"
+        torch.autocast(dev.type, dtype=torch.bfloat16)
+        if precision == "bf16"
         else contextlib.nullcontext()
     )
     per_rank = derived.per_rank_batch
@@ -312,7 +324,7 @@ def _train(
             **_figures(spec, layout, global_step * derived.effective_batch),
             wall_time_s=time.time() - started,
             derived=derived.to_dict(),
-            layout=layout.to_dict(),
+            layout={**layout.to_dict(), "precision": precision},
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
         print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
