@@ -61,12 +61,22 @@ def test_zero_gradient_with_weight_decay() -> None:
     assert _close(p, [2.997, 3.996])
 
 
-def test_excluded_group_gets_no_decay_no_trust_and_classic_momentum() -> None:
-    # Excluded: v = m v + lr g. Step 1 lr 2: v = [1.2, 1.6], w = [1.8, 2.4].
+def test_excluded_group_gets_its_decay_no_trust() -> None:
+    # Excluded with the group's wd 0.1 (the supervised head): g' = g + 0.1 w = [0.9, 1.2],
+    # no trust ratio: v = 2 g' = [1.8, 2.4], w = [1.2, 1.6].
+    p = _param([3.0, 4.0], [0.6, 0.8])
+    LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.1}], lr=2.0).step()
+    assert _close(p, [1.2, 1.6])
+
+
+def test_excluded_group_without_decay_no_trust_and_classic_momentum() -> None:
+    # Excluded (BN, bias: wd 0): v = m v + lr g. Step 1 lr 2: v = [1.2, 1.6], w = [1.8, 2.4].
     # Step 2 lr 1 (lr inside the buffer): v = 0.9 [1.2, 1.6] + [0.6, 0.8] = [1.68, 2.24],
     # w = [0.12, 0.16]. (Momentum applied after lr would give [0.66, 0.88] instead.)
     p = _param([3.0, 4.0], [0.6, 0.8])
-    opt = LARS([{"params": [p], "lars_exclude": True, "weight_decay": 0.1}], lr=2.0)
+    opt = LARS(
+        [{"params": [p], "lars_exclude": True, "weight_decay": 0.0}], lr=2.0, weight_decay=0.1
+    )
     opt.step()
     assert _close(p, [1.8, 2.4])
     opt.param_groups[0]["lr"] = 1.0
@@ -228,3 +238,23 @@ def test_step_has_no_host_sync_on_cuda() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_supervised_head_keeps_decay_but_no_layer_adaptation() -> None:
+    # The official code excludes 'head_supervised' from LARS's adaptation and adds its
+    # weight decay in the loss: one step moves the classifier by lr * (g + wd * w).
+    from scaling.models.resnet import build_network
+
+    torch.manual_seed(0)
+    net = build_network("supervised", depth=10, width=0.125, stem="cifar", num_classes=3)
+    opt = build_optimizer("lars", net, lr=0.5, weight_decay=0.1)
+    head = [g for g in opt.param_groups if any(p is net.fc.weight for p in g["params"])]
+    assert len(head) == 1 and head[0]["lars_exclude"] and head[0]["weight_decay"] == 0.1
+    assert head[0]["params"] == [net.fc.weight]  # the bias stays in the BN/bias group
+    for p in net.parameters():
+        p.grad = torch.full_like(p, 0.01)
+    w0 = net.fc.weight.detach().clone()
+    opt.step()
+    assert torch.allclose(net.fc.weight, w0 - 0.5 * (0.01 + 0.1 * w0), atol=1e-7)
+    simclr = build_network("simclr", depth=10, width=0.125, stem="cifar", projection_dim=8)
+    assert len(build_optimizer("lars", simclr, lr=0.5, weight_decay=0.1).param_groups) == 2

@@ -165,3 +165,19 @@ def test_plan_warns_when_warmup_is_over_a_quarter_of_training(tmp_path: Path) ->
     assert warned[("simclr", 100)] == () and warned[("supervised", 10)] == ()  # default: 10%
     result = CliRunner().invoke(app, ["plan", str(path)])
     assert result.exit_code == 0 and "warning (1 run): warmup is 100% of training" in result.output
+
+
+def test_stl10_simclr_is_planned_on_train_plus_unlabeled(tmp_path: Path) -> None:
+    # SimCLR pretrains on STL-10's 105,000 train+unlabeled images, supervised on 5,000.
+    from scaling.plan.layout import train_size
+
+    assert train_size({"name": "stl10"}, "simclr") == 105_000
+    assert train_size({"name": "stl10"}, "supervised") == 5_000
+    path = write(
+        tmp_path / "stl.yaml",
+        "name: stl\ndataset: {name: stl10, image_size: 96}\nmodel: {depth: 18, width: 1.0}\n"
+        "methods:\n  simclr: {batch_size: 256, epochs: 100}\n  supervised: {batch_size: 256, epochs: 100}\n",
+    )
+    hours = {r.spec.method: r.gpu_hours for r in plan_of(path).runs}
+    # 21x the images, 2 views: about 42x the supervised run's compute (evaluation aside)
+    assert 35 < hours["simclr"] / hours["supervised"] < 45

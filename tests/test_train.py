@@ -269,3 +269,16 @@ def test_resume_from_a_stop_after_the_last_step_of_an_epoch(tmp_path: Path) -> N
     lines = list(read_jsonl(run_dir / METRICS))
     assert [r["epoch"] for r in lines] == [1, 2]
     assert lines[0]["loss"] == pytest.approx(line["loss"]) and lines[0]["lr"] == line["lr"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_checkpoint_restores_the_cuda_generator(tmp_path: Path) -> None:
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    torch.cuda.manual_seed_all(3)
+    torch.rand(1, device="cuda")
+    checkpoint.save_state(tmp_path, net, opt, torch.Generator(), 0, 0, 1, {}, True)
+    expected = torch.rand(4, device="cuda")
+    torch.cuda.manual_seed_all(99)
+    checkpoint.restore_rng(checkpoint.restore(tmp_path))
+    assert torch.equal(torch.rand(4, device="cuda"), expected)

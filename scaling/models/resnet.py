@@ -227,6 +227,11 @@ class SupervisedNet(nn.Module):
         self.encoder = encoder
         self.fc = nn.Linear(int(encoder.num_features), num_classes)
 
+    @property
+    def head_supervised(self) -> nn.Module:
+        """The classifier, named as in the official code (excluded from LARS adaptation)."""
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.encoder(x))
 

@@ -51,7 +51,7 @@ class PlannedRun:
 
     def row(self) -> dict[str, Any]:
         spec = self.spec
-        n_train = train_size(spec.dataset) or 0
+        n_train = train_size(spec.dataset, spec.method) or 0
         layout = self.layout
         lr = derive(spec.config, layout, n_train, spec.method).lr if layout else float("nan")
         row = spec.flat()
@@ -252,7 +252,7 @@ def make_plan(
             layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision)
             layout = layout.for_device(acc.device)
             spec = spec.with_bn_batch(layout.bn_batch)  # the BN batch is part of the result
-        n_train = train_size(spec.dataset)
+        n_train = train_size(spec.dataset, spec.method)
         reason = ""
         if layout is None:
             need = costs.peak_memory_bytes(cost, 1, live_views) / GB

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from scaling.plan.data_info import STL10_UNLABELED, count_images, train_split
 from scaling.plan.schedule import lr_for_batch
 from scaling.sweep.methods import get_method
 
@@ -71,16 +72,17 @@ class Layout:
         return cls(micro_batch=batch_size, accum_steps=1, gpus=1, nodes=1)
 
 
-def train_size(dataset: Mapping[str, Any]) -> int | None:
-    """Images in one training epoch, or None when nothing tells (an unreachable folder)."""
+def train_size(dataset: Mapping[str, Any], method: str = "supervised") -> int | None:
+    """Images in one training epoch of `method`, or None when nothing tells (an unreachable
+    folder). SimCLR on STL-10 pretrains on train+unlabeled: 105,000 images, not 5,000."""
     name = dataset["name"]
+    if train_split(name, method) == "train+unlabeled":
+        return TRAIN_SIZES[name] + STL10_UNLABELED
     if name == "synthetic":
         return int(dataset.get("size") or SYNTHETIC_DEFAULT_SIZE)
     if name == "imagefolder":
         if dataset.get("size"):
             return int(dataset["size"])
-        from scaling.plan.data_info import count_images
-
         return count_images(dataset.get("root"), "train")
     return TRAIN_SIZES.get(name)
 
@@ -89,8 +91,6 @@ def test_size(dataset: Mapping[str, Any]) -> int | None:
     if dataset["name"] == "synthetic":
         return max(1, (train_size(dataset) or 0) // 4)
     if dataset["name"] == "imagefolder":
-        from scaling.plan.data_info import count_images
-
         return count_images(dataset.get("root"), "val") or count_images(dataset.get("root"), "test")
     return TEST_SIZES.get(dataset["name"])
 

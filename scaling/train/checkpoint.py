@@ -80,5 +80,16 @@ def save_state(
         "optimizer": opt.state_dict(),
         "aug_rng": gen.get_state(),
         "torch_rng": torch.get_rng_state(),
+        # The device's default generators (dropout, anything random run on the GPU):
+        # without them a resumed CUDA run is no longer bit-identical.
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "sums": sums,
     })  # fmt: skip
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """The global CPU (and, when saved, CUDA) generators of a checkpoint."""
+    torch.set_rng_state(state["torch_rng"].cpu())
+    cuda = state.get("cuda_rng")
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])

@@ -86,13 +86,12 @@ def linear_probe(
     epochs = int(config["epochs"])
     steps_per_epoch = max(1, len(train_y) // batch)
     total = epochs * steps_per_epoch
-    if augment_features is None:
-        mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-    else:
-        mean, std = test_x.mean(0), test_x.std(0) + 1e-6  # no fixed train features exist
+    mean = std = None
     step = 0
     for _ in range(epochs):
         feats = train_x if augment_features is None else augment_features(train_x, gen)
+        if mean is None:  # the training features' statistics (augmented: the first epoch's)
+            mean, std = feats.mean(0), feats.std(0) + 1e-6
         order = torch.randperm(len(train_y), generator=gen, device=device)
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]

@@ -27,17 +27,23 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Split trainable parameters into a decayed group and an excluded group.
+def param_groups(
+    model: nn.Module, weight_decay: float, no_adaptation: nn.Module | None = None
+) -> list[dict[str, Any]]:
+    """Split trainable parameters into decayed, excluded and (optionally) head groups.
 
     Excluded (weight_decay 0, `lars_exclude=True`): every parameter of a normalisation
     layer and every parameter with ndim <= 1 (biases, BN scales and shifts), as the
-    official SimCLR code excludes 'batch_normalization' and 'bias' variables. Everything
+    official SimCLR code excludes 'batch_normalization' and 'bias' variables. The
+    weights of `no_adaptation` (the supervised classifier, the official 'head_supervised')
+    keep `weight_decay` but get no layer adaptation (`lars_exclude=True`). Everything
     else (conv and linear weights) gets `weight_decay` and layer adaptation.
     Empty groups are dropped; a parameter shared by several modules appears once.
     """
     decay: list[nn.Parameter] = []
     exclude: list[nn.Parameter] = []
+    head: list[nn.Parameter] = []
+    head_ids = {id(p) for p in no_adaptation.parameters()} if no_adaptation is not None else set()
     seen: set[int] = set()
     for module in model.modules():
         is_norm = isinstance(module, _NORM_TYPES)
@@ -45,10 +51,14 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            (exclude if is_norm or p.ndim <= 1 else decay).append(p)
+            if is_norm or p.ndim <= 1:
+                exclude.append(p)
+            else:
+                (head if id(p) in head_ids else decay).append(p)
     groups = [
         {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
         {"params": exclude, "weight_decay": 0.0, "lars_exclude": True},
+        {"params": head, "weight_decay": weight_decay, "lars_exclude": True},
     ]
     return [g for g in groups if g["params"]]
 
@@ -64,8 +74,9 @@ class LARS(torch.optim.Optimizer):
         v <- m * v + lr * trust * g
         w <- w - v
 
-    Groups with `lars_exclude=True` (BN and bias, chosen by `param_groups`) get
-    neither weight decay nor the trust ratio: v <- m * v + lr * g.
+    Groups with `lars_exclude=True` get no trust ratio: v <- m * v + lr * (g + wd * w),
+    with their group's own weight decay (0 for BN and bias; the supervised classifier's
+    weights keep it, as in the official code). `param_groups` decides both.
 
     The step runs with foreach kernels per (device, dtype) and never reads a value
     back to the host, so it adds no CPU-GPU synchronisation.
@@ -122,7 +133,7 @@ class LARS(torch.optim.Optimizer):
         """The LARS update for tensors of one device and dtype (class docstring)."""
         lr, momentum = group["lr"], group["momentum"]
         excluded = bool(group["lars_exclude"])
-        wd = 0.0 if excluded else group["weight_decay"]
+        wd = group["weight_decay"]
         grads = [p.grad for p in params]
         if wd != 0.0:
             # New tensors: p.grad itself is left as backward wrote it.
@@ -151,7 +162,9 @@ def build_optimizer(
     "sgd": torch.optim.SGD with momentum over the same groups (BN and bias undecayed),
     the usual choice for supervised baselines at small batch sizes.
     """
-    groups = param_groups(model, weight_decay)
+    # The supervised classifier (SupervisedNet.fc) is the official code's head_supervised:
+    # decayed, but not layer-adapted under LARS.
+    groups = param_groups(model, weight_decay, getattr(model, "head_supervised", None))
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":

@@ -18,6 +18,7 @@ import torch
 
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
+from scaling.plan import data_info
 from scaling.plan.layout import Layout, derive
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
@@ -151,7 +152,7 @@ def _train(
 
     # ------------------------------------------------------------------ data
     name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
-    train_split = "train+unlabeled" if name == "stl10" and spec.method == "simclr" else "train"
+    train_split = data_info.train_split(name, spec.method)
     train = load_dataset(
         name,
         root=root,
@@ -222,7 +223,7 @@ def _train(
             state["global_step"],
         )
         sums = state["sums"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        checkpoint.restore_rng(state)
         if main:
             print(
                 f"resumed from step {global_step} (epoch {start_epoch}, step {start_step})",
