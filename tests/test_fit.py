@@ -105,7 +105,23 @@ def test_bad_values_are_dropped_and_perfect_scores_are_floored() -> None:
     fit = F.fit_power_law(x, err, n_boot=50)
     assert fit.ok and fit.n_runs == 5 and fit.n_x == 4  # x nan and err nan dropped
     assert np.isfinite(fit.theta).all()
-    assert any("bootstrap replicates kept fewer than 4" in n for n in fit.notes)
+    # one run at most sizes: resampling can only drop sizes, so no interval is claimed
+    assert F.NO_INTERVAL in fit.notes and fit.intervals() == {} and fit.boot is not None
+    assert len(fit.boot) == 0
+
+
+def test_one_seed_gives_no_interval_and_seeds_give_one() -> None:
+    x = np.repeat([1e5, 1e6, 1e7, 1e8, 1e9], 3)
+    rng = np.random.default_rng(0)
+    err = law(x, 0.05, 3.0, 0.3) * np.exp(rng.normal(0, 0.05, len(x)))
+    one = F.fit_power_law(x[::3], err[::3], n_boot=200)
+    assert one.ok and one.intervals() == {} and F.NO_INTERVAL in one.notes
+    lo, hi = np.array(one.band(np.array([1e6]))).ravel()
+    assert np.isnan(lo) and np.isnan(hi)  # nothing to draw
+    three = F.fit_power_law(x, err, n_boot=200)
+    (e_lo, e_hi) = three.intervals()["E"]
+    assert e_lo < three.params()["E"] < e_hi or e_lo <= three.params()["E"] <= e_hi
+    assert e_hi > e_lo and F.NO_INTERVAL not in three.notes
 
 
 def test_pure_power_law_notes_that_e_is_at_its_bound() -> None:
@@ -133,7 +149,7 @@ def test_gap_closing_point_matches_the_analytic_solution() -> None:
     curve = G.gap_curve(sup, sim, points=4000)
     assert curve is not None
     assert curve.closes_at == pytest.approx(810_000, rel=2e-3)
-    assert "8.1x the largest model" in curve.statement and "extrapolation" in curve.statement
+    assert "8.1x the largest model" in curve.statement and "Extrapolated" in curve.statement
     np.testing.assert_allclose(curve.gap, 900 * curve.x**-0.5)
     inside = G.gap_curve(known(0.1, 1.0, 0.5, 1e4, 1e6, "s"), known(0.1, 10.0, 0.5, 1e4, 1e6, "c"))
     assert inside is not None and "within the range of models trained" in inside.statement
@@ -145,7 +161,7 @@ def test_gap_that_never_closes_states_the_asymptote() -> None:
     curve = G.gap_curve(sup, sim)
     assert curve is not None and math.isinf(curve.closes_at)
     assert curve.asymptote == pytest.approx(5.0)
-    assert "do not close" in curve.statement and "outside what the data support" in curve.statement
+    assert "stays above 1 point" in curve.statement and "not a measurement" in curve.statement
     assert curve.to_dict()["closes_at"] is None
     closed = G.gap_curve(sup, known(0.10, 1.001, 0.5, 1e4, 1e6, "c"))
     assert closed is not None and "whole range" in closed.statement

@@ -245,7 +245,7 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
     root = study(tmp_path, profile=profile)
     monkeypatch.chdir(root)
     (job,), ctx = jobs_of(root, "method=simclr")
-    assert job.layout == Layout(micro_batch=16, accum_steps=1, gpus=2, nodes=1)
+    assert job.layout == Layout(micro_batch=16, accum_steps=1, gpus=2, nodes=1, precision="fp32")
     (outcome,) = ray_backend.RayBackend().submit([job], ctx)
     assert outcome.state == "finished", outcome
 

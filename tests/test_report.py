@@ -74,7 +74,8 @@ def test_html_is_self_contained_with_inline_images(built) -> None:
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; OOM" in page
     assert not re.search(r'(src|href)="(https?:)?//', page)
-    for text in ("Where does the gap close?", "Gap table", "Fits", "Missing or failed runs (2)",
+    for text in ("Does the gap close?", "Measured (best SimCLR recipe per size", "Gap table", "Fits",
+                 "Missing or failed runs (2)",
                  "1 failed, 1 pending", "deadbeef0000"):  # fmt: skip
         assert text in page, text
 
@@ -89,7 +90,7 @@ def test_fits_json_is_strict_json_with_statements(built) -> None:
     assert {f["status"] for f in fits["vs_params"]} == {"ok"}
     assert len(fits["vs_params"]) == 5 and len(fits["vs_compute"]) == 2
     head = [g for g in fits["gaps"] if g["headline"]]
-    assert len(head) == 1 and head[0]["statement"].startswith("The fit")
+    assert len(head) == 1 and "fitted gap" in head[0]["statement"]
     ref = next(f for f in fits["vs_params"] if f["role"] == "reference")
     assert ref["params"]["alpha"] == pytest.approx(0.25, abs=0.05)
     assert ref["intervals"]["alpha"][0] < ref["params"]["alpha"] < ref["intervals"]["alpha"][1]

@@ -453,13 +453,16 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
                                                 gpus_per_run=2, gpus_per_node=2))  # fmt: skip
     cancel_leftovers.append(tmp_path / "runs")
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
-    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0]
+    # Two CPU ranks without SyncBN normalise BN over each rank's 16 images: in the identity.
+    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0].with_bn_batch(16)
     run_dir = tmp_path / "runs" / "ranks" / spec.run_id
     assert read_json(run_dir / "spec.json")["layout"] == {
         "micro_batch": 16,
         "accum_steps": 1,
         "gpus": 2,
         "nodes": 1,
+        "precision": "fp32",
+        "bn_batch": 16,
     }
     run(spec, tmp_path / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
     wait_for(lambda: (run_dir / RESULT).exists(), "result")

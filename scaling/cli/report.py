@@ -112,17 +112,17 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
 
 
 def print_answer(console: Console, fits_json: Path) -> None:
-    """The headline gap statements (where the fitted gap closes, or why it cannot say)."""
-    from scaling.report.results import recipe_label
-
-    fits = json.loads(fits_json.read_text())
-    heads = [g for g in fits["gaps"] if g["headline"]] or fits["gaps"]
-    if not heads:
-        console.print("Gap curve: none (needs finished supervised and SimCLR runs of "
-                      "several model sizes).")  # fmt: skip
-    for g in heads:
-        console.print(f"[bold]{g['domain'].get('dataset')}, SimCLR {recipe_label(g['recipe'])}"
-                      f":[/bold] {g['statement']}")  # fmt: skip
+    """What was measured (gaps at the smallest and largest model, with intervals), the
+    fitted curve's extrapolation second, then what limits the numbers."""
+    summary = json.loads(fits_json.read_text())
+    if not summary["answers"]:
+        console.print("No answer yet: needs finished supervised and SimCLR runs of the same "
+                      "architectures.")  # fmt: skip
+    for a in summary["answers"]:
+        console.print(f"[bold]{a['dataset']}, {a['method']}:[/bold] {a['measured']}")
+        console.print(f"  {a['extrapolation']}")
+    for warning in summary["validity"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
 
 
 def print_files(console: Console, out_dir: Path, page: Path) -> None:

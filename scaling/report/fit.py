@@ -25,6 +25,9 @@ bounds the parameters. Here:
   too). Replicates that keep fewer than MIN_DISTINCT_X distinct x values are dropped
   and counted.
 - Fewer than MIN_DISTINCT_X distinct x values: no curve, and a message that says so.
+- No interval from a degenerate bootstrap: with one run at some x (one seed), resampling
+  runs can only drop sizes, every kept replicate is the point fit, and the "interval"
+  has zero width. Such a fit has no bootstrap (`boot` None) and a note that says why.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ LOG_A_BOUNDS = (-30.0, 10.0)
 ALPHA_BOUNDS = (0.0, 5.0)
 _LOWER = np.array([LOG_E_BOUNDS[0], LOG_A_BOUNDS[0], ALPHA_BOUNDS[0]])
 _UPPER = np.array([LOG_E_BOUNDS[1], LOG_A_BOUNDS[1], ALPHA_BOUNDS[1]])
+#: why a fit has no interval (one run at some model size, so nothing to resample)
+NO_INTERVAL = "one run at some size (one seed): no bootstrap interval"
 #: problems x points solved per chunk (memory: ~40 bytes x this per array).
 _CHUNK = 1_000_000
 
@@ -226,7 +231,7 @@ def fit_power_law(x: Any, err: Any, *, label: str = "", x_name: str = "x", n_boo
     keep = np.isfinite(x) & (x > 0) & np.isfinite(np.asarray(err, float))
     order = np.argsort(x[keep], kind="stable")
     x, y = x[keep][order], y[keep][order]
-    xs = np.unique(x)
+    xs, per_x = np.unique(x, return_counts=True)
     base = dict(label=label, x_name=x_name, n_runs=len(x), n_x=len(xs), level=level,
                 x_min=float(xs[0]) if len(xs) else math.nan,
                 x_max=float(xs[-1]) if len(xs) else math.nan)  # fmt: skip
@@ -248,7 +253,11 @@ def fit_power_law(x: Any, err: Any, *, label: str = "", x_name: str = "x", n_boo
     theta = optima[rank[0]]
     # Warm starts for the replicates: the optimum, and the best distinct local optimum.
     other = [i for i in rank[1:] if np.abs(optima[i] - theta).max() > 1e-3][:1]
-    boot, dropped = _bootstrap(d, optima[[rank[0], *other]], n_boot, seed, delta)
+    replicated = bool(per_x.min() >= 2)
+    boot, dropped = _bootstrap(d, optima[[rank[0], *other]], n_boot if replicated else 0, seed,
+                               delta)  # fmt: skip
+    if len(boot) and float(np.ptp(boot, axis=0).max()) == 0.0:
+        boot = np.empty((0, 3))  # every replicate equals the point fit: no interval
     fit = PowerLawFit(status="ok", message="", x_ref=x_ref, theta=theta, boot=boot,
                       n_boot_dropped=dropped, delta=delta, **base)  # fmt: skip
     return _with_notes(fit)
@@ -287,6 +296,8 @@ def _with_notes(fit: PowerLawFit) -> PowerLawFit:
         notes.append(f"alpha at its upper bound {ALPHA_BOUNDS[1]}")
     if fit.theta[2] <= ALPHA_BOUNDS[0] + 1e-6:
         notes.append("alpha at 0: the error does not fall with x in these data")
+    if fit.boot is None or len(fit.boot) == 0:
+        notes.append(NO_INTERVAL)
     if fit.n_boot_dropped:
         total = fit.n_boot_dropped + (0 if fit.boot is None else len(fit.boot))
         notes.append(f"{fit.n_boot_dropped} of {total} bootstrap replicates kept fewer than "

@@ -50,7 +50,8 @@ class GapCurve:
             "data_range": [self.data_min, self.data_max],
             "closes_at": fin(self.closes_at), "closes_interval": [fin(v) for v in self.closes_interval],
             "asymptotic_gap_points": self.asymptote,
-            "asymptotic_gap_interval": list(self.asymptote_interval), "statement": self.statement,
+            "asymptotic_gap_interval": [fin(v) for v in self.asymptote_interval],
+            "statement": self.statement,
         }  # fmt: skip
 
 
@@ -112,27 +113,31 @@ def gap_curve(reference: PowerLawFit, contrastive: PowerLawFit, *, threshold: fl
 
 
 def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) -> str:
-    """A plain sentence on where the fitted gap closes, and how far that is from the data."""
+    """A plain sentence on where the FITTED gap closes, labelled as the fit's (and as an
+    extrapolation beyond the data); intervals only where the bootstrap had replicates."""
     t, lvl = f"{c.threshold:g} point", f"{reference.level:.0%}"
     lo, hi = c.closes_interval
-    iv = "" if math.isnan(lo) else (
-        f" ({lvl} interval {human(lo)} to "
-        + (f"{human(hi)})" if math.isfinite(hi) else f"beyond {human(c.x[-1])} or never)")
-    )  # fmt: skip
+    if math.isnan(lo):
+        iv = " (no interval: one run at some model size)"
+    else:
+        iv = f" ({lvl} interval {human(lo)} to " + (
+            f"{human(hi)})" if math.isfinite(hi) else f"beyond {human(c.x[-1])} or never)"
+        )
     if c.closes_at <= c.data_min:
         text = f"The fitted gap is under {t} across the whole range of models trained{iv}."
     elif c.closes_at <= c.data_max:
         text = (f"The fitted gap falls under {t} at about {human(c.closes_at)} parameters{iv}, "
                 "within the range of models trained.")  # fmt: skip
     elif math.isfinite(c.closes_at):
-        text = (f"The fitted gap would fall under {t} at about {human(c.closes_at)} parameters{iv}: "
-                f"{c.closes_at / c.data_max:.3g}x the largest model trained ({human(c.data_max)}), "
-                "an extrapolation beyond the data, not a measurement.")  # fmt: skip
+        text = (f"Extrapolated, the fitted gap would fall under {t} at about {human(c.closes_at)} "
+                f"parameters{iv}: {c.closes_at / c.data_max:.3g}x the largest model trained "
+                f"({human(c.data_max)}), beyond the data, not a measurement.")  # fmt: skip
     else:
         a_lo, a_hi = c.asymptote_interval
-        text = (f"The fits do not close the gap to under {t} within {EXTRAPOLATE:g}x the largest "
-                f"model trained ({human(c.data_max)}): that is outside what the data support. "
-                f"Fitted asymptotic gap {c.asymptote:.2f} points ({lvl} interval {a_lo:.2f} to {a_hi:.2f}).")  # fmt: skip
+        asym = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
+        text = (f"Extrapolated, the fitted gap stays above {t} up to {EXTRAPOLATE:g}x the largest "
+                f"model trained ({human(c.data_max)}), beyond the data, not a measurement; "
+                f"fitted asymptotic gap {c.asymptote:.2f} points{asym}.")  # fmt: skip
     few = [f.label for f in (reference, contrastive) if f.n_x < FEW_DISTINCT_X]
     if few:
         text += f" Caution: {' and '.join(few)} rest(s) on fewer than {FEW_DISTINCT_X} model sizes."

@@ -13,6 +13,15 @@ supervised reference, with bootstrap intervals (scaling.report.fit).
 Numbers in the gap table are percentage points; `std` is the sample standard deviation
 over seeds (NaN with one seed) and `gap_se` the standard error of the difference of the
 two means, sqrt(s_sup^2 / n_sup + s^2 / n) (NaN unless both sides have two seeds).
+`gap_lo`/`gap_hi` bound the gap at LEVEL with Welch's t (unequal variances,
+Welch-Satterthwaite degrees of freedom): the two methods' runs of one seed share the data
+but not an initialisation (different networks), so the runs are not paired. With one
+seed on either side there is no interval (NaN), and the note says so.
+
+The best SimCLR recipe of an architecture is chosen on `val_top1` (a linear probe fitted
+on the training split less a held-out tenth and scored on that tenth; `selected_by`
+"validation"), and its TEST top-1 is what the gap uses. Without validation scores (older
+runs) it falls back to the test top-1 and says so (`selected_by` "test": optimistic).
 """
 
 from __future__ import annotations
@@ -25,16 +34,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from scaling.report.fit import PowerLawFit, fit_power_law
 from scaling.report.gapcurve import GapCurve, gap_curve
 from scaling.report.results import ARCH_COLUMNS, recipe_columns, recipe_label
 
 REFERENCE = "supervised"
+LEVEL = 0.9  # the gap intervals' confidence, as the fits' bootstrap intervals
+ONE_SEED = "one seed: no interval"
 DOMAIN_COLUMNS = ("dataset", "image_size", "stem")
 GAP_COLUMNS = (
     *ARCH_COLUMNS, "encoder_params", "method", "kind", "recipe", "top1", "std", "n", "missing",
-    "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing", "gap", "gap_se", "note",
+    "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing", "gap", "gap_se", "gap_lo",
+    "gap_hi", "gap_dof", "selected_by", "note",
 )  # fmt: skip
 
 
@@ -76,21 +89,25 @@ def _cells(
     keys = [df[k].tolist() for k in ARCH_COLUMNS]
     recipe = [df[k].tolist() for k in cols]
     state, top1 = df["state"].tolist(), df["top1"].tolist()
+    val = df["val_top1"].tolist() if "val_top1" in df else [None] * len(df)
     kind = df["error_kind"].tolist() if "error_kind" in df else [None] * len(df)
     acc: dict[tuple[Any, ...], dict[tuple[Any, ...], Any]] = {}
     for i in range(len(df)):
         arch = tuple(_py(k[i]) for k in keys)
         cell = acc.setdefault(arch, {}).setdefault(
-            tuple(_py(r[i]) for r in recipe), ([], Counter())
+            tuple(_py(r[i]) for r in recipe), ([], Counter(), [])
         )
         if state[i] == "finished" and _py(top1[i]) is not None:
             cell[0].append(100.0 * float(top1[i]))
+            v = _py(val[i])
+            cell[2].append(math.nan if v is None else 100.0 * float(v))
         else:
             cell[1][(str(state[i]), _py(kind[i]))] += 1
     return {a: {r: _summary(*c) for r, c in cells.items()} for a, cells in acc.items()}
 
 
-def _summary(values: list[float], others: Counter[tuple[str, Any]]) -> dict[str, Any]:
+def _summary(values: list[float], others: Counter[tuple[str, Any]],
+             val: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
     per_state: dict[str, tuple[int, set[str]]] = {}
     for (state, kind), count in others.items():
         n, kinds = per_state.get(state, (0, set()))
@@ -102,6 +119,7 @@ def _summary(values: list[float], others: Counter[tuple[str, Any]]) -> dict[str,
         "top1": float(arr.mean()) if len(arr) else math.nan,
         "std": float(arr.std(ddof=1)) if len(arr) > 1 else math.nan,
         "n": len(arr), "missing": sum(others.values()), "missing_text": ", ".join(parts),
+        "val": float(np.mean(val)) if val and not np.isnan(val).any() else math.nan,
     }  # fmt: skip
 
 
@@ -139,21 +157,30 @@ def gap_table(table: Any) -> pd.DataFrame:
             rows.extend(_row(base, method, "recipe", lc, ref) for lc in mine)
             best = _best(cells[method][arch], recipes[method], finished_only=True)
             if best is not None:
-                rows.append(_row(base, method, "best", (f"best: {best[0]}", best[1]), ref))
+                by = "test" if math.isnan(best[1]["val"]) else "validation"
+                row = _row(base, method, "best", (f"best: {best[0]}", best[1]), ref)
+                if by == "test" and len(cells[method][arch]) > 1:
+                    row["note"] = "; ".join(filter(None, [row["note"], SELECTED_ON_TEST]))
+                rows.append({**row, "selected_by": by})
             else:
                 note = f"no finished {method} run ({', '.join(c['missing_text'] for _, c in mine)})"
                 rows.append(_row(base, method, "best", None, ref, note=note))
     return pd.DataFrame(rows, columns=list(GAP_COLUMNS))
 
 
+SELECTED_ON_TEST = "recipe chosen on the test set (no validation scores): optimistic"
+
+
 def _best(cells: Mapping[tuple[Any, ...], dict[str, Any]], cols: list[str],
           finished_only: bool) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
-    """The recipe with the highest mean top-1 (for supervised: the paper has only one);
-    with finished_only False, a cell without finished runs when no other exists."""
+    """The recipe with the highest mean validation top-1 (test top-1 when some finished
+    recipe has no validation score; for supervised the paper has only one recipe); with
+    finished_only False, a cell without finished runs when no other exists."""
     labelled = [(recipe_label(dict(zip(cols, r, strict=True))), c) for r, c in cells.items()]
     finished = [lc for lc in labelled if lc[1]["n"]]
     if finished:
-        return max(finished, key=lambda lc: lc[1]["top1"])
+        by_val = all(not math.isnan(c["val"]) for _, c in finished)
+        return max(finished, key=lambda lc: lc[1]["val"] if by_val else lc[1]["top1"])
     return None if finished_only or not labelled else labelled[0]
 
 
@@ -175,17 +202,31 @@ def _row(base: Mapping[str, Any], method: str, kind: str, cell: tuple[str, dict[
         notes.append(f"supervised: {r['missing_text']}")
     if cell and c["missing"]:
         notes.append(f"{method}: {c['missing_text']}")
-    se = (
-        math.sqrt(r["std"] ** 2 / r["n"] + c["std"] ** 2 / c["n"])
-        if r["n"] > 1 and c["n"] > 1
-        else nan
-    )
+    se, lo, hi, dof = welch(r, c)
+    if (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
+        notes.append(ONE_SEED)
     return {
         **base, "method": method, "kind": kind, "recipe": label, "top1": c["top1"], "std": c["std"],
         "n": c["n"], "missing": c["missing"], "sup_recipe": r_label, "sup_top1": r["top1"],
         "sup_std": r["std"], "sup_n": r["n"], "sup_missing": r["missing"],
-        "gap": r["top1"] - c["top1"], "gap_se": se, "note": "; ".join(notes),
+        "gap": r["top1"] - c["top1"], "gap_se": se, "gap_lo": lo, "gap_hi": hi, "gap_dof": dof,
+        "selected_by": "", "note": "; ".join(notes),
     }  # fmt: skip
+
+
+def welch(a: Mapping[str, Any], b: Mapping[str, Any], level: float = LEVEL) -> tuple[float, ...]:
+    """(se, lo, hi, dof) of mean(a) - mean(b) by Welch's t; NaN unless both have two runs."""
+    nan = math.nan
+    if a["n"] < 2 or b["n"] < 2:
+        return nan, nan, nan, nan
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    se = math.sqrt(va + vb)
+    diff = a["top1"] - b["top1"]
+    if se == 0:
+        return 0.0, diff, diff, math.inf
+    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    half = float(student_t.ppf((1 + level) / 2, dof)) * se
+    return se, diff - half, diff + half, dof
 
 
 def missing_runs(table: Any) -> pd.DataFrame:

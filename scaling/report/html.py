@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.report import figures, gaps, results
+from scaling.report import checks, figures, gaps, headline, results
 from scaling.report.gaps import FitSet
 from scaling.rundir import atomic_write_bytes
 from scaling.sweep.spec import Sweep
@@ -60,15 +60,19 @@ def build_report(sweep: Sweep | None, table: Any, out_dir: str | Path, *, n_boot
     atomic_write_bytes(out / "gaps.csv", gap_df.to_csv(index=False).encode())
     clock.lap("table")
     fits = gaps.fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
+    said = headline.answers(gap_df, fits, threshold)
+    validity = checks.validity_warnings(df, gap_df)
+    summary = {**fits.to_dict(), "answers": [a.to_dict() for a in said], "validity": validity}
     atomic_write_bytes(
-        out / "fits.json", (json.dumps(_jsonable(fits.to_dict()), indent=1) + "\n").encode()
+        out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
     )
     clock.lap("fits")
     figs = figures.make_all(df, gap_df, fits, out / "figures")
     clock.lap("figures")
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
-    page = render_html(sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans)
+    page = render_html(sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans,
+                       said, validity)  # fmt: skip
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
     log.info("report %s: %s", out, clock)
@@ -147,7 +151,8 @@ def html_table(frame: pd.DataFrame, columns: Iterable[str], left: Iterable[str] 
 
 def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, missing: pd.DataFrame,
                 fits: FitSet, figs: Mapping[str, list[Path]], out: Path,
-                orphans: list[str] | None = None) -> str:  # fmt: skip
+                orphans: list[str] | None = None, said: list[headline.Answer] | None = None,
+                validity: list[str] | None = None) -> str:  # fmt: skip
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
     )
@@ -157,7 +162,8 @@ def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, mis
         parts.append(f"<p>{_e(sweep.description)}</p>")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
-    parts.append(_answer(fits))
+    parts.append(_answer(said or []))
+    parts.append(_validity(validity or []))
     parts.append(_figures(figs, out))
     cols = ["dataset", "depth", "width", "stem", "depth_multiplier", "encoder_params", "method", "recipe",
             "top1", "std", "n", "missing", "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing",
@@ -214,16 +220,22 @@ def _state_counts(df: pd.DataFrame) -> str:
     return _e(f"{len(df)} runs. " + "; ".join(per) + ".")
 
 
-def _answer(fits: FitSet) -> str:
-    heads = [g for g in fits.gaps if g.headline] or fits.gaps
-    if not heads:
+def _answer(said: list[headline.Answer]) -> str:
+    if not said:
         return (
-            '<div class="warn"><h2>Where does the gap close?</h2><p>No gap curve: the sweep needs '
-            "finished supervised and SimCLR runs at several model sizes.</p></div>"
+            '<div class="warn"><h2>Does the gap close?</h2><p>No answer yet: the sweep needs '
+            "finished supervised and SimCLR runs of the same architectures.</p></div>"
         )
-    items = "".join(f"<li><b>{_e(g.domain.get('dataset'))}, SimCLR {_e(results.recipe_label(g.recipe))}"
-                    f"</b>: {_e(g.statement)}</li>" for g in heads)  # fmt: skip
-    return f'<div class="answer"><h2>Where does the gap close?</h2><ul>{items}</ul></div>'
+    items = "".join(f"<li><b>{_e(a.dataset)}, {_e(a.method)}</b>: {_e(a.measured)}"
+                    f"<br><i>{_e(a.extrapolation)}</i></li>" for a in said)  # fmt: skip
+    return f'<div class="answer"><h2>Does the gap close?</h2><ul>{items}</ul></div>'
+
+
+def _validity(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+    return f'<div class="warn"><h2>What limits these numbers</h2><ul>{items}</ul></div>'
 
 
 def _figures(figs: Mapping[str, list[Path]], out: Path) -> str:

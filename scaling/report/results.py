@@ -24,6 +24,8 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | state | string | finished, failed, running (started, not ended) or pending (never started) |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
+| val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
+| train_loss_trend | float64 | relative fall of the training loss over the last fifth of the epochs (> 0.1: still training) |
 | train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
 | images_seen, steps, epochs_done | int64 | progress (epochs_done from metrics.jsonl while running) |
 | source | string | where the state came from: rundir or mlflow (null: pending) |
@@ -56,6 +58,8 @@ METRIC_COLUMNS = (
     "top1",
     "top5",
     "knn_top1",
+    "val_top1",
+    "train_loss_trend",
     "train_flops",
     "wall_time_s",
     "images_seen",
@@ -79,7 +83,7 @@ _INT = {
 _FLOAT = {
     "width", "depth_multiplier", "base_lr", "weight_decay", "warmup_epochs", "momentum",
     "temperature", "color_strength", "eval_lr", "eval_weight_decay", "eval_knn_temperature",
-    "lr", "top1", "top5", "knn_top1", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
+    "lr", "top1", "top5", "knn_top1", "val_top1", "train_loss_trend", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
 }  # fmt: skip
 _STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
         "precision", "warnings",
@@ -140,7 +144,8 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     if RESULT in names:
         result = read_json(run_dir / RESULT)
         if result is not None:
-            return {**out, **_result_fields(result), "state": "finished"}
+            trend = loss_trend(read_jsonl(run_dir / METRICS)) if METRICS in names else None
+            return {**out, **_result_fields(result), "state": "finished", "train_loss_trend": trend}
         out.update(state="failed", error_kind="error", error_message="result.json is unreadable")
         return out
     if FAILURE in names:
@@ -160,8 +165,18 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def loss_trend(records: Any) -> float | None:
+    """How much the training loss still fell over the last fifth of the epochs (at least
+    the last two): (loss before - loss at the end) / loss before. None: too few epochs."""
+    losses = [float(r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+    k = max(2, len(losses) // 5)
+    if len(losses) <= k or losses[-k - 1] <= 0:
+        return None
+    return (losses[-k - 1] - losses[-1]) / losses[-k - 1]
+
+
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: result.get(k) for k in ("top1", "top5", "knn_top1", "train_flops", "wall_time_s",
+    out = {k: result.get(k) for k in ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s",
                                       "images_seen", "steps")}  # fmt: skip
     out["epochs_done"] = result.get("epochs")
     layout = result.get("layout")
@@ -193,7 +208,7 @@ def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
     metrics, tags, params = run.get("metrics") or {}, run.get("tags") or {}, run.get("params") or {}
     layout = {k: int(params[k]) for k in LAYOUT_COLUMNS if str(params.get(k, "")).isdigit()}
     if status == "FINISHED" and metrics.get("top1") is not None:
-        keys = ("top1", "top5", "knn_top1", "train_flops", "wall_time_s", "images_seen")
+        keys = ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s", "images_seen")
         return {
             "state": "finished",
             "source": "mlflow",

@@ -53,7 +53,15 @@ STATE, LOCK = "mlflow.json", ".mlflow.lock"
 EPOCHS_TAG = "scaling.epochs_pushed"
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
-FINAL_METRICS = ("top1", "top5", "knn_top1", "wall_time_s", "images_seen", "train_flops")
+FINAL_METRICS = (
+    "top1",
+    "top5",
+    "knn_top1",
+    "val_top1",
+    "wall_time_s",
+    "images_seen",
+    "train_flops",
+)
 LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
 ARTIFACTS = {"FINISHED": (SPEC, RESULT, METRICS, LOG), "FAILED": (SPEC, FAILURE, METRICS, LOG)}
 METRICS_PER_REQUEST = 900  # MLflow caps one log_batch at 1,000 entities

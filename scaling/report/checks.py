@@ -1,0 +1,80 @@
+"""Validity checks on a sweep's results: what limits what its numbers can say.
+
+Each is one line that says what to change. The report shows them above the figures and
+`scaling report` prints them; the plan's own checks (warmup, batch-norm batch; see
+`scaling.plan.checks`) come through the results' `warnings` column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pandas as pd
+
+from scaling.plan.layout import test_size
+from scaling.report.gaps import REFERENCE
+
+#: a supervised run whose training loss still fell by more than this over its last fifth
+#: of epochs has not converged: its gap says more about its budget than about the method
+STILL_TRAINING = 0.10
+Z90 = 1.645  # two-sided 90%, the level of every interval in the report
+
+
+def validity_warnings(results: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
+    done = results[results["state"] == "finished"]
+    out: list[str] = []
+    out += _plan_warnings(results)
+    out += _seeds(done)
+    out += _baseline_converged(done)
+    out += _test_set(done, gap_df)
+    if (gap_df["selected_by"] == "test").any():
+        out.append("SimCLR recipes were chosen on the test set (runs without validation "
+                   "scores): the gaps are optimistic; rerun with this version to select on validation")  # fmt: skip
+    return out
+
+
+def _plan_warnings(results: pd.DataFrame) -> list[str]:
+    if "warnings" not in results:
+        return []
+    counts: Counter[str] = Counter()
+    for text in results["warnings"].dropna():
+        counts.update(w for w in str(text).split("; ") if w)
+    return [f"{n} run{'s' * (n != 1)}: {w}" for w, n in counts.items()]
+
+
+def _seeds(done: pd.DataFrame) -> list[str]:
+    if done.empty or done["seed"].nunique() > 1:
+        return []
+    return ["one seed: no gap has an interval and no trend can be told from run-to-run "
+            "noise; give the sweep `seeds: [0, 1, 2]` (trade a recipe axis for seeds)"]  # fmt: skip
+
+
+def _baseline_converged(done: pd.DataFrame) -> list[str]:
+    if "train_loss_trend" not in done:
+        return []
+    sup = done[(done["method"] == REFERENCE) & done["train_loss_trend"].notna()]
+    moving = sup[sup["train_loss_trend"] > STILL_TRAINING]
+    if moving.empty:
+        return []
+    widths = ", ".join(f"{w:g}x" for w in sorted(moving["width"].unique()))
+    return [f"the supervised baseline has not converged in {len(moving)} of {len(sup)} runs "
+            f"(widths {widths}): its training loss still fell by over {STILL_TRAINING:.0%} in "
+            "the last fifth of its epochs; train it longer (methods.supervised.epochs)"]  # fmt: skip
+
+
+def _test_set(done: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
+    if done.empty:
+        return []
+    n = test_size({"name": str(done["dataset"].iloc[0])})
+    best = gap_df[(gap_df["kind"] == "best") & gap_df["gap"].notna()]
+    if not n or best.empty:
+        return []
+    p = float(done["top1"].mean())
+    half = 100 * Z90 * math.sqrt(max(p * (1 - p), 1e-12) / n)
+    smallest = float(best["gap"].abs().min())
+    if half <= smallest:
+        return []
+    return [f"the test set has {n} images: one image is {100 / n:.2f} points and one run's "
+            f"top-1 has a 90% binomial interval of +-{half:.2f} points, more than the smallest "
+            f"gap reported ({smallest:.2f}); read gaps that small as ties"]  # fmt: skip

@@ -1,0 +1,115 @@
+"""The report's answer, led by what was measured.
+
+For each data set and contrastive method: the gap (supervised top-1 minus the best
+SimCLR recipe's, chosen on validation) at the smallest and at the largest model trained,
+each with its Welch interval over seeds, and whether it shrinks: the difference of the
+two gaps with its interval. The fitted curve's extrapolation comes second, labelled as
+such, and is left out when it contradicts the measured points (it would say the gap does
+not close while the largest model's gap is already under the threshold, or the reverse).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from scipy.stats import t as student_t
+
+from scaling.report.gapcurve import human
+from scaling.report.gaps import LEVEL, REFERENCE, FitSet
+
+THRESHOLD = 1.0  # points: "the gap has closed"
+
+
+@dataclass(frozen=True)
+class Answer:
+    dataset: str
+    method: str
+    measured: str  # what the runs show, with intervals where seeds allow
+    extrapolation: str  # the fitted curve's statement, or why it is not stated
+
+    def to_dict(self) -> dict[str, str]:
+        return {"dataset": self.dataset, "method": self.method, "measured": self.measured,
+                "extrapolation": self.extrapolation}  # fmt: skip
+
+
+def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) -> list[Answer]:
+    best = gap_df[(gap_df["kind"] == "best") & (gap_df["method"] != REFERENCE)]
+    best = best[best["gap"].notna() & best["encoder_params"].notna()]
+    out = []
+    for (dataset, method), rows in best.groupby(["dataset", "method"], sort=True):
+        rows = rows.sort_values("encoder_params")
+        measured, closed = _measured(rows, threshold)
+        out.append(Answer(str(dataset), str(method), measured,
+                          _extrapolation(fits, str(dataset), closed)))  # fmt: skip
+    return out
+
+
+def _gap_text(row: Any) -> str:
+    lvl = f"{LEVEL:.0%}"
+    if math.isnan(row.gap_lo):
+        return f"{row.gap:.2f} points (one seed: no interval)"
+    return f"{row.gap:.2f} points ({lvl} interval {row.gap_lo:.2f} to {row.gap_hi:.2f})"
+
+
+def _size(row: Any) -> str:
+    return f"R{row.depth} {row.width:g}x ({human(row.encoder_params)} parameters)"
+
+
+def _measured(rows: pd.DataFrame, threshold: float) -> tuple[str, bool]:
+    """The measured sentence, and whether the gap at the largest model is under threshold."""
+    first, last = rows.iloc[0], rows.iloc[-1]
+    by = "chosen on a held-out validation split" if (rows["selected_by"] == "validation").all() \
+        else "chosen on the test set (optimistic)"  # fmt: skip
+    head = f"Measured (best SimCLR recipe per size, {by}): the gap to supervised is "
+    if len(rows) == 1:
+        text = head + f"{_gap_text(first)} at {_size(first)}, the only size trained: no trend."
+        return text, bool(first.gap < threshold)
+    text = head + f"{_gap_text(first)} at {_size(first)} and {_gap_text(last)} at {_size(last)}. "
+    change = first.gap - last.gap
+    se_a, se_b = first.gap_se, last.gap_se
+    if math.isnan(se_a) or math.isnan(se_b):
+        text += (f"It changes by {change:+.2f} points from the smallest to the largest model; "
+                 "with one seed, whether that is more than run-to-run noise cannot be told.")  # fmt: skip
+    else:
+        lo, hi = _difference_interval(first, last)
+        iv = f"{change:.2f} points ({LEVEL:.0%} interval {lo:.2f} to {hi:.2f})"
+        if lo > 0:
+            text += f"It shrinks by {iv} from the smallest to the largest model."
+        elif hi < 0:
+            text += f"It grows by {-change:.2f} points ({LEVEL:.0%} interval {-hi:.2f} to {-lo:.2f}) from the smallest to the largest model."
+        else:
+            text += f"Its change from the smallest to the largest model, {iv}, is within noise: no measurable trend."
+    if not math.isnan(last.gap_hi) and last.gap_hi < threshold:
+        text += f" At the largest model the gap is under {threshold:g} point (interval included)."
+    elif last.gap < threshold:
+        text += f" At the largest model the measured gap is under {threshold:g} point."
+    return text, bool(last.gap < threshold)
+
+
+def _difference_interval(a: Any, b: Any) -> tuple[float, float]:
+    """Interval of gap(a) - gap(b), two independent Welch estimates (Satterthwaite)."""
+    va, vb = a.gap_se**2, b.gap_se**2
+    diff = a.gap - b.gap
+    if va + vb == 0:
+        return diff, diff
+    dof = (va + vb) ** 2 / (va**2 / a.gap_dof + vb**2 / b.gap_dof)
+    half = float(student_t.ppf((1 + LEVEL) / 2, dof)) * math.sqrt(va + vb)
+    return diff - half, diff + half
+
+
+def _extrapolation(fits: FitSet, dataset: str, measured_closed: bool) -> str:
+    heads = [g for g in fits.gaps if g.headline and g.domain.get("dataset") == dataset]
+    if not heads:
+        return "No fitted curve: it needs finished runs of both methods at four or more sizes."
+    g = heads[0]
+    if g.curve is None:
+        return g.statement
+    fitted_closed = g.curve.closes_at <= g.curve.data_max
+    if fitted_closed != measured_closed:
+        return ("The fitted curve is not stated: it disagrees with the measured gap at the "
+                "largest model (" + ("closed" if measured_closed else "not closed")
+                + f" under {g.curve.threshold:g} point), so it does not describe these data.")  # fmt: skip
+    return "Fitted curve (an extrapolation, second to the measurements): " + g.statement
