@@ -9,7 +9,7 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-$PY -m pytest -q -p no:cacheprovider tests/test_optim.py tests/test_accumulate.py tests/test_augment.py \
+$PY -m pytest -q -p no:cacheprovider tests/test_optim.py tests/test_accumulate.py tests/test_augment.py tests/test_train.py tests/test_steps.py \
   -k cuda 2>&1 | tee "$OUT/cuda_tests.txt"
 $PY benchmarks/bench_accumulate.py --device cuda --depth 50 --width 1.0 --size 224 --batch 256 2>&1 | tee "$OUT/accumulate_r50.txt"
 $PY benchmarks/bench_accumulate.py --device cuda --depth 18 --width 1.0 --size 32 --batch 1024 2>&1 | tee "$OUT/accumulate_r18.txt"

@@ -22,25 +22,31 @@ from scaling.train.steps import simclr_step
 BATCH, SIZE = 16, 16
 
 
-def _grads(layout: Layout, autocast: contextlib.AbstractContextManager) -> dict[str, torch.Tensor]:
+def _grads(layout: Layout, autocast: contextlib.AbstractContextManager,
+           device: str = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
     torch.manual_seed(0)
-    net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
+    net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16).to(device)
     # Batch norm on running statistics: the BN batch is then the same with and without
     # accumulation, so the accumulated gradient must equal the full-batch one.
     net.eval()
     images = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1))  # fmt: skip
-    gen = torch.Generator().manual_seed(2)
+                           generator=torch.Generator().manual_seed(1)).to(device)  # fmt: skip
+    gen = torch.Generator(device=device).manual_seed(2)
     aug = SimCLRAugment(SIZE, color_strength=0.5)
     simclr_step(net, images, aug, gen, layout, slice(0, BATCH), 0.5, autocast)
-    return {name: p.grad for name, p in net.named_parameters()}
+    return {name: None if p.grad is None else p.grad.cpu() for name, p in net.named_parameters()}
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("micro", [4, 8])
-def test_bf16_cached_accumulation_trains_every_parameter(micro: int) -> None:
+def test_bf16_cached_accumulation_trains_every_parameter(micro: int, device: str) -> None:
     layout = Layout(micro, BATCH // micro, precision="bf16")
-    bf16 = _grads(layout, torch.autocast("cpu", dtype=torch.bfloat16))
-    fp32 = _grads(Layout.single(BATCH), contextlib.nullcontext())
+    bf16 = _grads(layout, torch.autocast(device, dtype=torch.bfloat16), device)
+    fp32 = _grads(Layout.single(BATCH), contextlib.nullcontext(), device)
     missing = [name for name, g in bf16.items() if g is None]
     assert not missing, f"no gradient under bf16 + gradient caching: {missing}"
     trained = 0

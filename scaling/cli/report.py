@@ -92,10 +92,10 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
     """The best SimCLR recipe per architecture against supervised, in points."""
     from rich.table import Table
 
-    table = Table(title=f"{name}: supervised vs SimCLR top-1 (points; ± std over seeds, "
-                  "gap ± its standard error)", title_justify="left")  # fmt: skip
+    table = Table(title=f"{name}: supervised vs SimCLR top-1 (points; ± std over seeds; "
+                  "gap with its 90% Welch interval)", title_justify="left")  # fmt: skip
     for col in ("architecture", "params", "supervised", "n", "SimCLR best recipe", "top-1", "n",
-                "gap"):  # fmt: skip
+                "gap", "90% interval"):  # fmt: skip
         left = col in ("architecture", "SimCLR best recipe")
         table.add_column(col, justify="left" if left else "right", no_wrap=True)
     table.add_column("note", overflow="fold")
@@ -103,11 +103,13 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
         mult = "" if r.depth_multiplier == 1 else f" d{r.depth_multiplier:g}"
         arch = f"{r.dataset} R{r.depth} {r.width:g}x{mult} {r.stem}"
         params = "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M"
-        gap = _pm(r.gap, r.gap_se)
+        gap = "-" if _nan(r.gap) else f"{r.gap:.2f}"
+        interval = "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}"
         colour = "" if _nan(r.gap) else "green" if r.gap < 1 else "red" if r.gap > 5 else "yellow"
         table.add_row(arch, params, _pm(r.sup_top1, r.sup_std), str(r.sup_n),
                       f"{r.method}: {r.recipe.removeprefix('best: ')}", _pm(r.top1, r.std),
-                      str(r.n), f"[{colour}]{gap}[/{colour}]" if colour else gap, r.note)  # fmt: skip
+                      str(r.n), f"[{colour}]{gap}[/{colour}]" if colour else gap, interval,
+                      r.note)  # fmt: skip
     console.print(table)
 
 

@@ -135,8 +135,12 @@ def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) ->
     else:
         a_lo, a_hi = c.asymptote_interval
         asym = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
+        where = "" if math.isnan(lo) else (
+            f" ({lvl} interval of where it closes: {human(lo)} parameters to "
+            + (f"{human(hi)})" if math.isfinite(hi) else "never)")
+        )  # fmt: skip
         text = (f"Extrapolated, the fitted gap stays above {t} up to {EXTRAPOLATE:g}x the largest "
-                f"model trained ({human(c.data_max)}), beyond the data, not a measurement; "
+                f"model trained ({human(c.data_max)}){where}, beyond the data, not a measurement; "
                 f"fitted asymptotic gap {c.asymptote:.2f} points{asym}.")  # fmt: skip
     few = [f.label for f in (reference, contrastive) if f.n_x < FEW_DISTINCT_X]
     if few:

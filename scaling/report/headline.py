@@ -41,7 +41,8 @@ def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) ->
     out = []
     for (dataset, method), rows in best.groupby(["dataset", "method"], sort=True):
         rows = rows.sort_values("encoder_params")
-        measured, closed = _measured(rows, threshold)
+        recipes = gap_df[(gap_df["kind"] == "recipe") & (gap_df["method"] == method)]
+        measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
         out.append(Answer(str(dataset), str(method), measured,
                           _extrapolation(fits, str(dataset), closed)))  # fmt: skip
     return out
@@ -58,12 +59,16 @@ def _size(row: Any) -> str:
     return f"R{row.depth} {row.width:g}x ({human(row.encoder_params)} parameters)"
 
 
-def _measured(rows: pd.DataFrame, threshold: float) -> tuple[str, bool]:
+def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str, bool]:
     """The measured sentence, and whether the gap at the largest model is under threshold."""
     first, last = rows.iloc[0], rows.iloc[-1]
-    by = "chosen on a held-out validation split" if (rows["selected_by"] == "validation").all() \
-        else "chosen on the test set (optimistic)"  # fmt: skip
-    head = f"Measured (best SimCLR recipe per size, {by}): the gap to supervised is "
+    if n_recipes == 1:
+        which = f"one SimCLR recipe, {rows['recipe'].iloc[0].removeprefix('best: ')}"
+    elif (rows["selected_by"] == "validation").all():
+        which = "best SimCLR recipe per size, chosen on a held-out validation split"
+    else:
+        which = "best SimCLR recipe per size, chosen on the test set: optimistic"
+    head = f"Measured ({which}): the gap to supervised is "
     if len(rows) == 1:
         text = head + f"{_gap_text(first)} at {_size(first)}, the only size trained: no trend."
         return text, bool(first.gap < threshold)
@@ -112,4 +117,4 @@ def _extrapolation(fits: FitSet, dataset: str, measured_closed: bool) -> str:
         return ("The fitted curve is not stated: it disagrees with the measured gap at the "
                 "largest model (" + ("closed" if measured_closed else "not closed")
                 + f" under {g.curve.threshold:g} point), so it does not describe these data.")  # fmt: skip
-    return "Fitted curve (an extrapolation, second to the measurements): " + g.statement
+    return "Fitted curve, second to the measurements: " + g.statement
