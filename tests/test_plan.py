@@ -110,17 +110,18 @@ def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:
     as_json = runner.invoke(app, ["plan", sweep, "--format", "json", "--only", "method=supervised"])
     assert as_json.exit_code == 0, as_json.output
     rows = json.loads(as_json.output)
-    assert len(rows) == 4 and all(r["method"] == "supervised" for r in rows)
+    assert len(rows) == 12 and all(r["method"] == "supervised" for r in rows)
     required = {"run_id", "method", "dataset", "depth", "width", "stem", "image_size", "batch_size", "epochs",
                 "seed", "lr", "micro_batch", "accum_steps", "gpus", "nodes", "encoder_params",
-                "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason"}  # fmt: skip
+                "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason", "bn_batch",
+                "precision", "warnings"}  # fmt: skip
     assert required <= set(rows[0])
     as_csv = runner.invoke(app, ["plan", sweep, "--format", "csv"])
-    assert as_csv.exit_code == 0 and as_csv.output.count("\n") == 21
+    assert as_csv.exit_code == 0 and as_csv.output.count("\n") == 25
     out = tmp_path / "plan.parquet"
     table = runner.invoke(app, ["plan", sweep, "--out", str(out)])
-    assert table.exit_code == 0 and "runs: 20 (simclr 16, supervised 4)" in table.output
-    assert pq.read_table(out).num_rows == 20
+    assert table.exit_code == 0 and "runs: 24 (simclr 12, supervised 12)" in table.output
+    assert pq.read_table(out).num_rows == 24
 
 
 BN_SWEEP = """

@@ -124,6 +124,6 @@ def test_shipped_sweeps_load(name: str) -> None:
 def test_quickstart_is_a_real_study() -> None:
     sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml")
     assert {r.method for r in sweep.runs} == {"simclr", "supervised"}
-    assert len({r.model["width"] for r in sweep.runs}) >= 3
-    assert len({r.config["batch_size"] for r in sweep.runs_of("simclr")}) >= 2
-    assert len({r.config["epochs"] for r in sweep.runs_of("simclr")}) >= 2
+    # the width trend with intervals: four sizes (enough for a fit), three seeds each
+    assert len({r.model["width"] for r in sweep.runs}) >= 4
+    assert len({r.seed for r in sweep.runs}) >= 3
