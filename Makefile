@@ -50,4 +50,4 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_report.py
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlruns reports
+	rm -rf $(VENV) runs runs-slurm runs-ray mlflow.db mlflow-slurm.db mlflow-ray.db mlruns reports

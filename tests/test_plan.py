@@ -182,3 +182,41 @@ def test_stl10_simclr_is_planned_on_train_plus_unlabeled(tmp_path: Path) -> None
     hours = {r.spec.method: r.gpu_hours for r in plan_of(path).runs}
     # 21x the images, 2 views: about 42x the supervised run's compute (evaluation aside)
     assert 35 < hours["simclr"] / hours["supervised"] < 45
+
+
+@pytest.mark.parametrize(
+    "sweep", ["quickstart.yaml", "imagenet_depth_width.yaml", "cifar10_batch_epochs.yaml"]
+)
+def test_plan_table_fits_120_columns(sweep: str) -> None:
+    """Grid axes and the cost columns, one line per run; what every run shares goes into
+    the title; --wide shows every column."""
+    from rich.console import Console
+
+    from scaling.cli.plan import print_plan
+
+    plan = plan_of(REPO / "sweeps" / sweep, "gpus_per_run=8", "gpus_per_node=8")
+    console = Console(width=120, record=True)
+    print_plan(plan, console=console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 120
+    for run in plan.runs:  # every run on one line, its id whole
+        assert sum(run.spec.run_id in line for line in text.splitlines()) == 1
+    assert "every run:" in text and "dev-h" in text
+    wide = Console(width=400, record=True)
+    print_plan(plan, wide=True, console=wide)
+    assert {"micro", "accum", "BN", "nodes"} <= set(wide.export_text().split())
+
+
+def test_knn_monitor_is_counted_in_the_cost_and_not_in_the_identity() -> None:
+    off = plan_of(
+        REPO / "sweeps" / "quickstart.yaml", overrides=("methods.simclr.eval.knn_every=0",)
+    )
+    on = plan_of(
+        REPO / "sweeps" / "quickstart.yaml", overrides=("methods.simclr.eval.knn_every=1",)
+    )
+    for a, b in zip(off.runs, on.runs, strict=True):
+        assert a.spec.run_id == b.spec.run_id
+        if a.spec.method == "simclr":  # 20 looks at 1,437 + 360 images, on top of training
+            assert b.gpu_hours > a.gpu_hours
+        else:
+            assert b.gpu_hours == a.gpu_hours

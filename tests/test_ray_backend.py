@@ -8,6 +8,7 @@ scaling.train.trainer.run (bit for bit on one thread; within float tolerance for
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
@@ -26,7 +28,7 @@ from scaling.run.backends.base import Context, Job
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl
 from scaling.sweep.cluster import RayConfig
 from scaling.sweep.spec import load_sweep
-from tests.conftest import write
+from tests.conftest import REPO, write
 
 ray = pytest.importorskip("ray")
 from scaling.run.backends import ray as ray_backend  # noqa: E402
@@ -40,12 +42,16 @@ methods:
   simclr: {batch_size: 32, epochs: 2, projection_dim: 16, warmup_epochs: 0.5, eval: {epochs: 3}}
   supervised: {batch_size: 32, epochs: 2, warmup_epochs: 0.5}
 """
-PROFILE = """\
-backend: ray
-device: cpu
-workdir: runs
-ray: {address: local, num_cpus: 2, cpus_per_trial: 1, max_failures: 1}
-"""
+
+
+def ray_profile(**extra: Any) -> str:
+    """The shipped cluster/ray-local.yaml (so it cannot rot), in the test's folder."""
+    profile = yaml.safe_load((REPO / "cluster" / "ray-local.yaml").read_text())
+    profile.update(workdir="runs", **extra)
+    return json.dumps(profile)
+
+
+PROFILE = ray_profile()
 OUTSIDE = [Path("/tmp/ray"), Path.home() / ".ray", Path.home() / "ray_results"]
 
 
@@ -131,7 +137,7 @@ def assert_identical(run_dir: Path, reference: Path) -> None:
 def mlflow_runs(root: Path) -> dict[str, dict[str, Any]]:
     from scaling.run.tracking import find_runs
 
-    return find_runs(f"sqlite:///{root}/mlflow.db", "tiny")
+    return find_runs(f"sqlite:///{root}/mlflow-ray.db", "tiny")  # cluster/ray-local.yaml's store
 
 
 # ---------------------------------------------------------------------- without Ray
@@ -241,7 +247,7 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(
 def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
     cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    profile = PROFILE.replace("workdir: runs", "workdir: runs\ngpus_per_run: 2\ngpus_per_node: 2")
+    profile = ray_profile(gpus_per_run=2, gpus_per_node=2)
     root = study(tmp_path, profile=profile)
     monkeypatch.chdir(root)
     (job,), ctx = jobs_of(root, "method=simclr")
@@ -279,7 +285,7 @@ def test_cancel_stops_running_and_pending_trials_leaving_them_resumable(
     sweep = SWEEP.replace("seeds: [0]", "seeds: [0, 1]").replace(
         "epochs: 2, warmup", "epochs: 200, warmup"
     )
-    root = study(tmp_path, sweep, PROFILE + "max_parallel: 1\n")
+    root = study(tmp_path, sweep, ray_profile(max_parallel=1))
     monkeypatch.chdir(root)
     jobs, ctx = jobs_of(root, "method=supervised")
     backend = ray_backend.RayBackend()

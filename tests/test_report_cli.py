@@ -183,9 +183,19 @@ def test_one_sweep_level_mlflow_run_holds_the_report_and_is_reused(
     assert {f"report/{n}" for n in report_lib.FILES} <= names
     pngs = {a.path for a in client.list_artifacts(run_id, "report/figures")}
     assert {f"report/figures/{s}.png" for s in FIGURES} <= pngs
+    assert "gaps.json" in {a.path for a in client.list_artifacts(run_id)}  # mlflow.log_table
     # The report run is not a training run: collect/find_runs never see it.
     found = tracking.find_runs(trained.uri, tracking.experiment_name(trained.sweep))
     assert set(found) == {s.run_id for s in trained.sweep.runs} - {trained.pending}
+    # Every training run links to its sweep's report run; seeds share one group tag.
+    assert all(r["tags"]["scaling.report_run"] == run_id for r in found.values())
+    by_seed = {}
+    for spec in trained.sweep.runs:
+        if spec.run_id in found:
+            by_seed.setdefault(spec.group_id(), set()).add(
+                found[spec.run_id]["tags"]["scaling.group"]
+            )
+    assert all(tags == {group} for group, tags in by_seed.items())
 
     out = tmp_path / "elsewhere 'x'"
     again = invoke(str(trained.sweep_path), "-c", str(trained.profile), "--out", str(out))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
@@ -75,12 +76,11 @@ methods:
 
 
 def profile_text(workdir: Path, db: Path, partition: str, **extra: Any) -> str:
-    """A CPU Slurm profile; JSON is YAML, so any path is quoted correctly."""
-    profile: dict[str, Any] = {
-        "backend": "slurm", "device": "cpu", "threads_per_run": 1, "workdir": str(workdir),
-        "tracking": {"uri": f"sqlite:///{db}"},
-        "slurm": {"partition": partition, "cpus_per_task": 1, "time_min": 30},
-    }  # fmt: skip
+    """The shipped cluster/slurm-local.yaml (so it cannot rot) with this test's workdir,
+    store and partition; JSON is YAML, so any path is quoted correctly."""
+    profile: dict[str, Any] = yaml.safe_load((REPO / "cluster" / "slurm-local.yaml").read_text())
+    profile.update(workdir=str(workdir), tracking={"uri": f"sqlite:///{db}"})
+    profile["slurm"]["partition"] = partition
     profile.update(extra)
     return json.dumps(profile)
 

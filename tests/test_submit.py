@@ -78,6 +78,17 @@ def test_submit_runs_everything_then_nothing(study: Path) -> None:
         assert info["params"]["batch_size"] == "32" and info["params"]["micro_batch"] == "32"
         assert info["params"]["width"] == str(spec.model["width"])
         assert "top1" in info["metrics"] and "train/loss" in info["metrics"]
+        # The MLflow run spans the run's own training, not the time since submit began.
+        run_dir = study / "runs" / "tiny" / spec.run_id
+        started, result = (
+            read_json(run_dir / "spec.json")["started_at"],
+            read_json(run_dir / RESULT),
+        )
+        assert abs(info["start_time"] / 1000 - started) < 1.0
+        assert abs((info["end_time"] - info["start_time"]) / 1000 - result["wall_time_s"]) < 1.0
+        assert info["tags"]["scaling.group"] == spec.group_id()
+    groups = {(s.method, s.model["width"], s.config["epochs"]): s.group_id() for s in sweep.runs}
+    assert len(set(groups.values())) == len(groups)  # one group per run but its seed
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{study}/mlflow.db")
@@ -137,8 +148,9 @@ def _wait(predicate, timeout: float = 180.0) -> None:  # type: ignore[no-untyped
 
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Path) -> None:
-    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=4"]
-    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=4"])
+    # Long enough that the kill lands mid-run: MLflow sees the run after its first epoch.
+    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=10"]
+    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=10"])
     spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
     run_dir = study / "runs" / "tiny" / spec.run_id
     proc = _submit_process(study, *only)

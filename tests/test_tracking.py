@@ -390,3 +390,15 @@ def test_two_processes_racing_on_one_run_dir_make_one_run(store: str, tmp_path: 
         assert [r.info.run_id for r in runs_tagged(client, "race", spec.run_id)] == [mlflow_id]
         assert len(client.get_metric_history(mlflow_id, "train/loss")) == 2
     assert os.path.exists(dirs[0] / mirror.LOCK)
+
+
+def test_monitor_metrics_keep_their_own_name(
+    store: str, store_dir: Path, client: MlflowClient
+) -> None:
+    spec = make_spec(seed=7)
+    run_dir = make_run_dir(store_dir / "runs-monitor", spec, epochs=0)
+    for epoch in (1, 2):
+        append_jsonl(run_dir / METRICS, {**epoch_record(epoch), "monitor/knn_top1": 0.3 * epoch})
+    mlflow_id = mirror.push(run_dir, store, "monitor")
+    assert history(client, mlflow_id, "monitor/knn_top1") == [(1, 0.3), (2, 0.6)]
+    assert history(client, mlflow_id, "train/loss") == [(1, 5.0), (2, 2.5)]

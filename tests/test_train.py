@@ -282,3 +282,24 @@ def test_checkpoint_restores_the_cuda_generator(tmp_path: Path) -> None:
     torch.cuda.manual_seed_all(99)
     checkpoint.restore_rng(checkpoint.restore(tmp_path))
     assert torch.equal(torch.rand(4, device="cuda"), expected)
+
+
+def test_knn_monitor_logs_and_never_changes_training(tmp_path: Path) -> None:
+    """The online kNN monitor scores the encoder after every N-th epoch and leaves the run
+    bit-identical: same weights, same BN statistics, same optimizer state, same run_id."""
+    plain = tiny_spec(epochs=3)
+    watched = tiny_spec(epochs=3, eval={"epochs": 5, "knn_every": 1})
+    assert watched.run_id == plain.run_id  # monitoring is not part of the result
+    run(plain, tmp_path / "plain", threads=1)
+    run(watched, tmp_path / "watched", threads=1)
+    a, b = checkpoint.restore(tmp_path / "plain"), checkpoint.restore(tmp_path / "watched")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert torch.equal(a["aug_rng"], b["aug_rng"]) and torch.equal(a["torch_rng"], b["torch_rng"])
+    logged = [r.get("monitor/knn_top1") for r in read_jsonl(tmp_path / "watched" / METRICS)]
+    assert all(v is not None and 0 <= v <= 1 for v in logged) and len(logged) == 3
+    assert all("monitor/knn_top1" not in r for r in read_jsonl(tmp_path / "plain" / METRICS))
+    assert (
+        read_json(tmp_path / "plain" / RESULT)["top1"]
+        == read_json(tmp_path / "watched" / RESULT)["top1"]
+    )

@@ -15,11 +15,24 @@ from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
 from scaling.errors import SpecError
 
 FORMATS = ("table", "json", "csv")
-TABLE_COLUMNS = (
-    "run_id", "method", "depth", "width", "batch_size", "epochs", "seed", "lr",
-    "micro_batch", "accum_steps", "gpus", "bn_batch", "encoder_params", "peak_memory_gb",
-    "gpu_hours",
+#: The default table's candidate columns, in order: one is shown when its value varies
+#: between runs (identical values are said once, in the title), the cost always.
+SPEC_COLUMNS = (
+    "depth", "width", "depth_multiplier", "stem", "image_size", "batch_size", "epochs", "seed",
+    "temperature", "lr_rule", "base_lr", "weight_decay", "warmup_epochs", "optimizer",
+    "crop_min_scale", "projection_dim", "color_strength",
 )  # fmt: skip
+LAYOUT_COLUMNS = ("lr", "micro_batch", "accum_steps", "gpus", "bn_batch", "precision")
+COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours")
+#: --wide: every column of the earlier table and of the layout
+WIDE_COLUMNS = ("run_id", "method", *SPEC_COLUMNS, *LAYOUT_COLUMNS, "nodes", *COST_COLUMNS)
+HEADERS = {
+    "batch_size": "batch", "depth_multiplier": "d-mult", "image_size": "px", "temperature": "tau",
+    "weight_decay": "wd", "warmup_epochs": "warmup", "crop_min_scale": "crop", "micro_batch": "micro",
+    "accum_steps": "accum", "bn_batch": "BN", "encoder_params": "params", "peak_memory_gb": "mem GB",
+    "gpu_hours": "dev-h", "projection_dim": "proj", "color_strength": "colour",
+}  # fmt: skip
+WIDTH = 120  # the default table fits an ordinary terminal
 
 
 def plan(
@@ -31,6 +44,9 @@ def plan(
     out: Annotated[
         Path | None, typer.Option("--out", help="Also write the plan as Parquet.")
     ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every column (the default fits 120 columns).")
+    ] = False,
 ) -> None:
     """Expand SWEEP into runs and show each one's layout, memory and cost."""
     from scaling.run.planning import build_plan
@@ -53,36 +69,74 @@ def plan(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        print_plan(the_plan)
+        print_plan(the_plan, wide=wide)
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def print_plan(the_plan: Any) -> None:
+def table_columns(
+    rows: list[dict[str, Any]], wide: bool
+) -> tuple[list[str], dict[str, Any], dict[str, dict[str, Any]]]:
+    """(columns, values every run shares, values each method's runs share) for the table.
+
+    A spec column is a grid axis when its value varies among one method's runs: that is a
+    column; a value shared by every run, or by every run of a method, is said once."""
+    if wide:
+        return [c for c in WIDE_COLUMNS if any(c in r for r in rows)], {}, {}
+    methods = sorted({str(r["method"]) for r in rows})
+    by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
+    shown, common = ["run_id", "method"], {}
+    per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for col in (*SPEC_COLUMNS, *LAYOUT_COLUMNS, *COST_COLUMNS):
+        values = {m: {_fmt(col, r.get(col)) for r in rs} for m, rs in by_method.items()}
+        everywhere = set().union(*values.values())
+        if col in COST_COLUMNS or any(len(v) > 1 for v in values.values()):
+            shown.append(col)
+        elif len(everywhere) == 1:
+            if everywhere != {"-"}:
+                common[col] = next(iter(everywhere))
+        else:
+            for m, v in values.items():
+                if v != {"-"}:
+                    per_method[m][col] = next(iter(v))
+    return shown, common, per_method
+
+
+def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from scaling.plan.expand import totals
 
     # Piped or in CI, rich would assume 80 columns and squeeze every cell.
-    console = Console(width=None if sys.stdout.isatty() else 220)
+    if console is None:
+        tty = sys.stdout.isatty()
+        console = Console(width=None if tty else (250 if wide else WIDTH))
     acc = the_plan.accelerator
+    rows = the_plan.rows()
+    columns, common, per_method = table_columns(rows, wide)
+    said = lambda values: ", ".join(f"{HEADERS.get(k, k)} {v}" for k, v in values.items())  # noqa: E731
+    shared = said(common)
     table = Table(
-        title=f"{the_plan.sweep.name}: {len(the_plan.runs)} runs on {acc.name} "
-        f"({acc.memory_gb:.0f} GB, {acc.peak_tflops:.2f} TFLOP/s peak x {acc.utilization:.0%})",
+        title=f"{the_plan.sweep.name}: {len(rows)} runs on {acc.name} "
+        f"({acc.memory_gb:.0f} GB, {acc.peak_tflops:.2f} TFLOP/s peak x {acc.utilization:.0%})"
+        + (f"; every run: {shared}" if shared else ""),
         title_justify="left",
     )
-    for col in TABLE_COLUMNS:
-        table.add_column(
-            col, justify="left" if col in ("run_id", "method") else "right", no_wrap=True
-        )
-    table.add_column("note")
-    for row in the_plan.rows():
-        cells = [_fmt(col, row.get(col)) for col in TABLE_COLUMNS]
-        note = f"[red]{row['reason']}[/red]" if not row["feasible"] else ""
-        table.add_row(*cells, note or ("[yellow]see warnings[/yellow]" if row["warnings"] else ""))
+    for method, values in per_method.items():
+        if values:
+            table.caption = (table.caption or "") + f"{method} runs: {said(values)}. "
+    table.caption_justify = "left"
+    for col in columns:
+        table.add_column(HEADERS.get(col, col), justify="left" if col in ("run_id", "method")
+                         else "right", no_wrap=True, min_width=12 if col == "run_id" else None)  # fmt: skip
+    table.add_column("note", no_wrap=True)
+    for row in rows:
+        note = "[red]infeasible[/red]" if not row["feasible"] else (
+            "[yellow]warning[/yellow]" if row["warnings"] else "")  # fmt: skip
+        table.add_row(*[_fmt(col, row.get(col)) for col in columns], note)
     console.print(table)
     t = totals(the_plan)
     per_method = ", ".join(f"{m} {n}" for m, n in t["per_method"].items())

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND_TAG, SWEEP_TAG = "scaling.kind", "scaling.sweep"
+RUN_TAG, REPORT_TAG = "scaling.run_id", "scaling.report_run"  # a run; its sweep's report run
 ARTIFACT_PATH = "report"  # the folder's place among the MLflow run's artifacts
 
 OutOpt = Annotated[
@@ -182,6 +183,12 @@ def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: l
             experiment_id, tags=tags, run_name=f"{sweep.name}-report"
         ).info.run_id
     client.log_artifacts(run_id, str(out_dir), artifact_path=ARTIFACT_PATH)
+    # The gap table as an MLflow table (the UI's Evaluation/Artifacts view can query it);
+    # fits.json and every figure are under ARTIFACT_PATH.
+    import pandas as pd
+
+    client.log_table(run_id, data=pd.read_csv(out_dir / "gaps.csv"), artifact_file="gaps.json")
+    _link_runs(client, experiment_id, sweep.name, run_id)
     now = int(time.time() * 1000)
     counts = {
         f"runs_{s}": float(states.count(s)) for s in ("finished", "failed", "running", "pending")
@@ -195,6 +202,22 @@ def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: l
     )  # fmt: skip
     client.set_terminated(run_id, status="FINISHED")
     return str(run_id)
+
+
+def _link_runs(client: Any, experiment_id: str, sweep: str, report_run_id: str) -> None:
+    """Tag every run of the sweep with its report run (`scaling.report_run`), once."""
+    from mlflow.entities import RunTag
+
+    query = f"tags.`{SWEEP_TAG}` = '{sweep}'"  # the report run itself has no RUN_TAG
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+        for run in page:
+            if run.data.tags.get(REPORT_TAG) != report_run_id and RUN_TAG in run.data.tags:
+                client.log_batch(run.info.run_id, tags=[RunTag(REPORT_TAG, report_run_id)])
+        token = page.token
+        if not token:
+            return
 
 
 def _note(out_dir: Path, sweep: Sweep, counts: dict[str, float]) -> str:

@@ -20,7 +20,7 @@ from scaling.plan import checks
 from scaling.plan.layout import Layout, derive, test_size, train_size
 from scaling.plan.schedule import lr_for_batch
 from scaling.sweep.cluster import ClusterProfile
-from scaling.sweep.methods import get_method
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
 from scaling.sweep.spec import RunSpec, Sweep
 
 GB = 1e9
@@ -264,7 +264,13 @@ def make_plan(
         train_flops = costs.train_flops(
             cost.flops_per_image, n_train or 0, int(spec.config["epochs"]), info.views, cached
         )
-        eval_flops = cost.flops_per_image * ((n_train or 0) + (test_size(spec.dataset) or 0))
+        n_test = test_size(spec.dataset) or 0
+        eval_flops = cost.flops_per_image * ((n_train or 0) + n_test)
+        every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
+        if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
+            looks = int(spec.config["epochs"]) // every
+            subset = min(n_train or 0, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
+            eval_flops += looks * cost.flops_per_image * subset
         planned.append(
             PlannedRun(
                 spec=spec,

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE, LOCK = "mlflow.json", ".mlflow.lock"
 EPOCHS_TAG = "scaling.epochs_pushed"
+GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
 FINAL_METRICS = (
@@ -94,7 +95,8 @@ class _Target:
 
 
 def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False) -> str | None:
-    """Make MLflow reflect `run_dir`; the MLflow run id, or None when tracking failed.
+    """Make MLflow reflect `run_dir`; the MLflow run id, "" while the run has not started
+    training (nothing to mirror yet), or None when tracking failed.
 
     Cheap when nothing changed: mlflow.json remembers the files' sizes and times, and
     then MLflow is not contacted (`force` checks against MLflow anyway).
@@ -117,6 +119,10 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
     if not (run_dir / SPEC).is_file():
         log.warning("not pushing %s to MLflow: it has no %s", run_dir, SPEC)
         return None
+    if not _started(run_dir):
+        # Queued, not yet training: an MLflow run made now would start at `submit`'s
+        # time (MLflow cannot move a start), so it waits for the run's own start.
+        return ""
     try:
         with _http_policy(), _flock(run_dir / LOCK, LOCK_TIMEOUT_S):
             try:
@@ -131,6 +137,13 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
             run_dir, target.uri, type(exc).__name__, exc,
         )  # fmt: skip
         return None
+
+
+def _started(run_dir: Path) -> bool:
+    """Training began (spec.json's started_at) or the run has an outcome to show."""
+    if any((run_dir / name).exists() for name in (RESULT, FAILURE, METRICS)):
+        return True
+    return bool((read_json(run_dir / SPEC) or {}).get("started_at"))
 
 
 def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
@@ -152,8 +165,11 @@ def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
 def _upload(run_dir: Path, target: _Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
     client, experiment_id = target.connect()
     spec = read_json(run_dir / SPEC) or {}
-    # A new MLflow run starts when training (last) started: spec.json's time.
-    run = _find_or_create(client, experiment_id, spec, state, _mtime_ms(run_dir / SPEC))
+    # A new MLflow run starts when the run first started training (spec.json's
+    # started_at, kept across resumes), so Duration and the timeline are the run's own.
+    started = _number(spec.get("started_at"))
+    start_ms = round(1000 * started) if started else _mtime_ms(run_dir / SPEC)
+    run = _find_or_create(client, experiment_id, spec, state, start_ms)
     ids = {"experiment_id": experiment_id, "mlflow_run_id": run.info.run_id}
     if state is None or state.get("mlflow_run_id") != run.info.run_id:
         _write_state(run_dir, target, pending=True, **ids)  # remember it before logging
@@ -209,7 +225,8 @@ def _log_params_and_tags(
 
     from scaling.sweep.spec import RunSpec
 
-    flat = RunSpec.from_dict(spec, file=SPEC).flat()
+    run_spec = RunSpec.from_dict(spec, file=SPEC)
+    flat = run_spec.flat()
     layout = {k: v for k, v in dict(spec.get("layout") or {}).items() if k in LAYOUT_KEYS}
     params = {k: str(v) for k, v in {**flat, **layout}.items()}
     params.update(
@@ -220,6 +237,7 @@ def _log_params_and_tags(
         log.info("MLflow params cannot change; kept the first values of %s", ", ".join(changed))
     tags = {f"scaling.{k}": str(v) for k, v in {**flat, **layout}.items()}
     tags["scaling.sweep"] = str(spec.get("sweep", ""))
+    tags[GROUP_TAG] = run_spec.group_id()  # the same run but its seed
     code = dict(spec.get("code") or {})
     if code.get("commit"):
         tags.update({"mlflow.source.git.commit": str(code["commit"]),
@@ -247,7 +265,8 @@ def _log_epochs(client: MlflowClient, run: Run, records: list[dict[str, Any]]) -
         if epoch <= pushed:
             continue
         stamp = run.info.start_time + elapsed_ms  # deterministic: a repeat is a duplicate
-        batch += [Metric(EPOCH_PREFIX + k, v, stamp, epoch) for k, value in record.items()
+        batch += [Metric(k if "/" in k else EPOCH_PREFIX + k, v, stamp, epoch)
+                  for k, value in record.items()
                   if k != "epoch" and (v := _number(value)) is not None]  # fmt: skip
         if len(batch) >= METRICS_PER_REQUEST or epoch == epochs[-1]:
             # One request: MLflow applies the tag after the metrics it covers.

@@ -140,6 +140,7 @@ def prepare(decisions: list[Decision]) -> list[Job]:
                 **d.planned.spec.to_dict(),
                 "layout": layout.to_dict(),
                 "code": existing.get("code") or git_version(),
+                **({"started_at": existing["started_at"]} if "started_at" in existing else {}),
             },
         )
         jobs.append(d.job)

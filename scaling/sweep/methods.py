@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from scaling.sweep.config import StrictModel
 
 LrRule = Literal["linear", "sqrt"] | PositiveFloat
+#: images the online kNN monitor (EvalConfig.knn_every) scores on: training, test
+MONITOR_TRAIN, MONITOR_TEST = 10_000, 2_000
 
 
 class EvalConfig(StrictModel):
@@ -32,6 +34,10 @@ class EvalConfig(StrictModel):
     weight_decay: NonNegativeFloat = 0.0
     knn_k: PositiveInt = 200
     knn_temperature: PositiveFloat = 0.1
+    # Online kNN monitor: kNN top-1 of the encoder on a fixed subset (up to 10k training
+    # and 2k test images) after every N-th epoch, logged as monitor/knn_top1. 0: off.
+    # It never changes training (no RNG draw, BN in eval mode), so it is not in run_id.
+    knn_every: NonNegativeInt = 0
 
 
 class MethodConfig(StrictModel):

@@ -68,6 +68,8 @@ class SweepFile(StrictModel):
 
 
 _IDENTITY_EXCLUDED = {("dataset", "root")}
+#: config fields that never change a run's result (monitoring), left out of run_id
+_CONFIG_NOT_IDENTITY = {("eval", "knn_every")}
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,16 @@ class RunSpec:
             "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
-            "config": dict(self.config),
+            "config": identity_of_config(self.config),
         }
         if self.bn_batch is not None:
             identity["bn_batch"] = self.bn_batch
         return identity
+
+    def group_id(self) -> str:
+        """The identity without the seed: the same for every seed of this run (MLflow's
+        `scaling.group` tag, to compare means over seeds in the UI)."""
+        return run_id_of({k: v for k, v in self.identity().items() if k != "seed"})
 
     def with_bn_batch(self, bn_batch: int) -> RunSpec:
         """This run with batch norm over `bn_batch` images per view (a new run_id when
@@ -183,6 +190,15 @@ def _canonical(data: Any) -> str:
 
 def _hash(canonical: str) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def identity_of_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config without the fields that never change the result (the kNN monitor)."""
+    out = dict(config)
+    for section, key in _CONFIG_NOT_IDENTITY:
+        if isinstance(out.get(section), Mapping) and key in out[section]:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
 
 
 def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,7 +336,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         config_model: type[MethodConfig] = METHODS[method].config
         grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
         axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
-        configs = [(c, _canonical(c)) for c in grid.expand()]
+        configs = [(c, _canonical(identity_of_config(c))) for c in grid.expand()]
         method_json = _canonical(method)
         for (dataset, d_json), (model, m_json), seed in itertools.product(
             _with_json(data_grid.expand(), identity_of_dataset),

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN
 from scaling.sweep.spec import RunSpec
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
 
@@ -129,6 +130,34 @@ def knn_top1(
         votes.scatter_add_(1, train_y[top_idx], weights)
         correct += (votes.argmax(1) == test_y[i : i + 1024]).sum().item()
     return correct / len(test_y)
+
+
+class _Subset:
+    """The first `n` images of a data set in a fixed order (anything with `batch`)."""
+
+    def __init__(self, data: Any, n: int, seed: int = 0) -> None:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        self.data, self.indices = data, order[: min(n, len(data))].sort().values
+        self.num_classes = data.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        return self.data.batch(self.indices[idx.cpu()])
+
+
+def knn_monitor(encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment,
+                config: Mapping[str, Any]) -> float:  # fmt: skip
+    """kNN top-1 of the encoder on fixed subsets (the online monitor). Draws nothing from
+    any generator and runs the encoder in eval mode, so training is unchanged by it."""
+    device = next(encoder.parameters()).device
+    tr, te = _Subset(train, MONITOR_TRAIN), _Subset(test, MONITOR_TEST, seed=1)
+    train_f, train_y = data_features(encoder, tr, aug.eval_transform, device)
+    test_f, test_y = data_features(encoder, te, aug.eval_transform, device)
+    labelled = train_y >= 0
+    return knn_top1(train_f[labelled], train_y[labelled], test_f, test_y, train.num_classes,
+                    int(config["knn_k"]), float(config["knn_temperature"]))  # fmt: skip
 
 
 def evaluate_run(

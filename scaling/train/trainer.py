@@ -28,6 +28,7 @@ from scaling.rundir import (
     SPEC,
     append_jsonl,
     git_version,
+    read_json,
     truncate_metrics,
     write_json,
 )
@@ -37,7 +38,7 @@ from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
 from scaling.train.data import batches
-from scaling.train.evaluate import evaluate_run
+from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import load_dataset
@@ -146,9 +147,11 @@ def _train(
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     if main:
-        write_json(
-            run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(), "code": git_version()}
-        )
+        # started_at: when the run first started training; a resumed run keeps it, so its
+        # span (MLflow's start and duration) covers every attempt.
+        first = (read_json(run_dir / SPEC) or {}).get("started_at") or started
+        write_json(run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(),
+                                    "code": git_version(), "started_at": first})  # fmt: skip
 
     # ------------------------------------------------------------------ data
     name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
@@ -301,6 +304,10 @@ def _train(
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
+            every = int(config["eval"]["knn_every"]) if spec.method == "simclr" else 0
+            if main and every and (epoch + 1) % every == 0:  # the online kNN monitor
+                record["monitor/knn_top1"] = knn_monitor(net.encoder, train, test, aug,
+                                                         config["eval"])  # fmt: skip
             start_step = 0
             state = None
             if main:
