@@ -47,7 +47,8 @@ def submit(
     _print_decisions(console, decisions, verbose=dry_run)
     if dry_run:
         return
-    jobs = prepare(decisions)
+    wandb = plan.sweep.tracking.wandb
+    jobs = prepare(decisions, wandb=wandb.model_dump() if wandb else None)
     if not jobs:
         console.print("nothing to run")
         _where_to_look(console, sweep, cluster)

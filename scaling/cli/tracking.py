@@ -77,6 +77,9 @@ def sync(
         return
     ensure_experiment(ctx.tracking_uri, ctx.experiment)
     pushed, failed = sync_runs(run_dirs, ctx.tracking_uri, ctx.experiment)
+    from scaling.run.wandb_mirror import push as wandb_push
+
+    failed += sum(wandb_push(d, final=True) is False for d in run_dirs)  # W&B, where asked
     typer.echo(f"synced {pushed} of {len(run_dirs)} runs to {ctx.tracking_uri} (experiment {ctx.experiment})"
                + (f"; {failed} failed, run `scaling sync` again" if failed else ""))  # fmt: skip
     if failed:

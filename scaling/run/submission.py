@@ -118,7 +118,7 @@ def _action(
     return "run", "new"
 
 
-def prepare(decisions: list[Decision]) -> list[Job]:
+def prepare(decisions: list[Decision], wandb: Mapping[str, Any] | None = None) -> list[Job]:
     """Write spec.json of every run to launch (wiping forced ones); return the jobs,
     longest first: with a few runs at a time, starting the costliest early keeps one
     long run from finishing alone at the end (longest-processing-time-first)."""
@@ -143,6 +143,10 @@ def prepare(decisions: list[Decision]) -> list[Job]:
                 **({"started_at": existing["started_at"]} if "started_at" in existing else {}),
             },
         )
+        if wandb is not None:  # the run's W&B mirror settings (scaling.run.wandb_mirror)
+            from scaling.run.wandb_mirror import configure
+
+            configure(d.run_dir, dict(wandb))
         jobs.append(d.job)
     return jobs
 

@@ -13,6 +13,7 @@ from typing import Any
 from scaling.plan.layout import Layout
 from scaling.run.mirror import push
 from scaling.run.state import run_lock
+from scaling.run.wandb_mirror import push as wandb_push
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.trainer import run
@@ -45,6 +46,7 @@ def run_tracked(
         if tracking is None or not main or (outage and not final):
             return
         outage = push(run_dir, *tracking) is None
+        wandb_push(run_dir, final=final)
 
     with run_lock(run_dir) if main else contextlib.nullcontext():
         try:

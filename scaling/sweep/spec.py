@@ -10,6 +10,7 @@ sha256 of the canonical JSON of what changes the result (not where it runs).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 from collections.abc import Iterable, Mapping
@@ -50,9 +51,18 @@ class ModelConfig(StrictModel):
     depth_multiplier: PositiveFloat = 1.0
 
 
+class WandbConfig(StrictModel):
+    """An optional Weights & Biases mirror (beside MLflow; needs `scaling[wandb]`)."""
+
+    project: str = Field(min_length=1)
+    entity: str | None = None  # None: the W&B default entity of the logged-in user
+    mode: Literal["online", "offline"] = "online"  # offline: files only, `wandb sync` later
+
+
 class TrackingConfig(StrictModel):
     uri: str | None = None  # None: MLflow's default store (sqlite:///mlflow.db)
     experiment: str | None = None  # None: the sweep's name
+    wandb: WandbConfig | None = None
 
 
 class SweepFile(StrictModel):
@@ -355,4 +365,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                     RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
                 )
     unique = tuple({r.run_id: r for r in runs}.values())
+    if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
+        raise SpecError("W&B tracking needs the wandb package: pip install 'scaling[wandb]'",
+                        file=file, key="tracking.wandb")  # fmt: skip
     return Sweep(top.name, top.description, file, top.tracking, unique, axes)

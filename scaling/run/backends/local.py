@@ -140,8 +140,10 @@ class LocalBackend:
 def _push(job: Job, ctx: Context) -> None:
     """Mirror a run directory to MLflow; a failure only leaves it pending (never raises)."""
     from scaling.run.mirror import push
+    from scaling.run.wandb_mirror import push as wandb_push
 
     push(job.run_dir, ctx.tracking_uri, ctx.experiment)
+    wandb_push(job.run_dir)
 
 
 def _gpu_slots(ctx: Context) -> list[str]:
