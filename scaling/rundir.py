@@ -75,6 +75,16 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def read_result(run_dir: Path) -> dict[str, Any] | None:
+    """result.json when it is a finished run's (a numeric top-1), else None: any other
+    dict there (hand-written, from a broken tool) does not make the run finished."""
+    result = read_json(run_dir / RESULT)
+    if result is None:
+        return None
+    top1 = result.get("top1")
+    return result if isinstance(top1, (int, float)) and not isinstance(top1, bool) else None
+
+
 def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep the lines of epochs 1..epochs_done (a resumed run rewrites the rest)."""
     if not path.exists():

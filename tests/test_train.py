@@ -303,3 +303,143 @@ def test_knn_monitor_logs_and_never_changes_training(tmp_path: Path) -> None:
         read_json(tmp_path / "plain" / RESULT)["top1"]
         == read_json(tmp_path / "watched" / RESULT)["top1"]
     )
+
+
+def _three_epochs_then_lose_the_last(tmp_path: Path) -> tuple[RunSpec, Path, dict]:
+    """A 3-epoch run whose last checkpoint and result are gone: as if killed in epoch 3
+    after its metrics line went out (the newest checkpoint is epoch 2's)."""
+    spec = tiny_spec("supervised", epochs=3)
+    reference = run(spec, tmp_path / "ref", threads=1)
+    run_dir = tmp_path / "run"
+    run(spec, run_dir, threads=1)
+    (run_dir / RESULT).unlink()
+    sorted((run_dir / "checkpoints").iterdir())[-1].unlink()
+    return spec, run_dir, reference
+
+
+def test_an_io_error_while_restoring_fails_the_run_and_keeps_its_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EIO (a stale NFS handle, a failing disk) is not a corrupt file: the run must not
+    restart from scratch over its metrics; it fails with the path and resumes later."""
+    spec, run_dir, reference = _three_epochs_then_lose_the_last(tmp_path)
+    lines = (run_dir / METRICS).read_text()
+
+    def eio(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error", str(args[0]))
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint.torch, "load", eio)
+        with pytest.raises(OSError, match="Input/output error"):
+            run(spec, run_dir, threads=1)
+    assert (run_dir / METRICS).read_text() == lines  # epochs 1-3 kept
+    assert "Input/output error" in read_json(run_dir / FAILURE)["message"]
+    again = run(spec, run_dir, threads=1)  # the storage is back: resume, not restart
+    assert [r["epoch"] for r in read_jsonl(run_dir / METRICS)] == [1, 2, 3]
+    assert again["top1"] == reference["top1"] and again["steps"] == reference["steps"]
+
+
+def test_checkpoints_that_all_fail_to_decode_fail_the_run(tmp_path: Path) -> None:
+    spec, run_dir, _ = _three_epochs_then_lose_the_last(tmp_path)
+    lines = (run_dir / METRICS).read_text()
+    for path in (run_dir / "checkpoints").iterdir():
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunFailed, match="no checkpoint decodes \\(1 tried"):
+        run(spec, run_dir, threads=1)
+    assert (run_dir / METRICS).read_text() == lines
+
+
+def test_a_finished_run_started_again_returns_its_result_unchanged(tmp_path: Path) -> None:
+    """A duplicate Slurm task, a Ray retry or a second `scaling train` of a finished run
+    must not evaluate or train it again (even with its checkpoints cleaned up)."""
+    from typer.testing import CliRunner
+
+    from scaling.cli.app import app
+
+    spec = tiny_spec("supervised", epochs=2)
+    run_dir = tmp_path / "run"
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec.to_dict()))
+    args = ["train", str(spec_path), "--run-dir", str(run_dir), "--threads", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    result, metrics = (run_dir / RESULT).read_bytes(), (run_dir / METRICS).read_bytes()
+    stamp = (run_dir / RESULT).stat().st_mtime_ns
+    for path in (run_dir / "checkpoints").iterdir():
+        path.unlink()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "already finished" in again.output
+    assert (run_dir / RESULT).read_bytes() == result and (run_dir / METRICS).read_bytes() == metrics
+    assert (run_dir / RESULT).stat().st_mtime_ns == stamp
+    forced = CliRunner().invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0 and (run_dir / RESULT).stat().st_mtime_ns != stamp
+    assert [r["epoch"] for r in read_jsonl(run_dir / METRICS)] == [1, 2]
+
+
+@pytest.mark.parametrize("bad", [{}, {"top1": None}, {"top1": "0.9"}, {"top1": True}])
+def test_a_result_without_a_top1_is_not_finished(tmp_path: Path, bad: dict) -> None:
+    from scaling.run.state import run_state
+
+    (tmp_path / RESULT).write_text(json.dumps(bad))
+    assert run_state(tmp_path).state != "finished"
+    (tmp_path / METRICS).write_text('{"epoch": "x"}\n{"loss": 1.0}\n')  # never a traceback
+    assert run_state(tmp_path).epoch == 0
+
+
+def test_a_status_probe_never_makes_the_trainer_refuse_its_own_run(tmp_path: Path) -> None:
+    """`is_locked` takes the lock for an instant; the trainer retries instead of exiting
+    "already running" (before: 90 of 2,000 attempts in a tight loop)."""
+    import threading
+
+    from scaling.run.state import AlreadyRunning, is_locked, run_lock
+
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            is_locked(tmp_path)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        for _ in range(300):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        stop.set()
+        prober.join()
+    with run_lock(tmp_path), pytest.raises(AlreadyRunning):  # a real owner still excludes
+        with run_lock(tmp_path, wait_s=0.2):
+            pass
+
+
+def test_wall_time_counts_every_attempt(tmp_path: Path) -> None:
+    """A preempted and resumed run's cost is all of its attempts, not only the last."""
+    spec, run_dir, _ = _three_epochs_then_lose_the_last(tmp_path)
+    (newest,) = (run_dir / "checkpoints").iterdir()
+    state = torch.load(newest, weights_only=True)
+    assert state["elapsed_s"] > 0
+    state["elapsed_s"] = 1000.0  # as if the first attempt had run for 1,000 s
+    torch.save(state, newest)
+    result = run(spec, run_dir, threads=1)
+    assert 1000.0 < result["wall_time_s"] < 1100.0
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [("[1, 2]", "expected a run spec (a JSON object), got list"),
+     ('{"method": "simclr", "model": {}, "seed": 0, "config": {}}', "dataset: missing"),
+     ('{"method": "supervised", "dataset": {"name": "digits"}, "model": {}, "seed": "x", '
+      '"config": {}}', "seed: must be an integer, got 'x'")],
+)  # fmt: skip
+def test_a_bad_spec_json_for_scaling_train_is_one_line(
+    tmp_path: Path, content: str, says: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from scaling.cli.app import app
+
+    path = tmp_path / "spec.json"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert says in result.output

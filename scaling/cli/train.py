@@ -31,6 +31,9 @@ def train(
     experiment: Annotated[
         str | None, typer.Option(envvar="SCALING_EXPERIMENT", help="MLflow experiment name.")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Train a finished run again, from scratch.")
+    ] = False,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
     from scaling.plan.layout import Layout
@@ -64,9 +67,8 @@ def train(
             )
     tracking = (tracking_uri, experiment or spec.sweep or "scaling") if tracking_uri else None
     try:
-        run_tracked(
-            spec, run_dir, layout, tracking, device=device, threads=threads, compile=compile
-        )
+        run_tracked(spec, run_dir, layout, tracking, force=force, device=device, threads=threads,
+                    compile=compile)  # fmt: skip
     except Preempted as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(EXIT_PREEMPTED) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
-from scaling.rundir import CHECKPOINTS, FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl
+from scaling.rundir import CHECKPOINTS, FAILURE, LOG, METRICS, read_json, read_jsonl, read_result
 
 STATES = ("finished", "running", "failed", "resumable", "pending")
 LOCK = ".lock"
@@ -27,16 +28,28 @@ class AlreadyRunning(ScalingError):
     """Another process is training this run."""
 
 
+#: how long a trainer retries the lock: a status probe (`is_locked`) holds it for an
+#: instant, and must never make the run's own trainer give up
+LOCK_WAIT_S = 3.0
+
+
 @contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold the run's exclusive lock (released when the process dies, even by kill -9)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AlreadyRunning(f"{run_dir}: another process is training this run") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AlreadyRunning(
+                        f"{run_dir}: another process is training this run"
+                    ) from None
+                time.sleep(0.02)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
@@ -78,8 +91,9 @@ class RunState:
 def run_state(run_dir: Path) -> RunState:
     records = list(read_jsonl(run_dir / METRICS))
     last = records[-1] if records else None
-    epoch = int(last["epoch"]) if last else 0
-    result = read_json(run_dir / RESULT)
+    epoch = last.get("epoch") if last else 0
+    epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+    result = read_result(run_dir)
     if result is not None:
         return RunState("finished", epoch, last, result=result)
     if is_locked(run_dir):

@@ -7,6 +7,7 @@ run lock (two processes never train one run) and the MLflow mirror of the run di
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from scaling.plan.layout import Layout
 from scaling.run.mirror import push
 from scaling.run.state import run_lock
 from scaling.run.wandb_mirror import push as wandb_push
+from scaling.rundir import CHECKPOINTS, FAILURE, METRICS, RESULT, read_result
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.trainer import run
@@ -24,6 +26,8 @@ def run_tracked(
     run_dir: str | Path,
     layout: Layout | None,
     tracking: tuple[str, str] | None,
+    *,
+    force: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """`run` under the run's lock, mirrored to MLflow after each epoch and at the end.
@@ -31,7 +35,9 @@ def run_tracked(
     The lock makes a second process for the same run (a racing `submit`, a duplicate
     Slurm task) stop with AlreadyRunning instead of training twice. Tracking is a copy
     of the run directory: a push that fails is retried by the next one or by
-    `scaling sync`, and never fails the run.
+    `scaling sync`, and never fails the run. A finished run (a duplicate Slurm task, a
+    Ray retry, a second `scaling train`) returns its result unchanged; `force` trains it
+    again from scratch.
     """
     run_dir = Path(run_dir)
     # Rank 0 alone holds the lock and mirrors to MLflow: the other ranks of the same
@@ -49,7 +55,23 @@ def run_tracked(
         wandb_push(run_dir, final=final)
 
     with run_lock(run_dir) if main else contextlib.nullcontext():
+        done = read_result(run_dir)  # every rank reads it: all skip, or none does
+        if done is not None and not force:
+            if main:
+                print(f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "
+                      "kept as it is (--force trains it again)", flush=True)  # fmt: skip
+                mirror(final=True)
+            return done
+        if force and main:
+            _start_over(run_dir)
         try:
             return run(spec, run_dir, layout, on_epoch=mirror, **options)
         finally:
             mirror(final=True)
+
+
+def _start_over(run_dir: Path) -> None:
+    """--force: the run's outcome, metrics and checkpoints go; its spec stays."""
+    for name in (RESULT, FAILURE, METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)

@@ -155,6 +155,17 @@ class RunSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], file: str = "<run spec>") -> RunSpec:
         """Rebuild (and re-validate) a run spec, e.g. from a run directory's spec.json."""
+        if not isinstance(data, Mapping):
+            raise SpecError(
+                f"expected a run spec (a JSON object), got {type(data).__name__}", file=file
+            )
+        for key in ("method", "dataset", "model", "seed", "config"):
+            if key not in data:
+                raise SpecError("missing; a run spec has method, dataset, model, seed, config",
+                                file=file, key=key)  # fmt: skip
+        seed = data["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise SpecError(f"must be an integer, got {seed!r}", file=file, key="seed")
         method = data.get("method")
         if method not in METHODS:
             raise SpecError(f"must be one of {', '.join(METHODS)}", file=file, key="method")

@@ -1,20 +1,27 @@
 """Checkpoints that survive a kill at any moment.
 
 Saved every epoch and on SIGTERM/SIGUSR1 to a temporary file renamed into place; the
-newest one that loads is restored (a truncated or corrupt file is skipped, never
-loaded). Loaded with `weights_only=True`: a checkpoint holds tensors and plain data.
+newest one that loads is restored. Only a file that does not decode (truncated, corrupt,
+not a checkpoint) is skipped; an error of the storage itself (EIO, a stale NFS handle)
+propagates, so the run fails with the path instead of restarting from scratch over its
+metrics, and when checkpoints exist but none decodes the run fails too. Loaded onto the
+CPU (no device memory needed to read one) with `weights_only=True`: a checkpoint holds
+tensors and plain data.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scaling.errors import RunFailed
 from scaling.rundir import CHECKPOINTS, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -34,17 +41,30 @@ def save(run_dir: Path, global_step: int, state: dict[str, Any]) -> Path:
     return path
 
 
-def restore(run_dir: Path, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
-    """The newest checkpoint that loads, or None when there is none."""
-    for path in _ordered(run_dir / CHECKPOINTS):
+#: what a file that does not decode raises (torch's zip reader raises RuntimeError)
+DECODE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)
+
+
+def restore(run_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint that decodes (on the CPU), or None when there is none.
+
+    Raises OSError when the storage fails, and RunFailed when checkpoints exist but none
+    decodes: either way the run directory, its metrics included, is left as it was."""
+    paths = _ordered(run_dir / CHECKPOINTS)
+    for path in paths:
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # truncated, corrupt, or not a checkpoint at all
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except OSError:
+            raise  # the disk, not the file: do not restart from scratch over it
+        except DECODE_ERRORS as exc:  # truncated, corrupt, or not a checkpoint at all
             log.warning("skipping unreadable checkpoint %s: %s", path.name, exc)
             continue
         if isinstance(state, dict) and "global_step" in state:
             return state
         log.warning("skipping checkpoint without a training state: %s", path.name)
+    if paths:
+        raise RunFailed(f"{run_dir / CHECKPOINTS}: no checkpoint decodes ({len(paths)} tried; "
+                        "see train.log); move them away to restart this run from scratch")  # fmt: skip
     return None
 
 
@@ -66,9 +86,11 @@ def save_state(
     global_step: int,
     sums: dict[str, float],
     main: bool,
+    elapsed_s: float = 0.0,
 ) -> None:
     """Everything a run needs to continue bit for bit: weights, optimizer, the position in
-    the data order, the augmentation and global RNG streams, the epoch's running sums.
+    the data order, the augmentation and global RNG streams, the epoch's running sums,
+    and the wall time spent so far over every attempt (a resumed run's cost is all of it).
     Only rank 0 writes (the ranks hold identical weights)."""
     if not main:
         return
@@ -84,6 +106,7 @@ def save_state(
         # without them a resumed CUDA run is no longer bit-identical.
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "sums": sums,
+        "elapsed_s": elapsed_s,
     })  # fmt: skip
 
 

@@ -216,7 +216,12 @@ def _train(
     # ------------------------------------------------------------------ restore
     gen = torch.Generator(device=dev)
     start_epoch, start_step, global_step, sums = 0, 0, 0, new_sums()
-    state = checkpoint.restore(run_dir, map_location=dev)
+    state = checkpoint.restore(run_dir)  # on the CPU; load_state_dict moves it
+    before = 0.0  # wall time of earlier attempts (from the checkpoint)
+
+    def spent() -> float:
+        return before + time.time() - started
+
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -226,6 +231,7 @@ def _train(
             state["global_step"],
         )
         sums = state["sums"]
+        before = float(state.get("elapsed_s", 0.0))
         checkpoint.restore_rng(state)
         if main:
             print(
@@ -298,7 +304,16 @@ def _train(
                     check_finite(losses, global_step)
                     fold(sums, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main
+                        run_dir,
+                        net,
+                        opt,
+                        gen,
+                        epoch,
+                        step_in_epoch + 1,
+                        global_step,
+                        sums,
+                        main,
+                        spent(),
                     )
                     raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
             check_finite(losses, global_step)
@@ -316,7 +331,7 @@ def _train(
                 if on_epoch is not None:
                     on_epoch(record)
             checkpoint.save_state(
-                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main
+                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main, spent()
             )
 
     # ------------------------------------------------------------------ evaluate
@@ -330,7 +345,7 @@ def _train(
             steps=global_step,
             images_seen=global_step * derived.effective_batch,
             **_figures(spec, layout, global_step * derived.effective_batch),
-            wall_time_s=time.time() - started,
+            wall_time_s=spent(),  # every attempt's, not only this one's
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
         )
