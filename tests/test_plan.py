@@ -220,3 +220,14 @@ def test_knn_monitor_is_counted_in_the_cost_and_not_in_the_identity() -> None:
             assert b.gpu_hours > a.gpu_hours
         else:
             assert b.gpu_hours == a.gpu_hours
+
+
+def test_plan_warns_about_one_seed_and_a_small_test_set(tmp_path: Path) -> None:
+    path = write(tmp_path / "one.yaml", "name: one\ndataset: {name: digits, image_size: 8}\n"
+                 "model: {depth: 10, width: 0.25}\nmethods:\n  supervised: {batch_size: 64, epochs: 10}\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 0
+    assert "warning: one seed: no gap will have an interval" in result.output
+    assert "the digits test set has 360 images" in result.output
+    quick = CliRunner().invoke(app, ["plan", str(REPO / "sweeps" / "quickstart.yaml")])
+    assert "one seed" not in quick.output  # three seeds

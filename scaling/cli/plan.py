@@ -146,6 +146,10 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
         console.print(f"[red]infeasible: {t['infeasible']}[/red] ({why})")
     for warning, n in t["warnings"].items():
         console.print(f"[yellow]warning[/yellow] ({n} run{'s' * (n != 1)}): {warning}")
+    from scaling.plan.checks import sweep_warnings
+
+    for warning in sweep_warnings([r.spec for r in the_plan.runs]):
+        console.print(f"[yellow]warning[/yellow]: {warning}")
 
 
 def _fmt(col: str, value: Any) -> str:

@@ -7,7 +7,7 @@ under the table (with how many runs each applies to) and keeps them in the plan'
 
 from __future__ import annotations
 
-from scaling.plan.layout import Layout, derive
+from scaling.plan.layout import Layout, derive, test_size
 from scaling.sweep.spec import RunSpec
 
 #: warmup longer than this share of training leaves little of the cosine decay.
@@ -16,6 +16,26 @@ MAX_WARMUP_FRACTION = 0.25
 #: (SimCLR's global BN normalises over thousands; ImageNet ResNets use 32-256 per GPU).
 SMALL_BN_BATCH = {"imagefolder": 256, "stl10": 128}
 SMALL_BN_BATCH_DEFAULT = 32
+
+
+#: a test set under this many images moves top-1 by over 0.1 point per image
+SMALL_TEST_SET = 1000
+
+
+def sweep_warnings(specs: list[RunSpec]) -> list[str]:
+    """Checks on the sweep as a whole: seeds, and the test set's resolution."""
+    out = []
+    if specs and len({s.seed for s in specs}) == 1:
+        out.append("one seed: no gap will have an interval and no trend can be told from "
+                   "run-to-run noise; give the sweep seeds: [0, 1, 2]")  # fmt: skip
+    sizes = {s.dataset["name"]: test_size(s.dataset) for s in specs}
+    for name, n in sizes.items():
+        if n and n < SMALL_TEST_SET:
+            half = 100 * 1.645 * (0.95 * 0.05 / n) ** 0.5
+            out.append(f"the {name} test set has {n} images: one image is {100 / n:.2f} points "
+                       f"and a run's top-1 at 95% has a 90% binomial interval of +-{half:.1f} "
+                       "points; gaps smaller than that are ties")  # fmt: skip
+    return out
 
 
 def plan_warnings(spec: RunSpec, layout: Layout, n_train: int | None) -> tuple[str, ...]:
