@@ -7,6 +7,8 @@ under the table (with how many runs each applies to) and keeps them in the plan'
 
 from __future__ import annotations
 
+import functools
+
 from scaling.plan.layout import Layout, derive, test_size
 from scaling.sweep.spec import RunSpec
 
@@ -20,6 +22,15 @@ SMALL_BN_BATCH_DEFAULT = 32
 
 #: a test set under this many images moves top-1 by over 0.1 point per image
 SMALL_TEST_SET = 1000
+
+
+@functools.lru_cache(maxsize=4096)  # 100,000 runs share a few hundred schedules
+def _warmup_share(
+    method: str, batch: int, epochs: int, warmup: float | None, n_train: int
+) -> float:
+    config = {"batch_size": batch, "epochs": epochs, "warmup_epochs": warmup, "lr_rule": "linear"}
+    derived = derive(config, Layout.single(batch), n_train, method)
+    return derived.warmup_steps / max(1, derived.total_steps)
 
 
 def sweep_warnings(specs: list[RunSpec]) -> list[str]:
@@ -41,8 +52,9 @@ def sweep_warnings(specs: list[RunSpec]) -> list[str]:
 def plan_warnings(spec: RunSpec, layout: Layout, n_train: int | None) -> tuple[str, ...]:
     out = []
     if n_train:
-        derived = derive(spec.config, layout, n_train, spec.method)
-        share = derived.warmup_steps / max(1, derived.total_steps)
+        c = spec.config
+        share = _warmup_share(spec.method, int(c["batch_size"]), int(c["epochs"]),
+                              c.get("warmup_epochs"), n_train)  # fmt: skip
         if share > MAX_WARMUP_FRACTION:
             out.append(
                 f"warmup is {share:.0%} of training (over {MAX_WARMUP_FRACTION:.0%}): "

@@ -17,7 +17,7 @@ from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan import checks
-from scaling.plan.layout import Layout, derive, test_size, train_size
+from scaling.plan.layout import Layout, bn_batch_of, derive, test_size, train_size
 from scaling.plan.schedule import lr_for_batch
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
@@ -249,8 +249,8 @@ def make_plan(
         layout_mb = costs.choose_layout(batch, gpus, max_micro)
         layout = None
         if layout_mb:
-            layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision)
-            layout = layout.for_device(acc.device)
+            bn = bn_batch_of(layout_mb[0], gpus, acc.device)  # no replace(): 100k runs
+            layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision, bn)
             spec = spec.with_bn_batch(layout.bn_batch)  # the BN batch is part of the result
         n_train = train_size(spec.dataset, spec.method)
         reason = ""

@@ -24,6 +24,12 @@ SYNTHETIC_DEFAULT_SIZE = 1024
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def bn_batch_of(micro_batch: int, gpus: int, device_type: str) -> int:
+    """Images per view batch norm normalises over: one micro-batch, times the ranks when
+    SyncBatchNorm joins them (the trainer converts on CUDA only)."""
+    return micro_batch * (gpus if device_type == "cuda" else 1)
+
+
 @dataclass(frozen=True)
 class Layout:
     """micro_batch images per rank per micro-step; micro_batch * accum_steps * gpus == batch.
@@ -64,8 +70,7 @@ class Layout:
 
     def for_device(self, device_type: str) -> Layout:
         """This layout with its BN batch on `device_type` (SyncBatchNorm on CUDA only)."""
-        ranks = self.gpus if device_type == "cuda" else 1
-        return replace(self, bn_batch=self.micro_batch * ranks)
+        return replace(self, bn_batch=bn_batch_of(self.micro_batch, self.gpus, device_type))
 
     @classmethod
     def single(cls, batch_size: int) -> Layout:
