@@ -39,22 +39,26 @@ def run_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise AlreadyRunning(
-                        f"{run_dir}: another process is training this run"
-                    ) from None
-                time.sleep(0.02)
+        if not flock_within(fd, wait_s):
+            raise AlreadyRunning(f"{run_dir}: another process is training this run")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)
+
+
+def flock_within(fd: int, seconds: float) -> bool:
+    """Take an exclusive flock on `fd`, retrying for up to `seconds`; False if held."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def is_locked(run_dir: Path) -> bool:

@@ -11,18 +11,17 @@ run. Making MLflow reflect a run directory (`push`, `sync`, `read_state`) lives 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from scaling.errors import ScalingError
+from scaling.run.state import flock_within
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -231,15 +230,8 @@ def _flock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive flock, waited for at most `timeout` seconds (then TimeoutError)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{path} stayed locked for {timeout:.0f} s") from None
-                time.sleep(0.02)
+        if not flock_within(fd, timeout):
+            raise TimeoutError(f"{path} stayed locked for {timeout:.0f} s")
         yield
     finally:
         os.close(fd)  # releases the lock
