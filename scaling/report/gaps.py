@@ -21,7 +21,8 @@ seed on either side there is no interval (NaN), and the note says so.
 The best SimCLR recipe of an architecture is chosen on `val_top1` (a linear probe fitted
 on the training split less a held-out tenth and scored on that tenth; `selected_by`
 "validation"), and its TEST top-1 is what the gap uses. Without validation scores (older
-runs) it falls back to the test top-1 and says so (`selected_by` "test": optimistic).
+runs) it falls back to the test top-1 and says so (`selected_by` "test": optimistic);
+with a single recipe nothing is selected (`selected_by` "only recipe").
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def gap_table(table: Any) -> pd.DataFrame:
             best = _best(cells[method][arch], recipes[method], finished_only=True)
             if best is not None:
                 by = "test" if math.isnan(best[1]["val"]) else "validation"
+                if len(cells[method][arch]) == 1:
+                    by = "only recipe"  # nothing was selected
                 row = _row(base, method, "best", (f"best: {best[0]}", best[1]), ref)
                 if by == "test" and len(cells[method][arch]) > 1:
                     row["note"] = "; ".join(filter(None, [row["note"], SELECTED_ON_TEST]))

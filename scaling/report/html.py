@@ -167,13 +167,15 @@ def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, mis
     parts.append(_figures(figs, out))
     cols = ["dataset", "depth", "width", "stem", "depth_multiplier", "encoder_params", "method", "recipe",
             "top1", "std", "n", "missing", "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing",
-            "gap", "gap_se", "note"]  # fmt: skip
+            "gap", "gap_lo", "gap_hi", "gap_se", "selected_by", "note"]  # fmt: skip
     common = _common(gap_df, ("dataset", "image_size", "stem", "depth_multiplier", "method",
                               "sup_recipe", "missing", "sup_missing"))  # fmt: skip
     cols = [c for c in cols if c not in common]
     parts.append(
-        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture; points; std over seeds; "
-        "gap_se: standard error of the difference of means. All recipes below and in gaps.csv."
+        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture (selected_by: validation, a "
+        "held-out tenth of the training set; test: optimistic; only recipe: none to choose); points; std over seeds; gap_lo "
+        "to gap_hi: 90% Welch interval of the difference of means (none with one seed); gap_se: "
+        "its standard error. All recipes below and in gaps.csv."
         + (" Every row: " + _e(_common_text(common)) + "." if common else "") + "</p>"
     )  # fmt: skip
     left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
