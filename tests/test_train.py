@@ -443,3 +443,11 @@ def test_a_bad_spec_json_for_scaling_train_is_one_line(
     result = CliRunner().invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert says in result.output
+
+
+def test_checkpoints_of_another_run_are_refused(tmp_path: Path) -> None:
+    run(tiny_spec("supervised", epochs=1), tmp_path, threads=1)
+    (tmp_path / RESULT).unlink()
+    other = tiny_spec("supervised", epochs=2)
+    with pytest.raises(RunFailed, match="its checkpoints belong to run"):
+        run(other, tmp_path, threads=1)

@@ -55,3 +55,20 @@ def test_ui_serves_the_sweeps_experiment(tmp_path: Path) -> None:
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_ui_on_a_public_address_warns_that_it_has_no_authentication(tmp_path: Path) -> None:
+    write(tmp_path / "sweep.yaml", SWEEP)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scaling", "ui", "sweep.yaml", "--host", "0.0.0.0", "--port",
+         str(free_port())],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.readline().decode()  # type: ignore[union-attr]
+        assert "warning: the MLflow UI has no authentication" in first
+    finally:
+        import os
+
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -32,6 +32,9 @@ def ui(
     if uri.startswith(("http://", "https://")):
         typer.echo(f"the sweep logs to a tracking server: open {uri} (experiment {ctx.experiment})")
         return
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: the MLflow UI has no authentication: anyone who reaches {host}:{port} "
+                   "can read and change every run of this store", err=True)  # fmt: skip
     typer.echo(
         f"MLflow UI for {uri} at http://{host}:{port}  (experiment {ctx.experiment}; Ctrl-C stops it)"
     )

@@ -24,13 +24,39 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+#: YAML aliases a sweep or profile may use: anchors are fine for sharing a block, but
+#: unbounded aliases of aliases ("billion laughs") expand exponentially when walked
+MAX_ALIASES = 100
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document with more than MAX_ALIASES aliases."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} YAML aliases (*name); "
+                                     "write the values out")  # fmt: skip
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a SpecError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("file not found", file=str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8",
+                        file=str(path)) from None  # fmt: skip
+    except OSError as exc:
+        raise SpecError(f"cannot be read ({exc.strerror or exc})", file=str(path)) from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -223,7 +223,26 @@ def identity_of_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """The data set's identity: its root is where a published data set lives (not part of
+    the result), except for an image folder, whose root IS the data."""
+    if dataset.get("name") == "imagefolder":
+        return dict(dataset)
     return {k: v for k, v in dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
+
+
+def _unique(runs: list[RunSpec], file: str) -> list[RunSpec]:
+    """Runs by run_id; two different specs with one id (they differ only where the
+    identity does not look, e.g. a CIFAR root axis) are an error, never a silent drop."""
+    out: dict[str, RunSpec] = {}
+    for r in runs:
+        seen = out.setdefault(r.run_id, r)
+        if seen is not r and seen.to_dict() != r.to_dict():
+            diff = sorted(k for k in ("dataset", "model", "config")
+                          if getattr(seen, k) != getattr(r, k))  # fmt: skip
+            raise SpecError(f"two runs share run_id {r.run_id}: they differ only in {', '.join(diff)} "
+                            "fields that do not change a result (dataset.root of a published data set); "
+                            "make those a single value", file=file, key=diff[0] if diff else None)  # fmt: skip
+    return list(out.values())
 
 
 def _with_json(
@@ -375,7 +394,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                 runs.append(
                     RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
                 )
-    unique = tuple({r.run_id: r for r in runs}.values())
+    unique = tuple(_unique(runs, file))
     if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
         raise SpecError("W&B tracking needs the wandb package: pip install 'scaling[wandb]'",
                         file=file, key="tracking.wandb")  # fmt: skip

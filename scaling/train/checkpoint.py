@@ -87,6 +87,7 @@ def save_state(
     sums: dict[str, float],
     main: bool,
     elapsed_s: float = 0.0,
+    run_id: str = "",
 ) -> None:
     """Everything a run needs to continue bit for bit: weights, optimizer, the position in
     the data order, the augmentation and global RNG streams, the epoch's running sums,
@@ -107,6 +108,7 @@ def save_state(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "sums": sums,
         "elapsed_s": elapsed_s,
+        "run_id": run_id,  # a checkpoint resumes only its own run
     })  # fmt: skip
 
 

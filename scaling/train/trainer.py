@@ -222,6 +222,9 @@ def _train(
     def spent() -> float:
         return before + time.time() - started
 
+    if state is not None and state.get("run_id") not in (None, "", spec.run_id):
+        raise RunFailed(f"{run_dir}: its checkpoints belong to run {state['run_id']}, not "
+                        f"{spec.run_id}; give this run its own directory")  # fmt: skip
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -304,17 +307,9 @@ def _train(
                     check_finite(losses, global_step)
                     fold(sums, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir,
-                        net,
-                        opt,
-                        gen,
-                        epoch,
-                        step_in_epoch + 1,
-                        global_step,
-                        sums,
-                        main,
-                        spent(),
-                    )
+                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main,
+                        elapsed_s=spent(), run_id=spec.run_id,
+                    )  # fmt: skip
                     raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
@@ -331,8 +326,9 @@ def _train(
                 if on_epoch is not None:
                     on_epoch(record)
             checkpoint.save_state(
-                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main, spent()
-            )
+                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main,
+                elapsed_s=spent(), run_id=spec.run_id,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ evaluate
     result: dict[str, Any] = {}
