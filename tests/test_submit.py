@@ -149,8 +149,8 @@ def _wait(predicate, timeout: float = 180.0) -> None:  # type: ignore[no-untyped
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Path) -> None:
     # Long enough that the kill lands mid-run: MLflow sees the run after its first epoch.
-    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=10"]
-    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=10"])
+    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=20"]
+    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=20"])
     spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
     run_dir = study / "runs" / "tiny" / spec.run_id
     proc = _submit_process(study, *only)
