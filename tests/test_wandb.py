@@ -109,3 +109,15 @@ def test_a_wandb_sweep_without_the_package_is_one_line_naming_the_extra(
         f"error: {path}: tracking.wandb: W&B tracking needs the wandb package: "
         "pip install 'scaling[wandb]'"
     ]
+
+
+def test_a_run_trained_again_from_scratch_is_pushed_again(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    append_jsonl(run_dir / METRICS, {"epoch": 1, "loss": 2.0})
+    write_json(run_dir / RESULT, {"top1": 0.5})
+    assert (
+        wandb_mirror.push(run_dir) is True and read_json(run_dir / wandb_mirror.STATE)["finished"]
+    )
+    wandb_mirror.forget_progress(run_dir)  # what `scaling train --force` does
+    state = read_json(run_dir / wandb_mirror.STATE)
+    assert state == {"settings": {"project": "scaling-test", "entity": None, "mode": "offline"}}

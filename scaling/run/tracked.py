@@ -14,6 +14,7 @@ from typing import Any
 from scaling.plan.layout import Layout
 from scaling.run.mirror import push
 from scaling.run.state import run_lock
+from scaling.run.wandb_mirror import forget_progress
 from scaling.run.wandb_mirror import push as wandb_push
 from scaling.rundir import CHECKPOINTS, FAILURE, METRICS, RESULT, read_result
 from scaling.sweep.spec import RunSpec
@@ -75,3 +76,4 @@ def _start_over(run_dir: Path) -> None:
     for name in (RESULT, FAILURE, METRICS):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
+    forget_progress(run_dir)

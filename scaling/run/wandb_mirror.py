@@ -40,6 +40,13 @@ def configure(run_dir: Path, settings: dict[str, Any] | None) -> None:
     write_json(path, {**state, "settings": dict(settings)})
 
 
+def forget_progress(run_dir: Path) -> None:
+    """A run trained again from scratch: its W&B progress restarts (settings kept)."""
+    state = read_json(run_dir / STATE)
+    if state and state.get("settings"):
+        write_json(run_dir / STATE, {"settings": state["settings"]})
+
+
 def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
     """Make W&B reflect `run_dir`: True when up to date, None when the run has no W&B
     settings, False when the push failed (warned; pending for the next push)."""
