@@ -117,8 +117,7 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
     acc = the_plan.accelerator
     rows = the_plan.rows()
     columns, common, per_method = table_columns(rows, wide)
-    said = lambda values: ", ".join(f"{HEADERS.get(k, k)} {v}" for k, v in values.items())  # noqa: E731
-    shared = said(common)
+    shared = _said(common)
     table = Table(
         title=f"{the_plan.sweep.name}: {len(rows)} runs on {acc.name} "
         f"({acc.memory_gb:.0f} GB, {acc.peak_tflops:.2f} TFLOP/s peak x {acc.utilization:.0%})"
@@ -127,7 +126,7 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
     )
     for method, values in per_method.items():
         if values:
-            table.caption = (table.caption or "") + f"{method} runs: {said(values)}. "
+            table.caption = (table.caption or "") + f"{method} runs: {_said(values)}. "
     table.caption_justify = "left"
     for col in columns:
         table.add_column(HEADERS.get(col, col), justify="left" if col in ("run_id", "method")
@@ -150,6 +149,11 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
 
     for warning in sweep_warnings([r.spec for r in the_plan.runs]):
         console.print(f"[yellow]warning[/yellow]: {warning}")
+
+
+def _said(values: dict[str, Any]) -> str:
+    """{"depth": 10, "stem": "cifar"} -> "depth 10, stem cifar" (short headers)."""
+    return ", ".join(f"{HEADERS.get(k, k)} {v}" for k, v in values.items())
 
 
 def _fmt(col: str, value: Any) -> str:

@@ -8,6 +8,7 @@ under the table (with how many runs each applies to) and keeps them in the plan'
 from __future__ import annotations
 
 import functools
+import math
 
 from scaling.plan.layout import Layout, derive, test_size
 from scaling.sweep.spec import RunSpec
@@ -20,6 +21,7 @@ SMALL_BN_BATCH = {"imagefolder": 256, "stl10": 128}
 SMALL_BN_BATCH_DEFAULT = 32
 
 
+Z90 = 1.645  # two-sided 90%, the level of every interval the tool shows
 #: a test set under this many images moves top-1 by over 0.1 point per image
 SMALL_TEST_SET = 1000
 
@@ -33,6 +35,11 @@ def _warmup_share(
     return derived.warmup_steps / max(1, derived.total_steps)
 
 
+def binomial_half_width(accuracy: float, n: int) -> float:
+    """Half-width in points of the normal 90% binomial interval of a top-1 on n images."""
+    return 100 * Z90 * math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / n)
+
+
 def sweep_warnings(specs: list[RunSpec]) -> list[str]:
     """Checks on the sweep as a whole: seeds, and the test set's resolution."""
     out = []
@@ -42,7 +49,7 @@ def sweep_warnings(specs: list[RunSpec]) -> list[str]:
     sizes = {s.dataset["name"]: test_size(s.dataset) for s in specs}
     for name, n in sizes.items():
         if n and n < SMALL_TEST_SET:
-            half = 100 * 1.645 * (0.95 * 0.05 / n) ** 0.5
+            half = binomial_half_width(0.95, n)
             out.append(f"the {name} test set has {n} images: one image is {100 / n:.2f} points "
                        f"and a run's top-1 at 95% has a 90% binomial interval of +-{half:.1f} "
                        "points; gaps smaller than that are ties")  # fmt: skip

@@ -17,7 +17,14 @@ from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan import checks
-from scaling.plan.layout import Layout, bn_batch_of, derive, test_size, train_size
+from scaling.plan.layout import (
+    Layout,
+    bn_batch_of,
+    derive,
+    resolve_precision,
+    test_size,
+    train_size,
+)
 from scaling.plan.schedule import lr_for_batch
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
@@ -221,7 +228,7 @@ def make_plan(
     gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
     memory_bytes = int(acc.memory_gb * GB)
     throughput = acc.peak_tflops * 1e12 * acc.utilization
-    precision = Layout(1, 1, precision=profile.precision).resolved_precision(acc.device)
+    precision = resolve_precision(profile.precision, acc.device)
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count

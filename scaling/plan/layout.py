@@ -24,6 +24,13 @@ SYNTHETIC_DEFAULT_SIZE = 1024
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def resolve_precision(precision: str, device_type: str) -> str:
+    """auto: bf16 on CUDA, fp32 elsewhere; bf16 and fp32 as they are."""
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
+
+
 def bn_batch_of(micro_batch: int, gpus: int, device_type: str) -> int:
     """Images per view batch norm normalises over: one micro-batch, times the ranks when
     SyncBatchNorm joins them (the trainer converts on CUDA only)."""
@@ -64,9 +71,7 @@ class Layout:
         return cls(**sizes, precision=str(data.get("precision", "auto")), bn_batch=bn_batch)
 
     def resolved_precision(self, device_type: str) -> str:
-        if self.precision == "auto":
-            return "bf16" if device_type == "cuda" else "fp32"
-        return self.precision
+        return resolve_precision(self.precision, device_type)
 
     def for_device(self, device_type: str) -> Layout:
         """This layout with its BN batch on `device_type` (SyncBatchNorm on CUDA only)."""

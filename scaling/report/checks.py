@@ -7,18 +7,17 @@ Each is one line that says what to change. The report shows them above the figur
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import pandas as pd
 
+from scaling.plan.checks import binomial_half_width
 from scaling.plan.layout import test_size
 from scaling.report.gaps import REFERENCE
 
 #: a supervised run whose training loss still fell by more than this over its last fifth
 #: of epochs has not converged: its gap says more about its budget than about the method
 STILL_TRAINING = 0.10
-Z90 = 1.645  # two-sided 90%, the level of every interval in the report
 
 
 def validity_warnings(results: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
@@ -71,7 +70,7 @@ def _test_set(done: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
     if not n or best.empty:
         return []
     p = float(done["top1"].mean())
-    half = 100 * Z90 * math.sqrt(max(p * (1 - p), 1e-12) / n)
+    half = binomial_half_width(p, n)
     smallest = float(best["gap"].abs().min())
     if half <= smallest:
         return []
