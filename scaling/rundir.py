@@ -30,7 +30,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600: colleagues on a cluster must read runs
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: as open() would, the umask rules
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -109,3 +109,20 @@ def git_version(start: Path | None = None) -> dict[str, Any]:
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
+
+
+def _umask() -> int:
+    """The process's umask: /proc's (Linux), else read once by setting it (not thread-safe,
+    so not on every write)."""
+    global _UMASK
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1], 8) for ln in f if ln.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        if _UMASK is None:
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+        return _UMASK
+
+
+_UMASK: int | None = None

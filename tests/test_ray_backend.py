@@ -114,7 +114,7 @@ def jobs_of(root: Path, only: str | None = None) -> tuple[list[Job], Context]:
     plan = build_plan(root / "sweep.yaml", root / "ray.yaml", [], only)
     ctx = context_of(plan)
     ensure_experiment(ctx.tracking_uri, ctx.experiment)
-    return prepare(decide(plan, ctx)), ctx
+    return prepare(decide(plan, ctx), ctx), ctx
 
 
 def newest_weights(run_dir: Path) -> dict[str, torch.Tensor]:

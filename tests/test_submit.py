@@ -209,21 +209,47 @@ def test_eight_runs_logging_at_once_lose_no_metric(study: Path) -> None:
 
 
 @pytest.mark.slow
-def test_unreachable_tracking_loses_nothing_and_sync_uploads(
+def test_unreachable_tracking_loses_nothing_and_status_then_sync_upload(
     study: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    down = ["--set", "tracking.uri=http://127.0.0.1:9", "--only", "method=supervised,width=0.125"]
+    only = ["--only", "method=supervised,width=0.125"]
+    down = ["--set", "tracking.uri=http://127.0.0.1:9", *only]
     result = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *down)
     assert result.exit_code == 0, result.output
-    assert "1 finished" in result.output and "warning" in result.output
-    synced = invoke(
-        "sync", "sweep.yaml", "--cluster", "local.yaml"
-    )  # the sweep's own (sqlite) store
-    assert synced.exit_code == 0 and "synced 1 of 1" in synced.output, synced.output
+    assert "1 finished" in result.output and "1 runs not yet in MLflow" in result.output
+    behind = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *down)
+    assert "pending sync" in behind.output and "1 not yet in MLflow" in behind.output
+    assert "unreachable" in behind.output, behind.output
+    # `status` on the sweep's own (sqlite) store pushes what MLflow lacks, unasked.
+    caught_up = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *only)
+    assert "pending sync" not in caught_up.output, caught_up.output
     (info,) = mlflow_runs(study).values()
     assert info["status"] == "FINISHED" and "top1" in info["metrics"]
+    synced = invoke("sync", "sweep.yaml", "--cluster", "local.yaml")
+    assert synced.exit_code == 0 and "synced 1 of 1" in synced.output, synced.output
+    assert all_mlflow_run_count(study) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_to_submit_stops_runs_resumable_like_ctrl_c(
+    study: Path, sig: signal.Signals
+) -> None:
+    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=40"]
+    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=40"])
+    spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
+    run_dir = study / "runs" / "tiny" / spec.run_id
+    proc = _submit_process(study, *only)
+    _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=150)[0].decode()
+    assert proc.returncode == 130 and "interrupted" in out, out
+    assert not (run_dir / RESULT).exists() and not (run_dir / "failure.json").exists()
+    assert any((run_dir / "checkpoints").iterdir())  # the child checkpointed and stopped
+    status = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *only)
+    assert "resumable" in status.output, status.output
 
 
 @pytest.mark.slow

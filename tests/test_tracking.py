@@ -65,25 +65,6 @@ def finish(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
     return result
 
 
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder whose name has spaces and quotes, to catch URI quoting bugs."""
-    return tmp_path_factory.mktemp("store") / "sp ace 'q' \"x\""
-
-
-@pytest.fixture(scope="module")
-def store(store_dir: Path) -> str:
-    """One SQLite store per module: a new file costs ~1.7 s of schema creation."""
-    uri = tracking.sqlite_uri(store_dir / "mlflow.db")
-    tracking.ensure_experiment(uri, "warm-up")
-    return uri
-
-
-@pytest.fixture
-def client(store: str) -> MlflowClient:
-    return MlflowClient(store)
-
-
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
+from scaling.run.tracking import redact
+
+STATUS_PUSH_S = 30.0  # how long `status` waits for its pushes of runs MLflow lags behind
 
 
 def submit(
@@ -33,32 +40,55 @@ def submit(
     """Run every feasible run of SWEEP that is not finished; safe to repeat."""
     from rich.console import Console
 
-    from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
-    from scaling.run.submission import context_of, decide, prepare
+    from scaling.run.pusher import STOP_PUSH_S, Pusher
+    from scaling.run.submission import context_of, decide
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     plan = build_plan(sweep, cluster, set_ or [], only, overrides)
     ctx = context_of(plan)
-    decisions = decide(
-        plan, ctx, rerun_failed=rerun_failed, force=force, tracked=_tracked(ctx, console)
-    )
+    tracked = _tracked(ctx, console)
+    decisions = decide(plan, ctx, rerun_failed=rerun_failed, force=force, tracked=tracked)
     _print_decisions(console, decisions, verbose=dry_run)
     if dry_run:
         return
+    # One mirror thread for the whole command, told of an outage found above: a hung
+    # server costs one time-out, not one per run.
+    pusher = Pusher(ctx.tracking_uri, ctx.experiment, outage=tracked is None)
+    ctx = dataclasses.replace(ctx, pusher=pusher)
+    pusher.add_stale(d.run_dir for d in decisions if d.action == "skip")
+    with _signals_interrupt():
+        try:
+            counts = _launch(plan, ctx, decisions, console, reachable=tracked is not None)
+        except KeyboardInterrupt:
+            _close_pusher(pusher, console, STOP_PUSH_S)
+            raise
+        _close_pusher(pusher, console, None)
+    _where_to_look(console, sweep, cluster)
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
+def _launch(
+    plan: Any, ctx: Any, decisions: list[Any], console: Any, *, reachable: bool
+) -> dict[str, int]:
+    """Write the run directories and hand the jobs to the backend; outcome counts."""
+    from scaling.run.backends.base import get_backend
+    from scaling.run.submission import prepare
+
     wandb = plan.sweep.tracking.wandb
-    jobs = prepare(decisions, wandb=wandb.model_dump() if wandb else None)
+    jobs = prepare(decisions, ctx, wandb=wandb.model_dump() if wandb else None)
     if not jobs:
         console.print("nothing to run")
-        _where_to_look(console, sweep, cluster)
-        return
-    _ensure_experiment(ctx, console)
+        return {}
+    if reachable:
+        _ensure_experiment(ctx, console)
     backend = get_backend(ctx.profile.backend)
     console.print(
         f"submitting {len(jobs)} runs to {backend.name} ({ctx.max_parallel} at once, "
         f"{ctx.device}{'' if ctx.device != 'cpu' else f', {ctx.threads_per_run} threads each'}); "
-        f"runs in {ctx.workdir / ctx.sweep}, tracking {ctx.tracking_uri}"
+        f"runs in {ctx.workdir / ctx.sweep}, tracking {redact(ctx.tracking_uri)}"
     )
     outcomes = backend.submit(jobs, ctx)
     counts: dict[str, int] = {}
@@ -67,13 +97,35 @@ def submit(
     console.print(
         "done: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "nothing")
     )
-    _where_to_look(console, sweep, cluster)
-    if counts.get("failed"):
-        raise typer.Exit(1)
+    return counts
 
 
-def _tracked(ctx: Any, console: Any) -> dict[str, Any]:
-    """MLflow's view of the sweep (run_id -> status); empty with a warning when unreachable."""
+def _close_pusher(pusher: Any, console: Any, timeout: float | None) -> None:
+    from scaling.run.pusher import pending_note
+
+    left = pusher.close(timeout)
+    if left:
+        console.print(f"[yellow]warning:[/yellow] {pending_note(len(left), redact(pusher.uri))}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal, a killed tmux, `kill`) act as Ctrl-C: every
+    running run checkpoints and stays resumable."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _tracked(ctx: Any, console: Any) -> dict[str, Any] | None:
+    """MLflow's view of the sweep (run_id -> status); None, with a warning, when unreachable."""
     from scaling.errors import ScalingError
     from scaling.run.tracking import find_runs
 
@@ -83,7 +135,7 @@ def _tracked(ctx: Any, console: Any) -> dict[str, Any]:
         console.print(
             f"[yellow]warning:[/yellow] tracking not readable ({exc}); deciding from run directories"
         )
-        return {}
+        return None
 
 
 def _ensure_experiment(ctx: Any, console: Any) -> None:
@@ -137,33 +189,43 @@ def status(
     from rich.live import Live
 
     from scaling.run.planning import planned_runs
+    from scaling.run.pusher import Pusher
     from scaling.run.submission import make_context
 
     the_sweep, profile, runs = planned_runs(sweep, cluster, set_ or [], only)
     ctx = make_context(the_sweep, profile)
     console = Console(width=None if sys.stdout.isatty() else 200)
+    # Runs that ended with MLflow behind them (an outage, a killed submit) are pushed
+    # here, in the background; an unreachable store is tried once per command.
+    pusher = Pusher(ctx.tracking_uri, ctx.experiment)
     if not watch:
-        console.print(_status_view(runs, ctx, console))
+        console.print(_status_view(runs, ctx, console, pusher))
         return
     with Live(console=console, auto_refresh=False) as live:
         try:
             while True:
-                live.update(_status_view(runs, ctx, console), refresh=True)
+                live.update(_status_view(runs, ctx, console, pusher), refresh=True)
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
 
 
-def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
+def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
     from rich.console import Group
     from rich.table import Table
 
     from scaling.run.backends.base import get_backend
+    from scaling.run.mirror import needs_push
     from scaling.run.state import run_state
     from scaling.run.tracking import run_url
     from scaling.rundir import run_dir_of
 
-    tracked = _tracked(ctx, console)
+    dirs = {r.run_id: run_dir_of(ctx.workdir, ctx.sweep, r.run_id) for r in runs}
+    if pusher.add_stale(dirs.values()):
+        pusher.drain(STATUS_PUSH_S)
+    tracked = None if pusher.outage else _tracked(ctx, console)
+    pusher.outage = pusher.outage or tracked is None
+    tracked = tracked or {}
     scheduler: dict[str, str] = {}
     if ctx.profile.backend != "local":
         scheduler = get_backend(ctx.profile.backend).status(_jobs(runs, ctx), ctx)
@@ -189,8 +251,9 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
         table.add_column("scheduler", no_wrap=True)
     counts: dict[str, int] = {}
     failures = []
+    unsynced = 0
     for r in runs:
-        run_dir = run_dir_of(ctx.workdir, ctx.sweep, r.run_id)
+        run_dir = dirs[r.run_id]
         st = run_state(run_dir)
         counts[st.state] = counts.get(st.state, 0) + 1
         info = tracked.get(r.run_id)
@@ -200,6 +263,9 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
                 run_url(ctx.tracking_uri, info["experiment_id"], info["mlflow_run_id"])
                 or info["mlflow_run_id"][:12]
             )
+        if st.state != "running" and needs_push(run_dir, ctx.tracking_uri, ctx.experiment):
+            unsynced += 1
+            link = "[yellow]pending sync[/yellow]"
         top1 = f"{st.result['top1']:.4f}" if st.result else "-"
         loss = f"{st.last['loss']:.4f}" if st.last else "-"
         color = {
@@ -225,6 +291,9 @@ def _status_view(runs: Any, ctx: Any, console: Any) -> Any:
             tail = "\n    ".join(st.log_tail(run_dir, 5))
             failures.append(f"[red]{r.run_id} failed ({kind})[/red]: {message}\n    {tail}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if unsynced:
+        summary += f"; {unsynced} not yet in MLflow ({redact(ctx.tracking_uri)}"
+        summary += " unreachable: `scaling sync` uploads them)" if pusher.outage else ")"
     return Group(table, f"states: {summary}", *failures)
 
 

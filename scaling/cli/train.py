@@ -65,7 +65,11 @@ def train(
                 file=str(run_spec),
                 key="layout",
             )
-    tracking = (tracking_uri, experiment or spec.sweep or "scaling") if tracking_uri else None
+    from scaling.run.tracking import without_credentials
+
+    tracking = None
+    if tracking_uri:
+        tracking = (without_credentials(tracking_uri), experiment or spec.sweep or "scaling")
     try:
         run_tracked(spec, run_dir, layout, tracking, force=force, device=device, threads=threads,
                     compile=compile)  # fmt: skip

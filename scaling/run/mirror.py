@@ -11,6 +11,8 @@ serialises pushes of one directory, so racing processes never create two runs. P
 lives in MLflow itself (tag `scaling.epochs_pushed`, sent with the metrics it covers)
 and metric timestamps are deterministic (run start + cumulative epoch seconds), so a
 repeated push adds no point even without mlflow.json: the store drops exact duplicates.
+A forced rerun (spec.json's `forced_at`) gets a fresh MLflow run; the runs that started
+before it keep their history, tagged `scaling.superseded_run_id` instead of the run_id.
 
 Logged: params = RunSpec.flat() + layout (+ `derived.*` from result.json), each only
 when missing (MLflow rejects a changed param: a requeue with a new layout updates the
@@ -40,6 +42,7 @@ from scaling.run.tracking import (
     _ensure_experiment,
     _flock,
     _http_policy,
+    redact,
 )
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, SPEC, read_json, read_jsonl, write_json
 
@@ -51,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATE, LOCK = "mlflow.json", ".mlflow.lock"
 EPOCHS_TAG = "scaling.epochs_pushed"
+SUPERSEDED_TAG = "scaling.superseded_run_id"  # an earlier attempt at a forced rerun
 GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
@@ -104,6 +108,18 @@ def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False)
     return _push(Path(run_dir), _Target(uri, experiment), force)
 
 
+def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
+    """Whether MLflow is behind the run directory: it started training and its last push
+    to this store failed, never happened, or predates a change (files only, no MLflow)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / SPEC).is_file() or not _started(run_dir):
+        return False
+    state = _read_state(run_dir, _Target(uri, experiment))
+    return (
+        not state or bool(state.get("pending")) or state.get("fingerprint") != _fingerprint(run_dir)
+    )
+
+
 def sync(run_dirs: Iterable[str | Path], uri: str, experiment: str) -> tuple[int, int]:
     """Push every run directory that has a spec.json; returns (pushed, failed)."""
     target, pushed, failed = _Target(uri, experiment), 0, 0
@@ -134,7 +150,7 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
         log.warning(
             "MLflow push of %s to %s failed (%s: %s); the run directory keeps everything "
             "and a later push (scaling sync) uploads what is pending",
-            run_dir, target.uri, type(exc).__name__, exc,
+            run_dir, redact(target.uri), type(exc).__name__, redact(str(exc)),
         )  # fmt: skip
         return None
 
@@ -197,7 +213,8 @@ def _find_or_create(
         try:
             run = client.get_run(state["mlflow_run_id"])
             if (run.info.lifecycle_stage == "active" and run.info.experiment_id == experiment_id
-                    and run.data.tags.get(RUN_ID_TAG) == run_id):  # fmt: skip
+                    and run.data.tags.get(RUN_ID_TAG) == run_id
+                    and run.info.start_time >= 1000 * (_number(spec.get("forced_at")) or 0)):  # fmt: skip
                 return run
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
@@ -206,6 +223,12 @@ def _find_or_create(
         [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=10,
         order_by=["attributes.start_time ASC"],
     )  # fmt: skip
+    forced = _number(spec.get("forced_at"))
+    if forced is not None:  # a forced rerun: what ran before it is superseded
+        old = [r for r in found if r.info.start_time < round(1000 * forced)]
+        found = [r for r in found if r not in old]
+        for run in old:
+            _supersede(client, run, run_id)
     if len(found) > 1:
         log.warning("%d MLflow runs carry %s=%s; using the oldest", len(found), RUN_ID_TAG, run_id)
     if found:
@@ -216,6 +239,14 @@ def _find_or_create(
     return client.create_run(
         experiment_id, start_time=start_ms, tags={RUN_ID_TAG: run_id}, run_name=name
     )
+
+
+def _supersede(client: MlflowClient, run: Run, run_id: str) -> None:
+    """An MLflow run of an earlier attempt at a forced run: kept for the record, tagged
+    superseded and no longer found as the run's (its scaling.run_id tag is renamed)."""
+    client.set_tag(run.info.run_id, SUPERSEDED_TAG, run_id)
+    client.delete_tag(run.info.run_id, RUN_ID_TAG)
+    log.info("MLflow run %s of %s superseded by a forced rerun", run.info.run_id, run_id)
 
 
 def _log_params_and_tags(
@@ -341,12 +372,13 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
 def _read_state(run_dir: Path, target: _Target) -> dict[str, Any] | None:
     """mlflow.json if it describes this store and experiment (else it does not apply)."""
     state = read_state(run_dir)
-    same = state and (state.get("uri"), state.get("experiment")) == (target.uri, target.experiment)
+    where = (redact(target.uri), target.experiment)
+    same = state and (state.get("uri"), state.get("experiment")) == where
     return state if same else None
 
 
 def _write_state(run_dir: Path, target: _Target, **fields: Any) -> None:
-    base = {"uri": target.uri, "experiment": target.experiment, "error": None}
+    base = {"uri": redact(target.uri), "experiment": target.experiment, "error": None}
     write_json(run_dir / STATE, {**base, **fields, "updated": time.time()})
 
 
@@ -358,7 +390,7 @@ def _write_pending(run_dir: Path, target: _Target, exc: Exception) -> None:
     _write_state(
         run_dir,
         target,
-        **{**state, "pending": True, "error": f"{type(exc).__name__}: {exc}"[:2000]},
+        **{**state, "pending": True, "error": redact(f"{type(exc).__name__}: {exc}")[:2000]},
     )
 
 

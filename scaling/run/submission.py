@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,9 @@ def _action(
     return "run", "new"
 
 
-def prepare(decisions: list[Decision], wandb: Mapping[str, Any] | None = None) -> list[Job]:
+def prepare(
+    decisions: list[Decision], ctx: Context, wandb: Mapping[str, Any] | None = None
+) -> list[Job]:
     """Write spec.json of every run to launch (wiping forced ones); return the jobs,
     longest first: with a few runs at a time, starting the costliest early keeps one
     long run from finishing alone at the end (longest-processing-time-first)."""
@@ -127,20 +130,23 @@ def prepare(decisions: list[Decision], wandb: Mapping[str, Any] | None = None) -
     for d in launch:
         if d.action == "skip":
             continue
-        if d.why.startswith("forced") and d.run_dir.exists():
+        forced = d.why.startswith("forced")
+        if forced and d.run_dir.exists():
             shutil.rmtree(d.run_dir)
         d.run_dir.mkdir(parents=True, exist_ok=True)
         (d.run_dir / FAILURE).unlink(missing_ok=True)
         layout = d.planned.layout
         assert layout is not None  # feasible runs have one
-        existing = read_json(d.run_dir / SPEC) or {}
+        # forced_at: the MLflow runs of this run_id started before it are superseded.
+        existing = {"forced_at": time.time()} if forced else read_json(d.run_dir / SPEC) or {}
         write_json(
             d.run_dir / SPEC,
             {
                 **d.planned.spec.to_dict(),
                 "layout": layout.to_dict(),
                 "code": existing.get("code") or git_version(),
-                **({"started_at": existing["started_at"]} if "started_at" in existing else {}),
+                "checkpoint_every_s": 60.0 * ctx.profile.checkpoint_every_min,
+                **{k: existing[k] for k in ("started_at", "forced_at") if k in existing},
             },
         )
         if wandb is not None:  # the run's W&B mirror settings (scaling.run.wandb_mirror)

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from scaling.plan.layout import Layout
+from scaling.run.mirror import STATE as MLFLOW_STATE
 from scaling.run.mirror import push
 from scaling.run.state import run_lock
 from scaling.run.wandb_mirror import forget_progress
 from scaling.run.wandb_mirror import push as wandb_push
-from scaling.rundir import CHECKPOINTS, FAILURE, METRICS, RESULT, read_result
+from scaling.rundir import (
+    CHECKPOINTS,
+    FAILURE,
+    METRICS,
+    RESULT,
+    SPEC,
+    read_json,
+    read_result,
+    write_json,
+)
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
-from scaling.train.trainer import run
+from scaling.train.trainer import Preempted, run
 
 
 def run_tracked(
@@ -65,15 +77,44 @@ def run_tracked(
             return done
         if force and main:
             _start_over(run_dir)
+        if main:  # an earlier attempt's failure: this attempt decides afresh
+            (run_dir / FAILURE).unlink(missing_ok=True)
         try:
-            return run(spec, run_dir, layout, on_epoch=mirror, **options)
-        finally:
+            result = run(spec, run_dir, layout, on_epoch=mirror, **options)
+        except Preempted:
+            # The scheduler's grace period is for the requeue, not for a push to a slow
+            # server: the caller pushes within a time box after requeueing (push_within).
+            raise
+        except BaseException:
             mirror(final=True)
+            raise
+        mirror(final=True)
+        return result
+
+
+def push_within(run_dir: str | Path, tracking: tuple[str, str] | None, seconds: float) -> bool:
+    """Mirror the run directory to MLflow, waiting at most `seconds`; whether it finished.
+
+    For a stopping job (preempted, cancelled): the push goes on in a daemon thread and
+    dies with the process when the time is up. Nothing is lost either way: the run
+    directory has everything and the next push (the resumed run, `submit`, `status`,
+    `sync`) uploads what is pending.
+    """
+    if tracking is None or dist.detect_env().rank != 0:
+        return True
+    worker = threading.Thread(target=push, args=(run_dir, *tracking), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
 
 
 def _start_over(run_dir: Path) -> None:
-    """--force: the run's outcome, metrics and checkpoints go; its spec stays."""
-    for name in (RESULT, FAILURE, METRICS):
+    """--force: the run's outcome, metrics and checkpoints go; its spec stays, with a new
+    start (forced_at: its MLflow runs started before are superseded by a fresh one)."""
+    for name in (RESULT, FAILURE, METRICS, MLFLOW_STATE):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     forget_progress(run_dir)
+    spec = read_json(run_dir / SPEC) or {}
+    spec.pop("started_at", None)
+    write_json(run_dir / SPEC, {**spec, "forced_at": time.time()})

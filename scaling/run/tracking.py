@@ -14,11 +14,12 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from scaling.errors import ScalingError
 from scaling.run.state import flock_within
@@ -33,8 +34,13 @@ PAGE_SIZE = 1000  # the most runs MLflow returns per search page
 LOCK_TIMEOUT_S = 120.0
 # MLflow's HTTP defaults retry an unreachable server for ~4 minutes per call (7 retries,
 # backoff 2, 120 s timeout). A push is cheap to redo, so unless the user set these, a
-# push gives up after ~5 s instead of stalling training.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# call gives up after one retry of a 5 s connect/read time-out (~11 s against a server
+# that accepts and never answers; at once when nothing listens).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+}
 
 # ----------------------------------------------------------------------------- URIs
 
@@ -44,9 +50,13 @@ def resolve_uri(sweep_uri: str | None, profile_uri: str | None = None) -> str:
 
     MLflow's default is $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working
     directory. SQLite and bare paths come back absolute, so that runs started as
-    subprocesses in other directories write to the same store.
+    subprocesses in other directories write to the same store. Credentials in a server
+    URI (`https://user:secret@host`) are moved to this process's environment
+    (`without_credentials`): the URI every command shows, stores and hands on has none.
     """
     uri = profile_uri or sweep_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        uri = without_credentials(uri)
     if not uri:
         return sqlite_uri(Path.cwd() / "mlflow.db")
     db = _sqlite_path(uri)
@@ -56,6 +66,40 @@ def resolve_uri(sweep_uri: str | None, profile_uri: str | None = None) -> str:
     if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
         return os.path.abspath(uri)  # a bare path: MLflow's file store
     return uri
+
+
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_warned_credentials = False
+
+
+def redact(text: str) -> str:
+    """`text` with the user info of every URL in it (`user:secret@`) shown as `***@`."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def without_credentials(uri: str) -> str:
+    """A server URI without its user info, which moves to MLflow's own variables.
+
+    MLflow sends MLFLOW_TRACKING_USERNAME/PASSWORD as HTTP basic auth; set here (unless
+    already set) they reach every run this process starts through its environment, and
+    are never written into mlflow.json, a submitit or Ray pickle, a log or the terminal.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    for name, value in zip(CREDENTIAL_VARS, (user, password), strict=True):
+        if value and not os.environ.get(name):
+            os.environ[name] = unquote(value)
+    global _warned_credentials
+    if not _warned_credentials:
+        _warned_credentials = True
+        print("note: the tracking URI's credentials are used from MLFLOW_TRACKING_USERNAME/"
+              "MLFLOW_TRACKING_PASSWORD and never stored or shown; set those instead of "
+              "putting them in the URI", file=sys.stderr)  # fmt: skip
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def sqlite_uri(path: str | Path) -> str:
@@ -182,7 +226,9 @@ def find_runs(
             found = client.get_experiment_by_name(experiment)
             return {} if found is None else _all_runs(client, str(found.experiment_id), page_size)
     except Exception as exc:
-        raise ScalingError(f"could not read MLflow runs of {experiment!r} at {uri}: {exc}") from exc
+        raise ScalingError(
+            redact(f"could not read MLflow runs of {experiment!r} at {uri}: {exc}")
+        ) from exc
 
 
 def _all_runs(

@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 
 from scaling.sweep.config import StrictModel, apply_overrides, read_yaml, validate
 
@@ -63,6 +70,9 @@ class ClusterProfile(StrictModel):
     max_parallel: PositiveInt | None = None  # None: one run per CPU core or per GPU set
     threads_per_run: PositiveInt | None = None  # CPU threads each run may use
     workdir: str = "runs"
+    # A mid-epoch checkpoint at least this often, so that a kill loses minutes, not an
+    # epoch (0: at epoch ends and on stop signals only).
+    checkpoint_every_min: NonNegativeFloat = 10
     tracking: ClusterTracking = ClusterTracking()
     slurm: SlurmConfig | None = None
     ray: RayConfig | None = None

@@ -19,9 +19,33 @@ from typing import Any
 EXTERNAL_STOP = threading.Event()
 
 
+AGREE_EVERY = 8  # steps between the ranks' agreements on a stop or a checkpoint
+
+
+def agree(flags: list[bool], step: int, device: Any, every: int = AGREE_EVERY) -> list[bool]:
+    """Per flag: whether any rank raised it, the same answer on every rank.
+
+    A signal (or a checkpoint's time) reaches the ranks of a job at slightly different
+    steps; if rank 0 stopped at step k while rank 1 went on to k + 1, rank 1 would wait
+    forever in a collective. So with several ranks the flags are combined (MAX) every
+    `every` steps, at the same steps on every rank (all False in between); a single
+    process answers at once.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return list(flags)
+    if step % every:
+        return [False] * len(flags)
+    both = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in both.tolist()]
+
+
 class StopFlag:
     """SIGTERM/SIGUSR1 (or EXTERNAL_STOP) set a flag; the loop checkpoints after the
-    current step and stops."""
+    current step and stops (the ranks agree on when through `agree`)."""
 
     def __init__(self) -> None:
         self._signalled = False
@@ -29,25 +53,6 @@ class StopFlag:
     @property
     def requested(self) -> bool:
         return self._signalled or EXTERNAL_STOP.is_set()
-
-    def agreed(self, step: int, device: Any, every: int = 8) -> bool:
-        """Whether to stop now, the same answer on every rank.
-
-        A signal reaches the ranks of a job at slightly different steps; if rank 0
-        stopped at step k while rank 1 went on to k + 1, rank 1 would wait forever in a
-        collective. So with several ranks the flags are combined (MAX) every `every`
-        steps, at the same steps on every rank; a single process answers at once.
-        """
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return self.requested
-        if step % every:
-            return False
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     def _handle(self, signum: int, frame: Any) -> None:
         self._signalled = True

@@ -42,10 +42,14 @@ from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import load_dataset
-from scaling.train.signals import StopFlag
+from scaling.train.signals import StopFlag, agree
 from scaling.train.steps import simclr_step, supervised_step
 
 EpochHook = Callable[[dict[str, Any]], None]
+SUBMITTER_KEYS = ("forced_at", "checkpoint_every_s")  # spec.json keys the trainer keeps
+CHECKPOINT_EVERY_S = (
+    600.0  # a mid-epoch checkpoint at least this often (profile: checkpoint_every_min)
+)
 
 
 class Preempted(Exception):
@@ -61,11 +65,16 @@ def run(
     threads: int | None = None,
     compile: bool = False,
     on_epoch: EpochHook | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate `spec` in `run_dir`; returns the result (also in result.json).
 
     A run that fails for good leaves failure.json (kind: diverged, oom, error) beside
     its checkpoints; one stopped by a signal raises Preempted and stays resumable.
+    Besides the checkpoint at every epoch's end, one is written mid-epoch whenever
+    `checkpoint_every_s` passed since the last (0: never; None: spec.json's
+    `checkpoint_every_s`, which submission writes from the profile, else
+    CHECKPOINT_EVERY_S), so a SIGKILL loses minutes, not an epoch.
     """
     run_dir = Path(run_dir)
     try:
@@ -77,6 +86,7 @@ def run(
             threads=threads,
             compile=compile,
             on_epoch=on_epoch,
+            checkpoint_every_s=checkpoint_every_s,
         )
     except Preempted:
         raise
@@ -118,6 +128,7 @@ def _train(
     threads: int | None = None,
     compile: bool = False,
     on_epoch: EpochHook | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
     started = time.time()
@@ -146,11 +157,16 @@ def _train(
             f"{layout.bn_batch} (micro-batch {layout.micro_batch}): plan it again for this cluster"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_json(run_dir / SPEC) or {}
+    if checkpoint_every_s is None:
+        checkpoint_every_s = float(existing.get("checkpoint_every_s", CHECKPOINT_EVERY_S))
     if main:
         # started_at: when the run first started training; a resumed run keeps it, so its
         # span (MLflow's start and duration) covers every attempt.
-        first = (read_json(run_dir / SPEC) or {}).get("started_at") or started
-        write_json(run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(),
+        # What the submitter wrote beside the spec (forced_at, checkpoint_every_s) is kept.
+        first = existing.get("started_at") or started
+        kept = {k: existing[k] for k in SUBMITTER_KEYS if k in existing}
+        write_json(run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(), **kept,
                                     "code": git_version(), "started_at": first})  # fmt: skip
 
     # ------------------------------------------------------------------ data
@@ -256,6 +272,7 @@ def _train(
     per_rank = derived.per_rank_batch
     rows = slice(env.rank * per_rank, (env.rank + 1) * per_rank)
     net.train()
+    saved_at = time.monotonic()  # the last checkpoint (time-based ones follow it)
     with stop.installed():
         for epoch in range(start_epoch, int(config["epochs"])):
             gen.manual_seed(_epoch_seed(spec.seed, epoch))
@@ -303,14 +320,23 @@ def _train(
                 global_step += 1
                 losses.append(loss)  # kept as tensors: no CPU-GPU sync per step
                 accs.append(top1)
-                if stop.agreed(global_step, dev):
+                due = bool(checkpoint_every_s) and time.monotonic() - saved_at >= checkpoint_every_s
+                stopping, saving = agree([stop.requested, due], global_step, dev)
+                if stopping or saving:
                     check_finite(losses, global_step)
-                    fold(sums, losses, accs, time.perf_counter() - t0, lr)
+                    # The epoch so far, folded into a copy: this process goes on with its
+                    # own sums, so a checkpoint never changes the run's numbers.
+                    so_far = dict(sums)
+                    fold(so_far, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main,
-                        elapsed_s=spent(), run_id=spec.run_id,
+                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, so_far,
+                        main, elapsed_s=spent(), run_id=spec.run_id,
                     )  # fmt: skip
-                    raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
+                    saved_at = time.monotonic()
+                    if stopping:
+                        raise Preempted(
+                            f"stopped by signal at step {global_step}; checkpoint written"
+                        )
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
@@ -329,6 +355,12 @@ def _train(
                 run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main,
                 elapsed_s=spent(), run_id=spec.run_id,
             )  # fmt: skip
+            saved_at = time.monotonic()
+        # A stop that came after the last step's check (the final epoch's record, the kNN
+        # monitor, the checkpoint) is honoured before evaluation, which cannot checkpoint:
+        # the run resumes at its end and evaluates then.
+        if agree([stop.requested], 0, dev)[0]:
+            raise Preempted(f"stopped by signal after step {global_step}; checkpoint written")
 
     # ------------------------------------------------------------------ evaluate
     result: dict[str, Any] = {}

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from scaling.plan.layout import Layout
 from scaling.sweep.cluster import ClusterProfile
@@ -53,6 +53,9 @@ class Context:
     threads_per_run: int
     max_parallel: int
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The command's background mirror (scaling.run.pusher.Pusher), shared with a backend
+    # that pushes from this process; None: the backend makes its own.
+    pusher: Any = field(default=None, compare=False, repr=False)
 
     def train_command(self, job: Job, *, tracking: bool = True) -> list[str]:
         """The command every backend runs for a job (one process; a rank under srun).

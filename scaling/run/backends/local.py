@@ -4,7 +4,8 @@ At most `max_parallel` at once (CPU threads split between them; one run per GPU 
 on CUDA). Multi-rank runs (gpus_per_run > 1) start through torchrun. Ctrl-C sends
 SIGTERM to every child, which checkpoints and exits: every run stays resumable.
 This process, not the children, mirrors each run directory to MLflow as its epochs
-land: the runs never import MLflow or wait on the store.
+land, from a background thread (scaling.run.pusher): the runs never import MLflow, and
+a slow or hung store never delays starting or stopping them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from scaling.run.backends.base import Context, Job, Outcome
+from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
 from scaling.run.state import LOCK
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json
 
@@ -49,6 +51,7 @@ class LocalBackend:
         parallel = min(ctx.max_parallel, len(slots)) if slots else ctx.max_parallel
         pending, running, outcomes = list(jobs), [], []
         free = list(slots)
+        pusher = ctx.pusher or Pusher(ctx.tracking_uri, ctx.experiment)
         with LiveView(len(jobs)) as view:
             try:
                 while pending or running:
@@ -62,12 +65,12 @@ class LocalBackend:
                         view.update(child.task, epochs)
                         if epochs != child.pushed:
                             child.pushed = epochs
-                            _push(child.job, ctx)
+                            pusher.add(child.job.run_dir)
                         if child.proc.poll() is None:
                             continue
                         running.remove(child)
                         child.log.close()
-                        _push(child.job, ctx)
+                        pusher.add(child.job.run_dir)
                         if slots:
                             free.append(child.gpus)
                         outcome = _outcome(child)
@@ -78,10 +81,13 @@ class LocalBackend:
                 _terminate([c.proc for c in running])
                 for child in running:
                     child.log.close()
+                    pusher.add(child.job.run_dir)
                     outcomes.append(
                         Outcome(child.job.run_id, "preempted", "interrupted; resumable")
                     )
+                _finish_pushes(pusher, ctx, view, STOP_PUSH_S)
                 raise
+            _finish_pushes(pusher, ctx, view, None)
         return outcomes
 
     def _start(self, job: Job, ctx: Context, gpus: str | None, view: Any) -> _Child:
@@ -137,13 +143,14 @@ class LocalBackend:
         return count
 
 
-def _push(job: Job, ctx: Context) -> None:
-    """Mirror a run directory to MLflow; a failure only leaves it pending (never raises)."""
-    from scaling.run.mirror import push
-    from scaling.run.wandb_mirror import push as wandb_push
-
-    push(job.run_dir, ctx.tracking_uri, ctx.experiment)
-    wandb_push(job.run_dir)
+def _finish_pushes(pusher: Pusher, ctx: Context, view: Any, timeout: float | None) -> None:
+    """Wait for the last pushes (all of them, or `timeout` s when interrupted); say
+    what is left pending. The caller's own pusher (ctx.pusher) is the caller's to close."""
+    if ctx.pusher is not None:
+        return
+    left = pusher.close(timeout)
+    if left:
+        view.note(pending_note(len(left), ctx.tracking_uri))
 
 
 def _gpu_slots(ctx: Context) -> list[str]:

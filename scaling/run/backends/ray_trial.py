@@ -105,8 +105,9 @@ def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> 
     """Train in this actor. Failures a retry cannot fix end the trial; others raise,
     and Tune retries the trial, which resumes from the run's checkpoint."""
     from scaling.errors import RunFailed, ScalingError
+    from scaling.run.pusher import STOP_PUSH_S
     from scaling.run.state import AlreadyRunning
-    from scaling.run.tracked import run_tracked
+    from scaling.run.tracked import push_within, run_tracked
     from scaling.train.trainer import Preempted
 
     spec, layout = _load(run_dir)
@@ -115,6 +116,7 @@ def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> 
             result = run_tracked(spec, run_dir, layout, settings.tracking,
                                  device=settings.device, threads=settings.threads)  # fmt: skip
         except Preempted:
+            push_within(run_dir, settings.tracking, STOP_PUSH_S)
             return "preempted", "cancelled; resumable"
         except AlreadyRunning:
             return "already-running", "another process is training it"
@@ -176,8 +178,9 @@ def _rank_main(config: dict[str, Any]) -> None:
     """
     import ray.train
 
-    from scaling.run.tracked import run_tracked
-    from scaling.train.trainer import run
+    from scaling.run.pusher import STOP_PUSH_S
+    from scaling.run.tracked import push_within, run_tracked
+    from scaling.train.trainer import Preempted, run
 
     settings: Settings = config["settings"]
     run_dir = Path(config["run_dir"])
@@ -189,7 +192,11 @@ def _rank_main(config: dict[str, Any]) -> None:
             run(spec, run_dir, layout, **options)
         return
     with _output_to(run_dir / LOG), _watching(cancel_file(settings.storage, spec.run_id)):
-        run_tracked(spec, run_dir, layout, settings.tracking, **options)
+        try:
+            run_tracked(spec, run_dir, layout, settings.tracking, **options)
+        except Preempted:
+            push_within(run_dir, settings.tracking, STOP_PUSH_S)
+            raise
 
 
 # ---------------------------------------------------------------------- trial helpers

@@ -47,8 +47,9 @@ class TrainCall(Checkpointable):
         import json
 
         from scaling.plan.layout import Layout
+        from scaling.run.pusher import STOP_PUSH_S
         from scaling.run.state import AlreadyRunning
-        from scaling.run.tracked import run_tracked
+        from scaling.run.tracked import push_within, run_tracked
         from scaling.sweep.spec import RunSpec
         from scaling.train import distributed
         from scaling.train.trainer import Preempted
@@ -68,8 +69,13 @@ class TrainCall(Checkpointable):
             return run_tracked(spec, run_dir, layout, self.tracking, **options) or None
         except Preempted as exc:
             print(f"{exc}", flush=True)
-            if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
-                preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
+            # Requeue first (Slurm's signal lead time is for that), then a time-boxed
+            # push: a slow tracking server must not turn a requeue into a TIMEOUT.
+            try:
+                if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
+                    preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
+            finally:
+                push_within(run_dir, self.tracking, STOP_PUSH_S)
             raise SystemExit(EXIT_PREEMPTED) from None
         except AlreadyRunning as exc:
             print(f"{exc}", file=sys.stderr, flush=True)

@@ -1,0 +1,92 @@
+"""Mirroring run directories to tracking from a background thread.
+
+The local scheduler, `submit` and `status` hand run directories to a `Pusher` and go
+on: a tracking server that is slow or hangs never holds up starting runs or showing
+them. One thread pushes them in order (each directory once however often it is
+added while waiting). After a push fails the outage is remembered for the rest of the
+command: later pushes are not attempted (each would cost a time-out) and the run
+directories stay pending, for `scaling sync` or the next `submit`/`status` to upload.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from scaling.run.mirror import needs_push, push
+from scaling.run.state import is_locked
+from scaling.run.wandb_mirror import push as wandb_push
+
+#: how long a stopping job or an interrupted command may spend mirroring to MLflow
+STOP_PUSH_S = 10.0
+
+
+def pending_note(count: int, uri: str) -> str:
+    return (f"{count} runs not yet in MLflow ({uri} did not answer); their run directories "
+            "keep everything: `scaling sync` (or the next submit or status) uploads them")  # fmt: skip
+
+
+class Pusher:
+    """One background thread that makes MLflow (and W&B) reflect run directories."""
+
+    def __init__(self, uri: str, experiment: str, *, outage: bool = False) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.outage = outage  # set by the first failed push (or by a failed lookup before)
+        self.pending: set[Path] = set()  # not yet in MLflow when the command ends
+        self._queued: set[Path] = set()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[Path | threading.Event] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="scaling-pusher", daemon=True)
+        self._thread.start()
+
+    def add(self, run_dir: Path) -> None:
+        with self._lock:
+            if run_dir in self._queued:
+                return
+            self._queued.add(run_dir)
+        self._queue.put(run_dir)
+
+    def add_stale(self, run_dirs: Iterable[Path]) -> int:
+        """Queue every run directory whose mirror is behind it and that no process is
+        training (its trainer or scheduler pushes a live one); how many were queued."""
+        stale = [
+            d for d in run_dirs if needs_push(d, self.uri, self.experiment) and not is_locked(d)
+        ]
+        for run_dir in stale:
+            self.add(run_dir)
+        return len(stale)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every directory queued so far was pushed (or skipped); False on a
+        time-out (the thread is a daemon: what it was doing dies with the process)."""
+        reached = threading.Event()
+        self._queue.put(reached)  # a marker, handled once everything before it is
+        return reached.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> set[Path]:
+        """Finish what is queued (waiting at most `timeout`); the directories left pending."""
+        self.drain(timeout)
+        with self._lock:
+            return self.pending | self._queued
+
+    def __enter__(self) -> Pusher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            with self._lock:
+                self._queued.discard(item)
+            ok = not self.outage and push(item, self.uri, self.experiment) is not None
+            self.outage = self.outage or not ok
+            with self._lock:
+                (self.pending.discard if ok else self.pending.add)(item)
+            wandb_push(item)
