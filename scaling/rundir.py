@@ -75,6 +75,15 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
+    """metrics.jsonl's epoch records: lines whose `epoch` is a positive integer (any
+    other line, hand-edited or from a broken tool, is skipped, never a traceback)."""
+    for record in read_jsonl(path):
+        epoch = record.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0:
+            yield record
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     """result.json when it is a finished run's (a numeric top-1), else None: any other
     dict there (hand-written, from a broken tool) does not make the run finished."""
@@ -89,7 +98,7 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep the lines of epochs 1..epochs_done (a resumed run rewrites the rest)."""
     if not path.exists():
         return
-    kept = [r for r in read_jsonl(path) if int(r.get("epoch", 0)) <= epochs_done]
+    kept = [r for r in read_metrics(path) if r["epoch"] <= epochs_done]
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
 
 

@@ -194,3 +194,101 @@ def test_the_profile_sets_the_checkpoint_interval_in_spec_json(tmp_path: Path) -
     ctx = context_of(plan)
     jobs = prepare(decide(plan, ctx), ctx)
     assert jobs and all(read_json(j.spec_path)["checkpoint_every_s"] == 150.0 for j in jobs)
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+def test_cancel_signals_only_a_matching_scaling_train_on_this_host(tmp_path: Path) -> None:
+    """The lock names its holder (pid, host, process start): a lock written on another
+    machine, or naming a PID that now belongs to another process, is never signalled."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from scaling.run.state import LOCK, lock_holder, process_start, run_lock
+
+    with run_lock(tmp_path):  # held by this pytest process: not a `scaling train`
+        assert lock_holder(tmp_path) is None
+        me, start = os.getpid(), process_start(os.getpid())
+        assert start and (tmp_path / LOCK).read_text().split() == [
+            str(me),
+            socket.gethostname(),
+            start,
+        ]
+    # A real `scaling train` holding the lock is found; another host's line is not.
+    spec = tiny_spec("supervised", epochs=30)
+    (tmp_path / "spec.json").write_text(__import__("json").dumps(spec.to_dict()))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "scaling", "train", str(tmp_path / "spec.json"),
+           "--run-dir", str(run_dir), "--threads", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while lock_holder(run_dir) is None:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        assert lock_holder(run_dir) == proc.pid
+        line = (run_dir / LOCK).read_text().split()
+        (run_dir / LOCK).write_text(f"{line[0]} another-host {line[2]}\n")
+        assert lock_holder(run_dir) is None
+        (run_dir / LOCK).write_text(f"{line[0]} {line[1]} 1\n")  # a recycled PID
+        assert lock_holder(run_dir) is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_filesystem_without_flock_is_one_line_that_names_the_mount_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    from scaling.errors import ScalingError
+    from scaling.run.state import run_lock
+
+    def no_locks(fd: int, op: int) -> None:  # what Lustre mounted `noflock` answers
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ScalingError, match=r"does not support file locks.*-o flock"):
+        with run_lock(tmp_path):
+            pass
+
+
+def test_a_retried_run_no_longer_reads_as_failed_from_an_earlier_attempt(tmp_path: Path) -> None:
+    """A Ray retry (or a --rerun-failed) that is then stopped: the first attempt's
+    failure.json must not make the resumable run read as failed."""
+    from scaling.run.state import run_state
+    from scaling.run.tracked import run_tracked
+    from scaling.rundir import FAILURE
+
+    run_dir = tmp_path / "run"
+    write_json(run_dir / FAILURE, {"kind": "error", "message": "the first attempt", "time": 1.0})
+    EXTERNAL_STOP.set()
+    try:
+        with pytest.raises(Preempted):
+            run_tracked(tiny_spec("supervised"), run_dir, None, None, threads=1)
+    finally:
+        EXTERNAL_STOP.clear()
+    assert run_state(run_dir).state == "resumable"
+
+
+def test_malformed_metrics_lines_are_skipped_everywhere_they_are_read(
+    store: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    from scaling.run.state import run_state
+    from scaling.rundir import truncate_metrics
+
+    spec = make_spec(seed=42)
+    run_dir = make_run_dir(tmp_path, spec, epochs=2)
+    with (run_dir / METRICS).open("a") as f:
+        f.write('{"epoch": "x", "loss": 1.0}\n{"loss": 2.0}\n{"epoch": 3}\n[1]\n{"epoch": true}\n')
+    mlflow_id = mirror.push(run_dir, store, "malformed")
+    assert mlflow_id
+    assert [m.step for m in client.get_metric_history(mlflow_id, "train/loss")] == [1, 2]
+    assert run_state(run_dir).epoch == 3 and "loss" not in (run_state(run_dir).last or {})
+    truncate_metrics(run_dir / METRICS, 2)
+    assert [r["epoch"] for r in read_jsonl(run_dir / METRICS)] == [1, 2]

@@ -32,6 +32,7 @@ from tests.conftest import REPO, write
 
 ray = pytest.importorskip("ray")
 from scaling.run.backends import ray as ray_backend  # noqa: E402
+from scaling.run.backends import ray_connect  # noqa: E402
 
 SWEEP = """\
 name: tiny
@@ -143,20 +144,69 @@ def mlflow_runs(root: Path) -> dict[str, dict[str, Any]]:
 # ---------------------------------------------------------------------- without Ray
 
 
+def test_a_dead_head_is_one_line_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    root = study(tmp_path, profile=ray_profile(ray={"address": f"127.0.0.1:{port}"}))
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["submit", "sweep.yaml", "--cluster", "ray.yaml"])
+    assert result.exit_code == 2 and time.monotonic() - started < 60, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert f"no Ray cluster answers at ray.address 127.0.0.1:{port}" in line
+    assert "Traceback" not in result.output and not ray.is_initialized()
+    assert not list((root / "runs").glob("tiny/*/checkpoints"))
+
+
+def test_status_ignores_a_driver_record_whose_process_is_gone_or_reused(tmp_path: Path) -> None:
+    import os
+    import socket
+
+    from scaling.run.state import process_start
+
+    ctx = Context(
+        load_profile_for(tmp_path), "tiny", tmp_path, "sqlite:///x.db", "tiny", "cpu", 1, 1
+    )
+    jobs = [Job(load_sweep_text(tmp_path).runs[0], Layout.single(32), tmp_path / "r", 2)]
+    path = ray_backend.storage_path(ctx) / ray_backend.DRIVER_STATE
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "trials": {jobs[0].run_id: "RUNNING"}}
+    write(path, json.dumps({**me, "start": process_start(os.getpid())}))
+    assert ray_backend.RayBackend().status(jobs, ctx) == {jobs[0].run_id: "RUNNING"}
+    write(path, json.dumps({**me, "start": "1"}))  # a crashed driver whose pid is reused
+    assert ray_backend.RayBackend().status(jobs, ctx) == {}
+    write(path, json.dumps({**me, "pid": 2**22 + 1}))  # a crashed driver
+    assert ray_backend.RayBackend().status(jobs, ctx) == {}
+
+
+def load_profile_for(root: Path) -> Any:
+    from scaling.sweep.cluster import load_profile
+
+    return load_profile(write(root / "ray.yaml", PROFILE))
+
+
+def load_sweep_text(root: Path) -> Any:
+    return load_sweep(write(root / "sweep.yaml", SWEEP))
+
+
 def test_temp_dir_is_under_the_workdir_unless_too_long_for_sockets(tmp_path: Path) -> None:
     short = Path("/tmp") / f"sr{os.getpid()}"
     try:
-        path, scratch = ray_backend._temp_dir(RayConfig(), short)
+        path, scratch = ray_connect._temp_dir(RayConfig(), short)
         assert (path, scratch) == (short / ".ray", False) and path.is_dir()
     finally:
         import shutil
 
         shutil.rmtree(short, ignore_errors=True)
     deep = tmp_path / ("x" * 60)
-    path, scratch = ray_backend._temp_dir(RayConfig(), deep)
+    path, scratch = ray_connect._temp_dir(RayConfig(), deep)
     try:
         assert scratch and path.name.startswith("scaling-ray-") and path.is_dir()
-        assert len(str(path)) + ray_backend.SOCKET_SUFFIX <= 107 and not deep.exists()
+        assert len(str(path)) + ray_connect.SOCKET_SUFFIX <= 107 and not deep.exists()
     finally:
         path.rmdir()
 

@@ -24,7 +24,9 @@ from scaling.cli.app import app
 from scaling.errors import SpecError
 from scaling.plan.layout import Layout
 from scaling.run.backends import slurm as slurm_backend
+from scaling.run.backends import slurm_state
 from scaling.run.backends.base import Context, Job
+from scaling.run.backends.slurm_state import RECORD
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl, run_dir_of
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.spec import RunSpec, load_sweep
@@ -106,7 +108,7 @@ def job_log(run_dir: Path, job_id: str | None = None, task: int = 0) -> str:
     """A job's submitit log (stdout and stderr together, see executor_parameters)."""
     from submitit.core.utils import JobPaths
 
-    record = read_json(run_dir / slurm_backend.RECORD) or {}
+    record = read_json(run_dir / RECORD) or {}
     paths = JobPaths(record["folder"], job_id=job_id or record["job_id"], task_id=task)
     return paths.stdout.read_text(errors="replace") if paths.stdout.exists() else ""
 
@@ -132,11 +134,7 @@ def cancel_leftovers() -> Iterator[list[Path]]:
     workdirs: list[Path] = []
     yield workdirs
     for workdir in workdirs:
-        ids = [
-            str(r["job_id"])
-            for p in workdir.glob(f"*/*/{slurm_backend.RECORD}")
-            if (r := read_json(p))
-        ]
+        ids = [str(r["job_id"]) for p in workdir.glob(f"*/*/{RECORD}") if (r := read_json(p))]
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
 
@@ -200,6 +198,7 @@ def test_profile_becomes_submitit_parameters_one_task_per_gpu(tmp_path: Path) ->
         ("slurm.additional={additional_parameters: 3}", ["slurm", "submitit rejects"]),
         ("gpus_per_run=9", ["gpus_per_run", "multiple of gpus_per_node"]),
         ("device=auto", ["device", "cuda"]),
+        ("workdir=/shared/100%/runs", ["workdir", "has a '%'", "filename pattern"]),
     ],
 )
 def test_bad_profile_is_a_one_line_spec_error_when_planning(
@@ -240,6 +239,51 @@ def test_arrays_are_chunked_by_index_limit() -> None:
 # ---------------------------------------------------------------------- the real cluster
 
 
+def test_the_job_record_keeps_every_job_under_a_lock_and_tolerates_bad_records(
+    tmp_path: Path,
+) -> None:
+    import multiprocessing as mp
+
+    from scaling.run.backends import slurm_state
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    procs = [mp.get_context("fork").Process(target=slurm_state.record_job,
+                                            args=(run_dir, f"{100 + i}", tmp_path)) for i in range(12)]  # fmt: skip
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    assert sorted(slurm_state.job_ids(run_dir)) == [str(100 + i) for i in range(12)]
+    for bad in ({}, {"job_id": None}, {"previous": "41", "job_id": True}, [1, 2]):
+        (run_dir / RECORD).write_text(json.dumps(bad))
+        assert slurm_state.job_ids(run_dir) == []  # no traceback, no job
+        assert not slurm_state.just_submitted(run_dir)
+
+
+def test_a_host_oom_kill_fails_the_run_and_other_scheduler_ends_leave_it_resumable() -> None:
+    from scaling.run.backends.slurm_state import scheduler_failure
+
+    failure = scheduler_failure("OUT_OF_MEMORY", "41_2", "0:125")
+    assert failure is not None and failure["kind"] == "oom" and "slurm.mem_gb" in failure["message"]
+    for state in ("NODE_FAIL", "BOOT_FAIL", "TIMEOUT", "PREEMPTED", "CANCELLED", "COMPLETED"):
+        assert scheduler_failure(state, "41_2", "0:0") is None, state
+
+
+def test_sqlite_tracking_is_refused_when_slurm_nodes_are_other_machines(
+    slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scaling.errors import SubmissionError
+    from scaling.run.backends import slurm_state
+
+    slurm_state.check_tracking("sqlite:////tmp/x/mlflow.db", slurm_cluster.partition)  # this host
+    slurm_state.check_tracking("http://mlflow:5000", slurm_cluster.partition)
+    # A partition of other machines (this cluster has only this one: its sinfo answer).
+    monkeypatch.setattr(slurm_state, "_partition_nodes", lambda partition: ["gpu001", "gpu002"])
+    with pytest.raises(SubmissionError, match=r"only one machine can write.*gpu001.*mlflow server"):
+        slurm_state.check_tracking("sqlite:////tmp/x/mlflow.db", "gpu")
+
+
 def test_max_array_size_is_read_from_scontrol(slurm_cluster: SlurmCluster) -> None:
     assert slurm_backend.max_array_size() == slurm_cluster.max_array_size
 
@@ -270,7 +314,7 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
     assert "6 submitted" in result.output and "queued as job" in result.output
     sweep = load_sweep(study / "sweep.yaml")
     run_dirs = {r.run_id: workdir / "tiny" / r.run_id for r in sweep.runs}
-    ids = {rid: read_json(d / slurm_backend.RECORD)["job_id"] for rid, d in run_dirs.items()}
+    ids = {rid: read_json(d / RECORD)["job_id"] for rid, d in run_dirs.items()}
     arrays: dict[str, list[str]] = {}
     for job_id in ids.values():
         arrays.setdefault(job_id.split("_")[0], []).append(job_id)
@@ -308,9 +352,7 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
 
     again = invoke("submit", sweep_file, "--cluster", profile_file)
     assert again.exit_code == 0 and "nothing to run" in again.output, again.output
-    assert {
-        rid: read_json(d / slurm_backend.RECORD)["job_id"] for rid, d in run_dirs.items()
-    } == ids
+    assert {rid: read_json(d / RECORD)["job_id"] for rid, d in run_dirs.items()} == ids
 
 
 @pytest.mark.slow
@@ -335,10 +377,19 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
     wait_for(lambda: epochs_done(run_dir) >= 1 and (run_dir / "mlflow.json").exists(), "epoch 1")
     mlflow_id = read_json(run_dir / "mlflow.json")["mlflow_run_id"]
-    job_id = read_json(run_dir / slurm_backend.RECORD)["job_id"]
+    job_id = read_json(run_dir / RECORD)["job_id"]
     assert scheduler_states(tmp_path, "sweep.yaml", "slurm.yaml") == {
         spec.run_id: f"RUNNING (job {job_id})"
     }
+    # A second submit while the job runs, with another profile: the run is left as it is.
+    extra = {"precision": "bf16"}
+    write(tmp_path / "bf16.yaml",
+          profile_text(tmp_path / "runs", tmp_path / "mlflow.db", slurm_cluster.partition, **extra))  # fmt: skip
+    spec_json = (run_dir / "spec.json").read_bytes()
+    again = invoke("submit", "sweep.yaml", "--cluster", "bf16.yaml")
+    assert again.exit_code == 0 and "queued or running" in again.output, again.output
+    assert (run_dir / "spec.json").read_bytes() == spec_json
+    assert read_json(run_dir / RECORD)["job_id"] == job_id
 
     # 1. `scontrol requeue` (an administrator, a node failure policy): SIGTERM, checkpoint.
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
@@ -350,9 +401,9 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
 
     # 2. submitit's simulated time-out: USR2 -> checkpoint() -> scontrol requeue.
     done = epochs_done(run_dir)
-    submitit.SlurmJob(
-        folder=read_json(run_dir / slurm_backend.RECORD)["folder"], job_id=job_id
-    )._interrupt(timeout=True)
+    submitit.SlurmJob(folder=read_json(run_dir / RECORD)["folder"], job_id=job_id)._interrupt(
+        timeout=True
+    )
     wait_for(
         lambda: job_log(run_dir).count("resumed from step") == 2 and epochs_done(run_dir) > done,
         "resume 2",
@@ -373,7 +424,7 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
     result = invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml")
     assert result.exit_code == 0 and "resume 1" in result.output, result.output
     wait_for(lambda: (run_dir / RESULT).exists(), "result")
-    record = read_json(run_dir / slurm_backend.RECORD)
+    record = read_json(run_dir / RECORD)
     assert record["previous"] == [job_id] and record["job_id"] != job_id
     assert "resumed from step" in job_log(run_dir)
 
@@ -384,11 +435,12 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
 
     from scaling.run.tracking import find_runs
 
-    tracked = find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "long")
-    assert (
-        tracked[spec.run_id]["mlflow_run_id"] == mlflow_id
-        and tracked[spec.run_id]["status"] == "FINISHED"
-    )
+    def tracked() -> dict[str, Any]:
+        return find_runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "long")[spec.run_id]
+
+    # The job pushes to MLflow after it wrote result.json: wait for that push.
+    wait_for(lambda: tracked()["status"] == "FINISHED", "FINISHED in MLflow", timeout=60)
+    assert tracked()["mlflow_run_id"] == mlflow_id
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert len(client.search_runs([client.get_experiment_by_name("long").experiment_id])) == 1
     history = client.get_metric_history(mlflow_id, "train/loss")
@@ -409,7 +461,7 @@ def test_failing_job_is_reported_failed_with_its_log_tail(
     cancel_leftovers.append(tmp_path / "runs")
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
     run_id = load_sweep(tmp_path / "sweep.yaml").runs[0].run_id
-    job_id = read_json(tmp_path / "runs" / "broken" / run_id / slurm_backend.RECORD)["job_id"]
+    job_id = read_json(tmp_path / "runs" / "broken" / run_id / RECORD)["job_id"]
 
     def failed() -> bool:
         return scheduler_states(tmp_path, "sweep.yaml", "slurm.yaml")[run_id].startswith("FAILED")
@@ -419,7 +471,7 @@ def test_failing_job_is_reported_failed_with_its_log_tail(
     assert state == f"FAILED (exit 1:0, job {job_id})"
     assert (
         any("CIFAR-10 not found" in line for line in tail)
-        and len(tail) <= slurm_backend.LOG_TAIL_LINES
+        and len(tail) <= slurm_state.LOG_TAIL_LINES
     )
     status = invoke("status", "sweep.yaml", "--cluster", "slurm.yaml")
     assert "FAILED (exit 1:0" in status.output and "CIFAR-10 not found" in status.output, (

@@ -40,16 +40,21 @@ def submit(
     """Run every feasible run of SWEEP that is not finished; safe to repeat."""
     from rich.console import Console
 
+    from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
     from scaling.run.pusher import STOP_PUSH_S, Pusher
-    from scaling.run.submission import context_of, decide
+    from scaling.run.submission import context_of, decide, scheduled
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     plan = build_plan(sweep, cluster, set_ or [], only, overrides)
     ctx = context_of(plan)
     tracked = _tracked(ctx, console)
-    decisions = decide(plan, ctx, rerun_failed=rerun_failed, force=force, tracked=tracked)
+    backend = get_backend(ctx.profile.backend)
+    busy = scheduled(plan, ctx, backend)  # before anything is written: queued runs stay as they are
+    decisions = decide(
+        plan, ctx, rerun_failed=rerun_failed, force=force, tracked=tracked, busy=busy
+    )
     _print_decisions(console, decisions, verbose=dry_run)
     if dry_run:
         return
@@ -60,7 +65,7 @@ def submit(
     pusher.add_stale(d.run_dir for d in decisions if d.action == "skip")
     with _signals_interrupt():
         try:
-            counts = _launch(plan, ctx, decisions, console, reachable=tracked is not None)
+            counts = _launch(plan, ctx, backend, decisions, console, reachable=tracked is not None)
         except KeyboardInterrupt:
             _close_pusher(pusher, console, STOP_PUSH_S)
             raise
@@ -71,10 +76,9 @@ def submit(
 
 
 def _launch(
-    plan: Any, ctx: Any, decisions: list[Any], console: Any, *, reachable: bool
+    plan: Any, ctx: Any, backend: Any, decisions: list[Any], console: Any, *, reachable: bool
 ) -> dict[str, int]:
     """Write the run directories and hand the jobs to the backend; outcome counts."""
-    from scaling.run.backends.base import get_backend
     from scaling.run.submission import prepare
 
     wandb = plan.sweep.tracking.wandb
@@ -84,7 +88,6 @@ def _launch(
         return {}
     if reachable:
         _ensure_experiment(ctx, console)
-    backend = get_backend(ctx.profile.backend)
     console.print(
         f"submitting {len(jobs)} runs to {backend.name} ({ctx.max_parallel} at once, "
         f"{ctx.device}{'' if ctx.device != 'cpu' else f', {ctx.threads_per_run} threads each'}); "
@@ -267,7 +270,8 @@ def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
             unsynced += 1
             link = "[yellow]pending sync[/yellow]"
         top1 = f"{st.result['top1']:.4f}" if st.result else "-"
-        loss = f"{st.last['loss']:.4f}" if st.last else "-"
+        last_loss = (st.last or {}).get("loss")
+        loss = f"{last_loss:.4f}" if isinstance(last_loss, (int, float)) else "-"
         color = {
             "finished": "green",
             "failed": "red",

@@ -47,7 +47,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from scaling.rundir import FAILURE, METRICS, RESULT, SPEC, atomic_write_bytes, read_json, read_jsonl
+from scaling.rundir import (
+    FAILURE,
+    METRICS,
+    RESULT,
+    SPEC,
+    atomic_write_bytes,
+    read_json,
+    read_metrics,
+)
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -144,7 +152,7 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     if RESULT in names:
         result = read_json(run_dir / RESULT)
         if result is not None:
-            trend = loss_trend(read_jsonl(run_dir / METRICS)) if METRICS in names else None
+            trend = loss_trend(read_metrics(run_dir / METRICS)) if METRICS in names else None
             return {**out, **_result_fields(result), "state": "finished", "train_loss_trend": trend}
         out.update(state="failed", error_kind="error", error_message="result.json is unreadable")
         return out
@@ -157,7 +165,7 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     else:
         return _PENDING
     if METRICS in names:
-        epochs = [int(r.get("epoch", 0)) for r in read_jsonl(run_dir / METRICS)]
+        epochs = [r["epoch"] for r in read_metrics(run_dir / METRICS)]
         out["epochs_done"] = max(epochs, default=0)
     spec = read_json(run_dir / SPEC) if SPEC in names else None
     if spec and isinstance(spec.get("layout"), Mapping):

@@ -44,7 +44,16 @@ from scaling.run.tracking import (
     _http_policy,
     redact,
 )
-from scaling.rundir import FAILURE, LOG, METRICS, RESULT, SPEC, read_json, read_jsonl, write_json
+from scaling.rundir import (
+    FAILURE,
+    LOG,
+    METRICS,
+    RESULT,
+    SPEC,
+    read_json,
+    read_metrics,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -191,7 +200,7 @@ def _upload(run_dir: Path, target: _Target, state: dict[str, Any] | None, finger
         _write_state(run_dir, target, pending=True, **ids)  # remember it before logging
     result = read_json(run_dir / RESULT)
     _log_params_and_tags(client, run, spec, result)
-    epochs = _log_epochs(client, run, list(read_jsonl(run_dir / METRICS)))
+    epochs = _log_epochs(client, run, list(read_metrics(run_dir / METRICS)))
     status = _log_status(client, run, run_dir, result, epochs)
     _write_state(
         run_dir, target, pending=False, epochs_pushed=epochs, status=status,
@@ -287,7 +296,7 @@ def _log_epochs(client: MlflowClient, run: Run, records: list[dict[str, Any]]) -
     pushed = int(run.data.tags.get(EPOCHS_TAG, "0"))
     by_epoch: dict[int, dict[str, Any]] = {}
     for record in records:
-        by_epoch.setdefault(int(record.get("epoch", 0)), record)  # a redone epoch: the first
+        by_epoch.setdefault(record["epoch"], record)  # a redone epoch: the first
     epochs = sorted(e for e in by_epoch if e > 0)
     elapsed_ms, batch = 0, []
     for epoch in epochs:

@@ -8,8 +8,10 @@ so two `submit` commands (or a resubmitted Slurm job) never train the same run t
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
-from scaling.rundir import CHECKPOINTS, FAILURE, LOG, METRICS, read_json, read_jsonl, read_result
+from scaling.rundir import (
+    CHECKPOINTS,
+    FAILURE,
+    LOG,
+    METRICS,
+    read_json,
+    read_metrics,
+    read_result,
+)
 
 STATES = ("finished", "running", "failed", "resumable", "pending")
 LOCK = ".lock"
@@ -35,21 +45,30 @@ LOCK_WAIT_S = 3.0
 
 @contextmanager
 def run_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the run's exclusive lock (released when the process dies, even by kill -9)."""
+    """Hold the run's exclusive lock (released when the process dies, even by kill -9).
+
+    The lock file names its holder: "<pid> <host> <process start>", so that `cancel`
+    signals that process only, never a recycled PID or one on another machine.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        if not flock_within(fd, wait_s):
+        if not flock_within(fd, wait_s, path):
             raise AlreadyRunning(f"{run_dir}: another process is training this run")
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        pid = os.getpid()
+        os.write(fd, f"{pid} {socket.gethostname()} {process_start(pid)}\n".encode())
         yield
     finally:
         os.close(fd)
 
 
-def flock_within(fd: int, seconds: float) -> bool:
-    """Take an exclusive flock on `fd`, retrying for up to `seconds`; False if held."""
+def flock_within(fd: int, seconds: float, path: Path | str = "") -> bool:
+    """Take an exclusive flock on `fd`, retrying for up to `seconds`; False if held.
+
+    A filesystem without working flock (Lustre mounted without `flock`, some NFS set-ups)
+    is a ScalingError that says so: without it two processes could train one run."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -59,6 +78,17 @@ def flock_within(fd: int, seconds: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+        except OSError as exc:
+            if exc.errno in NO_FLOCK:
+                raise ScalingError(
+                    f"{path}: the filesystem does not support file locks ({os.strerror(exc.errno)}); "
+                    "mount it with the `flock` option (Lustre: -o flock; NFS: a lock manager) "
+                    "or put the workdir on a filesystem that has them"
+                ) from None
+            raise
+
+
+NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 def is_locked(run_dir: Path) -> bool:
@@ -67,14 +97,39 @@ def is_locked(run_dir: Path) -> bool:
         return False
     fd = os.open(path, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
+        if not flock_within(fd, 0.0, path):
+            return True
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
     finally:
         os.close(fd)
+
+
+def process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, /proc), "" when unknown: with
+    the PID it names one process, never a later one that reuses the number."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22; the name may hold spaces
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The PID of the `scaling train` holding the run's lock on this machine, or None:
+    not locked, held on another host, or a PID now used by another process."""
+    if not is_locked(run_dir):
+        return None
+    try:
+        pid_text, host, start = ((run_dir / LOCK).read_text().split() + ["", ""])[:3]
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if host != socket.gethostname() or not start or process_start(pid) != start:
+        return None
+    ours = any(arg.endswith(b"scaling") for arg in cmdline) and b"train" in cmdline
+    return pid if ours else None
 
 
 @dataclass(frozen=True)
@@ -93,7 +148,7 @@ class RunState:
 
 
 def run_state(run_dir: Path) -> RunState:
-    records = list(read_jsonl(run_dir / METRICS))
+    records = list(read_metrics(run_dir / METRICS))
     last = records[-1] if records else None
     epoch = last.get("epoch") if last else 0
     epoch = epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0

@@ -83,17 +83,39 @@ def decide(
     rerun_failed: bool = False,
     force: bool = False,
     tracked: Mapping[str, Mapping[str, Any]] | None = None,
+    busy: Mapping[str, str] | None = None,
 ) -> list[Decision]:
-    """One decision per run of the plan; `tracked` is find_runs() of the sweep's experiment."""
-    tracked = tracked or {}
+    """One decision per run of the plan; `tracked` is find_runs() of the sweep's
+    experiment, `busy` the runs the scheduler has queued or running (run_id -> which job:
+    the backend's `reconcile`), left untouched whatever else is asked."""
+    tracked, busy = tracked or {}, busy or {}
     decisions = []
     for planned in plan.runs:
         run_dir = run_dir_of(ctx.workdir, ctx.sweep, planned.spec.run_id)
         state = run_state(run_dir)
+        if planned.feasible and planned.spec.run_id in busy:
+            why = f"queued or running ({busy[planned.spec.run_id]})"
+            decisions.append(Decision(planned, run_dir, state, "skip", why))
+            continue
         mlflow_status = (tracked.get(planned.spec.run_id) or {}).get("status")
         action, why = _action(planned, state, mlflow_status, rerun_failed, force)
         decisions.append(Decision(planned, run_dir, state, action, why))
     return decisions
+
+
+def scheduled(plan: Plan, ctx: Context, backend: Any) -> dict[str, str]:
+    """The backend's `reconcile` of the plan's feasible runs ({} for backends that keep
+    no queue of their own: the run lock already says which runs are training)."""
+    reconcile = getattr(backend, "reconcile", None)
+    if reconcile is None:
+        return {}
+    jobs = [
+        Job(p.spec, p.layout, run_dir_of(ctx.workdir, ctx.sweep, p.spec.run_id),
+            int(p.spec.config["epochs"]))
+        for p in plan.runs
+        if p.feasible and p.layout is not None
+    ]  # fmt: skip
+    return dict(reconcile(jobs, ctx))
 
 
 def _action(

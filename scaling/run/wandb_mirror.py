@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from scaling.run.tracking import LOCK_TIMEOUT_S, _flock
-from scaling.rundir import FAILURE, METRICS, RESULT, SPEC, read_json, read_jsonl, write_json
+from scaling.rundir import (
+    FAILURE,
+    METRICS,
+    RESULT,
+    SPEC,
+    read_json,
+    read_metrics,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,7 @@ def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
 
 
 def _push_locked(run_dir: Path, state: dict[str, Any], final: bool) -> bool:
-    records = [r for r in read_jsonl(run_dir / METRICS) if isinstance(r.get("epoch"), int)]
+    records = list(read_metrics(run_dir / METRICS))
     result = read_json(run_dir / RESULT)
     failure = None if result else read_json(run_dir / FAILURE)
     ended = result is not None or failure is not None

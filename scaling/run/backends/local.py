@@ -22,7 +22,6 @@ from typing import IO, Any
 
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
-from scaling.run.state import LOCK
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json
 
 EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75
@@ -127,18 +126,19 @@ class LocalBackend:
         return {j.run_id: "RUNNING" for j in jobs if is_locked(j.run_dir)}
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
-        """SIGTERM the process holding each run's lock; it checkpoints and exits."""
-        from scaling.run.state import is_locked
+        """SIGTERM the `scaling train` holding each run's lock on this machine; it
+        checkpoints and exits (a holder on another host, or a PID reused since, is left)."""
+        from scaling.run.state import lock_holder
 
         count = 0
         for job in jobs:
-            if not is_locked(job.run_dir):
+            pid = lock_holder(job.run_dir)
+            if pid is None:
                 continue
             try:
-                pid = int((job.run_dir / LOCK).read_text().split()[0])
                 os.kill(pid, signal.SIGTERM)
                 count += 1
-            except (OSError, ValueError, IndexError):
+            except OSError:
                 continue
         return count
 

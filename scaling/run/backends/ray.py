@@ -25,15 +25,11 @@ reads <storage>/driver.json, kept by a live `submit`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import socket
-import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +39,7 @@ from ray import tune
 from scaling.errors import SubmissionError
 from scaling.run.backends import ray_trial
 from scaling.run.backends.base import Context, Job, Outcome
+from scaling.run.backends.ray_connect import check_tracking, connect, scoped_env
 from scaling.run.backends.ray_trial import Settings, cancel_file
 from scaling.rundir import FAILURE, LOG, read_json, write_json
 from scaling.sweep.cluster import RayConfig
@@ -51,9 +48,6 @@ log = logging.getLogger(__name__)
 
 STORAGE = ".ray_results"  # <workdir>/<sweep>/.ray_results: Tune's and Train's storage_path
 DRIVER_STATE = "driver.json"  # written by a live submit: its pid and each trial's state
-# Ray puts unix sockets at <temp>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store;
-# AF_UNIX paths are limited to 107 bytes on Linux (103 on macOS).
-SOCKET_SUFFIX = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
 INTERRUPTED = "stopped with the experiment; resumable"
 DRIVER_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",  # Tune's console table off (verbose=0): the live view shows it
@@ -76,10 +70,18 @@ class RayBackend:
         with connect(_config(ctx), ctx.workdir), LiveView(len(jobs)) as view:
             if _config(ctx).address == "local":  # a cluster may autoscale; this Ray never grows
                 _check_fits(jobs, ctx)
+            else:
+                check_tracking(ctx.tracking_uri, _config(ctx).address)
             progress = _Progress(jobs, view, storage / DRIVER_STATE)
             try:
-                with _scoped_env(DRIVER_ENV):
+                with scoped_env(DRIVER_ENV):
                     results = _tuner(jobs, ctx, progress).fit()
+            except (ConnectionError, ray.exceptions.RaySystemError) as exc:
+                raise SubmissionError(
+                    f"lost the Ray cluster at {_config(ctx).address} ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); every run keeps its "
+                    "checkpoints: `scaling submit` resumes them once the cluster is back"
+                ) from None
             finally:
                 (storage / DRIVER_STATE).unlink(missing_ok=True)
             by_id = {r.config["run_id"]: r for r in results if r.config}
@@ -126,92 +128,18 @@ def _config(ctx: Context) -> RayConfig:
 
 
 def _alive(state: dict[str, Any]) -> bool:
-    """A driver on this host is alive when its pid is; one elsewhere is trusted."""
+    """A driver on this host is alive when its process is (the same pid and start time:
+    a crashed driver's pid may be reused); one elsewhere is trusted."""
+    from scaling.run.state import process_start
+
     if state.get("host") != socket.gethostname():
         return True
     try:
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError):
+        pid = int(state["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    return True
-
-
-# ---------------------------------------------------------------------- connecting
-
-
-@contextlib.contextmanager
-def connect(config: RayConfig, workdir: Path) -> Iterator[None]:
-    """Start or join the Ray the profile names, for the duration of the block.
-
-    Already connected (the caller started Ray): used as it is and left running.
-    `local`: a Ray started in this process with the profile's CPUs, no dashboard, its
-    files under temp_dir (default <workdir>/.ray) and token authentication off
-    (RAY_AUTH_MODE=disabled, for this cluster of one process tree only); shut down on
-    exit, leaving no process. Any other address (`auto`, `ray://head:10001`) joins a
-    running cluster and disconnects on exit.
-    """
-    if ray.is_initialized():
-        yield
-        return
-    local = config.address == "local"
-    if local:  # started here: resources from the profile, files under the workdir
-        temp, scratch = _temp_dir(config, workdir)
-        options: dict[str, Any] = {
-            "num_cpus": config.num_cpus,
-            "include_dashboard": False,
-            "_temp_dir": str(temp),
-        }
-    else:  # joined: the cluster's own resources and files
-        temp, scratch = None, False
-        options = {"runtime_env": config.runtime_env or None}
-    try:
-        with _scoped_env({"RAY_AUTH_MODE": "disabled"} if local else {}):
-            ray.init(
-                address=config.address,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                **options,
-            )
-            try:
-                yield
-            finally:
-                ray.shutdown()
-    finally:
-        if scratch and temp is not None:
-            shutil.rmtree(temp, ignore_errors=True)
-
-
-def _temp_dir(config: RayConfig, workdir: Path) -> tuple[Path, bool]:
-    """Ray's temp dir, and whether it is a scratch dir to delete afterwards.
-
-    <workdir>/.ray (or the profile's temp_dir) when short enough for Ray's unix socket
-    paths; otherwise a short /tmp/scaling-ray-XXXX, removed after shutdown (with Ray's
-    own logs: each run's log is in its run directory).
-    """
-    wanted = Path(config.temp_dir).absolute() if config.temp_dir else workdir / ".ray"
-    limit = (103 if sys.platform == "darwin" else 107) - SOCKET_SUFFIX
-    if len(os.fsencode(str(wanted))) <= limit:
-        wanted.mkdir(parents=True, exist_ok=True)
-        return wanted, False
-    base = "/tmp" if os.path.isdir("/tmp") else None
-    scratch = Path(tempfile.mkdtemp(prefix="scaling-ray-", dir=base))
-    log.info("Ray temp dir %s is too long for unix sockets; using %s", wanted, scratch)
-    return scratch, True
-
-
-@contextlib.contextmanager
-def _scoped_env(values: dict[str, str]) -> Iterator[None]:
-    """Environment variables set for the block only (processes started meanwhile inherit them)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return not state.get("start") or process_start(pid) == state["start"]
 
 
 # ---------------------------------------------------------------------- the driver
@@ -312,8 +240,11 @@ class _Progress(tune.Callback):
         return {**self.__dict__, "view": _NullView(), "tasks": {}}
 
     def _write(self) -> None:
+        from scaling.run.state import process_start
+
         write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(),
-                               "updated": time.time(), "trials": self.states})  # fmt: skip
+                               "start": process_start(os.getpid()), "updated": time.time(),
+                               "trials": self.states})  # fmt: skip
 
     def _set(self, run_id: str, state: str) -> None:
         self.states[run_id] = state

@@ -33,7 +33,15 @@ from typing import Any
 from ray import tune
 
 from scaling.plan.layout import Layout
-from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json, read_jsonl, write_json
+from scaling.rundir import (
+    FAILURE,
+    LOG,
+    METRICS,
+    RESULT,
+    read_json,
+    read_metrics,
+    write_json,
+)
 from scaling.sweep.spec import RunSpec
 
 CANCEL_DIR = "cancel"  # <storage>/cancel/<run_id>: asks that run's trial to stop
@@ -271,8 +279,8 @@ class _Reporter:
             self._report_new()
 
     def _report_new(self) -> None:
-        for record in read_jsonl(self.run_dir / METRICS):
-            if int(record.get("epoch", 0)) <= self.epoch:
+        for record in read_metrics(self.run_dir / METRICS):
+            if record["epoch"] <= self.epoch:
                 continue
             self.epoch = int(record["epoch"])
             self.last = record

@@ -32,28 +32,32 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, JobPaths
+from submitit.core.utils import FailedJobError
 from submitit.slurm import slurm as _slurm
 
 from scaling.errors import SpecError, SubmissionError
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.slurm_job import TrainCall
-from scaling.rundir import read_json, write_json
+from scaling.run.backends.slurm_state import (
+    ACTIVE,
+    FAILED_FOR_GOOD,
+    check_tracking,
+    current,
+    histories,
+    just_submitted,
+    log_tail,
+    record_job,
+    record_of,
+    scheduler_failure,
+)
+from scaling.rundir import FAILURE, RESULT, write_json
 from scaling.sweep.cluster import ClusterProfile, SlurmConfig
 
-RECORD = "slurm.json"  # per run: the Slurm job ids that trained it, newest last
-LOG_TAIL_LINES = 5
-RECENT_S = 300  # a job sacct does not know yet, queued this recently, counts as pending
-ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                    "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"})  # fmt: skip
-FAILED_FOR_GOOD = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                             "DEADLINE", "PREEMPTED"})  # fmt: skip
 # submitit parameter -> the profile field that sets it (`additional` may not set these).
 OWNED = {
     "partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
@@ -144,6 +148,13 @@ def check_profile(profile: ClusterProfile, file: str | None = None) -> None:
             "nodes; set device: cuda (or cpu)", file=file, key="device",
         )  # fmt: skip
     executor_parameters(profile, profile.device, file=file)
+    if "%" in str(Path(profile.workdir).absolute()):
+        # sbatch reads every % of --output as a pattern (%j, %t, %%), while submitit
+        # reads the same folder literally: no escaping keeps both in one place.
+        raise SpecError(
+            f"{Path(profile.workdir).absolute()} has a '%', which Slurm reads as a filename "
+            "pattern (%j, %t, ...): choose a workdir without one", file=file, key="workdir",
+        )  # fmt: skip
 
 
 def submitit_folder(ctx: Context) -> Path:
@@ -208,14 +219,12 @@ class SlurmBackend:
         params = executor_parameters(
             ctx.profile, ctx.device, sweep=ctx.sweep, extra_env=ctx.extra_env
         )
-        states = _states([j.run_dir for j in jobs])
+        check_tracking(ctx.tracking_uri, cfg.partition)
+        busy = self.reconcile(jobs, ctx)  # submit checked too; this closes the race
         outcomes, todo = [], []
         for job in jobs:
-            state, job_id = states.get(job.run_id, ("", ""))
-            if state in ACTIVE or (state == "UNKNOWN" and _just_submitted(job.run_dir)):
-                outcomes.append(
-                    Outcome(job.run_id, "already-running", f"slurm job {job_id} {state}")
-                )
+            if job.run_id in busy:
+                outcomes.append(Outcome(job.run_id, "already-running", busy[job.run_id]))
             else:
                 todo.append(job)
         groups = chunks(todo, max_array_size())
@@ -232,7 +241,7 @@ class SlurmBackend:
             except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
                 raise SubmissionError(f"sbatch failed: {str(exc).strip()}") from None
             for job, sjob in zip(group, submitted, strict=True):
-                _record(job.run_dir, sjob.job_id, folder)
+                record_job(job.run_dir, sjob.job_id, folder)
                 outcomes.append(Outcome(job.run_id, "submitted", f"slurm job {sjob.job_id}"))
             first, last = submitted[0].job_id, submitted[-1].job_id
             span = (
@@ -243,95 +252,55 @@ class SlurmBackend:
             print(f"slurm: {len(group)} runs queued as job {span}; logs in {folder.parent}", file=sys.stderr, flush=True)  # fmt: skip
         return outcomes
 
+    def reconcile(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
+        """Before anything is written: the runs a job of theirs has queued or running
+        (run_id -> "slurm job <id> <STATE>"; `submit` leaves them untouched), and the
+        scheduler's verdict on runs whose job died where the trainer could not say so
+        (a host OUT_OF_MEMORY kill) written to failure.json, so that `submit` does not
+        resume them into the same kill."""
+        busy = {}
+        known = histories([j.run_dir for j in jobs])  # one sacct for all
+        for job in jobs:
+            if not (history := known.get(job.run_id)):
+                continue
+            job_id, state, code = current(history)
+            if state in ACTIVE or (state == "UNKNOWN" and just_submitted(job.run_dir)):
+                busy[job.run_id] = f"slurm job {job_id} {state}"
+            elif (failure := scheduler_failure(state, job_id, code)) is not None:
+                if not (job.run_dir / RESULT).exists() and not (job.run_dir / FAILURE).exists():
+                    write_json(job.run_dir / FAILURE, failure)
+        return busy
+
     def status(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
         """run_id -> "<STATE> (job <id>)", e.g. "RUNNING (job 41_2)" or
         "FAILED (exit 1:0, job 41_2)" followed, for runs that failed for good, by the
-        last lines of the job's log on further lines. Runs never submitted are absent."""
-        states = _states([j.run_dir for j in jobs], exit_codes=True)
+        last lines of the job's log on further lines. Runs never submitted are absent.
+        A run with several jobs (duplicate submits, requeues) shows its live one."""
         out = {}
-        for job in jobs:
-            if job.run_id not in states:
-                continue
-            state, job_id, *rest = states[job.run_id]
-            code = rest[0] if rest else ""
+        for run_id, history in histories([j.run_dir for j in jobs]).items():
+            job_id, state, code = current(history)
             if state in FAILED_FOR_GOOD:
-                folder = Path((read_json(job.run_dir / RECORD) or {}).get("folder", ""))
-                tail = "\n".join(_log_tail(folder, job_id))
-                out[job.run_id] = f"{state} (exit {code}, job {job_id})" + (
-                    f"\n{tail}" if tail else ""
-                )
+                run_dir = next(j.run_dir for j in jobs if j.run_id == run_id)
+                folder = Path(record_of(run_dir).get("folder", ""))
+                tail = "\n".join(log_tail(folder, job_id))
+                out[run_id] = f"{state} (exit {code}, job {job_id})" + (f"\n{tail}" if tail else "")
             else:
-                out[job.run_id] = f"{state} (job {job_id})"
+                out[run_id] = f"{state} (job {job_id})"
         return out
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
-        """scancel each run's queued or running job; runs checkpoint on SIGTERM and stay
-        resumable (Slurm sends SIGTERM, then SIGKILL after its KillWait, 30 s by default)."""
-        states = _states([j.run_dir for j in jobs])
+        """scancel every queued or running job of each run (all of them: a duplicate
+        submit may have queued two); runs checkpoint on SIGTERM and stay resumable
+        (Slurm sends SIGTERM, then SIGKILL after its KillWait, 30 s by default)."""
+        known = histories([j.run_dir for j in jobs])
         count = 0
         for job in jobs:
-            state, job_id = states.get(job.run_id, ("", ""))
-            if state not in ACTIVE:
-                continue
-            folder = (read_json(job.run_dir / RECORD) or {})["folder"]
-            try:
-                submitit.SlurmJob(folder=folder, job_id=job_id).cancel(check=True)
-            except subprocess.CalledProcessError as exc:
-                raise SubmissionError(f"scancel {job_id} failed ({exc.returncode})") from None
-            count += 1
+            live = [jid for jid, state, _ in known.get(job.run_id, []) if state in ACTIVE]
+            folder = record_of(job.run_dir).get("folder", "")
+            for job_id in live:
+                try:
+                    submitit.SlurmJob(folder=folder, job_id=job_id).cancel(check=True)
+                except subprocess.CalledProcessError as exc:
+                    raise SubmissionError(f"scancel {job_id} failed ({exc.returncode})") from None
+            count += bool(live)
         return count
-
-
-class _Watcher(_slurm.SlurmInfoWatcher):
-    """submitit's sacct watcher, asking for the exit code too."""
-
-    def _make_command(self) -> list[str] | None:
-        command = super()._make_command()
-        if command is not None:
-            command[command.index("-o") + 1] = "JobID,State,ExitCode,NodeList"
-        return command
-
-
-def _states(run_dirs: Sequence[Path], exit_codes: bool = False) -> dict[str, tuple[str, ...]]:
-    """run_id -> (state, job id[, exit code]) of each run's newest job, from one fresh sacct."""
-    newest = {d.name: str(rec["job_id"]) for d in run_dirs if (rec := read_json(d / RECORD))}
-    if not newest:
-        return {}
-    watcher = _Watcher(delay_s=0)  # a new watcher: nothing cached, one sacct for all
-    for job_id in set(newest.values()):
-        watcher.register_job(job_id)
-    watcher.update()
-    out: dict[str, tuple[str, ...]] = {}
-    for run_id, job_id in newest.items():
-        info = watcher.get_info(job_id, mode="cache")
-        state = (info.get("State") or "UNKNOWN").split()[0]  # "CANCELLED by 0" -> CANCELLED
-        out[run_id] = (state, job_id, info.get("ExitCode", "")) if exit_codes else (state, job_id)
-    return out
-
-
-def _record(run_dir: Path, job_id: str, folder: Path) -> None:
-    old = read_json(run_dir / RECORD) or {}
-    previous = [*old.get("previous", []), *([old["job_id"]] if "job_id" in old else [])]
-    write_json(run_dir / RECORD, {"job_id": job_id, "folder": str(folder),
-                                  "submitted": time.time(), "previous": previous})  # fmt: skip
-
-
-def _just_submitted(run_dir: Path) -> bool:
-    """Accounting reaches sacct a moment after sbatch: a job it does not know yet but
-    that was queued within the last minutes counts as queued (no duplicate submission)."""
-    submitted = float((read_json(run_dir / RECORD) or {}).get("submitted", 0))
-    return time.time() - submitted < RECENT_S
-
-
-def _log_tail(folder: Path, job_id: str, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last non-empty lines of task 0's log (stderr first when kept apart)."""
-    paths = JobPaths(folder, job_id=job_id, task_id=0)
-    for path in (paths.stderr, paths.stdout):
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        kept = [ln for ln in text.splitlines() if ln.strip()]
-        if kept:
-            return kept[-lines:]
-    return []
