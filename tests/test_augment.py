@@ -180,9 +180,15 @@ def test_crop_boxes_follow_torchvision_distribution() -> None:
 
 
 def test_fallback_crop_is_torchvision_centre_crop() -> None:
-    assert augment._fallback_crop(10, 40, (3 / 4, 4 / 3)) == (13, 10)  # too wide: clamp to 4/3
-    assert augment._fallback_crop(40, 10, (3 / 4, 4 / 3)) == (10, 13)
-    assert augment._fallback_crop(30, 32, (3 / 4, 4 / 3)) == (32, 30)
+    def fallback(height: int, width: int) -> tuple[int, int]:
+        return tuple(int(v) for v in augment._fallback_crop(height, width, (3 / 4, 4 / 3)))
+
+    assert fallback(10, 40) == (13, 10)  # too wide: clamp to 4/3
+    assert fallback(40, 10) == (10, 13)
+    assert fallback(30, 32) == (32, 30)
+    heights, widths = torch.tensor([10, 40, 30]), torch.tensor([40, 10, 32])
+    fw, fh = augment._fallback_crop(heights, widths, (3 / 4, 4 / 3))  # one per image
+    assert fw.tolist() == [13, 10, 32] and fh.tolist() == [10, 13, 30]
 
 
 def test_blur_defaults_and_kernel_size() -> None:

@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +21,8 @@ import torch
 from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
-from scaling.plan.data_info import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
-from scaling.train.data import (
-    IMAGEFOLDER_CACHE_BYTES,
-    DataSet,
-    ImageSet,
-    LoadRequest,
-    StreamingImageSet,
-    decode_all,
-    resize_uint8,
-)
+from scaling.train.data import IMAGEFOLDER_CACHE_BYTES, DataSet, ImageSet, LoadRequest, resize_uint8
+from scaling.train.imagefolder import ImageFolderSet, cache_side, scan_folder
 
 SPLITS = ("train", "test")
 STL10_SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
@@ -76,11 +67,12 @@ def load_dataset(
     seed: int = 0,
     num_images: int | None = None,
     max_cache_bytes: int = IMAGEFOLDER_CACHE_BYTES,
+    workers: int | None = None,
 ) -> DataSet:
     """Load one split at `image_size` (default: the dataset's own).
 
     `seed` and `num_images` only shape `synthetic`; `max_cache_bytes` decides whether an
-    image folder is cached in memory or streamed.
+    image folder is cached in memory, `workers` how many threads decode it.
     """
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
@@ -91,7 +83,9 @@ def load_dataset(
         raise SpecError(msg, key="split")
     size = image_size or DATASETS[name].default_image_size
     path = Path(root).expanduser() if root is not None else None
-    return _LOADERS[name](LoadRequest(path, size, split, seed, num_images, max_cache_bytes))
+    return _LOADERS[name](
+        LoadRequest(path, size, split, seed, num_images, max_cache_bytes, workers)
+    )
 
 
 def _dataset_dir(root: Path | None, folder: str, what: str) -> Path:
@@ -242,45 +236,15 @@ def _load_stl10(req: LoadRequest) -> ImageSet:
     return ImageSet(torch.cat(images), torch.cat(labels), 10)
 
 
-def _scan_folder(root: Path | None, split: str) -> tuple[list[Path], list[int], int]:
-    """root/train/<class>/<image>, and root/val/... or root/test/... for the test split."""
-    if root is None:
-        raise SpecError(
-            "dataset imagefolder needs a root holding train/ and val/ or test/", key="root"
-        )
-    train = root / "train"
-    candidates = [train] if split == "train" else [root / "val", root / "test"]
-    folder = next((c for c in candidates if c.is_dir()), None)
-    if not train.is_dir() or folder is None:
-        wanted = ", ".join(str(c) for c in dict.fromkeys([train, *candidates]))
-        raise ScalingError(
-            f"image folder not found: expected {wanted} with one sub-folder per class"
-        )
-    classes = sorted(d.name for d in train.iterdir() if d.is_dir())  # train decides indices
-    extra = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(classes))
-    if extra:
-        raise ScalingError(f"{folder} has classes that {train} lacks: {', '.join(extra)}")
-    found = [
-        (path, index)
-        for index, name in enumerate(classes)
-        if (folder / name).is_dir()
-        for path in sorted((folder / name).iterdir())
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-    ]
-    if not found:
-        raise ScalingError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}/<class>/")
-    return [p for p, _ in found], [i for _, i in found], len(classes)
-
-
 @register_dataset(
     DatasetInfo("imagefolder", None, 224, description="root/train|val|test/<class>/*")
 )
 def _load_imagefolder(req: LoadRequest) -> DataSet:
-    """Cached in memory as uint8 when it fits `max_cache_bytes`, else streamed."""
-    paths, labels, num_classes = _scan_folder(req.root, req.split)
-    workers, size = min(8, os.cpu_count() or 1), req.image_size
+    """Decoded batch by batch (see `scaling.train.imagefolder`); kept in memory at a
+    bounded resolution that keeps the aspect when that fits `max_cache_bytes`."""
+    paths, labels, num_classes = scan_folder(req.root, req.split)
+    side = cache_side(req.image_size)
+    cache = len(paths) * 3 * side * side * 4 // 3 <= req.max_cache_bytes  # 4:3 photographs
+    workers = req.workers or min(8, os.cpu_count() or 1)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
-    if len(paths) * 3 * size * size > req.max_cache_bytes:
-        return StreamingImageSet(paths, label_tensor, num_classes, size, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return ImageSet(decode_all(paths, size, pool), label_tensor, num_classes)
+    return ImageFolderSet(paths, label_tensor, num_classes, req.image_size, workers, cache)

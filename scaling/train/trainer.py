@@ -37,13 +37,13 @@ from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
-from scaling.train.data import batches
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import load_dataset
 from scaling.train.signals import StopFlag
 from scaling.train.steps import simclr_step, supervised_step
+from scaling.train.views import train_views
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -269,11 +269,12 @@ def _train(
             # A run stopped after the last step of an epoch resumes with no step left in
             # it: the epoch's record then comes from the restored sums alone.
             lr = sums["lr"]
-            stream = batches(
-                train, derived.effective_batch, seed=spec.seed, epoch=epoch,
-                start_step=start_step if epoch == start_epoch else 0, drop_last=True, device=dev,
+            stream = train_views(
+                train, aug, gen, batch_size=derived.effective_batch, seed=spec.seed,
+                epoch=epoch, rows=rows, views=method.views,
+                start_step=start_step if epoch == start_epoch else 0, device=dev,
             )  # fmt: skip
-            for step_in_epoch, (images, labels) in enumerate(
+            for step_in_epoch, batch in enumerate(
                 stream, start=start_step if epoch == start_epoch else 0
             ):
                 lr = warmup_cosine(
@@ -283,20 +284,13 @@ def _train(
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 if spec.method == "simclr":
+                    v1, v2 = batch.views
                     loss, top1 = simclr_step(
-                        step_net,
-                        images,
-                        aug,
-                        gen,
-                        layout,
-                        rows,
-                        float(config["temperature"]),
-                        autocast,
+                        step_net, v1, v2, layout, float(config["temperature"]), autocast
                     )
                 else:
-                    loss, top1 = supervised_step(
-                        step_net, images, labels, aug, gen, layout, rows, autocast
-                    )
+                    (x,) = batch.views
+                    loss, top1 = supervised_step(step_net, x, batch.labels, layout, autocast)
                 if env.world_size > 1:
                     dist.average_gradients(net.parameters())
                 opt.step()
@@ -307,7 +301,7 @@ def _train(
                     check_finite(losses, global_step)
                     fold(sums, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, sums, main,
+                        run_dir, net, opt, _at_state(gen, batch.rng_state), epoch, step_in_epoch + 1, global_step, sums, main,
                         elapsed_s=spent(), run_id=spec.run_id,
                     )  # fmt: skip
                     raise Preempted(f"stopped by signal at step {global_step}; checkpoint written")
@@ -359,6 +353,13 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _at_state(gen: torch.Generator, state: torch.Tensor) -> torch.Generator:
+    """A generator like `gen` at `state` (the stream may already have drawn the next step)."""
+    snapshot = torch.Generator(device=gen.device)
+    snapshot.set_state(state)
+    return snapshot
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
