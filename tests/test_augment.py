@@ -223,6 +223,16 @@ def test_eval_transform_is_deterministic_normalisation() -> None:
     torch.testing.assert_close(resized, ref.clamp(-1, 1), atol=1e-5, rtol=0)
 
 
+def test_stl10_evaluation_input_is_resize_110_and_centre_crop_96() -> None:
+    images = make_images(4, 96, 96)
+    ours = SimCLRAugment(96, test_crop=True).eval_transform(images)
+    ref = v2.Compose([v2.Resize(110, antialias=True), v2.CenterCrop(96)])(images.float() / 255)
+    assert ours.shape == (4, 3, 96, 96)
+    torch.testing.assert_close(ours, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.5] * 3),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    assert not torch.allclose(ours, SimCLRAugment(96).eval_transform(images))
+
+
 def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="RGB"):
         SimCLRAugment(32)(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.Generator())

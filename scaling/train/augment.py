@@ -38,6 +38,7 @@ from torch import Tensor
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
+CROP_PROPORTION = 0.875  # the official code's evaluation crop: image_size / 0.875, centre
 CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop: 10 tries, then a centre crop
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op codes in AugmentParams.order
 
@@ -106,6 +107,7 @@ class SimCLRAugment:
         gray_p: float = 0.2,
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
+        test_crop: bool = False,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -120,6 +122,7 @@ class SimCLRAugment:
         self.blur_p = blur_p if (image_size >= 64 if blur is None else blur) else 0.0
         self.blur_sigma = blur_sigma
         self.kernel_size = blur_kernel_size(image_size)
+        self.test_crop = test_crop  # evaluation: resize to image_size / 0.875, centre crop
         s = 0.8 * color_strength
         # (low, high) of each factor, as torchvision's ColorJitter: [max(0, 1 - s), 1 + s].
         self.factor_ranges = ((max(0.0, 1 - s), 1 + s),) * 3 + (
@@ -205,8 +208,10 @@ class SimCLRAugment:
         return self(images, generator), self(images, generator)
 
     def eval_transform(self, images: Tensor) -> Tensor:
-        """No randomness: resize to `image_size` if needed, normalise like training."""
-        return eval_transform(images, self.image_size, mean=self.mean, std=self.std)
+        """No randomness: resize to `image_size` if needed (or the official centre crop
+        when `test_crop`), normalise like training."""
+        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean,
+                              std=self.std)  # fmt: skip
 
 
 class CropFlipAugment(SimCLRAugment):
@@ -219,6 +224,7 @@ class CropFlipAugment(SimCLRAugment):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        test_crop: bool = False,
     ) -> None:
         super().__init__(
             image_size,
@@ -229,19 +235,31 @@ class CropFlipAugment(SimCLRAugment):
             crop_scale=crop_scale,
             jitter_p=0.0,
             gray_p=0.0,
+            test_crop=test_crop,
         )
 
 
 def eval_transform(
     images: Tensor,
     image_size: int | None = None,
+    test_crop: bool = False,
     *,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> Tensor:
-    """Deterministic evaluation input: uint8 -> [0, 1], optional antialiased resize, normalise."""
+    """Deterministic evaluation input: uint8 -> [0, 1], optional antialiased resize, normalise.
+
+    `test_crop` (square images, e.g. STL-10): resize to round(image_size / 0.875), then
+    the centre `image_size` crop (torchvision's Resize + CenterCrop), as the official
+    code does for every image size above 32.
+    """
     x = to_unit_float(images)
-    if image_size is not None and x.shape[-2:] != (image_size, image_size):
+    if test_crop and image_size is not None:
+        side = round(image_size / CROP_PROPORTION)
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True).clamp_(0.0, 1.0)
+        a = int(round((side - image_size) / 2.0))
+        x = x[:, :, a : a + image_size, a : a + image_size]
+    elif image_size is not None and x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
         x = x.clamp_(0.0, 1.0)
     return normalize(x, mean, std)

@@ -35,9 +35,8 @@ from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
 from scaling.plan.data_info import IMAGE_SUFFIXES, folder_problem
-from scaling.train.augment import crop_boxes
+from scaling.train.augment import CROP_PROPORTION, crop_boxes
 
-CROP_PROPORTION = 0.875  # the official code's: evaluation resizes to image_size / 0.875
 RESAMPLE = Image.Resampling.BILINEAR  # torchvision's default for Resize and RandomResizedCrop
 
 

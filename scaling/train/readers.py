@@ -39,6 +39,8 @@ class DatasetInfo:
     default_image_size: int
     channels: int = 3  # of the loaded images (grey sources are replicated to RGB)
     description: str = ""
+    # evaluation resizes to image_size / 0.875 and centre-crops (`augment.eval_transform`)
+    test_crop: bool = False
 
 
 Loader = Callable[[LoadRequest], DataSet]
@@ -216,7 +218,9 @@ def _read_stl_images(path: Path) -> Tensor:
     return raw.view(-1, 3, 96, 96).transpose(2, 3)
 
 
-@register_dataset(DatasetInfo("stl10", 10, 96, description="STL-10 binaries, unlabeled = -1"))
+@register_dataset(
+    DatasetInfo("stl10", 10, 96, description="STL-10 binaries, unlabeled = -1", test_crop=True)
+)
 def _load_stl10(req: LoadRequest) -> ImageSet:
     base = _dataset_dir(req.root, "stl10_binary", "stl10")
     parts = ["train", "unlabeled"] if req.split == "train+unlabeled" else [req.split]

@@ -40,7 +40,7 @@ from scaling.train.augment import CropFlipAugment, SimCLRAugment
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
-from scaling.train.readers import load_dataset
+from scaling.train.readers import DATASETS, load_dataset
 from scaling.train.signals import StopFlag
 from scaling.train.steps import simclr_step, supervised_step
 from scaling.train.views import train_views
@@ -168,12 +168,14 @@ def _train(
         name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
     ).to(dev)
     crop_scale = (float(config["crop_min_scale"]), 1.0)
+    test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
     if spec.method == "simclr":
         aug: SimCLRAugment = SimCLRAugment(
-            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale
-        )
+            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale,
+            test_crop=test_crop,
+        )  # fmt: skip
     else:
-        aug = CropFlipAugment(size, crop_scale=crop_scale)
+        aug = CropFlipAugment(size, crop_scale=crop_scale, test_crop=test_crop)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(spec.seed)  # the same initial weights on every rank
