@@ -9,8 +9,10 @@ newest valid checkpoint and ends with the same result, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,10 @@ def _train(
     started = time.time()
     # ------------------------------------------------------------------ set-up
     dev = torch.device(_resolve_device(device))
-    env = dist.init_distributed(dev.type)
+    # From the cluster profile (`sweep.cluster.train_env`), for every backend alike.
+    timeout = timedelta(minutes=float(os.environ.get("SCALING_DIST_TIMEOUT_MIN", 60)))
+    workers = int(os.environ.get("SCALING_DATA_WORKERS", 0)) or dist.cpus_per_rank()
+    env = dist.init_distributed(dev.type, timeout)
     if dev.type == "cuda":
         dev = torch.device("cuda", env.local_rank)
     if threads:
@@ -163,10 +168,10 @@ def _train(
         split=train_split,
         seed=0,
         num_images=spec.dataset.get("size"),
+        workers=workers,
     ).to(dev)
-    test = load_dataset(
-        name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
-    ).to(dev)
+    test = load_dataset(name, root=root, image_size=size, split="test", seed=0,
+                        num_images=spec.dataset.get("size"), workers=workers).to(dev)  # fmt: skip
     crop_scale = (float(config["crop_min_scale"]), 1.0)
     test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
     if spec.method == "simclr":
