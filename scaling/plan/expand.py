@@ -272,7 +272,8 @@ def make_plan(
             cost.flops_per_image, n_train or 0, int(spec.config["epochs"]), info.views, cached
         )
         n_test = test_size(spec.dataset) or 0
-        eval_flops = cost.flops_per_image * ((n_train or 0) + n_test)
+        eval_flops = costs.eval_flops(cost.flops_per_image, n_train or 0, n_test, spec.method,
+                                      spec.config.get("eval"))  # fmt: skip
         every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
         if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
             looks = int(spec.config["epochs"]) // every

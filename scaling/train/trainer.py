@@ -316,7 +316,7 @@ def _train(
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
             every = int(config["eval"]["knn_every"]) if spec.method == "simclr" else 0
-            if main and every and (epoch + 1) % every == 0:  # the online kNN monitor
+            if every and (epoch + 1) % every == 0:  # the online kNN monitor, every rank
                 record["monitor/knn_top1"] = knn_monitor(net.encoder, train, test, aug,
                                                          config["eval"])  # fmt: skip
             start_step = 0
@@ -332,9 +332,8 @@ def _train(
             )  # fmt: skip
 
     # ------------------------------------------------------------------ evaluate
-    result: dict[str, Any] = {}
+    result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
     if main:
-        result = evaluate_run(spec, net, train, test, aug)
         result.update(
             run_id=spec.run_id,
             method=spec.method,
