@@ -493,3 +493,55 @@ def test_imageset_validates_its_tensors() -> None:
         ImageSet(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="labels"):
         ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), 2)
+
+
+# -- bad image folders: one line naming the path ---------------------------------------------
+
+
+def _break(root: Path, how: str) -> str:
+    """Damage a photo folder one way; a fragment of the message that must name it."""
+    if how == "empty class":
+        (root / "train" / "class0" / "0.jpg").unlink()
+        for p in (root / "train" / "class0").iterdir():
+            p.unlink()
+        return f"{root / 'train' / 'class0'} has no images"
+    if how == "class mismatch":
+        (root / "val" / "class1").rename(root / "val" / "class9")
+        return f"{root / 'val'} has classes that {root / 'train'} lacks: class9"
+    if how == "no class folders":
+        for d in (root / "train").iterdir():
+            for p in d.iterdir():
+                p.unlink()
+            d.rmdir()
+        return f"{root / 'train'} has no class sub-folders"
+    if how == "unreadable image":
+        (root / "train" / "class1" / "0.jpg").write_bytes(b"not a jpeg at all")
+        return f"cannot read image {root / 'train' / 'class1' / '0.jpg'}"
+    raise ValueError(how)
+
+
+BAD_FOLDERS = ["empty class", "class mismatch", "no class folders", "unreadable image"]
+
+
+@pytest.mark.parametrize("how", BAD_FOLDERS)
+def test_bad_folders_are_one_line_naming_the_path(tmp_path: Path, how: str) -> None:
+    write_photos(tmp_path, per_class=2, classes=2)
+    fragment = _break(tmp_path, how)
+    with pytest.raises(ScalingError) as err:
+        load_dataset("imagefolder", root=tmp_path, image_size=32)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_corrupt_mid_run_fails_with_its_path(tmp_path: Path) -> None:
+    """Not caught by the scan (only the first image of a class is opened): the batch that
+    decodes it raises a ScalingError naming the file (the run fails; README says why)."""
+    write_photos(tmp_path, per_class=2, classes=2)
+    bad = tmp_path / "train" / "class1" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated: header fine, data gone
+    ds = load_dataset("imagefolder", root=tmp_path, image_size=32, max_cache_bytes=0)
+    aug = SimCLRAugment(32)
+    draws = [aug.sample_params(4, None, None, torch.Generator()).crop_draws]
+    with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
+        ds.crops(torch.arange(4), draws, aug.crop_ratio)
+    with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
+        list(batches(ds, 4, seed=0, epoch=0))

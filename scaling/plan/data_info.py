@@ -51,7 +51,6 @@ def _unreadable(path: Path) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=16)
 def folder_problem(root: Path) -> str | None:
     """What is wrong with the image folder at `root`, in one line naming the path, or None.
 
