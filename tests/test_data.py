@@ -154,7 +154,7 @@ def skip_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_every_registered_dataset_loads(name: str, tmp_path: Path) -> None:
+def test_every_registered_dataset_loads(name: str, tmp_path: Path, skip_md5: None) -> None:
     if name not in FIXTURES:
         pytest.fail(f"add a fixture writer for dataset {name!r} to FIXTURES")
     FIXTURES[name](tmp_path)
@@ -211,7 +211,7 @@ def test_cifar100_reads_fine_labels_like_torchvision(tmp_path: Path, skip_md5: N
         assert ours.num_classes == 100
 
 
-def test_cifar_resized_to_the_run_size(tmp_path: Path) -> None:
+def test_cifar_resized_to_the_run_size(tmp_path: Path, skip_md5: None) -> None:
     write_cifar10(tmp_path)
     small = load_dataset("cifar10", root=tmp_path, split="test", image_size=16)
     full = load_dataset("cifar10", root=tmp_path, split="test")
@@ -234,11 +234,25 @@ def test_stl10_column_major_binaries_match_torchvision(
     assert ours.labels.tolist() == ref.labels.tolist()
 
 
-def test_stl10_label_count_mismatch_is_reported(tmp_path: Path) -> None:
-    write_stl10(tmp_path, {"train": 3})
+def test_stl10_label_count_mismatch_is_reported(tmp_path: Path, skip_md5: None) -> None:
+    write_stl10(tmp_path, {"train": 3, "test": 2, "unlabeled": 1})
     np.ones(2, dtype=np.uint8).tofile(tmp_path / "stl10_binary" / "train_y.bin")
     with pytest.raises(ScalingError, match="3 images but 2 labels"):
         load_dataset("stl10", root=tmp_path, split="train")
+
+
+@pytest.mark.parametrize(
+    "name, write",
+    [("cifar10", write_cifar10), ("cifar100", write_cifar100), ("stl10", write_stl10)],
+)
+def test_files_that_fail_the_integrity_check_are_one_line(
+    tmp_path: Path, name: str, write: Callable[[Path], object]
+) -> None:
+    """The fixtures are not the published archives: torchvision's md5 check refuses them."""
+    write(tmp_path)
+    with pytest.raises(ScalingError, match="failed torchvision's integrity check") as err:
+        load_dataset(name, root=tmp_path, split="test")
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
 
 
 def _torchvision_folder(root: Path, size: int) -> tuple[torch.Tensor, list[int]]:
