@@ -105,8 +105,8 @@ def _draft(im: Image.Image, width: float, height: float) -> tuple[float, float]:
     return box[2] / w, box[3] / h
 
 
-def _to_tensor(im: Image.Image) -> Tensor:
-    return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+def _pixels(im: Image.Image) -> Image.Image:
+    return im.convert("RGB")
 
 
 def centre_crop(im: Image.Image, size: int) -> Image.Image:
@@ -117,13 +117,13 @@ def centre_crop(im: Image.Image, size: int) -> Image.Image:
 
 
 def _resized_crop(im: Image.Image, top: float, left: float, h: float, w: float,
-                  size: int) -> Tensor:  # fmt: skip
+                  size: int) -> Image.Image:  # fmt: skip
     """torchvision's resized_crop on PIL (crop, then an antialiased bilinear resize); a
     box in fractional pixels (a JPEG decoded at a reduced scale) is resampled directly."""
     if all(float(v).is_integer() for v in (top, left, h, w)):
         box = (int(left), int(top), int(left + w), int(top + h))
-        return _to_tensor(im.crop(box).resize((size, size), RESAMPLE))
-    return _to_tensor(im.resize((size, size), RESAMPLE, box=(left, top, left + w, top + h)))
+        return _pixels(im.crop(box).resize((size, size), RESAMPLE))
+    return _pixels(im.resize((size, size), RESAMPLE, box=(left, top, left + w, top + h)))
 
 
 class ImageFolderSet:
@@ -180,16 +180,16 @@ class ImageFolderSet:
         with self._image(i) as im:  # reads the header only
             return im.size[1], im.size[0]
 
-    def _eval_image(self, i: int) -> Tensor:
+    def _eval_image(self, i: int) -> Image.Image:
         side = eval_resize(self.image_size)
         self._count()
         with self._image(i) as im:
             w, h = im.size
             _draft(im, side * w / min(w, h), side * h / min(w, h))
             im = _shorter_to(im.convert("RGB"), side)
-            return _to_tensor(centre_crop(im, self.image_size))
+            return _pixels(centre_crop(im, self.image_size))
 
-    def _crops_of(self, i: int, boxes: np.ndarray) -> list[Tensor]:
+    def _crops_of(self, i: int, boxes: np.ndarray) -> list[Image.Image]:
         """Each (top, left, h, w) box of image i, resized to image_size, one decode."""
         size = self.image_size
         self._count()
@@ -200,19 +200,26 @@ class ImageFolderSet:
             return [_resized_crop(im, t * sy, x * sx, h * sy, w * sx, size)
                     for t, x, h, w in boxes.tolist()]  # fmt: skip
 
-    def _gather(self, fn: Callable[[int], Sequence[Tensor]], idx: list[int], k: int) -> Tensor:
-        out = torch.empty(k, len(idx), 3, self.image_size, self.image_size, dtype=torch.uint8)
-        for j, images in enumerate(self.pool.map(fn, idx)):
-            for v, image in enumerate(images):
-                out[v, j] = image
-        return out
+    def _gather(self, fn: Callable[[int], Sequence[Image.Image]], n: int, k: int) -> Tensor:
+        """(k, n, 3, S, S) uint8 from fn(0..n-1) (k RGB images each), written in place by
+        the pool's threads, a plane at a time (PIL's `split`: contiguous copies). numpy,
+        not torch: a torch copy per image in these threads made decoding 3x slower."""
+        out = np.empty((k, n, 3, self.image_size, self.image_size), dtype=np.uint8)
+
+        def fill(j: int) -> None:
+            for v, im in enumerate(fn(j)):
+                for c, band in enumerate(im.split()):
+                    out[v, j, c] = np.asarray(band)
+
+        list(self.pool.map(fill, range(n)))
+        return torch.from_numpy(out)
 
     # -- what callers ask for ----------------------------------------------------------
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluation input of the images at `indices` (uint8, CPU) and their labels."""
         idx = indices.tolist()
-        images = self._gather(lambda i: [self._eval_image(i)], idx, 1)[0]
+        images = self._gather(lambda j: [self._eval_image(idx[j])], len(idx), 1)[0]
         return images, self.labels[indices.cpu()]
 
     def crops(self, indices: Tensor, draws: list[Tensor], ratio: tuple[float, float]) -> Tensor:
@@ -226,5 +233,4 @@ class ImageFolderSet:
         boxes = torch.stack(
             [crop_boxes(d.cpu(), hw[:, 0], hw[:, 1], ratio) for d in draws], dim=1
         ).numpy()  # (n, views, 4)
-        return self._gather(lambda j: self._crops_of(idx[j], boxes[j]), list(range(len(idx))),
-                            len(draws))  # fmt: skip
+        return self._gather(lambda j: self._crops_of(idx[j], boxes[j]), len(idx), len(draws))
