@@ -90,3 +90,19 @@ def test_a_resumed_epoch_draws_what_the_full_one_drew(photos: Path) -> None:
                            rows=slice(0, BATCH), views=2, start_step=1)  # fmt: skip
     for a, b in zip(again.views, full[1].views, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_folder_views_on_cuda_match_the_cpu(photos: Path) -> None:
+    """The crop draws come from a CUDA generator and go to the decode threads; the
+    batched flip, colour and blur run on the GPU: the same views as on the CPU."""
+    data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    (cuda, *_) = train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0,
+                             rows=slice(0, BATCH), views=2, device="cuda")  # fmt: skip
+    cpu_gen = torch.Generator(device="cuda").manual_seed(5)
+    (ref, *_) = train_views(data, AUG, cpu_gen, batch_size=BATCH, seed=1, epoch=0,
+                            rows=slice(0, BATCH), views=2, device="cpu")  # fmt: skip
+    for a, b in zip(cuda.views, ref.views, strict=True):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, atol=2e-4, rtol=0)
