@@ -44,6 +44,7 @@ lint: install-dev
 bench: install-dev
 	$(BIN)/python benchmarks/bench_plan.py
 	$(BIN)/python benchmarks/bench_augment.py
+	$(BIN)/python benchmarks/bench_imagefolder.py
 	$(BIN)/python benchmarks/bench_accumulate.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_local.py

@@ -180,9 +180,15 @@ def test_crop_boxes_follow_torchvision_distribution() -> None:
 
 
 def test_fallback_crop_is_torchvision_centre_crop() -> None:
-    assert augment._fallback_crop(10, 40, (3 / 4, 4 / 3)) == (13, 10)  # too wide: clamp to 4/3
-    assert augment._fallback_crop(40, 10, (3 / 4, 4 / 3)) == (10, 13)
-    assert augment._fallback_crop(30, 32, (3 / 4, 4 / 3)) == (32, 30)
+    def fallback(height: int, width: int) -> tuple[int, int]:
+        return tuple(int(v) for v in augment._fallback_crop(height, width, (3 / 4, 4 / 3)))
+
+    assert fallback(10, 40) == (13, 10)  # too wide: clamp to 4/3
+    assert fallback(40, 10) == (10, 13)
+    assert fallback(30, 32) == (32, 30)
+    heights, widths = torch.tensor([10, 40, 30]), torch.tensor([40, 10, 32])
+    fw, fh = augment._fallback_crop(heights, widths, (3 / 4, 4 / 3))  # one per image
+    assert fw.tolist() == [13, 10, 32] and fh.tolist() == [10, 13, 30]
 
 
 def test_blur_defaults_and_kernel_size() -> None:
@@ -215,6 +221,16 @@ def test_eval_transform_is_deterministic_normalisation() -> None:
     )
     assert resized.shape == (4, 3, 16, 16)
     torch.testing.assert_close(resized, ref.clamp(-1, 1), atol=1e-5, rtol=0)
+
+
+def test_stl10_evaluation_input_is_resize_110_and_centre_crop_96() -> None:
+    images = make_images(4, 96, 96)
+    ours = SimCLRAugment(96, test_crop=True).eval_transform(images)
+    ref = v2.Compose([v2.Resize(110, antialias=True), v2.CenterCrop(96)])(images.float() / 255)
+    assert ours.shape == (4, 3, 96, 96)
+    torch.testing.assert_close(ours, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.5] * 3),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    assert not torch.allclose(ours, SimCLRAugment(96).eval_transform(images))
 
 
 def test_rejects_bad_input() -> None:

@@ -185,3 +185,19 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     )
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "SpecError" in loud.stderr
+
+
+def test_a_bad_image_folder_stops_the_plan_in_one_line(tmp_path: Path) -> None:
+    from tests.test_data import write_photos
+
+    write_photos(tmp_path / "data", per_class=1, classes=2)
+    (tmp_path / "data" / "val" / "class1").rename(tmp_path / "data" / "val" / "other")
+    text = GOOD.replace("name: digits", f"name: imagefolder, root: {tmp_path / 'data'}")
+    path = write(tmp_path / "sweep.yaml", text)
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and str(path) in line and "dataset.root" in line
+    assert f"{tmp_path / 'data' / 'val'} has classes that" in line and "other" in line
+    missing = write(tmp_path / "later.yaml", text.replace(str(tmp_path / "data"), "/not/mounted"))
+    assert CliRunner().invoke(app, ["plan", str(missing)]).exit_code == 0  # cannot be seen yet

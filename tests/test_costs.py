@@ -20,6 +20,7 @@ from scaling.plan.costs import (
     ArchCost,
     arch_cost,
     choose_layout,
+    eval_flops,
     max_micro_batch,
     peak_memory_bytes,
     saved_activation_bytes,
@@ -266,3 +267,11 @@ def test_train_flops() -> None:
     assert train_flops(10, 100, 5, 2, cached=False) == 10 * 3 * 100 * 2 * 5
     assert train_flops(10, 100, 5, 2, cached=True) == 10 * 4 * 100 * 2 * 5
     assert train_flops(10, 100, 0.5, 1, cached=False) == 1500.0
+
+
+def test_eval_flops() -> None:
+    f = 10
+    assert eval_flops(f, 100, 20, "supervised", None) == 10 * 20  # the test split only
+    assert eval_flops(f, 100, 20, "simclr", {"protocol": "features"}) == 10 * 120
+    augmented = {"protocol": "augmented", "epochs": 90}
+    assert eval_flops(f, 100, 20, "simclr", augmented) == 10 * (91 * 100 + 20)

@@ -17,8 +17,11 @@ from torchvision.transforms import v2
 
 from scaling.errors import ScalingError, SpecError
 from scaling.train import readers
-from scaling.train.data import ImageSet, StreamingImageSet, batches
+from scaling.train.augment import CropFlipAugment, SimCLRAugment, crop_boxes
+from scaling.train.data import ImageSet, batches
+from scaling.train.imagefolder import ImageFolderSet
 from scaling.train.readers import DATASETS, DatasetInfo, load_dataset
+from scaling.train.views import train_views
 
 RNG = np.random.default_rng(0)
 
@@ -99,14 +102,32 @@ def write_stl10(root: Path, counts: dict[str, int] | None = None) -> dict[str, n
 def write_imagefolder(
     root: Path, sizes: tuple[tuple[int, int], ...] = ((40, 30), (30, 44), (24, 24))
 ) -> None:
-    """root/train/<class>/*.png|jpg and root/val/<class>/*.png, non-square images."""
-    for split, classes in (("train", ("cat", "dog", "eel")), ("val", ("cat", "eel"))):
-        for c in classes:
+    """root/train/<class>/*.png and root/val/<class>/*.png, non-square images."""
+    for split in ("train", "val"):
+        for c in ("cat", "dog", "eel"):
             (root / split / c).mkdir(parents=True)
             for k, (w, h) in enumerate(sizes):
                 pixels = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(root / split / c / f"{k}.png")
             (root / split / c / "notes.txt").write_text("not an image")
+
+
+def write_photos(root: Path, per_class: int = 4, classes: int = 3, seed: int = 0) -> list[Path]:
+    """JPEG folders with photographs' sizes and aspects: 300-500 px, 4:3 and 3:4."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for k in range(per_class):
+                long = int(rng.integers(300, 501))
+                w, h = (long, long * 3 // 4) if k % 2 == 0 else (long * 3 // 4, long)
+                smooth = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+                im = Image.fromarray(smooth).resize((w, h), Image.Resampling.BICUBIC)
+                path = root / split / f"class{c}" / f"{k}.jpg"
+                im.save(path, quality=90)
+                written.append(path)
+    return written
 
 
 FIXTURES: dict[str, Callable[[Path], object]] = {
@@ -133,20 +154,21 @@ def skip_md5(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
-def test_every_registered_dataset_loads_as_an_imageset(name: str, tmp_path: Path) -> None:
+def test_every_registered_dataset_loads(name: str, tmp_path: Path, skip_md5: None) -> None:
     if name not in FIXTURES:
         pytest.fail(f"add a fixture writer for dataset {name!r} to FIXTURES")
     FIXTURES[name](tmp_path)
     info = DATASETS[name]
     for split in ("train", "test"):
         ds = load_dataset(name, root=tmp_path, image_size=24, split=split, num_images=40)
-        assert isinstance(ds, ImageSet) and len(ds) > 0
-        assert ds.images.dtype == torch.uint8 and ds.images.shape[1:] == (3, 24, 24)
-        assert ds.labels.dtype == torch.int64 and ds.labels.shape == (len(ds),)
+        assert len(ds) > 0 and ds.labels.dtype == torch.int64 and ds.labels.shape == (len(ds),)
         assert info.num_classes is None or ds.num_classes == info.num_classes
         assert ((ds.labels >= 0) & (ds.labels < ds.num_classes)).all()
         images, labels = ds.batch(torch.tensor([len(ds) - 1, 0]))
-        assert torch.equal(images[1], ds.images[0]) and labels[0] == ds.labels[-1]
+        assert images.dtype == torch.uint8 and images.shape == (2, 3, 24, 24)
+        assert labels.tolist() == [ds.labels[-1], ds.labels[0]]
+        if isinstance(ds, ImageSet):
+            assert torch.equal(images[1], ds.images[0])
 
 
 def test_registering_a_name_twice_is_an_error() -> None:
@@ -189,7 +211,7 @@ def test_cifar100_reads_fine_labels_like_torchvision(tmp_path: Path, skip_md5: N
         assert ours.num_classes == 100
 
 
-def test_cifar_resized_to_the_run_size(tmp_path: Path) -> None:
+def test_cifar_resized_to_the_run_size(tmp_path: Path, skip_md5: None) -> None:
     write_cifar10(tmp_path)
     small = load_dataset("cifar10", root=tmp_path, split="test", image_size=16)
     full = load_dataset("cifar10", root=tmp_path, split="test")
@@ -212,38 +234,65 @@ def test_stl10_column_major_binaries_match_torchvision(
     assert ours.labels.tolist() == ref.labels.tolist()
 
 
-def test_stl10_label_count_mismatch_is_reported(tmp_path: Path) -> None:
-    write_stl10(tmp_path, {"train": 3})
+def test_stl10_label_count_mismatch_is_reported(tmp_path: Path, skip_md5: None) -> None:
+    write_stl10(tmp_path, {"train": 3, "test": 2, "unlabeled": 1})
     np.ones(2, dtype=np.uint8).tofile(tmp_path / "stl10_binary" / "train_y.bin")
     with pytest.raises(ScalingError, match="3 images but 2 labels"):
         load_dataset("stl10", root=tmp_path, split="train")
 
 
+@pytest.mark.parametrize(
+    "name, write",
+    [("cifar10", write_cifar10), ("cifar100", write_cifar100), ("stl10", write_stl10)],
+)
+def test_files_that_fail_the_integrity_check_are_one_line(
+    tmp_path: Path, name: str, write: Callable[[Path], object]
+) -> None:
+    """The fixtures are not the published archives: torchvision's md5 check refuses them."""
+    write(tmp_path)
+    with pytest.raises(ScalingError, match="failed torchvision's integrity check") as err:
+        load_dataset(name, root=tmp_path, split="test")
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+
+
 def _torchvision_folder(root: Path, size: int) -> tuple[torch.Tensor, list[int]]:
-    """torchvision.datasets.ImageFolder + Resize(shorter side) + CenterCrop: the reference."""
-    transform = v2.Compose([v2.Resize(size), v2.CenterCrop(size), v2.PILToTensor()])
+    """torchvision.datasets.ImageFolder + Resize(size / 0.875) + CenterCrop(size): the reference."""
+    transform = v2.Compose([v2.Resize(round(size / 0.875)), v2.CenterCrop(size), v2.PILToTensor()])
     ref = torchvision.datasets.ImageFolder(str(root), transform=transform)
     return torch.stack([ref[i][0] for i in range(len(ref))]), ref.targets
 
 
-def test_imagefolder_matches_torchvision_imagefolder(tmp_path: Path) -> None:
+def _everything(ds: ImageFolderSet) -> torch.Tensor:
+    return ds.batch(torch.arange(len(ds)))[0]
+
+
+def test_imagefolder_evaluation_input_is_torchvisions_resize_and_centre_crop(
+    tmp_path: Path,
+) -> None:
     write_imagefolder(tmp_path)
     train = load_dataset("imagefolder", root=tmp_path, image_size=20)
     images, targets = _torchvision_folder(tmp_path / "train", 20)
-    assert (
-        train.num_classes == 3
-        and torch.equal(train.images, images)
-        and train.labels.tolist() == targets
-    )
+    assert train.num_classes == 3 and train.labels.tolist() == targets
+    assert torch.equal(_everything(train), images)
     val = load_dataset("imagefolder", root=tmp_path, image_size=20, split="test")
-    assert val.labels.tolist() == [0, 0, 0, 2, 2, 2]  # class indices come from train/: eel is 2
+    assert val.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # class indices come from train/
 
 
-def test_imagefolder_streams_when_over_the_cache_limit(tmp_path: Path) -> None:
+def test_photo_evaluation_input_equals_resize_256_centre_crop_224(tmp_path: Path) -> None:
+    write_photos(tmp_path, per_class=2, classes=2)
+    for cache in (0, 1 << 30):  # from the files, and from the in-memory copy
+        ours = _everything(load_dataset("imagefolder", root=tmp_path, max_cache_bytes=cache))
+        images, _ = _torchvision_folder(tmp_path / "train", 224)
+        assert ours.shape == (4, 3, 224, 224)
+        assert (ours.float() - images.float()).abs().max() <= 1  # resampling tolerance
+
+
+def test_imagefolder_cached_equals_streamed(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
-    cached = load_dataset("imagefolder", root=tmp_path, image_size=16)
-    streamed = load_dataset("imagefolder", root=tmp_path, image_size=16, max_cache_bytes=1000)
-    assert isinstance(streamed, StreamingImageSet) and len(streamed) == len(cached)
+    kw = {"root": tmp_path, "image_size": 21}  # 21 / 0.875 = 24: cache and eval sides agree
+    cached = load_dataset("imagefolder", **kw)
+    streamed = load_dataset("imagefolder", max_cache_bytes=1000, **kw)
+    assert cached._cache is not None and streamed._cache is None and len(streamed) == 9
     idx = torch.tensor([8, 0, 4])
     for a, b in zip(streamed.batch(idx), cached.batch(idx), strict=True):
         assert torch.equal(a, b)
@@ -252,6 +301,93 @@ def test_imagefolder_streams_when_over_the_cache_limit(tmp_path: Path) -> None:
     assert len(from_stream) == len(from_cache) == 3
     for (a, la), (b, lb) in zip(from_stream, from_cache, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+# -- training crops from the original image ------------------------------------------------
+
+
+def _marked_wide_jpeg(root: Path) -> None:
+    """One 480x240 grey photograph with a red left border and a blue right border (40 px)."""
+    pixels = np.full((240, 480, 3), 128, dtype=np.uint8)
+    pixels[:, :40] = (255, 0, 0)
+    pixels[:, -40:] = (0, 0, 255)
+    for split in ("train", "val"):
+        (root / split / "wide").mkdir(parents=True)
+        Image.fromarray(pixels).save(root / split / "wide" / "0.jpg", quality=95)
+
+
+def test_training_views_reach_the_borders_of_the_original(tmp_path: Path) -> None:
+    _marked_wide_jpeg(tmp_path)
+    aug = CropFlipAugment(32)
+    ds = load_dataset("imagefolder", root=tmp_path, image_size=32, max_cache_bytes=0)
+    assert not (_everything(ds)[0, 0] > 200).any()  # the centre crop shows neither border
+    gen = torch.Generator().manual_seed(0)
+    draws = [aug.sample_params(200, None, None, gen).crop_draws]
+    crops = ds.crops(torch.zeros(200, dtype=torch.long), draws, aug.crop_ratio)[0].int()
+    red = ((crops[:, 0] > 200) & (crops[:, 2] < 60)).flatten(1).any(1)
+    blue = ((crops[:, 2] > 200) & (crops[:, 0] < 60)).flatten(1).any(1)
+    assert red.sum() > 10 and blue.sum() > 10 and ds.decoded == 1 + 200  # 1 in 8 each
+    # Through the training stream (flip and normalise on the device) too.
+    data = _repeat(ds, 64)
+    (step,) = train_views(data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64),
+                          views=2)  # fmt: skip
+    v = torch.cat(step.views)
+    assert v.shape == (128, 3, 32, 32)
+    assert ((v[:, 0] > 0.6) & (v[:, 2] < -0.6)).flatten(1).any(1).sum() > 5  # red, in [-1, 1]
+    assert ((v[:, 2] > 0.6) & (v[:, 0] < -0.6)).flatten(1).any(1).sum() > 5  # blue
+
+
+def _repeat(ds: ImageFolderSet, n: int) -> ImageFolderSet:
+    """The same set with its (one) image listed n times."""
+    return ImageFolderSet(ds.paths * n, ds.labels.repeat(n), ds.num_classes, ds.image_size, 2)
+
+
+def test_crop_boxes_on_a_wide_image_follow_torchvision_get_params() -> None:
+    n, height, width = 20_000, 240, 480
+    aug = SimCLRAugment(224)
+    draws = aug.sample_params(n, None, None, torch.Generator().manual_seed(1)).crop_draws
+    top, left, h, w = crop_boxes(draws, height, width, aug.crop_ratio).T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    ref = torch.tensor(
+        [v2.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
+    )
+    ours = torch.stack([top, left, h, w], dim=1)
+    for name, col in (("top", 0), ("left", 1), ("height", 2), ("width", 3)):
+        a, b = ours[:, col].float(), ref[:, col].float()
+        scale = {"top": height, "left": width, "height": height, "width": width}[name]
+        assert abs(a.mean() - b.mean()) < 0.01 * scale, name
+        assert abs(a.std() - b.std()) < 0.01 * scale, name
+    fallback = (ours[:, 2] == height) & (ours[:, 3] == round(height * 4 / 3))
+    ref_fallback = (ref[:, 2] == height) & (ref[:, 3] == round(height * 4 / 3))
+    assert abs(fallback.float().mean() - ref_fallback.float().mean()) < 0.01
+    # The same draws on per-image sizes give each image's own box.
+    per_image = crop_boxes(draws[:3], torch.tensor([240, 300, 500]), torch.tensor([480, 400, 375]),
+                           aug.crop_ratio)  # fmt: skip
+    for i, (hh, ww) in enumerate([(240, 480), (300, 400), (500, 375)]):
+        assert torch.equal(per_image[i], crop_boxes(draws[i : i + 1], hh, ww, aug.crop_ratio)[0])
+
+
+def test_crops_equal_torchvisions_resized_crop_of_the_decoded_file(tmp_path: Path) -> None:
+    """Boxes too small for a reduced JPEG decode: exactly torchvision's resized_crop on PIL.
+    Large boxes decode at 1/2 or 1/4 scale first: within a few grey levels on average."""
+    paths = write_photos(tmp_path, per_class=2, classes=2)
+    ds = load_dataset("imagefolder", root=tmp_path, image_size=64, max_cache_bytes=0)
+    aug = SimCLRAugment(64)
+    draws = aug.sample_params(4, None, None, torch.Generator().manual_seed(2)).crop_draws
+    crops = ds.crops(torch.arange(4), [draws], aug.crop_ratio)[0]
+    for i in range(4):
+        with Image.open(paths[i]) as im:
+            full = im.convert("RGB")
+        top, left, h, w = crop_boxes(draws[i : i + 1], full.height, full.width, aug.crop_ratio)[0]
+        ref = TF.pil_to_tensor(TF.resized_crop(full, int(top), int(left), int(h), int(w), [64, 64]))
+        diff = (crops[i].float() - ref.float()).abs()
+        if min(int(h), int(w)) < 2 * 64:  # no DCT scaling possible
+            assert torch.equal(crops[i], ref), i
+        else:
+            assert diff.mean() < 4, (i, diff.mean())
 
 
 @pytest.mark.parametrize(
@@ -371,3 +507,55 @@ def test_imageset_validates_its_tensors() -> None:
         ImageSet(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.int64), 2)
     with pytest.raises(ValueError, match="labels"):
         ImageSet(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), 2)
+
+
+# -- bad image folders: one line naming the path ---------------------------------------------
+
+
+def _break(root: Path, how: str) -> str:
+    """Damage a photo folder one way; a fragment of the message that must name it."""
+    if how == "empty class":
+        (root / "train" / "class0" / "0.jpg").unlink()
+        for p in (root / "train" / "class0").iterdir():
+            p.unlink()
+        return f"{root / 'train' / 'class0'} has no images"
+    if how == "class mismatch":
+        (root / "val" / "class1").rename(root / "val" / "class9")
+        return f"{root / 'val'} has classes that {root / 'train'} lacks: class9"
+    if how == "no class folders":
+        for d in (root / "train").iterdir():
+            for p in d.iterdir():
+                p.unlink()
+            d.rmdir()
+        return f"{root / 'train'} has no class sub-folders"
+    if how == "unreadable image":
+        (root / "train" / "class1" / "0.jpg").write_bytes(b"not a jpeg at all")
+        return f"cannot read image {root / 'train' / 'class1' / '0.jpg'}"
+    raise ValueError(how)
+
+
+BAD_FOLDERS = ["empty class", "class mismatch", "no class folders", "unreadable image"]
+
+
+@pytest.mark.parametrize("how", BAD_FOLDERS)
+def test_bad_folders_are_one_line_naming_the_path(tmp_path: Path, how: str) -> None:
+    write_photos(tmp_path, per_class=2, classes=2)
+    fragment = _break(tmp_path, how)
+    with pytest.raises(ScalingError) as err:
+        load_dataset("imagefolder", root=tmp_path, image_size=32)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_file_corrupt_mid_run_fails_with_its_path(tmp_path: Path) -> None:
+    """Not caught by the scan (only the first image of a class is opened): the batch that
+    decodes it raises a ScalingError naming the file (the run fails; README says why)."""
+    write_photos(tmp_path, per_class=2, classes=2)
+    bad = tmp_path / "train" / "class1" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated: header fine, data gone
+    ds = load_dataset("imagefolder", root=tmp_path, image_size=32, max_cache_bytes=0)
+    aug = SimCLRAugment(32)
+    draws = [aug.sample_params(4, None, None, torch.Generator()).crop_draws]
+    with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
+        ds.crops(torch.arange(4), draws, aug.crop_ratio)
+    with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
+        list(batches(ds, 4, seed=0, epoch=0))

@@ -12,6 +12,7 @@ import socket
 import stat
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -158,15 +159,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    out = tmp_path_factory.mktemp("gloo")
-    # fork on Linux: the children inherit the imported torch (about 1 s instead of 6 s
-    # with spawn on 2 cores); each child sets 1 intra-op thread before any torch op, so
-    # the parent's OpenMP pool is never used after the fork.
+def spawn_ranks(worker: Callable[..., None], out: Path, *args: object) -> list[dict]:
+    """Run worker(rank, port, *args, out) on WORLD processes; what each saved as rank{r}.pt.
+
+    fork on Linux: the children inherit the imported torch (about 1 s instead of 6 s
+    with spawn on 2 cores); each child sets 1 intra-op thread before any torch op, so
+    the parent's OpenMP pool is never used after the fork.
+    """
     method = "fork" if sys.platform == "linux" else "spawn"
-    args = (_free_port(), str(out))
-    ctx = mp.start_processes(_worker, args=args, nprocs=WORLD, join=False, start_method=method)
+    args = (_free_port(), *args, str(out))
+    ctx = mp.start_processes(worker, args=args, nprocs=WORLD, join=False, start_method=method)
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
@@ -174,6 +176,11 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
                 p.kill()
             pytest.fail("gloo workers did not finish in 120 s")
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return spawn_ranks(_worker, tmp_path_factory.mktemp("gloo"))
 
 
 def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:

@@ -231,3 +231,16 @@ def test_plan_warns_about_one_seed_and_a_small_test_set(tmp_path: Path) -> None:
     assert "the digits test set has 360 images" in result.output
     quick = CliRunner().invoke(app, ["plan", str(REPO / "sweeps" / "quickstart.yaml")])
     assert "one seed" not in quick.output  # three seeds
+
+
+def test_the_augmented_linear_protocol_is_in_the_device_hours() -> None:
+    """ImageNet's linear evaluation (B.6: 90 epochs of crops) forwards every training
+    image 90 more times: about 15% of a 100-epoch SimCLR run, in the plan."""
+    sweep = REPO / "sweeps" / "imagenet_depth_width.yaml"
+    features = plan_of(sweep, overrides=("methods.simclr.eval.protocol=features",))
+    augmented = plan_of(sweep)
+    throughput = A100.peak_tflops * 1e12 * A100.utilization
+    for a, b in zip(features.runs, augmented.runs, strict=True):
+        extra = (b.gpu_hours - a.gpu_hours) * 3600 * throughput
+        expected = 90 * 1_281_167 * b.flops_per_image if b.spec.method == "simclr" else 0
+        assert extra == pytest.approx(expected, rel=1e-6, abs=1e-3)

@@ -27,6 +27,7 @@ from scaling.run.backends import slurm as slurm_backend
 from scaling.run.backends import slurm_state
 from scaling.run.backends.base import Context, Job
 from scaling.run.backends.slurm_state import RECORD
+from scaling.run.submission import make_context
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl, run_dir_of
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.spec import RunSpec, load_sweep
@@ -182,6 +183,13 @@ def test_profile_becomes_submitit_parameters_one_task_per_gpu(tmp_path: Path) ->
     params = slurm_backend.executor_parameters(cpu, "cpu")
     assert (params["nodes"], params["ntasks_per_node"], "gpus_per_node" in params) == (1, 2, False)
     assert "export OMP_NUM_THREADS=3" in params["setup"]
+    # The data workers and the collective timeout reach every task's environment.
+    tuned = load_profile(None, ["backend=slurm", "data_workers=6", "dist_timeout_min=90"])
+    ctx = make_context(load_sweep(REPO / "sweeps" / "quickstart.yaml"), tuned, "cuda")
+    params = slurm_backend.executor_parameters(tuned, "cuda", extra_env=ctx.extra_env)
+    assert "export SCALING_DATA_WORKERS=6" in params["setup"]
+    assert "export SCALING_DIST_TIMEOUT_MIN=90.0" in params["setup"]
+    assert load_profile(None).dist_timeout_min == 60 and load_profile(None).data_workers is None
     slurm_backend.check_profile(
         load_profile(REPO / "cluster" / "slurm.yaml")
     )  # the example is valid

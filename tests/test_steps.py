@@ -18,6 +18,7 @@ from scaling.models.resnet import build_network
 from scaling.plan.layout import Layout
 from scaling.train.augment import SimCLRAugment
 from scaling.train.steps import simclr_step
+from scaling.train.views import local_views
 
 BATCH, SIZE = 16, 16
 
@@ -33,7 +34,8 @@ def _grads(layout: Layout, autocast: contextlib.AbstractContextManager,
                            generator=torch.Generator().manual_seed(1)).to(device)  # fmt: skip
     gen = torch.Generator(device=device).manual_seed(2)
     aug = SimCLRAugment(SIZE, color_strength=0.5)
-    simclr_step(net, images, aug, gen, layout, slice(0, BATCH), 0.5, autocast)
+    v1, v2 = local_views(aug, images, gen, slice(0, BATCH), views=2)
+    simclr_step(net, v1, v2, layout, 0.5, autocast)
     return {name: None if p.grad is None else p.grad.cpu() for name, p in net.named_parameters()}
 
 

@@ -217,3 +217,18 @@ def train_flops(
     """
     passes = 4 if cached else 3
     return float(flops_per_image) * passes * images * views * epochs
+
+
+def eval_flops(
+    flops_per_image: int, n_train: int, n_test: int, method: str, eval_config: dict | None
+) -> float:
+    """Evaluation FLOPs (forwards only): SimCLR's linear evaluation extracts features of
+    every training and test image once, and the augmented protocol forwards every
+    training image again each of its epochs (fresh crops); the online kNN monitor adds
+    its subsets every `knn_every` epochs (counted by the planner). Supervised runs forward
+    the test split alone."""
+    if method != "simclr":
+        return float(flops_per_image) * n_test
+    cfg = eval_config or {}
+    passes = 1 + (int(cfg.get("epochs") or 0) if cfg.get("protocol") == "augmented" else 0)
+    return float(flops_per_image) * (passes * n_train + n_test)

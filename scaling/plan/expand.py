@@ -13,10 +13,12 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan import checks
+from scaling.plan.data_info import folder_problem
 from scaling.plan.layout import (
     Layout,
     bn_batch_of,
@@ -218,6 +220,18 @@ def _cpu_tflops() -> float:
     return 2 * 512**3 * reps / seconds / 1e12
 
 
+def _check_folders(sweep: Sweep) -> None:
+    """An image folder that is there but wrong (no class folders, an empty class, classes
+    that differ between train/ and val/, an unreadable image) is a SpecError now, not a
+    failed run later. One that is not there may be mounted on the cluster only: no error."""
+    for root in sorted({str(s.dataset.get("root")) for s in sweep.runs
+                        if s.dataset["name"] == "imagefolder" and s.dataset.get("root")}):  # fmt: skip
+        path = Path(root).expanduser()
+        problem = folder_problem(path) if path.is_dir() else None
+        if problem:
+            raise SpecError(problem, file=sweep.path, key="dataset.root")
+
+
 def make_plan(
     sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None
 ) -> Plan:
@@ -234,6 +248,7 @@ def make_plan(
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
         return costs.max_micro_batch(cost, memory_bytes, views)
 
+    _check_folders(sweep)
     planned = []
     for spec in sweep.runs:
         info = get_method(spec.method)
@@ -272,7 +287,8 @@ def make_plan(
             cost.flops_per_image, n_train or 0, int(spec.config["epochs"]), info.views, cached
         )
         n_test = test_size(spec.dataset) or 0
-        eval_flops = cost.flops_per_image * ((n_train or 0) + n_test)
+        eval_flops = costs.eval_flops(cost.flops_per_image, n_train or 0, n_test, spec.method,
+                                      spec.config.get("eval"))  # fmt: skip
         every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
         if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
             looks = int(spec.config["epochs"]) // every

@@ -22,7 +22,7 @@ from scaling.plan.expand import Plan, PlannedRun
 from scaling.run.backends.base import Context, Job
 from scaling.run.state import RunState, run_state
 from scaling.rundir import FAILURE, SPEC, git_version, read_json, run_dir_of, write_json
-from scaling.sweep.cluster import ClusterProfile, parallel_runs
+from scaling.sweep.cluster import ClusterProfile, parallel_runs, train_env
 from scaling.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = Non
         device=device,
         threads_per_run=threads,
         max_parallel=max_parallel,
+        extra_env=train_env(profile),
     )
 
 

@@ -69,6 +69,12 @@ class ClusterProfile(StrictModel):
     gpus_per_run: PositiveInt = 1
     max_parallel: PositiveInt | None = None  # None: one run per CPU core or per GPU set
     threads_per_run: PositiveInt | None = None  # CPU threads each run may use
+    # Image folders: decode threads per rank; None: the CPUs the rank may use
+    # (its Slurm cpus_per_task, or this machine's cores shared by the local ranks).
+    data_workers: PositiveInt | None = None
+    # The process group's collective timeout: long enough for rank 0 to write a
+    # checkpoint or for the slowest rank's share of an evaluation.
+    dist_timeout_min: PositiveFloat = 60.0
     workdir: str = "runs"
     # A mid-epoch checkpoint at least this often, so that a kill loses minutes, not an
     # epoch (0: at epoch ends and on stop signals only).
@@ -99,6 +105,15 @@ def load_profile(
     file = str(path)
     raw = apply_overrides(read_yaml(path), overrides or [], file)
     return validate(ClusterProfile, raw, file)
+
+
+def train_env(profile: ClusterProfile) -> dict[str, str]:
+    """What the profile tells every training process, through its environment (read by
+    `scaling.train.trainer`; the same channel for the local, Slurm and Ray backends)."""
+    env = {"SCALING_DIST_TIMEOUT_MIN": str(profile.dist_timeout_min)}
+    if profile.data_workers is not None:
+        env["SCALING_DATA_WORKERS"] = str(profile.data_workers)
+    return env
 
 
 def parallel_runs(profile: ClusterProfile, device: str) -> int:

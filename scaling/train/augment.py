@@ -38,6 +38,7 @@ from torch import Tensor
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
+CROP_PROPORTION = 0.875  # the official code's evaluation crop: image_size / 0.875, centre
 CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop: 10 tries, then a centre crop
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op codes in AugmentParams.order
 
@@ -46,7 +47,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op codes in AugmentParams.or
 class AugmentParams:
     """Everything random about one view of a batch of N images, as tensors."""
 
-    boxes: Tensor  # (N, 4) int64: top, left, height, width of the crop, input pixels
+    boxes: Tensor | None  # (N, 4) int64: top, left, height, width; None: see crop_draws
     flip: Tensor  # (N,) bool: horizontal flip
     jitter: Tensor  # (N,) bool: colour jitter applied
     factors: Tensor  # (N, 4) float32: brightness, contrast, saturation, hue factors
@@ -54,19 +55,26 @@ class AugmentParams:
     gray: Tensor  # (N,) bool: converted to grayscale
     blur: Tensor  # (N,) bool: Gaussian blur applied
     sigma: Tensor  # (N,) float32: blur standard deviation in pixels
+    # (N, 2 x CROP_ATTEMPTS + 2) float32: the crop's raw draws (area fractions, aspects,
+    # then top and left in [0, 1)), from which `crop_boxes` makes the box on any image size
+    crop_draws: Tensor
 
     def __len__(self) -> int:
         return self.flip.shape[0]
 
     def slice(self, start: int, stop: int) -> AugmentParams:
         """The parameters of images start..stop-1."""
-        return AugmentParams(*(t[start:stop] for t in astuple_shallow(self)))
+        return self.rows(slice(start, stop))
+
+    def rows(self, index: slice | Tensor) -> AugmentParams:
+        """The parameters of the images at `index` (a slice or indices)."""
+        return AugmentParams(*(None if t is None else t[index] for t in astuple_shallow(self)))
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        return AugmentParams(*(t.to(device) for t in astuple_shallow(self)))
+        return AugmentParams(*(None if t is None else t.to(device) for t in astuple_shallow(self)))
 
 
-def astuple_shallow(p: AugmentParams) -> tuple[Tensor, ...]:
+def astuple_shallow(p: AugmentParams) -> tuple[Tensor | None, ...]:
     """The fields in order, without dataclasses.astuple's deep copy."""
     return tuple(getattr(p, f.name) for f in fields(p))
 
@@ -99,6 +107,7 @@ class SimCLRAugment:
         gray_p: float = 0.2,
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
+        test_crop: bool = False,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
@@ -113,6 +122,7 @@ class SimCLRAugment:
         self.blur_p = blur_p if (image_size >= 64 if blur is None else blur) else 0.0
         self.blur_sigma = blur_sigma
         self.kernel_size = blur_kernel_size(image_size)
+        self.test_crop = test_crop  # evaluation: resize to image_size / 0.875, centre crop
         s = 0.8 * color_strength
         # (low, high) of each factor, as torchvision's ColorJitter: [max(0, 1 - s), 1 + s].
         self.factor_ranges = ((max(0.0, 1 - s), 1 + s),) * 3 + (
@@ -122,15 +132,23 @@ class SimCLRAugment:
     # -- drawing ---------------------------------------------------------------------------
 
     def sample_params(
-        self, n: int, height: int, width: int, generator: torch.Generator
+        self, n: int, height: int | None, width: int | None, generator: torch.Generator
     ) -> AugmentParams:
-        """Draw the parameters of one view of `n` images of `height` x `width` pixels."""
+        """Draw the parameters of one view of `n` images of `height` x `width` pixels.
+
+        With `height`/`width` None (images of many sizes, decoded later: an image folder)
+        `boxes` is None and the reader makes each image's box from `crop_draws` and its
+        own size. The draws are the same either way, so the stream does not depend on it.
+        """
         dev = generator.device
 
         def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
             return torch.rand(*shape, generator=generator, device=dev) * (high - low) + low
 
-        boxes = _sample_boxes(n, height, width, self.crop_scale, self.crop_ratio, uniform)
+        draws = _draw_crops(n, self.crop_scale, self.crop_ratio, uniform)
+        boxes = None
+        if height is not None and width is not None:
+            boxes = crop_boxes(draws, height, width, self.crop_ratio)
         flip = uniform(n) < self.flip_p
         jitter = uniform(n) < self.jitter_p
         lows = torch.tensor([r[0] for r in self.factor_ranges], device=dev)
@@ -140,7 +158,7 @@ class SimCLRAugment:
         gray = uniform(n) < self.gray_p
         blur = uniform(n) < self.blur_p
         sigma = uniform(n, low=self.blur_sigma[0], high=self.blur_sigma[1])
-        return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma)
+        return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma, draws)
 
     # -- applying --------------------------------------------------------------------------
 
@@ -165,7 +183,13 @@ class SimCLRAugment:
         return out
 
     def _apply(self, images: Tensor, p: AugmentParams) -> Tensor:
-        x = crop_flip(to_unit_float(images), p.boxes, p.flip, self.image_size)
+        x = to_unit_float(images)
+        if p.boxes is None:  # already cropped and resized (an image folder's views): flip
+            if x.shape[-2:] != (self.image_size, self.image_size):
+                raise ValueError(f"cropped views must be {self.image_size} px, got {x.shape}")
+            x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+        else:
+            x = crop_flip(x, p.boxes, p.flip, self.image_size)
         if self.jitter_p > 0:
             x = color_jitter(x, p.factors, p.order, p.jitter)
         if self.gray_p > 0:
@@ -184,8 +208,10 @@ class SimCLRAugment:
         return self(images, generator), self(images, generator)
 
     def eval_transform(self, images: Tensor) -> Tensor:
-        """No randomness: resize to `image_size` if needed, normalise like training."""
-        return eval_transform(images, self.image_size, mean=self.mean, std=self.std)
+        """No randomness: resize to `image_size` if needed (or the official centre crop
+        when `test_crop`), normalise like training."""
+        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean,
+                              std=self.std)  # fmt: skip
 
 
 class CropFlipAugment(SimCLRAugment):
@@ -198,6 +224,7 @@ class CropFlipAugment(SimCLRAugment):
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        test_crop: bool = False,
     ) -> None:
         super().__init__(
             image_size,
@@ -208,19 +235,31 @@ class CropFlipAugment(SimCLRAugment):
             crop_scale=crop_scale,
             jitter_p=0.0,
             gray_p=0.0,
+            test_crop=test_crop,
         )
 
 
 def eval_transform(
     images: Tensor,
     image_size: int | None = None,
+    test_crop: bool = False,
     *,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
 ) -> Tensor:
-    """Deterministic evaluation input: uint8 -> [0, 1], optional antialiased resize, normalise."""
+    """Deterministic evaluation input: uint8 -> [0, 1], optional antialiased resize, normalise.
+
+    `test_crop` (square images, e.g. STL-10): resize to round(image_size / 0.875), then
+    the centre `image_size` crop (torchvision's Resize + CenterCrop), as the official
+    code does for every image size above 32.
+    """
     x = to_unit_float(images)
-    if image_size is not None and x.shape[-2:] != (image_size, image_size):
+    if test_crop and image_size is not None:
+        side = round(image_size / CROP_PROPORTION)
+        x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True).clamp_(0.0, 1.0)
+        a = int(round((side - image_size) / 2.0))
+        x = x[:, :, a : a + image_size, a : a + image_size]
+    elif image_size is not None and x.shape[-2:] != (image_size, image_size):
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True)
         x = x.clamp_(0.0, 1.0)
     return normalize(x, mean, std)
@@ -244,38 +283,50 @@ def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return (x - m) / s
 
 
-def _sample_boxes(
-    n: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    uniform: Callable[..., Tensor],
+def _draw_crops(
+    n: int, scale: tuple[float, float], ratio: tuple[float, float], uniform: Callable[..., Tensor]
 ) -> Tensor:
-    """torchvision's RandomResizedCrop.get_params, vectorised: first of 10 valid tries."""
-    area = height * width
-    target = area * uniform(n, CROP_ATTEMPTS, low=scale[0], high=scale[1])
+    """The random numbers of n crops: 10 area fractions, 10 aspects, top and left in [0, 1)."""
+    fractions = uniform(n, CROP_ATTEMPTS, low=scale[0], high=scale[1])
     aspect = torch.exp(uniform(n, CROP_ATTEMPTS, low=math.log(ratio[0]), high=math.log(ratio[1])))
+    return torch.cat([fractions, aspect, uniform(n)[:, None], uniform(n)[:, None]], dim=1)
+
+
+def crop_boxes(
+    draws: Tensor, height: int | Tensor, width: int | Tensor, ratio: tuple[float, float]
+) -> Tensor:
+    """torchvision's RandomResizedCrop.get_params, vectorised: the first of 10 valid tries,
+    else the centre fallback, on images of `height` x `width` (ints, or one per image)."""
+    n = draws.shape[0]
+    dev = draws.device
+    height = torch.as_tensor(height, device=dev).expand(n)
+    width = torch.as_tensor(width, device=dev).expand(n)
+    k = CROP_ATTEMPTS
+    target = (height * width)[:, None] * draws[:, :k]
+    aspect = draws[:, k : 2 * k]
     w = torch.sqrt(target * aspect).round().long()
     h = torch.sqrt(target / aspect).round().long()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    hh, ww = height[:, None], width[:, None]
+    ok = (w > 0) & (w <= ww) & (h > 0) & (h <= hh)
     first = ok.int().argmax(dim=1, keepdim=True)  # index of the first valid try
     fw, fh = _fallback_crop(height, width, ratio)
     w = torch.where(ok.any(dim=1), w.gather(1, first).squeeze(1), fw)
     h = torch.where(ok.any(dim=1), h.gather(1, first).squeeze(1), fh)
-    top = (uniform(n) * (height - h + 1)).long().clamp_(max=height - h)
-    left = (uniform(n) * (width - w + 1)).long().clamp_(max=width - w)
+    top = torch.minimum((draws[:, 2 * k] * (height - h + 1)).long(), height - h)
+    left = torch.minimum((draws[:, 2 * k + 1] * (width - w + 1)).long(), width - w)
     return torch.stack([top, left, h, w], dim=1)
 
 
-def _fallback_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def _fallback_crop(
+    height: int | Tensor, width: int | Tensor, ratio: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """The centre crop torchvision uses after 10 invalid tries (aspect clamped to `ratio`)."""
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        return width, int(round(width / min(ratio)))
-    if in_ratio > max(ratio):
-        return int(round(height * max(ratio))), height
-    return width, height
+    height, width = torch.as_tensor(height).long(), torch.as_tensor(width).long()
+    in_ratio = width.double() / height
+    lo, hi = min(ratio), max(ratio)
+    fw = torch.where(in_ratio > hi, (height.double() * hi).round().long(), width)
+    fh = torch.where(in_ratio < lo, (width.double() / lo).round().long(), height)
+    return fw, fh
 
 
 def crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:

@@ -3,9 +3,10 @@
 Every data set loads (through `scaling.train.readers`) to an `ImageSet`: uint8 NCHW RGB
 images already at the run's image size plus int64 labels (-1 = unlabelled), small
 enough to live in memory or on the training device, where `scaling.train.augment` turns
-them into views. Image folders too large for memory load as a `StreamingImageSet` that
-decodes each batch with a thread pool; both answer `batch(indices)`, which is all
-`batches` needs.
+them into views. Image folders load as an `ImageFolderSet`
+(`scaling.train.imagefolder`) that decodes on the CPU: evaluation input from `batch`,
+training crops of the original images from `crops`. Both answer `batch(indices)`,
+which is all `batches` needs.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
+
+from scaling.train.imagefolder import ImageFolderSet
 
 IMAGEFOLDER_CACHE_BYTES = 8 << 30  # decode an image folder into memory up to this size
 
@@ -56,32 +58,7 @@ class ImageSet:
         return self.images[idx], self.labels[idx]
 
 
-class StreamingImageSet:
-    """An image folder decoded batch by batch (PIL, in a thread pool) instead of cached.
-
-    `to(device)` is a no-op: decoding happens on the CPU and `batches` moves each batch.
-    """
-
-    def __init__(
-        self, paths: list[Path], labels: Tensor, num_classes: int, image_size: int, workers: int
-    ):
-        self.paths, self.labels, self.num_classes = paths, labels, num_classes
-        self.image_size = image_size
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def to(self, device: torch.device | str) -> StreamingImageSet:
-        return self
-
-    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        idx = indices.tolist()
-        images = decode_all([self.paths[i] for i in idx], self.image_size, self._pool)
-        return images, self.labels[indices.cpu()]
-
-
-DataSet = ImageSet | StreamingImageSet
+DataSet = ImageSet | ImageFolderSet
 
 
 @dataclass(frozen=True)
@@ -94,6 +71,7 @@ class LoadRequest:
     seed: int = 0  # synthetic only
     num_images: int | None = None  # synthetic only
     max_cache_bytes: int = IMAGEFOLDER_CACHE_BYTES  # imagefolder only
+    workers: int | None = None  # imagefolder only: decode threads (None: up to 8 cores)
 
 
 def steps_per_epoch(num_images: int, batch_size: int, drop_last: bool = True) -> int:
@@ -119,15 +97,16 @@ def batches(
     """Yield (uint8 images, labels) on `device` for one epoch, from step `start_step` on.
 
     A resumed run at (epoch, step) sees exactly the batches it would have seen: the order
-    depends on (seed, epoch) only, and skipped steps touch no data. A streamed set decodes
-    the next batch in the background while the caller works on this one.
+    depends on (seed, epoch) only, and skipped steps touch no data. A set decoded on the
+    CPU (an image folder: evaluation input) decodes the next batch in the background
+    while the caller works on this one.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     perm = epoch_permutation(len(data), seed, epoch)
     steps = range(start_step, steps_per_epoch(len(data), batch_size, drop_last))
     chunks = (perm[s * batch_size : (s + 1) * batch_size] for s in steps)
-    if not isinstance(data, StreamingImageSet):
+    if not getattr(data, "decodes_on_cpu", False):
         yield from (_moved(data.batch(idx), device) for idx in chunks)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as ahead:
@@ -145,6 +124,12 @@ def _moved(batch: tuple[Tensor, Tensor], device: torch.device | str) -> tuple[Te
     return images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of n items, ceil(n / world) each."""
+    per = -(-n // world)
+    return min(n, rank * per), min(n, (rank + 1) * per)
+
+
 # -- shared helpers -------------------------------------------------------------------------
 
 
@@ -157,23 +142,4 @@ def resize_uint8(images: Tensor, size: int, chunk: int = 1024) -> Tensor:
         x = images[a : a + chunk].float()
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
         out[a : a + chunk] = x.round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
-def decode_image(path: Path, size: int) -> Tensor:
-    """PIL decode, shorter side to `size`, centre crop: torchvision's Resize + CenterCrop."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
-        im = im.crop((left, top, left + size, top + size))
-        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-
-def decode_all(paths: list[Path], size: int, pool: ThreadPoolExecutor) -> Tensor:
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
-    for i, image in enumerate(pool.map(lambda p: decode_image(p, size), paths)):
-        out[i] = image
     return out

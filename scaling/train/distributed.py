@@ -25,6 +25,7 @@ import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,8 @@ SLURM_PORT_SPAN = 20000
 # Gradients are averaged in flat buckets of at most this many bytes: one collective per
 # bucket instead of one per parameter, without doubling peak memory for big models.
 BUCKET_BYTES = 25 * 1024 * 1024
+#: Collectives wait this long for the slowest rank (the profile's dist_timeout_min).
+DEFAULT_TIMEOUT = timedelta(minutes=60)
 
 
 def is_initialized() -> bool:
@@ -227,10 +230,11 @@ def detect_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv()
 
 
-def init_distributed(device: str) -> DistEnv:
+def init_distributed(device: str, timeout: timedelta = DEFAULT_TIMEOUT) -> DistEnv:
     """Join the process group the launcher describes; no-op for a single process.
 
     NCCL on CUDA devices (and selects this process's GPU by local rank), gloo on CPU.
+    `timeout` bounds every collective's wait (ours, not the backend's default).
     Safe to call twice: an existing group is kept.
     """
     env = detect_env()
@@ -244,8 +248,30 @@ def init_distributed(device: str) -> DistEnv:
         init_method=f"tcp://{env.master_addr}:{env.master_port}",
         rank=env.rank,
         world_size=env.world_size,
+        timeout=timeout,
     )
     return env
+
+
+def cpus_per_rank() -> int:
+    """The CPUs this process may use, shared with the other ranks on its machine (Slurm
+    pins each task to its cpus_per_task already; torchrun's ranks share the machine)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (cpus or 1) // max(1, local))
+
+
+def all_gather_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """Every rank's `tensor` (its contiguous share of n rows, `data.shard_range`) in rank
+    order, the first n rows: the whole. Shares are padded to one size for the gather."""
+    if world_size() == 1:
+        return tensor
+    per = -(-n // world_size())
+    padded = tensor.new_zeros((per, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)[:n]
 
 
 def cleanup() -> None:

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN
 from scaling.sweep.spec import RunSpec
+from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
+from scaling.train.data import shard_range
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -150,7 +152,8 @@ class _Subset:
 def knn_monitor(encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment,
                 config: Mapping[str, Any]) -> float:  # fmt: skip
     """kNN top-1 of the encoder on fixed subsets (the online monitor). Draws nothing from
-    any generator and runs the encoder in eval mode, so training is unchanged by it."""
+    any generator and runs the encoder in eval mode, so training is unchanged by it.
+    Every rank calls it (the features are sharded); every rank gets the same answer."""
     device = next(encoder.parameters()).device
     tr, te = _Subset(train, MONITOR_TRAIN), _Subset(test, MONITOR_TEST, seed=1)
     train_f, train_y = data_features(encoder, tr, aug.eval_transform, device)
@@ -166,8 +169,10 @@ def evaluate_run(
     """SimCLR: linear evaluation (top-1/top-5) and kNN top-1 of the frozen encoder.
     Supervised: top-1/top-5 of the trained classifier on the test split.
 
-    `train` and `test` are in-memory or streamed data sets (anything with `batch(indices)`
-    and `len`): images are read in chunks, so a folder larger than memory works too.
+    `train` and `test` are in-memory or image-folder data sets (anything with
+    `batch(indices)` and `len`): images are read in chunks, so a folder larger than
+    memory works too. Every rank of a multi-rank run calls it: each extracts the features
+    of its share of the images, all ranks gather them and fit the same probe.
     """
     device = next(net.parameters()).device
     if spec.method != "simclr":
@@ -187,7 +192,8 @@ def evaluate_run(
         crop_flip = CropFlipAugment(spec.dataset["image_size"])
 
         def augment(_: Tensor, g: torch.Generator) -> Tensor:
-            feats, _labels = data_features(encoder, train, lambda x: crop_flip(x, g), device)
+            views = _augmented_views(train, crop_flip, g, device)
+            feats, _labels = data_features(encoder, train, None, device, views=views)
             return feats[labelled]
 
     acc = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, cfg, spec.seed, augment)
@@ -200,6 +206,27 @@ def evaluate_run(
                                train.num_classes, cfg, spec.seed)  # fmt: skip
         result["val_top1"] = val_acc[1]
     return result
+
+
+def _augmented_views(
+    data: Any, aug: SimCLRAugment, g: torch.Generator, device: torch.device
+) -> Callable[[Tensor], Tensor]:
+    """Crop + flip views of the images at given indices, with parameters drawn for the
+    whole set at once (so every rank, whatever its share, draws the same). An image
+    folder's crops come from the original images, as in training."""
+    folder = getattr(data, "decodes_on_cpu", False)
+    size = None if folder else data.image_size
+    params = aug.sample_params(len(data), size, size, g)
+
+    def views(idx: Tensor) -> Tensor:
+        p = params.rows(idx.to(params.flip.device))
+        if folder:
+            images = data.crops(idx, [p.crop_draws], aug.crop_ratio)[0]
+        else:
+            images, _ = data.batch(idx)
+        return aug.apply(images.to(device), p)
+
+    return views
 
 
 VALIDATION_FRACTION = 0.1
@@ -215,19 +242,47 @@ def validation_split(n: int, fraction: float = VALIDATION_FRACTION) -> tuple[Ten
 
 
 def data_features(
-    model: nn.Module, data: Any, transform: Transform, device: torch.device, batch_size: int = 512
+    model: nn.Module,
+    data: Any,
+    transform: Transform | None,
+    device: torch.device,
+    batch_size: int = 512,
+    views: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and labels."""
+    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and labels.
+
+    The input of images `idx` is `transform(data.batch(idx) images)`, or `views(idx)`.
+    Sharded: each rank runs its contiguous share of the images (`data.shard_range`) and
+    all ranks gather the whole (one process: the whole set).
+    """
+    n = len(data)
+    start, stop = shard_range(n, dist.rank(), dist.world_size())
+
+    def inputs(idx: Tensor) -> tuple[Tensor, Tensor]:
+        if views is not None:
+            return views(idx), _labels(data, idx)
+        images, y = data.batch(idx)
+        return transform(images.to(device)), y  # type: ignore[misc]
+
     was_training = model.training
     model.eval()
     outputs, labels = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(data), batch_size):
-                idx = torch.arange(start, min(len(data), start + batch_size))
-                images, y = data.batch(idx)
-                outputs.append(model(transform(images.to(device))).float())
-                labels.append(y.to(device))
+            # A rank without images (fewer images than ranks) runs one for the shape.
+            chunks = [torch.arange(a, min(stop, a + batch_size))
+                      for a in range(start, stop, batch_size)] or [torch.arange(1)]  # fmt: skip
+            for idx in chunks:
+                x, y = inputs(idx)
+                rows = len(idx) if start < stop else 0
+                outputs.append(model(x).float()[:rows])
+                labels.append(y.to(device)[:rows])
     finally:
         model.train(was_training)
-    return torch.cat(outputs), torch.cat(labels)
+    return dist.all_gather_rows(torch.cat(outputs), n), dist.all_gather_rows(torch.cat(labels), n)
+
+
+def _labels(data: Any, idx: Tensor) -> Tensor:
+    if isinstance(data, _Subset):
+        return _labels(data.data, data.indices[idx])
+    return data.labels[idx.to(data.labels.device)]

@@ -3,35 +3,28 @@
 Each reader is registered with a `DatasetInfo` (what the planner and trainer know before
 loading anything); `load_dataset(name, ...)` validates the name and split and calls it.
 Files are read in their published formats (the ones torchvision's downloaders leave):
-CIFAR python pickles, STL-10 binaries, ImageFolder trees. Nothing is downloaded: a
-missing file is a `ScalingError` that says where to put what.
+CIFAR python pickles and STL-10 binaries through `torchvision.datasets` (download=False,
+with its md5 integrity checks), ImageFolder trees through `scaling.train.imagefolder`.
+Nothing is downloaded: a missing or corrupt file is a `ScalingError` that says where to
+put what.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import pickle
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
-from scaling.plan.data_info import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
-from scaling.train.data import (
-    IMAGEFOLDER_CACHE_BYTES,
-    DataSet,
-    ImageSet,
-    LoadRequest,
-    StreamingImageSet,
-    decode_all,
-    resize_uint8,
-)
+from scaling.train.data import IMAGEFOLDER_CACHE_BYTES, DataSet, ImageSet, LoadRequest, resize_uint8
+from scaling.train.imagefolder import ImageFolderSet, cache_side, scan_folder
 
 SPLITS = ("train", "test")
 STL10_SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
@@ -48,6 +41,8 @@ class DatasetInfo:
     default_image_size: int
     channels: int = 3  # of the loaded images (grey sources are replicated to RGB)
     description: str = ""
+    # evaluation resizes to image_size / 0.875 and centre-crops (`augment.eval_transform`)
+    test_crop: bool = False
 
 
 Loader = Callable[[LoadRequest], DataSet]
@@ -76,11 +71,12 @@ def load_dataset(
     seed: int = 0,
     num_images: int | None = None,
     max_cache_bytes: int = IMAGEFOLDER_CACHE_BYTES,
+    workers: int | None = None,
 ) -> DataSet:
     """Load one split at `image_size` (default: the dataset's own).
 
     `seed` and `num_images` only shape `synthetic`; `max_cache_bytes` decides whether an
-    image folder is cached in memory or streamed.
+    image folder is cached in memory, `workers` how many threads decode it.
     """
     if name not in DATASETS:
         known = ", ".join(sorted(DATASETS))
@@ -91,7 +87,9 @@ def load_dataset(
         raise SpecError(msg, key="split")
     size = image_size or DATASETS[name].default_image_size
     path = Path(root).expanduser() if root is not None else None
-    return _LOADERS[name](LoadRequest(path, size, split, seed, num_images, max_cache_bytes))
+    return _LOADERS[name](
+        LoadRequest(path, size, split, seed, num_images, max_cache_bytes, workers)
+    )
 
 
 def _dataset_dir(root: Path | None, folder: str, what: str) -> Path:
@@ -188,99 +186,78 @@ def _draw_shapes(labels: Tensor, size: int, g: torch.Generator) -> Tensor:
 # -- published file formats -----------------------------------------------------------------
 
 
-def _read_cifar(
-    req: LoadRequest, folder: str, files: list[str], key: str, classes: int
-) -> ImageSet:
-    """CIFAR python pickles: dicts with `data` (N, 3072) uint8 rows in CHW order."""
+def _torchvision(make: Callable[[], Any], what: str, base: Path, url: str) -> Any:
+    """A torchvision.datasets reader (download=False), its RuntimeError made one line."""
+    try:
+        return make()
+    except RuntimeError as exc:
+        raise ScalingError(
+            f"{what} in {base} failed torchvision's integrity check ({exc}): fetch {url} "
+            f"again and extract it into {base.parent}"
+        ) from None
+
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/{}"
+
+
+def _read_cifar(req: LoadRequest, folder: str, files: list[str], classes: int) -> ImageSet:
+    """torchvision's CIFAR10/CIFAR100 readers (md5-checked python pickles, fine labels)."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
     base = _dataset_dir(req.root, folder, folder)
-    archive = "cifar-10-python.tar.gz" if classes == 10 else "cifar-100-python.tar.gz"
-    _require(base, files, f"CIFAR-{classes}", f"https://www.cs.toronto.edu/~kriz/{archive}")
-    rows, labels = [], []
-    for name in files:
-        with open(base / name, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
-        rows.append(np.asarray(entry["data"], dtype=np.uint8))
-        labels.extend(entry[key])
-    images = torch.from_numpy(np.concatenate(rows).reshape(-1, 3, 32, 32))
-    return ImageSet(resize_uint8(images, req.image_size), torch.tensor(labels).long(), classes)
+    url = CIFAR_URL.format(f"cifar-{classes}-python.tar.gz")
+    _require(base, files, f"CIFAR-{classes}", url)
+    reader = CIFAR10 if classes == 10 else CIFAR100
+    ds = _torchvision(lambda: reader(str(base.parent), train=req.split == "train"),
+                      f"CIFAR-{classes}", base, url)  # fmt: skip
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # HWC -> CHW
+    labels = torch.tensor(ds.targets, dtype=torch.int64)
+    return ImageSet(resize_uint8(images, req.image_size), labels, classes)
+
+
+CIFAR10_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
 
 
 @register_dataset(DatasetInfo("cifar10", 10, 32, description="CIFAR-10 python pickles"))
 def _load_cifar10(req: LoadRequest) -> ImageSet:
-    names = [f"data_batch_{i}" for i in range(1, 6)] if req.split == "train" else ["test_batch"]
-    return _read_cifar(req, "cifar-10-batches-py", names, "labels", 10)
+    return _read_cifar(req, "cifar-10-batches-py", CIFAR10_FILES, 10)
 
 
 @register_dataset(DatasetInfo("cifar100", 100, 32, description="CIFAR-100, fine labels"))
 def _load_cifar100(req: LoadRequest) -> ImageSet:
-    return _read_cifar(req, "cifar-100-python", [req.split], "fine_labels", 100)
+    return _read_cifar(req, "cifar-100-python", ["train", "test", "meta"], 100)
 
 
-def _read_stl_images(path: Path) -> Tensor:
-    """STL-10 binaries store each 3x96x96 image channel by channel, column-major."""
-    raw = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-    return raw.view(-1, 3, 96, 96).transpose(2, 3)
+STL10_FILES = ["train_X.bin", "train_y.bin", "unlabeled_X.bin", "test_X.bin", "test_y.bin"]
+STL10_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
 
 
-@register_dataset(DatasetInfo("stl10", 10, 96, description="STL-10 binaries, unlabeled = -1"))
+@register_dataset(
+    DatasetInfo("stl10", 10, 96, description="STL-10 binaries, unlabeled = -1", test_crop=True)
+)
 def _load_stl10(req: LoadRequest) -> ImageSet:
+    """torchvision's STL10 reader (md5-checked binaries; unlabeled images get label -1)."""
+    from torchvision.datasets import STL10
+
     base = _dataset_dir(req.root, "stl10_binary", "stl10")
-    parts = ["train", "unlabeled"] if req.split == "train+unlabeled" else [req.split]
-    files = [f"{p}_{xy}.bin" for p in parts for xy in "Xy" if (p, xy) != ("unlabeled", "y")]
-    _require(base, files, "STL-10", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz")
-    images, labels = [], []
-    for part in parts:
-        x = _read_stl_images(base / f"{part}_X.bin")
-        y = torch.full((x.shape[0],), -1, dtype=torch.int64)
-        if part != "unlabeled":  # labels are 1..10 on disk
-            y = torch.from_numpy(np.fromfile(base / f"{part}_y.bin", dtype=np.uint8)).long() - 1
-        if y.shape[0] != x.shape[0]:
-            msg = f"STL-10 {part}: {x.shape[0]} images but {y.shape[0]} labels in {base}"
-            raise ScalingError(msg)
-        images.append(resize_uint8(x, req.image_size))
-        labels.append(y)
-    return ImageSet(torch.cat(images), torch.cat(labels), 10)
-
-
-def _scan_folder(root: Path | None, split: str) -> tuple[list[Path], list[int], int]:
-    """root/train/<class>/<image>, and root/val/... or root/test/... for the test split."""
-    if root is None:
-        raise SpecError(
-            "dataset imagefolder needs a root holding train/ and val/ or test/", key="root"
-        )
-    train = root / "train"
-    candidates = [train] if split == "train" else [root / "val", root / "test"]
-    folder = next((c for c in candidates if c.is_dir()), None)
-    if not train.is_dir() or folder is None:
-        wanted = ", ".join(str(c) for c in dict.fromkeys([train, *candidates]))
-        raise ScalingError(
-            f"image folder not found: expected {wanted} with one sub-folder per class"
-        )
-    classes = sorted(d.name for d in train.iterdir() if d.is_dir())  # train decides indices
-    extra = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(classes))
-    if extra:
-        raise ScalingError(f"{folder} has classes that {train} lacks: {', '.join(extra)}")
-    found = [
-        (path, index)
-        for index, name in enumerate(classes)
-        if (folder / name).is_dir()
-        for path in sorted((folder / name).iterdir())
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-    ]
-    if not found:
-        raise ScalingError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}/<class>/")
-    return [p for p, _ in found], [i for _, i in found], len(classes)
+    _require(base, STL10_FILES, "STL-10", STL10_URL)  # torchvision checks all five
+    ds = _torchvision(lambda: STL10(str(base.parent), split=req.split), "STL-10", base, STL10_URL)
+    if len(ds.labels) != len(ds.data):
+        msg = f"STL-10 {req.split}: {len(ds.data)} images but {len(ds.labels)} labels in {base}"
+        raise ScalingError(msg)
+    labels = torch.from_numpy(np.asarray(ds.labels, dtype=np.int64))
+    return ImageSet(resize_uint8(torch.from_numpy(ds.data), req.image_size), labels, 10)
 
 
 @register_dataset(
     DatasetInfo("imagefolder", None, 224, description="root/train|val|test/<class>/*")
 )
 def _load_imagefolder(req: LoadRequest) -> DataSet:
-    """Cached in memory as uint8 when it fits `max_cache_bytes`, else streamed."""
-    paths, labels, num_classes = _scan_folder(req.root, req.split)
-    workers, size = min(8, os.cpu_count() or 1), req.image_size
+    """Decoded batch by batch (see `scaling.train.imagefolder`); kept in memory at a
+    bounded resolution that keeps the aspect when that fits `max_cache_bytes`."""
+    paths, labels, num_classes = scan_folder(req.root, req.split)
+    side = cache_side(req.image_size)
+    cache = len(paths) * 3 * side * side * 4 // 3 <= req.max_cache_bytes  # 4:3 photographs
+    workers = req.workers or min(8, os.cpu_count() or 1)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
-    if len(paths) * 3 * size * size > req.max_cache_bytes:
-        return StreamingImageSet(paths, label_tensor, num_classes, size, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return ImageSet(decode_all(paths, size, pool), label_tensor, num_classes)
+    return ImageFolderSet(paths, label_tensor, num_classes, req.image_size, workers, cache)

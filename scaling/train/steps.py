@@ -1,15 +1,14 @@
 """One optimizer step's worth of forward/backward for each method.
 
-Both functions receive the GLOBAL batch (every rank draws the same images and the
-same augmentation parameters from the same generator) and work on this rank's slice,
-so a run on W ranks sees exactly the views a single process would: distributed
+Both functions receive this rank's views of the global batch (`scaling.train.views`:
+every rank draws the same augmentation parameters for the whole batch and applies its
+slice), so a run on W ranks sees exactly the views a single process would: distributed
 results can be compared with single-process ones.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -18,31 +17,14 @@ from torch import Tensor, nn
 
 from scaling.plan.layout import Layout
 from scaling.train.accumulate import cached_backward, plain_backward
-from scaling.train.augment import AugmentParams, SimCLRAugment
 from scaling.train.losses import nt_xent, positive_top1
-
-
-def _slice(params: AugmentParams, rows: slice) -> AugmentParams:
-    return replace(params, **{f.name: getattr(params, f.name)[rows] for f in fields(params)})
-
-
-def local_views(
-    aug: SimCLRAugment, images: Tensor, generator: torch.Generator, rows: slice, views: int
-) -> list[Tensor]:
-    """Draw `views` parameter sets for the global batch, apply them to this rank's rows."""
-    n, _, h, w = images.shape
-    drawn = [aug.sample_params(n, h, w, generator) for _ in range(views)]
-    local = images[rows]
-    return [aug.apply(local, _slice(p, rows)) for p in drawn]
 
 
 def simclr_step(
     net: nn.Module,
-    images: Tensor,
-    aug: SimCLRAugment,
-    generator: torch.Generator,
+    v1: Tensor,
+    v2: Tensor,
     layout: Layout,
-    rows: slice,
     temperature: float,
     autocast: AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
@@ -51,7 +33,6 @@ def simclr_step(
     With accumulation (accum_steps > 1) the gradient is cached (Gao et al. 2021) so every
     image still sees the negatives of the whole batch, not only its micro-batch's.
     """
-    v1, v2 = local_views(aug, images, generator, rows, views=2)
     accuracy: list[Tensor] = []
 
     def loss_fn(z1: Tensor, z2: Tensor) -> Tensor:
@@ -72,17 +53,12 @@ def simclr_step(
 
 def supervised_step(
     net: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    aug: SimCLRAugment,
-    generator: torch.Generator,
+    x: Tensor,
+    y: Tensor,
     layout: Layout,
-    rows: slice,
     autocast: AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy with plain accumulation (exact here: the loss is a mean over images)."""
-    (x,) = local_views(aug, images, generator, rows, views=1)
-    y = labels[rows]
     total = x.shape[0]
     loss_sum = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device)

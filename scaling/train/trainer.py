@@ -9,8 +9,10 @@ newest valid checkpoint and ends with the same result, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,13 @@ from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
-from scaling.train.data import batches
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
-from scaling.train.readers import load_dataset
+from scaling.train.readers import DATASETS, load_dataset
 from scaling.train.signals import StopFlag, agree
 from scaling.train.steps import simclr_step, supervised_step
+from scaling.train.views import train_views
 
 EpochHook = Callable[[dict[str, Any]], None]
 SUBMITTER_KEYS = ("forced_at", "checkpoint_every_s")  # spec.json keys the trainer keeps
@@ -78,16 +80,8 @@ def run(
     """
     run_dir = Path(run_dir)
     try:
-        result = _train(
-            spec,
-            run_dir,
-            layout,
-            device=device,
-            threads=threads,
-            compile=compile,
-            on_epoch=on_epoch,
-            checkpoint_every_s=checkpoint_every_s,
-        )
+        result = _train(spec, run_dir, layout, device=device, threads=threads, compile=compile,
+                        on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)  # fmt: skip
     except Preempted:
         raise
     except RunFailed as exc:
@@ -134,7 +128,10 @@ def _train(
     started = time.time()
     # ------------------------------------------------------------------ set-up
     dev = torch.device(_resolve_device(device))
-    env = dist.init_distributed(dev.type)
+    # From the cluster profile (`sweep.cluster.train_env`), for every backend alike.
+    timeout = timedelta(minutes=float(os.environ.get("SCALING_DIST_TIMEOUT_MIN", 60)))
+    workers = int(os.environ.get("SCALING_DATA_WORKERS", 0)) or dist.cpus_per_rank()
+    env = dist.init_distributed(dev.type, timeout)
     if dev.type == "cuda":
         dev = torch.device("cuda", env.local_rank)
     if threads:
@@ -179,17 +176,19 @@ def _train(
         split=train_split,
         seed=0,
         num_images=spec.dataset.get("size"),
+        workers=workers,
     ).to(dev)
-    test = load_dataset(
-        name, root=root, image_size=size, split="test", seed=0, num_images=spec.dataset.get("size")
-    ).to(dev)
+    test = load_dataset(name, root=root, image_size=size, split="test", seed=0,
+                        num_images=spec.dataset.get("size"), workers=workers).to(dev)  # fmt: skip
     crop_scale = (float(config["crop_min_scale"]), 1.0)
+    test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
     if spec.method == "simclr":
         aug: SimCLRAugment = SimCLRAugment(
-            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale
-        )
+            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale,
+            test_crop=test_crop,
+        )  # fmt: skip
     else:
-        aug = CropFlipAugment(size, crop_scale=crop_scale)
+        aug = CropFlipAugment(size, crop_scale=crop_scale, test_crop=test_crop)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(spec.seed)  # the same initial weights on every rank
@@ -286,11 +285,12 @@ def _train(
             # A run stopped after the last step of an epoch resumes with no step left in
             # it: the epoch's record then comes from the restored sums alone.
             lr = sums["lr"]
-            stream = batches(
-                train, derived.effective_batch, seed=spec.seed, epoch=epoch,
-                start_step=start_step if epoch == start_epoch else 0, drop_last=True, device=dev,
+            stream = train_views(
+                train, aug, gen, batch_size=derived.effective_batch, seed=spec.seed,
+                epoch=epoch, rows=rows, views=method.views,
+                start_step=start_step if epoch == start_epoch else 0, device=dev,
             )  # fmt: skip
-            for step_in_epoch, (images, labels) in enumerate(
+            for step_in_epoch, batch in enumerate(
                 stream, start=start_step if epoch == start_epoch else 0
             ):
                 lr = warmup_cosine(
@@ -300,20 +300,13 @@ def _train(
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
                 if spec.method == "simclr":
+                    v1, v2 = batch.views
                     loss, top1 = simclr_step(
-                        step_net,
-                        images,
-                        aug,
-                        gen,
-                        layout,
-                        rows,
-                        float(config["temperature"]),
-                        autocast,
+                        step_net, v1, v2, layout, float(config["temperature"]), autocast
                     )
                 else:
-                    loss, top1 = supervised_step(
-                        step_net, images, labels, aug, gen, layout, rows, autocast
-                    )
+                    (x,) = batch.views
+                    loss, top1 = supervised_step(step_net, x, batch.labels, layout, autocast)
                 if env.world_size > 1:
                     dist.average_gradients(net.parameters())
                 opt.step()
@@ -329,8 +322,9 @@ def _train(
                     so_far = dict(sums)
                     fold(so_far, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir, net, opt, gen, epoch, step_in_epoch + 1, global_step, so_far,
-                        main, elapsed_s=spent(), run_id=spec.run_id,
+                        run_dir, net, opt, _at_state(gen, batch.rng_state), epoch,
+                        step_in_epoch + 1, global_step, so_far, main, elapsed_s=spent(),
+                        run_id=spec.run_id,
                     )  # fmt: skip
                     saved_at = time.monotonic()
                     if stopping:
@@ -341,7 +335,7 @@ def _train(
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
             every = int(config["eval"]["knn_every"]) if spec.method == "simclr" else 0
-            if main and every and (epoch + 1) % every == 0:  # the online kNN monitor
+            if every and (epoch + 1) % every == 0:  # the online kNN monitor, every rank
                 record["monitor/knn_top1"] = knn_monitor(net.encoder, train, test, aug,
                                                          config["eval"])  # fmt: skip
             start_step = 0
@@ -363,9 +357,8 @@ def _train(
             raise Preempted(f"stopped by signal after step {global_step}; checkpoint written")
 
     # ------------------------------------------------------------------ evaluate
-    result: dict[str, Any] = {}
+    result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
     if main:
-        result = evaluate_run(spec, net, train, test, aug)
         result.update(
             run_id=spec.run_id,
             method=spec.method,
@@ -391,6 +384,13 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def _at_state(gen: torch.Generator, state: torch.Tensor) -> torch.Generator:
+    """A generator like `gen` at `state` (the stream may already have drawn the next step)."""
+    snapshot = torch.Generator(device=gen.device)
+    snapshot.set_state(state)
+    return snapshot
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

@@ -1,0 +1,108 @@
+"""The training stream: two gloo ranks, each decoding only its rows, equal one process."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from scaling.train import distributed
+from scaling.train.augment import SimCLRAugment
+from scaling.train.readers import load_dataset
+from scaling.train.views import train_views
+from tests.test_data import write_photos
+from tests.test_distributed import WORLD, spawn_ranks
+
+BATCH, SIZE = 8, 32
+AUG = SimCLRAugment(SIZE, color_strength=1.0, blur=True)
+
+
+def _epoch(root: Path, rows: slice, start_step: int = 0) -> tuple[list, int]:
+    """Every step's views of `rows` of one epoch, and how many images this process decoded."""
+    data = load_dataset("imagefolder", root=root, image_size=SIZE, max_cache_bytes=0, workers=2)
+    gen = torch.Generator().manual_seed(5)
+    steps = list(train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0, rows=rows,
+                             views=2, start_step=start_step))  # fmt: skip
+    return steps, data.decoded
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    distributed.init_distributed("cpu", timedelta(minutes=2))
+    per = BATCH // WORLD
+    steps, decoded = _epoch(Path(root), slice(rank * per, (rank + 1) * per))
+    gathered = [[distributed.all_gather_rows(v, BATCH) for v in s.views] for s in steps]
+    res = {"views": [s.views for s in steps], "labels": [s.labels for s in steps],
+           "gathered": gathered, "decoded": decoded, "states": [s.rng_state for s in steps]}  # fmt: skip
+    torch.save(res, Path(out) / f"rank{rank}.pt")
+    distributed.cleanup()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("photos")
+    write_photos(root, per_class=6, classes=3)  # 18 training images: 2 steps of 8
+    return root
+
+
+@pytest.fixture(scope="module")
+def ranks(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    return spawn_ranks(_worker, tmp_path_factory.mktemp("views"), str(photos))
+
+
+def test_two_ranks_see_the_views_of_one_process(photos: Path, ranks: list[dict]) -> None:
+    steps, _ = _epoch(photos, slice(0, BATCH))
+    assert len(steps) == 2 and all(len(r["views"]) == 2 for r in ranks)
+    per = BATCH // WORLD
+    for k, step in enumerate(steps):
+        for v in range(2):
+            whole = step.views[v]
+            assert whole.shape == (BATCH, 3, SIZE, SIZE)
+            for r, res in enumerate(ranks):
+                mine = whole[r * per : (r + 1) * per]
+                torch.testing.assert_close(res["views"][k][v], mine, atol=1e-6, rtol=0)
+                torch.testing.assert_close(res["gathered"][k][v], whole, atol=1e-6, rtol=0)
+        labels = torch.cat([res["labels"][k] for res in ranks])
+        assert torch.equal(labels, step.labels)
+        assert all(torch.equal(res["states"][k], step.rng_state) for res in ranks)
+    assert not torch.allclose(steps[0].views[0], steps[0].views[1])  # two different views
+
+
+def test_each_rank_decodes_only_its_share(photos: Path, ranks: list[dict]) -> None:
+    _, decoded = _epoch(photos, slice(0, BATCH))
+    assert decoded == 2 * BATCH  # one decode per image for both views
+    assert [res["decoded"] for res in ranks] == [BATCH, BATCH]  # 2 steps x 4 rows each
+
+
+def test_a_resumed_epoch_draws_what_the_full_one_drew(photos: Path) -> None:
+    """Restarting at step 1 from step 0's saved generator state gives step 1's views: the
+    stream's look-ahead does not leak into the state a checkpoint saves."""
+    full, _ = _epoch(photos, slice(0, BATCH))
+    data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
+    gen = torch.Generator()
+    gen.set_state(full[0].rng_state)
+    (again,) = train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0,
+                           rows=slice(0, BATCH), views=2, start_step=1)  # fmt: skip
+    for a, b in zip(again.views, full[1].views, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_folder_views_on_cuda_match_the_cpu(photos: Path) -> None:
+    """The crop draws come from a CUDA generator and go to the decode threads; the
+    batched flip, colour and blur run on the GPU: the same views as on the CPU."""
+    data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    (cuda, *_) = train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0,
+                             rows=slice(0, BATCH), views=2, device="cuda")  # fmt: skip
+    cpu_gen = torch.Generator(device="cuda").manual_seed(5)
+    (ref, *_) = train_views(data, AUG, cpu_gen, batch_size=BATCH, seed=1, epoch=0,
+                            rows=slice(0, BATCH), views=2, device="cpu")  # fmt: skip
+    for a, b in zip(cuda.views, ref.views, strict=True):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, atol=2e-4, rtol=0)
