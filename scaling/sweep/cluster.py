@@ -70,6 +70,9 @@ class ClusterProfile(StrictModel):
     max_parallel: PositiveInt | None = None  # None: one run per CPU core or per GPU set
     threads_per_run: PositiveInt | None = None  # CPU threads each run may use
     workdir: str = "runs"
+    # Local backend: one process per slot trains its runs one after another (torch is
+    # imported once); false: a fresh `scaling train` process per run.
+    persistent_workers: bool = True
     # A mid-epoch checkpoint at least this often, so that a kill loses minutes, not an
     # epoch (0: at epoch ends and on stop signals only).
     checkpoint_every_min: NonNegativeFloat = 10
