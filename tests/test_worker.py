@@ -53,6 +53,9 @@ def test_fresh_puts_back_what_a_run_may_change(
     assert torch.get_float32_matmul_precision() == fresh.flags["matmul_precision"]
     assert not EXTERNAL_STOP.is_set() and "SCALING_WORKER_TEST_LEAK" not in os.environ
     assert "leaked" not in costcache._load()
+    import gc
+
+    gc.unfreeze()  # what Fresh.capture froze: this is pytest's process, not a worker
 
 
 @pytest.mark.slow

@@ -68,11 +68,22 @@ class _Child:
 class LocalBackend:
     name = "local"
 
+    def __init__(self) -> None:
+        self._slots: list[_Slot] | None = None  # set by prepare, used by the next submit
+
+    def prepare(self, jobs: Sequence[Job], ctx: Context) -> None:
+        """Start the workers that `submit(jobs)` will use now, so that their imports
+        (seconds) overlap what the caller does before submitting (its MLflow lookup)."""
+        self._slots = _slots(ctx)
+        single = sum(1 for j in jobs if j.layout.gpus == 1) if ctx.profile.persistent_workers else 0
+        for slot in self._slots[:single]:
+            slot.worker = Worker(_env(ctx, slot))
+
     def submit(self, jobs: Sequence[Job], ctx: Context) -> list[Outcome]:
         from scaling.run.backends.progress import LiveView
 
-        slots = [_Slot(g) for g in _gpu_slots(ctx)] or [_Slot() for _ in range(ctx.max_parallel)]
-        free = slots[: min(ctx.max_parallel, len(slots))]
+        slots, self._slots = self._slots or _slots(ctx), None
+        free = list(slots)
         pending, running, outcomes = list(jobs), [], []
         pusher = ctx.pusher or Pusher(ctx.tracking_uri, ctx.experiment)
         with LiveView(len(jobs)) as view:
@@ -113,9 +124,7 @@ class LocalBackend:
 
     def _start(self, job: Job, ctx: Context, slot: _Slot, view: Any) -> _Child:
         cmd = ctx.train_command(job, tracking=False)  # the parent mirrors to MLflow
-        env = ctx.train_env()
-        if slot.gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot.gpus
+        env = _env(ctx, slot)
         child = _Child(job, slot, time.time())
         child.task = view.start(job)
         if job.layout.gpus > 1 or not ctx.profile.persistent_workers:
@@ -166,6 +175,21 @@ def _finish_pushes(pusher: Pusher, ctx: Context, view: Any, timeout: float | Non
     left = pusher.close(timeout)
     if left:
         view.note(pending_note(len(left), ctx.tracking_uri))
+
+
+def _slots(ctx: Context) -> list[_Slot]:
+    """One per concurrent run: a set of GPUs each on CUDA, max_parallel on the CPU."""
+    gpus = _gpu_slots(ctx)
+    if not gpus:
+        return [_Slot() for _ in range(ctx.max_parallel)]
+    return [_Slot(g) for g in gpus[: ctx.max_parallel]]
+
+
+def _env(ctx: Context, slot: _Slot) -> dict[str, str]:
+    env = ctx.train_env()
+    if slot.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpus
+    return env
 
 
 def _gpu_slots(ctx: Context) -> list[str]:

@@ -1,10 +1,10 @@
 """A persistent worker of the local backend: one process per slot, runs one after another.
 
-`scaling worker` (started by scaling.run.backends.local, not by hand) reads one request
-per line on stdin, trains that run as `scaling train` would (the same run lock, the
-same exit codes, its output appended to the run's train.log) and answers one line,
-the exit code, on the stdout it was started with. torch and timm are imported once,
-by the first run, where a fresh process per run paid about 3 s every time.
+`scaling worker` (started by scaling.run.backends.local, not by hand) imports torch and
+timm once, as it starts (a fresh process per run paid about 3 s every time), then reads
+one request per line on stdin, trains that run as `scaling train` would (the same run
+lock, the same exit codes, its output appended to the run's train.log) and answers
+one line, the exit code, on the stdout it was started with.
 
 Between runs everything a run may leave behind that could change the next one is put
 back as a fresh process has it (`Fresh`). Signals act as on `scaling train`: SIGTERM
@@ -91,23 +91,22 @@ class Worker:
 
 
 def serve() -> None:
-    """Answer requests until stdin ends: {spec, run_dir, log, device, threads} in,
-    {run_dir, code} out."""
+    """Import, then answer requests until stdin ends: {spec, run_dir, log, device,
+    threads} in, {run_dir, code} out."""
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     _quiet()  # fds 1 and 2 belong to the runs; between them nothing is written
-    fresh: Fresh | None = None
+    try:  # at once, before the first request: the parent may still be planning
+        fresh, broken = Fresh.capture(), ""
+    except Exception:  # an import that fails: every run fails, with the traceback
+        fresh, broken = None, traceback.format_exc()
     for line in sys.stdin.buffer:
         request = json.loads(line)
         with output_to(Path(request["log"])):
-            try:
-                if fresh is None:  # the first run imports torch and timm
-                    fresh = Fresh.capture()
-                else:
-                    fresh.restore()
-            except Exception:  # an import that fails: the run fails, with its traceback
-                traceback.print_exc()
+            if fresh is None:
+                print(broken, file=sys.stderr)
                 code = 1
             else:
+                fresh.restore()
                 code = train_one(request)
         replies.write(json.dumps({"run_dir": request["run_dir"], "code": code}) + "\n")
 
@@ -183,6 +182,10 @@ class Fresh:
 
         import scaling.run.tracked  # noqa: F401  (what `scaling train` imports first)
 
+        # What the imports made lives as long as the worker: out of the collector's
+        # sight, a full collection between runs scans only what a run made (ms, not 0.35 s).
+        gc.collect()
+        gc.freeze()
         return cls(dict(os.environ), torch.initial_seed(), torch.get_rng_state(),
                    random.getstate(), np.random.get_state(), torch.get_num_threads(),
                    _flags())  # fmt: skip
