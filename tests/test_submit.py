@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from scaling.cli.app import app
 from scaling.run.tracking import find_runs
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl
-from scaling.sweep.spec import load_sweep
+from scaling.sweep.spec import RunSpec, load_sweep
 from tests.conftest import write
 
 SWEEP = """\
@@ -139,6 +139,19 @@ def _submit_process(study: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=study, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def _long_run(study: Path, epochs: int) -> tuple[list[str], RunSpec, Path, subprocess.Popen[bytes]]:
+    """`submit` of the width-0.25 supervised run, `epochs` epochs long, started in the
+    background: its --only/--set options, spec, run directory and process."""
+    sets = [f"methods.supervised.epochs={epochs}"]
+    only = ["--only", "method=supervised,width=0.25", "--set", *sets]
+    spec = next(
+        r
+        for r in load_sweep(study / "sweep.yaml", sets).runs_of("supervised")
+        if r.model["width"] == 0.25
+    )
+    return only, spec, study / "runs" / "tiny" / spec.run_id, _submit_process(study, *only)
+
+
 def _wait(predicate, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -149,11 +162,7 @@ def _wait(predicate, timeout: float = 180.0) -> None:  # type: ignore[no-untyped
 @pytest.mark.slow
 def test_kill_9_mid_epoch_then_submit_resumes_into_the_same_mlflow_run(study: Path) -> None:
     # Long enough that the kill lands mid-run: MLflow sees the run after its first epoch.
-    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=20"]
-    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=20"])
-    spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
-    run_dir = study / "runs" / "tiny" / spec.run_id
-    proc = _submit_process(study, *only)
+    only, spec, run_dir, proc = _long_run(study, 20)
     _wait(
         lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1 and (run_dir / "mlflow.json").exists()
     )
@@ -237,11 +246,7 @@ def test_unreachable_tracking_loses_nothing_and_status_then_sync_upload(
 def test_sigterm_or_sighup_to_submit_stops_runs_resumable_like_ctrl_c(
     study: Path, sig: signal.Signals
 ) -> None:
-    only = ["--only", "method=supervised,width=0.25", "--set", "methods.supervised.epochs=40"]
-    sweep = load_sweep(study / "sweep.yaml", ["methods.supervised.epochs=40"])
-    spec = next(r for r in sweep.runs_of("supervised") if r.model["width"] == 0.25)
-    run_dir = study / "runs" / "tiny" / spec.run_id
-    proc = _submit_process(study, *only)
+    only, _, run_dir, proc = _long_run(study, 40)
     _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1)
     proc.send_signal(sig)
     out = proc.communicate(timeout=150)[0].decode()

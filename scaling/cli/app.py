@@ -44,6 +44,7 @@ app.command("report")(guarded(report_cmd.report))
 app.command("ui")(guarded(tracking_cmd.ui))
 app.command("sync")(guarded(tracking_cmd.sync))
 app.command("train")(guarded(train_cmd.train))
+app.command("worker", hidden=True)(guarded(train_cmd.worker))
 
 
 def main() -> None:

@@ -49,9 +49,11 @@ def submit(
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     plan = build_plan(sweep, cluster, set_ or [], only, overrides)
     ctx = context_of(plan)
-    tracked = _tracked(ctx, console)
     backend = get_backend(ctx.profile.backend)
     busy = scheduled(plan, ctx, backend)  # before anything is written: queued runs stay as they are
+    if not dry_run:  # the local backend's workers import torch while MLflow is looked up
+        _prepare(backend, plan, ctx, busy, rerun_failed=rerun_failed, force=force)
+    tracked = _tracked(ctx, console)
     decisions = decide(
         plan, ctx, rerun_failed=rerun_failed, force=force, tracked=tracked, busy=busy
     )
@@ -73,6 +75,17 @@ def submit(
     _where_to_look(console, sweep, cluster)
     if counts.get("failed"):
         raise typer.Exit(1)
+
+
+def _prepare(backend: Any, plan: Any, ctx: Any, busy: Any, **asked: bool) -> None:
+    """A backend's optional `prepare` for the runs it will likely be handed (what the run
+    directories alone say; MLflow, read next, may only skip a few more)."""
+    from scaling.run.submission import decide
+
+    prepare = getattr(backend, "prepare", None)
+    if prepare is not None:
+        likely = decide(plan, ctx, busy=busy, **asked)
+        prepare([d.job for d in likely if d.action != "skip"], ctx)
 
 
 def _launch(

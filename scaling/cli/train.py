@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from scaling.errors import SpecError
 
 EXIT_PREEMPTED = 143  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: resumable
 EXIT_ALREADY_RUNNING = 75  # another process holds the run's lock (EX_TEMPFAIL)
@@ -36,35 +33,11 @@ def train(
     ] = False,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
-    from scaling.plan.layout import Layout
     from scaling.run.state import AlreadyRunning
-    from scaling.run.tracked import run_tracked
-    from scaling.sweep.spec import RunSpec
+    from scaling.run.tracked import read_run_file, run_tracked
     from scaling.train.trainer import Preempted
 
-    try:
-        data = json.loads(run_spec.read_text())
-    except OSError:
-        raise SpecError("file not found", file=str(run_spec)) from None
-    except ValueError as exc:
-        raise SpecError(f"invalid JSON: {exc}", file=str(run_spec)) from None
-    spec = RunSpec.from_dict(data, file=str(run_spec))
-    layout = None
-    if "layout" in data:
-        try:
-            layout = Layout.from_dict(data["layout"])
-        except (KeyError, TypeError, ValueError):
-            raise SpecError(
-                "expected {micro_batch, accum_steps, gpus, nodes}", file=str(run_spec), key="layout"
-            ) from None
-        batch = int(spec.config["batch_size"])
-        if layout.micro_batch * layout.accum_steps * layout.gpus != batch:
-            raise SpecError(
-                f"micro_batch x accum_steps x gpus = {layout.micro_batch} x {layout.accum_steps} x "
-                f"{layout.gpus} must equal the batch size {batch}",
-                file=str(run_spec),
-                key="layout",
-            )
+    spec, layout = read_run_file(run_spec)
     from scaling.run.tracking import without_credentials
 
     tracking = None
@@ -79,3 +52,10 @@ def train(
     except AlreadyRunning as exc:
         typer.echo(str(exc), err=True)
         raise SystemExit(EXIT_ALREADY_RUNNING) from None
+
+
+def worker() -> None:
+    """Train the runs the local backend sends on stdin, one after another (internal)."""
+    from scaling.run.backends.worker import serve
+
+    serve()

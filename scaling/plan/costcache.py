@@ -83,6 +83,17 @@ def save() -> None:
         log.debug("architecture cost cache not written: %s", exc)
 
 
+def forget() -> None:
+    """Save what is new, then drop what this process holds: the next lookup reads the
+    file afresh, as a new process would (a persistent worker between two runs)."""
+    global _memory
+    from scaling.plan import costs
+
+    save()
+    _memory = None
+    costs.arch_cost.cache_clear()
+
+
 def arch_args(spec: Any) -> tuple[Any, ...]:
     """The arguments of `arch_cost` for a run spec (what its network is)."""
     from scaling.plan.data_info import num_classes

@@ -116,8 +116,9 @@ def process_start(pid: int) -> str:
 
 
 def lock_holder(run_dir: Path) -> int | None:
-    """The PID of the `scaling train` holding the run's lock on this machine, or None:
-    not locked, held on another host, or a PID now used by another process."""
+    """The PID of the `scaling train` (or local backend's `scaling worker`) holding the
+    run's lock on this machine, or None: not locked, held on another host, or a PID now
+    used by another process."""
     if not is_locked(run_dir):
         return None
     try:
@@ -128,7 +129,8 @@ def lock_holder(run_dir: Path) -> int | None:
         return None
     if host != socket.gethostname() or not start or process_start(pid) != start:
         return None
-    ours = any(arg.endswith(b"scaling") for arg in cmdline) and b"train" in cmdline
+    command = b"train" in cmdline or b"worker" in cmdline
+    ours = any(arg.endswith(b"scaling") for arg in cmdline) and command
     return pid if ours else None
 
 

@@ -7,12 +7,14 @@ run lock (two processes never train one run) and the MLflow mirror of the run di
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from scaling.errors import SpecError
 from scaling.plan.layout import Layout
 from scaling.run.mirror import STATE as MLFLOW_STATE
 from scaling.run.mirror import push
@@ -118,3 +120,32 @@ def _start_over(run_dir: Path) -> None:
     spec = read_json(run_dir / SPEC) or {}
     spec.pop("started_at", None)
     write_json(run_dir / SPEC, {**spec, "forced_at": time.time()})
+
+
+def read_run_file(path: Path) -> tuple[RunSpec, Layout | None]:
+    """A run's spec.json: the run spec and its layout (None when it has none), checked
+    against each other; a SpecError that names the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise SpecError("file not found", file=str(path)) from None
+    except ValueError as exc:
+        raise SpecError(f"invalid JSON: {exc}", file=str(path)) from None
+    spec = RunSpec.from_dict(data, file=str(path))
+    if "layout" not in data:
+        return spec, None
+    try:
+        layout = Layout.from_dict(data["layout"])
+    except (KeyError, TypeError, ValueError):
+        raise SpecError(
+            "expected {micro_batch, accum_steps, gpus, nodes}", file=str(path), key="layout"
+        ) from None
+    batch = int(spec.config["batch_size"])
+    if layout.micro_batch * layout.accum_steps * layout.gpus != batch:
+        raise SpecError(
+            f"micro_batch x accum_steps x gpus = {layout.micro_batch} x {layout.accum_steps} x "
+            f"{layout.gpus} must equal the batch size {batch}",
+            file=str(path),
+            key="layout",
+        )
+    return spec, layout

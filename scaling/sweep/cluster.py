@@ -76,6 +76,9 @@ class ClusterProfile(StrictModel):
     # checkpoint or for the slowest rank's share of an evaluation.
     dist_timeout_min: PositiveFloat = 60.0
     workdir: str = "runs"
+    # Local backend: one process per slot trains its runs one after another (torch is
+    # imported once); false: a fresh `scaling train` process per run.
+    persistent_workers: bool = True
     # A mid-epoch checkpoint at least this often, so that a kill loses minutes, not an
     # epoch (0: at epoch ends and on stop signals only).
     checkpoint_every_min: NonNegativeFloat = 10
