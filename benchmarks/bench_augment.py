@@ -49,19 +49,25 @@ def per_image_pipeline(aug: SimCLRAugment) -> v2.Compose:
 
 
 def images_per_second(
-    fn: Callable[[], object], images: int, seconds: float, sync: Callable[[], None]
-) -> float:
-    """Median throughput over repeats filling about `seconds` (after one warm-up call)."""
-    fn()
-    sync()
-    rates: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(rates) < 3:
-        t0 = time.perf_counter()
+    fns: dict[str, tuple[Callable[[], object], int]], seconds: float, sync: Callable[[], None]
+) -> dict[str, float]:
+    """Median throughput of each fn (images per call), timed in turns for about `seconds`.
+
+    Taking turns (one call of each, again and again) spreads a shared machine's bursts of
+    load over every candidate alike, so their ratio holds even when the absolute rates move.
+    """
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for fn, _ in fns.values():  # warm-up
         fn()
-        sync()
-        rates.append(images / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    sync()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds * len(fns) or min(map(len, rates.values())) < 5:
+        for name, (fn, images) in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            rates[name].append(images / (time.perf_counter() - t0))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def bench(size: int, batch: int, device: str, seconds: float) -> dict[str, float]:
@@ -70,15 +76,15 @@ def bench(size: int, batch: int, device: str, seconds: float) -> dict[str, float
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    batched = images_per_second(lambda: aug(on_device, generator), batch, seconds, sync)
     compose = per_image_pipeline(aug)
     n = max(32, batch // 4)  # per-image is slow: time a quarter batch
-    tensor_rate = images_per_second(
-        lambda: [compose(im) for im in images[:n]], n, seconds, lambda: None
-    )
     pils = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:n]]
-    pil_rate = images_per_second(lambda: [compose(im) for im in pils], n, seconds, lambda: None)
-    return {"batched": batched, "tensor": tensor_rate, "pil": pil_rate}
+    fns: dict[str, tuple[Callable[[], object], int]] = {
+        "batched": (lambda: aug(on_device, generator), batch),
+        "tensor": (lambda: [compose(im) for im in images[:n]], n),
+        "pil": (lambda: [compose(im) for im in pils], n),
+    }
+    return images_per_second(fns, seconds, sync)
 
 
 def cpu_name() -> str:
