@@ -15,7 +15,6 @@ The per-image baselines always run on the CPU (where a Dataset runs them).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from scaling.plan.throughput import cpu_model
 from scaling.train.augment import SimCLRAugment
 
 
@@ -87,18 +87,6 @@ def bench(size: int, batch: int, device: str, seconds: float) -> dict[str, float
     return images_per_second(fns, seconds, sync)
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 96])
@@ -108,7 +96,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    machine = f"{cpu_name()}, {args.threads} threads"
+    machine = f"{cpu_model()}, {args.threads} threads"
     if args.device.startswith("cuda"):
         machine += f", {torch.cuda.get_device_name()}"
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {machine}")

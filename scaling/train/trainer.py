@@ -18,7 +18,7 @@ import torch
 
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
-from scaling.plan import data_info
+from scaling.plan import data_info, throughput
 from scaling.plan.layout import Layout, derive
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
@@ -29,6 +29,7 @@ from scaling.rundir import (
     append_jsonl,
     git_version,
     read_json,
+    read_jsonl,
     truncate_metrics,
     write_json,
 )
@@ -333,6 +334,9 @@ def _train(
     # ------------------------------------------------------------------ evaluate
     result: dict[str, Any] = {}
     if main:
+        speed = _throughput(
+            spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
+        )
         result = evaluate_run(spec, net, train, test, aug)
         result.update(
             run_id=spec.run_id,
@@ -344,8 +348,10 @@ def _train(
             wall_time_s=spent(),  # every attempt's, not only this one's
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
+            throughput=speed.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
+        throughput.record(speed)  # for the plans of later runs on this device
         print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
     if env.world_size > 1:
         torch.distributed.barrier()
@@ -364,6 +370,26 @@ def _resolve_device(device: str) -> str:
 def _epoch_seed(seed: int, epoch: int) -> int:
     """The augmentation stream of an epoch depends on (seed, epoch) alone."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
+
+
+def _throughput(
+    spec: RunSpec, layout: Layout, precision: str, dev: torch.device, run_dir: Path, images: int
+) -> throughput.Measurement:
+    """The training steps' speed: their wall time over every epoch (metrics.jsonl keeps one
+    line per epoch, each attempt's share included; evaluation and the kNN monitor are not
+    in it), on this device as the planner names it."""
+    from scaling.plan.costcache import arch_args
+
+    seconds = sum(float(r.get("seconds") or 0.0) for r in read_jsonl(run_dir / METRICS))
+    if dev.type == "cuda":
+        device = torch.cuda.get_device_name(dev)
+    else:
+        device = throughput.cpu_device_name(torch.get_num_threads())
+    per_image = _figures(spec, layout, 1)["train_flops"]
+    return throughput.Measurement(
+        spec.run_id, device, arch_args(spec), layout.micro_batch, layout.accum_steps,
+        layout.gpus, precision, per_image, images, seconds,
+    )  # fmt: skip
 
 
 def _figures(spec: RunSpec, layout: Layout, images: int) -> dict[str, Any]:
