@@ -43,13 +43,19 @@ def test_same_architecture_is_measured_others_are_scaled_along_the_nearest_line(
         ]
     )
     assert cal.seconds_per_image("new", ARCH_A, LAYOUT, 1e9) == (0.012, "measured")  # median
-    # Between A (1 GFLOP, median 12 ms) and B (9 GFLOP, 50 ms): on the line through them,
-    # not proportional to FLOPs (which would give 60 ms at 5 GFLOP).
+    # Between A (1 GFLOP, median 12 ms) and B (9 GFLOP, 50 ms): on the power law through
+    # them (3 GFLOP is halfway in log FLOPs), not proportional to FLOPs (36 ms).
     mid = ("simclr", 10, 0.5, "cifar", 1.0, 16, 16, 10)
-    seconds, source = cal.seconds_per_image("new", mid, LAYOUT, 5e9)
-    assert source == "scaled" and seconds == pytest.approx(0.012 + (0.050 - 0.012) / 2)
-    big = ("simclr", 10, 2.0, "cifar", 1.0, 16, 16, 10)  # beyond B: the same line, extended
-    assert cal.seconds_per_image("new", big, LAYOUT, 17e9)[0] == pytest.approx(0.012 + 0.038 * 2)
+    seconds, source = cal.seconds_per_image("new", mid, LAYOUT, 3e9)
+    assert source == "scaled" and seconds == pytest.approx((0.012 * 0.050) ** 0.5)
+    # Beyond B (81 GFLOP): between the power law (50 ms x 50/12) and the line through A and
+    # B (12 ms + 38 ms x 10), their geometric mean
+    big = ("simclr", 10, 2.0, "cifar", 1.0, 16, 16, 10)
+    power, line = 0.050 * 0.050 / 0.012, 0.012 + 0.038 * 10
+    assert cal.seconds_per_image("new", big, LAYOUT, 81e9)[0] == pytest.approx(
+        (power * line) ** 0.5
+    )
+    assert power < cal.seconds_per_image("new", big, LAYOUT, 81e9)[0] < line
     # Another precision or method: nothing measured
     assert cal.seconds_per_image("new", ARCH_A, (32, 1, 1, "bf16"), 1e9) is None
     sup = ("supervised",) + ARCH_A[1:]

@@ -8,10 +8,10 @@ run's training time from those measurements:
 
 * measured: runs of the same architecture and layout on this device (median over them);
 * scaled: otherwise, from the measured architectures of the same method and precision on
-  this device, by training FLOPs per image: along the line through the two nearest
-  (time per image = fixed cost + FLOPs / achieved rate: small networks do not reach the
-  device's FLOP rate, so time is not proportional to FLOPs), or proportionally to the
-  one measured architecture;
+  this device, by training FLOPs per image: between two of them on the power law through
+  them, beyond them from the two nearest (`_interpolate`: small networks do not reach
+  the device's FLOP rate, so time is not proportional to FLOPs), or proportionally to
+  the one measured architecture;
 * model: no measurement on this device, the FLOP model (peak x utilisation).
 
 A run's own measurement never predicts that run, so `scaling status` and `report` can
@@ -206,18 +206,27 @@ def _per_arch(ms: list[Measurement]) -> list[tuple[float, float]]:
 
 
 def _interpolate(points: list[tuple[float, float]], flops: float) -> float:
-    """Seconds per image at `flops` on the line through the two measured points nearest in
-    log FLOPs (one each side when there are), else proportional to the nearest one."""
-    distance = [abs(math.log(f / flops)) for f, _ in points]
-    order = sorted(range(len(points)), key=lambda i: (distance[i], i))
-    below = [i for i in order if points[i][0] <= flops]
-    above = [i for i in order if points[i][0] > flops]
-    pair = [below[0], above[0]] if below and above else order[:2]
-    if len(pair) == 2 and points[pair[0]][0] != points[pair[1]][0]:
-        (f0, t0), (f1, t1) = points[pair[0]], points[pair[1]]
-        slope = (t1 - t0) / (f1 - f0)
-        t = t0 + slope * (flops - f0)
-        if slope > 0 and t > 0:
-            return t
-    f, t = points[order[0]]
-    return t * flops / f
+    """Seconds per image at `flops` from measured (FLOPs, seconds) points of other networks.
+
+    Between two measured networks: the power law through them (log-log interpolation).
+    Beyond the measured range, from the two nearest: a line (a fixed cost per image plus
+    a FLOP-proportional one) overestimates the time, because the FLOP rate a device
+    reaches still rises with the network's size, and the power law underestimates it,
+    because that rise saturates; the prediction is their geometric mean. One measured
+    network: time proportional to FLOPs (a compute-bound device).
+    """
+    below = [p for p in points if p[0] <= flops]
+    above = [p for p in points if p[0] > flops]
+    if below and above:
+        (f0, t0), (f1, t1) = below[-1], above[0]
+        if f0 == flops:
+            return t0
+        return t0 * math.exp(math.log(t1 / t0) * math.log(flops / f0) / math.log(f1 / f0))
+    near = below[-2:] if below else above[:2]
+    if len(near) < 2 or near[0][0] == near[1][0]:
+        f, t = near[-1] if below else near[0]
+        return t * flops / f
+    (f0, t0), (f1, t1) = near
+    power = t0 * math.exp(math.log(t1 / t0) * math.log(flops / f0) / math.log(f1 / f0))
+    line = t0 + (t1 - t0) / (f1 - f0) * (flops - f0)
+    return math.sqrt(power * line) if line > 0 and t1 > t0 else power
