@@ -326,8 +326,8 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor) -> T
     Position k applies op `order[:, k]` to each image. Brightness, contrast and saturation
     are torchvision's blend clamp(f x + (1 - f) t), t = 0, the mean grey level or the grey
     image, in its operation order: x f + b over the whole batch in place (b per image:
-    0 or (1 - f) mean grey), then (1 - f) grey added to the images whose op is saturation,
-    then the clamp; hue runs only on the images whose op at that position is hue. In-place
+    0 or (1 - f) mean grey), the images whose op is saturation replaced by x f + (1 - f)
+    grey, then the clamp; hue runs only on the images whose op at that position is hue. In-place
     passes: on the CPU a fresh full-batch temporary costs more than the arithmetic.
     """
     w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype)
@@ -337,9 +337,13 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor) -> T
         mean_grey = x.mean(dim=(2, 3)) @ w  # the grey image's mean, for contrast
         bias = torch.where(op == CONTRAST, (1.0 - f) * mean_grey, 0.0)
         sat = (active & (op == SATURATION)).nonzero().squeeze(1)  # host sync on CUDA
-        grey = grayscale(x.index_select(0, sat)).mul_((1.0 - f[sat])[:, None, None, None])
+        xs, fs = x.index_select(0, sat), f[sat]
+        grey = grayscale(xs).mul_((1.0 - fs)[:, None, None, None])
+        xs.mul_(fs[:, None, None, None])
+        for channel in range(3):  # not an expanded grey: a broadcast add is slower on the CPU
+            xs[:, channel].add_(grey[:, 0])
         x.mul_(f[:, None, None, None]).add_(bias[:, None, None, None])
-        x.index_add_(0, sat, grey.expand(-1, 3, -1, -1)).clamp_(0.0, 1.0)
+        x.index_copy_(0, sat, xs).clamp_(0.0, 1.0)
         idx = (active & (op == HUE)).nonzero().squeeze(1)  # host sync on CUDA
         if idx.numel() > 0:
             x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), factors[idx, HUE]))
