@@ -17,8 +17,7 @@ op, on CPU workers). Here the parameters are drawn per image as tensors
   torchvision's ColorJitter), by a loop over the 4 positions with per-image op codes.
   Hue (RGB -> HSV -> RGB) runs only on the images whose op at that position is hue
   (a `nonzero`, i.e. one host sync per position on CUDA).
-* grayscale and Gaussian blur: per-image masks; blur is a separable depthwise conv with
-  per-image kernels (a delta kernel for images not blurred) and reflect padding.
+* grayscale and Gaussian blur: only on the images drawn for them (reflect padding, 1-D passes).
 
 Everything is computed in float32 on [0, 1] (torchvision's uint8 path rounds after every
 op; this does not), then normalised with `mean`/`std` (default 0.5/0.5, i.e. [-1, 1]).
@@ -327,8 +326,8 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor) -> T
     are torchvision's blend clamp(f x + (1 - f) t), t = 0, the mean grey level or the grey
     image, in its operation order: x f + b over the whole batch in place (b per image:
     0 or (1 - f) mean grey), the images whose op is saturation replaced by x f + (1 - f)
-    grey, then the clamp; hue runs only on the images whose op at that position is hue. In-place
-    passes: on the CPU a fresh full-batch temporary costs more than the arithmetic.
+    grey, then the clamp; hue only on the images whose op there is hue. In place: on the
+    CPU a fresh full-batch temporary costs more than the arithmetic.
     """
     w = torch.tensor(GRAY_WEIGHTS, device=x.device, dtype=x.dtype)
     for k in range(4):
@@ -354,13 +353,11 @@ def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
     """Rotate hue by `hue` (fraction of a turn in [-0.5, 0.5], per image) in HSV, as torchvision.
 
     RGB -> HSV -> RGB without materialising S: with chroma c = max - min and u the rotated
-    hue in sixths of a turn (in [0, 6)), channel (r, g, b) is
-    max - c clamp(||u - p| - 3| - 1, 0, 1) with p = (3, 5, 1): the closed form of the
-    six-sector table (| |u - p| - 3 | is 3 minus u's distance round the circle from p).
-    Grey pixels (c = 0) come back unchanged. Written for the CPU's fast paths: 0/1 masks
-    as floats (a comparison into a float tensor) instead of bool masks and torch.where,
-    and one channel at a time instead of broadcasting over channels (each several times
-    faster there).
+    hue in sixths of a turn (in [0, 6)), channel (r, g, b) is max - c clamp(||u - p| - 3|
+    - 1, 0, 1), p = (3, 5, 1): the six-sector table in closed form (||u - p| - 3| is 3 minus
+    u's distance round the circle from p). Grey pixels (c = 0) come back unchanged. 0/1
+    masks as floats, not bool masks and torch.where, and one channel at a time, not a
+    broadcast over channels: each several times faster on the CPU.
     """
     r, g, b = x.unbind(dim=1)
     maxc, minc = x.amax(dim=1), x.amin(dim=1)
@@ -388,9 +385,8 @@ def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
 def gaussian_blur_(x: Tensor, sigma: Tensor, active: Tensor, kernel_size: int) -> Tensor:
     """Separable Gaussian blur in place, per-image sigma, reflect padding; only where `active`.
 
-    Only the blurred images are computed. Each 1-D pass is one batched matmul with a banded
-    matrix per image that holds the kernel with the reflect padding folded in (on the CPU
-    4-5x faster than the grouped depthwise convolution, which also blurred every image).
+    Only the blurred images are computed; each 1-D pass is one batched matmul with a banded
+    matrix per image, the kernel with the reflect padding folded in.
     """
     idx = active.nonzero().squeeze(1)  # host sync on CUDA
     if idx.numel() == 0:
@@ -408,9 +404,8 @@ def gaussian_blur_(x: Tensor, sigma: Tensor, active: Tensor, kernel_size: int) -
 
 def _reflect_band(kernel: Tensor, size: int) -> Tensor:
     """(M, size, size) matrices B with (B v)_i = sum_j kernel_j v_reflect(i + j - r)."""
-    m, k = kernel.shape
-    taps = _reflect_taps(size, k, kernel.device, kernel.dtype)
-    return (kernel @ taps).view(m, size, size)
+    taps = _reflect_taps(size, kernel.shape[1], kernel.device, kernel.dtype)
+    return (kernel @ taps).view(-1, size, size)
 
 
 @functools.lru_cache(maxsize=32)
