@@ -49,6 +49,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_local.py
 	$(BIN)/python benchmarks/bench_report.py
+	$(BIN)/python benchmarks/bench_costmodel.py
 
 clean:
 	rm -rf $(VENV) runs runs-slurm runs-ray mlflow.db mlflow-slurm.db mlflow-ray.db mlruns reports

@@ -15,7 +15,6 @@ The per-image baselines always run on the CPU (where a Dataset runs them).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
+from scaling.plan.throughput import cpu_model
 from scaling.train.augment import SimCLRAugment
 
 
@@ -49,48 +49,53 @@ def per_image_pipeline(aug: SimCLRAugment) -> v2.Compose:
 
 
 def images_per_second(
-    fn: Callable[[], object], images: int, seconds: float, sync: Callable[[], None]
-) -> float:
-    """Median throughput over repeats filling about `seconds` (after one warm-up call)."""
-    fn()
-    sync()
-    rates: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(rates) < 3:
-        t0 = time.perf_counter()
+    fns: dict[str, tuple[Callable[[], object], int]],
+    seconds: float,
+    sync: Callable[[], None],
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median throughput of each fn (images per call), timed in turns for about `seconds`.
+
+    Taking turns (one call of each, again and again) spreads a shared machine's bursts of
+    load over every candidate alike, so their ratio holds even when the absolute rates move.
+    `clock`: wall time, or the process's CPU time (time.process_time, with one thread: the
+    work done, whatever else the machine runs).
+    """
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for fn, _ in fns.values():  # warm-up
         fn()
-        sync()
-        rates.append(images / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    sync()
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds * len(fns) or min(map(len, rates.values())) < 5:
+        for name, (fn, images) in fns.items():
+            t0 = clock()
+            fn()
+            sync()
+            rates[name].append(images / max(clock() - t0, 1e-9))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def bench(size: int, batch: int, device: str, seconds: float) -> dict[str, float]:
+def bench(
+    size: int,
+    batch: int,
+    device: str,
+    seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     aug = SimCLRAugment(size)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    batched = images_per_second(lambda: aug(on_device, generator), batch, seconds, sync)
     compose = per_image_pipeline(aug)
     n = max(32, batch // 4)  # per-image is slow: time a quarter batch
-    tensor_rate = images_per_second(
-        lambda: [compose(im) for im in images[:n]], n, seconds, lambda: None
-    )
     pils = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:n]]
-    pil_rate = images_per_second(lambda: [compose(im) for im in pils], n, seconds, lambda: None)
-    return {"batched": batched, "tensor": tensor_rate, "pil": pil_rate}
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (platform.processor() is empty on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    fns: dict[str, tuple[Callable[[], object], int]] = {
+        "batched": (lambda: aug(on_device, generator), batch),
+        "tensor": (lambda: [compose(im) for im in images[:n]], n),
+        "pil": (lambda: [compose(im) for im in pils], n),
+    }
+    return images_per_second(fns, seconds, sync, clock)
 
 
 def main() -> None:
@@ -100,9 +105,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the process's CPU time (with --threads 1, robust on a busy machine)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--clock cpu measures one CPU thread: use it with --threads 1 on the CPU")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
-    machine = f"{cpu_name()}, {args.threads} threads"
+    machine = f"{cpu_model()}, {args.threads} threads, {args.clock} clock"
     if args.device.startswith("cuda"):
         machine += f", {torch.cuda.get_device_name()}"
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {machine}")
@@ -114,7 +128,7 @@ def main() -> None:
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
-        r = bench(size, args.batch, args.device, args.seconds)
+        r = bench(size, args.batch, args.device, args.seconds, clock)
         best = max(r["tensor"], r["pil"])
         print(
             f"| {size} | {args.batch} | {r['batched']:,.0f} | {r['tensor']:,.0f} | {r['pil']:,.0f} "

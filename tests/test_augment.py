@@ -203,7 +203,7 @@ def test_blur_matches_torchvision_kernel_exactly_where_applied() -> None:
     x = torch.rand(6, 3, 40, 40, generator=torch.Generator().manual_seed(11))
     sigma = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 1.0])
     active = torch.tensor([True, True, True, True, True, False])
-    out = augment.gaussian_blur(x, sigma, active, 7)
+    out = augment.gaussian_blur_(x.clone(), sigma, active, 7)
     for i in range(5):
         ref = TF.gaussian_blur(x[i], [7, 7], [float(sigma[i])] * 2)
         torch.testing.assert_close(out[i], ref, atol=1e-6, rtol=0)
@@ -251,3 +251,12 @@ def test_cuda_matches_cpu_with_the_same_parameters() -> None:
     a = aug.two_views(images.cuda(), g.manual_seed(3))
     b = aug.two_views(images.cuda(), g.manual_seed(3))
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_apply_leaves_float_input_unchanged() -> None:
+    """The colour, grey and blur ops work in place on the pipeline's own tensor only."""
+    aug = SimCLRAugment(64, color_strength=1.0)
+    images = make_images(8, 64, 64).float() / 255
+    before = images.clone()
+    aug(images, torch.Generator().manual_seed(0))
+    assert torch.equal(images, before)

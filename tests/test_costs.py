@@ -216,27 +216,34 @@ def test_peak_memory_hand_computed() -> None:
     ) == (16_000 + 1_600 + 5)
     expected = math.ceil(13_600 * (1 + DEFAULT_MARGIN_FRACTION)) + DEFAULT_MARGIN_BYTES
     assert peak_memory_bytes(cost, 8, 2) == expected
+    # bf16 autocast saves half the activation bytes; weights and optimizer stay fp32
+    bf16 = peak_memory_bytes(cost, 8, 2, margin_bytes=0, margin_fraction=0.0, precision="bf16")
+    assert bf16 == 12_000 + 800
 
 
 @pytest.mark.parametrize("views", [1, 2])
 @pytest.mark.parametrize("slots", [0, 1, 2])
-def test_max_micro_batch_against_brute_force(views: int, slots: int) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_max_micro_batch_against_brute_force(views: int, slots: int, precision: str) -> None:
     cost = ArchCost(
         encoder_params=10**6,
         total_params=2 * 10**6,
         flops_per_image=1,
         activation_bytes=3 * 10**6 + 7,
     )
+
+    def peak(m: int) -> int:
+        return peak_memory_bytes(cost, m, views, slots, precision=precision)
+
     for memory in [DEFAULT_MARGIN_BYTES, 2 * 2**30, 2**31 + 12345, 24 * 2**30, 80 * 2**30]:
         best = 0
-        while peak_memory_bytes(cost, best + 1, views, slots) <= memory:
+        while peak(best + 1) <= memory:
             best += 1
-        assert max_micro_batch(cost, memory, views, slots) == best
+        assert max_micro_batch(cost, memory, views, slots, precision) == best
     # exactly at the boundary
-    edge = peak_memory_bytes(cost, 17, views, slots)
-    assert max_micro_batch(cost, edge, views, slots) == 17
-    assert max_micro_batch(cost, edge - 1, views, slots) == 16
-    assert max_micro_batch(cost, 1000, views, slots) == 0
+    assert max_micro_batch(cost, peak(17), views, slots, precision) == 17
+    assert max_micro_batch(cost, peak(17) - 1, views, slots, precision) == 16
+    assert max_micro_batch(cost, 1000, views, slots, precision) == 0
 
 
 def brute_layout(batch: int, gpus: int, max_micro: int) -> tuple[int, int] | None:

@@ -239,3 +239,18 @@ def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Pa
     assert (failed["state"], failed["error_kind"]) == ("failed", "diverged")
     assert "loss is nan" in failed["error_message"]
     assert sum(r["state"] == "pending" for r in rows.values()) == 4
+
+
+def test_prediction_errors_compare_the_plan_with_finished_runs_by_source() -> None:
+    rows = [
+        {"state": "finished", "predicted_train_s": 12.0, "train_time_s": 10.0, "cost_source": "scaled"},
+        {"state": "finished", "predicted_train_s": 9.0, "train_time_s": 10.0, "cost_source": "scaled"},
+        {"state": "finished", "predicted_train_s": 30.0, "train_time_s": 10.0, "cost_source": "model"},
+        {"state": "failed", "predicted_train_s": 1.0, "train_time_s": None, "cost_source": "model"},
+        {"state": "finished", "predicted_train_s": float("nan"), "train_time_s": 5.0, "cost_source": "model"},
+    ]  # fmt: skip
+    errors = results.prediction_errors(results.to_table(rows))
+    assert errors["runs"] == 3 and errors["median_error"] == pytest.approx(0.2)
+    assert errors["by_source"]["scaled"] == {"runs": 2, "median_error": pytest.approx(0.15)}
+    assert errors["by_source"]["model"] == {"runs": 1, "median_error": pytest.approx(2.0)}
+    assert results.prediction_errors(results.to_table([{"state": "pending"}]))["runs"] == 0

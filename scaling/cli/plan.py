@@ -23,14 +23,18 @@ SPEC_COLUMNS = (
     "crop_min_scale", "projection_dim", "color_strength",
 )  # fmt: skip
 LAYOUT_COLUMNS = ("lr", "micro_batch", "accum_steps", "gpus", "bn_batch", "precision")
-COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours")
+#: where the time comes from (measured | scaled | model): a column when it varies
+SOURCE_COLUMNS = ("cost_source",)
+COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours", "predicted_train_s")
 #: --wide: every column of the earlier table and of the layout
-WIDE_COLUMNS = ("run_id", "method", *SPEC_COLUMNS, *LAYOUT_COLUMNS, "nodes", *COST_COLUMNS)
+WIDE_COLUMNS = ("run_id", "method", *SPEC_COLUMNS, *LAYOUT_COLUMNS, "nodes", *SOURCE_COLUMNS,
+                *COST_COLUMNS)  # fmt: skip
 HEADERS = {
     "batch_size": "batch", "depth_multiplier": "d-mult", "image_size": "px", "temperature": "tau",
     "weight_decay": "wd", "warmup_epochs": "warmup", "crop_min_scale": "crop", "micro_batch": "micro",
     "accum_steps": "accum", "bn_batch": "BN", "encoder_params": "params", "peak_memory_gb": "mem GB",
     "gpu_hours": "dev-h", "projection_dim": "proj", "color_strength": "colour",
+    "cost_source": "cost from", "predicted_train_s": "train s",
 }  # fmt: skip
 WIDTH = 120  # the default table fits an ordinary terminal
 
@@ -89,7 +93,7 @@ def table_columns(
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     shown, common = ["run_id", "method"], {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for col in (*SPEC_COLUMNS, *LAYOUT_COLUMNS, *COST_COLUMNS):
+    for col in (*SPEC_COLUMNS, *LAYOUT_COLUMNS, *SOURCE_COLUMNS, *COST_COLUMNS):
         values = {m: {_fmt(col, r.get(col)) for r in rs} for m, rs in by_method.items()}
         everywhere = set().union(*values.values())
         if col in COST_COLUMNS or any(len(v) > 1 for v in values.values()):
@@ -163,6 +167,6 @@ def _fmt(col: str, value: Any) -> str:
         return f"{value / 1e6:.2f}M"
     if col == "lr":
         return f"{value:.3g}"
-    if col in ("peak_memory_gb", "gpu_hours"):
+    if col in ("peak_memory_gb", "gpu_hours", "predicted_train_s"):
         return "-" if isinstance(value, float) and math.isnan(value) else f"{value:.3g}"
     return str(value)

@@ -73,6 +73,7 @@ def report(
     page = build_report(the_sweep, table, out_dir)
     print_gaps(console, gaps.gap_table(table), the_sweep.name)
     print_answer(console, out_dir / "fits.json")
+    print_cost_check(console, results.prediction_errors(table))
     print_files(console, out_dir, page)
     where = log_report(uri, tracking.experiment_name(the_sweep), out_dir, the_sweep, states)
     if where:
@@ -112,6 +113,20 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
                       str(r.n), f"[{colour}]{gap}[/{colour}]" if colour else gap, interval,
                       r.note)  # fmt: skip
     console.print(table)
+
+
+def print_cost_check(console: Console, errors: dict[str, Any]) -> None:
+    """The plan's training time against the finished runs' (each run predicted without
+    its own measurement)."""
+    if not errors["runs"]:
+        return
+    parts = ", ".join(
+        f"{k} {v['runs']} runs {v['median_error']:.0%}" for k, v in errors["by_source"].items()
+    )
+    console.print(
+        f"training time, plan vs measured over {errors['runs']} finished runs: median error "
+        f"{errors['median_error']:.0%} ({parts}); per run: `scaling status`"
+    )
 
 
 def print_answer(console: Console, fits_json: Path) -> None:

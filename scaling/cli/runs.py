@@ -204,12 +204,13 @@ def status(
     from rich.console import Console
     from rich.live import Live
 
-    from scaling.run.planning import planned_runs
+    from scaling.run.planning import build_plan
     from scaling.run.pusher import Pusher
     from scaling.run.submission import make_context
 
-    the_sweep, profile, runs = planned_runs(sweep, cluster, set_ or [], only)
-    ctx = make_context(the_sweep, profile)
+    plan = build_plan(sweep, cluster, set_ or [], only)
+    runs = plan.runs
+    ctx = make_context(plan.sweep, plan.profile)
     console = Console(width=None if sys.stdout.isatty() else 200)
     # Runs that ended with MLflow behind them (an outage, a killed submit) are pushed
     # here, in the background; an unreachable store is tried once per command.
@@ -226,7 +227,19 @@ def status(
             pass
 
 
-def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
+def _train_time(planned: Any, result: dict[str, Any] | None) -> str:
+    """The plan's training time, and the run's own once it finished: "41 s / 38 s"."""
+    predicted = planned.predicted_train_s
+    said = "-" if predicted != predicted else _seconds(predicted)  # NaN: not known
+    measured = ((result or {}).get("throughput") or {}).get("train_time_s")
+    return f"{said} / {_seconds(measured)}" if measured else said
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min" if s < 36_000 else f"{s / 3600:.1f} h"
+
+
+def _status_view(planned_runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
     from rich.console import Group
     from rich.table import Table
 
@@ -236,6 +249,7 @@ def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
     from scaling.run.tracking import run_url
     from scaling.rundir import run_dir_of
 
+    runs = [p.spec for p in planned_runs]
     dirs = {r.run_id: run_dir_of(ctx.workdir, ctx.sweep, r.run_id) for r in runs}
     if pusher.add_stale(dirs.values()):
         pusher.drain(STATUS_PUSH_S)
@@ -260,6 +274,7 @@ def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
         "epoch",
         "loss",
         "top-1",
+        "train (plan / took)",
         "mlflow",
     ):
         table.add_column(col, no_wrap=True)
@@ -268,7 +283,7 @@ def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
     counts: dict[str, int] = {}
     failures = []
     unsynced = 0
-    for r in runs:
+    for planned, r in zip(planned_runs, runs, strict=True):
         run_dir = dirs[r.run_id]
         st = run_state(run_dir)
         counts[st.state] = counts.get(st.state, 0) + 1
@@ -293,7 +308,8 @@ def _status_view(runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
         }.get(st.state, "white")
         cells = [r.run_id, r.method, str(r.model["depth"]), str(r.model["width"]), str(r.config["batch_size"]),
                  str(r.config["epochs"]), str(r.seed), f"[{color}]{st.state}[/{color}]",
-                 f"{st.epoch}/{r.config['epochs']}", loss, top1, link]  # fmt: skip
+                 f"{st.epoch}/{r.config['epochs']}", loss, top1, _train_time(planned, st.result),
+                 link]  # fmt: skip
         if scheduler:
             # The backend's first line is the state; further lines (a failed job's log
             # tail) go under the table.

@@ -6,6 +6,10 @@ and on the code that builds and counts the network, so they are kept in
 `$SCALING_CACHE_DIR/arch_costs.json` (default ~/.cache/scaling), keyed by the
 arguments and invalidated by a fingerprint of that code and of the torch and timm
 versions. A cache that cannot be read or written is simply not used.
+
+This machine's own figures (the CPU's matmul throughput, which a 0.1 s measurement on a
+busy machine gets anywhere within 10x) are measured once and kept in `machine.json`,
+keyed by host, CPU, core count and torch version, so two plans give the same numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -92,6 +97,41 @@ def forget() -> None:
     save()
     _memory = None
     costs.arch_cost.cache_clear()
+
+
+def machine_key() -> str:
+    """What a machine figure belongs to: host, CPU model, cores, torch version."""
+    import platform
+    from importlib.metadata import version
+
+    from scaling.plan.throughput import cpu_model
+
+    return f"{platform.node()} | {cpu_model()} | {os.cpu_count()} cores | torch {version('torch')}"
+
+
+def machine_figure(name: str, measure: Callable[[], float]) -> float:
+    """`measure()` of this machine, measured once and then read from machine.json."""
+    from scaling.rundir import atomic_write_bytes
+
+    path = cache_path().with_name("machine.json")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            data = {}
+    except (OSError, ValueError):
+        data = {}
+    key = machine_key()
+    figures = data.get(key) if isinstance(data.get(key), dict) else {}
+    value = figures.get(name)
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    value = float(measure())
+    data[key] = {**figures, name: value}
+    try:
+        atomic_write_bytes(path, json.dumps(data, sort_keys=True, indent=1).encode())
+    except OSError as exc:
+        log.debug("machine figures not written: %s", exc)
+    return value
 
 
 def arch_args(spec: Any) -> tuple[Any, ...]:

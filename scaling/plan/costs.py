@@ -24,8 +24,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.errors import SpecError
 
-#: bytes per value of weights, gradients, optimizer slots and activations (fp32 training).
+#: bytes per value of weights, gradients and optimizer slots (fp32 master weights).
 BYTES_PER_VALUE = 4
+#: saved activations relative to fp32 training: under bf16 autocast the convolutions,
+#: batch norms and ReLUs save bf16 tensors (the weights stay fp32).
+ACTIVATION_SCALE = {"fp32": 1.0, "bf16": 0.5}
 #: Fixed device memory the allocator never sees or that does not grow with the model:
 #: the CUDA context (~0.5 GiB on recent GPUs), cuBLAS/cuDNN handles and workspaces,
 #: the uint8 image batch and its augmented copies. 1 GiB is a round upper figure.
@@ -47,7 +50,7 @@ class ArchCost:
     #: torch's FlopCounterMode counts them
     flops_per_image: int
     #: per sample, fp32 training forward: bytes autograd saves for backward (the input
-    #: image included, parameters and buffers excluded)
+    #: image included, parameters and buffers excluded; ACTIVATION_SCALE for bf16)
     activation_bytes: int
 
 
@@ -155,25 +158,28 @@ def peak_memory_bytes(
     optimizer_slots: int = 1,
     margin_bytes: int = DEFAULT_MARGIN_BYTES,
     margin_fraction: float = DEFAULT_MARGIN_FRACTION,
+    precision: str = "fp32",
 ) -> int:
     """Peak device memory of a training step holding `micro_batch * views` samples' graphs.
 
     weights + gradients + `optimizer_slots` buffers (LARS and SGD keep one momentum),
-    4 bytes each per parameter, plus saved activations, all times (1 + margin_fraction),
-    plus margin_bytes. `views` is how many forward graphs per image are alive at once:
-    2 for SimCLR without caching, 1 with gradient caching (a chunk holds one view) and
-    for supervised training.
+    4 bytes each per parameter, plus saved activations at `precision` (bf16 halves
+    them), all times (1 + margin_fraction), plus margin_bytes. `views` is how many
+    forward graphs per image are alive at once: 2 for SimCLR without caching, 1 with
+    gradient caching (a chunk holds one view) and for supervised training.
     """
     state = (2 + optimizer_slots) * BYTES_PER_VALUE * cost.total_params
-    activations = micro_batch * views * cost.activation_bytes
+    activations = micro_batch * views * cost.activation_bytes * ACTIVATION_SCALE[precision]
     return math.ceil((state + activations) * (1.0 + margin_fraction)) + margin_bytes
 
 
-def max_micro_batch(cost: ArchCost, memory_bytes: int, views: int, optimizer_slots: int = 1) -> int:
+def max_micro_batch(
+    cost: ArchCost, memory_bytes: int, views: int, optimizer_slots: int = 1, precision: str = "fp32"
+) -> int:
     """The largest micro-batch whose `peak_memory_bytes` fits in `memory_bytes` (0: none)."""
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
-    per_sample = views * cost.activation_bytes
+    per_sample = views * cost.activation_bytes * ACTIVATION_SCALE[precision]
     if per_sample <= 0:
         raise ValueError("activation_bytes must be positive")
     usable = (memory_bytes - DEFAULT_MARGIN_BYTES) / (1.0 + DEFAULT_MARGIN_FRACTION)
@@ -181,7 +187,9 @@ def max_micro_batch(cost: ArchCost, memory_bytes: int, views: int, optimizer_slo
     guess = max(0, math.floor((usable - state) / per_sample))
 
     def fits(m: int) -> bool:
-        return peak_memory_bytes(cost, m, views, optimizer_slots) <= memory_bytes
+        return (
+            peak_memory_bytes(cost, m, views, optimizer_slots, precision=precision) <= memory_bytes
+        )
 
     # The closed form can be off by one through float rounding: settle it exactly.
     while guess > 0 and not fits(guess):

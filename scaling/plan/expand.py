@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from scaling.plan.layout import (
     train_size,
 )
 from scaling.plan.schedule import lr_for_batch
+from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
 from scaling.sweep.spec import RunSpec, Sweep
@@ -57,6 +57,8 @@ class PlannedRun:
     feasible: bool
     reason: str
     warnings: tuple[str, ...] = ()
+    predicted_train_s: float = math.nan  # wall time of the training steps (evaluation excluded)
+    cost_source: str = "model"  # measured | scaled | model (scaling.plan.throughput)
 
     def row(self) -> dict[str, Any]:
         spec = self.spec
@@ -76,6 +78,8 @@ class PlannedRun:
             flops_per_image=self.flops_per_image,
             peak_memory_gb=self.peak_memory_gb,
             gpu_hours=self.gpu_hours,
+            predicted_train_s=self.predicted_train_s,
+            cost_source=self.cost_source,
             feasible=self.feasible,
             reason=self.reason,
             warnings="; ".join(self.warnings),
@@ -126,6 +130,8 @@ class Plan:
             "flops_per_image",
             "peak_memory_gb",
             "gpu_hours",
+            "predicted_train_s",
+            "cost_source",
             "feasible",
             "reason",
         ):
@@ -184,14 +190,15 @@ def resolve_accelerator(profile: ClusterProfile) -> Accelerator:
         name = name or props.name
         memory_gb = memory_gb or props.total_memory / GB
     if device == "cpu":
-        from scaling.sweep.cluster import total_memory_gb
-
-        name = name or f"cpu ({os.cpu_count()} cores)"
-        from scaling.sweep.cluster import parallel_runs
+        from scaling.plan.costcache import machine_figure
+        from scaling.plan.throughput import cpu_device_name
+        from scaling.sweep.cluster import parallel_runs, threads_per_run, total_memory_gb
 
         parallel = parallel_runs(profile, device)
+        name = name or cpu_device_name(threads_per_run(profile, parallel))
         memory_gb = memory_gb or total_memory_gb() / parallel
-        peak = peak or _cpu_tflops() / parallel
+        # Measured once per machine (a re-measurement on every plan moved 10x with the load).
+        peak = peak or machine_figure("cpu_matmul_tflops", _cpu_tflops) / parallel
     if memory_gb is None or peak is None:
         raise SpecError(
             "accelerator.memory_gb and accelerator.peak_tflops are needed for a "
@@ -208,16 +215,19 @@ def _cuda_available() -> bool:
 
 
 def _cpu_tflops() -> float:
-    """Measured fp32 matmul throughput of this CPU (a ~0.1 s calibration)."""
+    """Measured fp32 matmul throughput of this CPU: the best of 5 ~0.05 s tries (the best
+    is the least disturbed by other work on the machine)."""
     import torch
 
     a = torch.randn(512, 512)
     a @ a  # warm-up
-    reps, start = 8, time.perf_counter()
-    for _ in range(reps):
-        a @ a
-    seconds = time.perf_counter() - start
-    return 2 * 512**3 * reps / seconds / 1e12
+    best, reps = 0.0, 4
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ a
+        best = max(best, 2 * 512**3 * reps / (time.perf_counter() - start) / 1e12)
+    return best
 
 
 def _check_folders(sweep: Sweep) -> None:
@@ -233,20 +243,28 @@ def _check_folders(sweep: Sweep) -> None:
 
 
 def make_plan(
-    sweep: Sweep, profile: ClusterProfile, accelerator: Accelerator | None = None
+    sweep: Sweep,
+    profile: ClusterProfile,
+    accelerator: Accelerator | None = None,
+    calibration: Calibration | None = None,
 ) -> Plan:
-    """Lay out and cost every run of `sweep` on `profile`'s hardware."""
-    from scaling.plan import costcache, costs
+    """Lay out and cost every run of `sweep` on `profile`'s hardware.
+
+    `calibration`: measured throughput on this accelerator (default: the finished runs'
+    measurements kept for its name, scaling.plan.throughput); without any, the FLOP model.
+    """
+    from scaling.plan import costcache, costs, throughput
 
     acc = accelerator or resolve_accelerator(profile)
     gpus, nodes = profile.gpus_per_run, profile.nodes_per_run
     memory_bytes = int(acc.memory_gb * GB)
-    throughput = acc.peak_tflops * 1e12 * acc.utilization
     precision = resolve_precision(profile.precision, acc.device)
+    if calibration is None:
+        calibration = throughput.Calibration(throughput.load(acc.name))
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
-        return costs.max_micro_batch(cost, memory_bytes, views)
+        return costs.max_micro_batch(cost, memory_bytes, views, precision=precision)
 
     _check_folders(sweep)
     planned = []
@@ -277,31 +295,23 @@ def make_plan(
         n_train = train_size(spec.dataset, spec.method)
         reason = ""
         if layout is None:
-            need = costs.peak_memory_bytes(cost, 1, live_views) / GB
+            need = costs.peak_memory_bytes(cost, 1, live_views, precision=precision) / GB
             reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
         micro = layout.micro_batch if layout else 1
-        cached = info.cached_accumulation and layout is not None and layout.accum_steps > 1
-        train_flops = costs.train_flops(
-            cost.flops_per_image, n_train or 0, int(spec.config["epochs"]), info.views, cached
-        )
-        n_test = test_size(spec.dataset) or 0
-        eval_flops = costs.eval_flops(cost.flops_per_image, n_train or 0, n_test, spec.method,
-                                      spec.config.get("eval"))  # fmt: skip
-        every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
-        if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
-            looks = int(spec.config["epochs"]) // every
-            subset = min(n_train or 0, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
-            eval_flops += looks * cost.flops_per_image * subset
+        hours, train_s, source = _time_cost(spec, layout, cost, n_train, acc, calibration)
         planned.append(
             PlannedRun(
                 spec=spec,
                 layout=layout,
                 encoder_params=cost.encoder_params,
                 flops_per_image=cost.flops_per_image,
-                peak_memory_gb=costs.peak_memory_bytes(cost, micro, live_views) / GB,
-                gpu_hours=(train_flops + eval_flops) / throughput / 3600 if n_train else math.nan,
+                peak_memory_gb=costs.peak_memory_bytes(cost, micro, live_views, precision=precision)
+                / GB,
+                gpu_hours=hours,
+                predicted_train_s=train_s,
+                cost_source=source,
                 feasible=not reason,
                 reason=reason,
                 warnings=checks.plan_warnings(spec, layout, n_train) if layout else (),
@@ -309,6 +319,53 @@ def make_plan(
         )
     costcache.save()
     return Plan(sweep, profile, acc, tuple(planned))
+
+
+def _time_cost(
+    spec: RunSpec,
+    layout: Layout | None,
+    cost: Any,
+    n_train: int | None,
+    acc: Accelerator,
+    calibration: Calibration,
+) -> tuple[float, float, str]:
+    """(device-hours, training wall seconds, cost source) of one run.
+
+    The FLOP model: FLOPs / (peak x utilisation). From measurements: seconds per image
+    per device x the images the steps see (drop_last), and evaluation at the FLOP rate
+    the measured training reached.
+    """
+    from scaling.plan import costcache, costs
+
+    if not n_train:
+        return math.nan, math.nan, MODEL
+    info = get_method(spec.method)
+    epochs = int(spec.config["epochs"])
+    gpus = layout.gpus if layout else 1
+    cached = info.cached_accumulation and layout is not None and layout.accum_steps > 1
+    per_image = costs.train_flops(cost.flops_per_image, 1, 1, info.views, cached)
+    n_test = test_size(spec.dataset) or 0
+    eval_flops = costs.eval_flops(cost.flops_per_image, n_train, n_test, spec.method,
+                                  spec.config.get("eval"))  # fmt: skip
+    every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
+    if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
+        subset = min(n_train, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
+        eval_flops += epochs // every * cost.flops_per_image * subset
+    found = None
+    if calibration and layout is not None:
+        key = (layout.micro_batch, layout.accum_steps, gpus, layout.resolved_precision(acc.device))
+        found = calibration.seconds_per_image(
+            spec.run_id, costcache.arch_args(spec), key, per_image
+        )
+    if found is None:
+        rate = acc.peak_tflops * 1e12 * acc.utilization  # FLOP/s per device
+        train_device_s = per_image * n_train * epochs / rate
+        return (train_device_s + eval_flops / rate) / 3600, train_device_s / gpus, MODEL
+    seconds, source = found
+    batch = int(spec.config["batch_size"])
+    train_device_s = seconds * max(1, n_train // batch) * batch * epochs
+    eval_device_s = eval_flops * seconds / per_image  # at the measured FLOP rate
+    return (train_device_s + eval_device_s) / 3600, train_device_s / gpus, source
 
 
 def totals(plan: Plan) -> dict[str, Any]:

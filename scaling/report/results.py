@@ -21,12 +21,15 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | warnings | string | the plan's validity warnings, `; `-separated (scaling.plan.checks) |
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
 | peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
+| predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
+| cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
 | state | string | finished, failed, running (started, not ended) or pending (never started) |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
 | val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
 | train_loss_trend | float64 | relative fall of the training loss over the last fifth of the epochs (> 0.1: still training) |
 | train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
+| train_time_s | float64 | of that wall time, the training steps' (what predicted_train_s predicts) |
 | images_seen, steps, epochs_done | int64 | progress (epochs_done from metrics.jsonl while running) |
 | source | string | where the state came from: rundir or mlflow (null: pending) |
 | mlflow_run_id | string | the run's MLflow id when tracking knows it |
@@ -70,6 +73,7 @@ METRIC_COLUMNS = (
     "train_loss_trend",
     "train_flops",
     "wall_time_s",
+    "train_time_s",
     "images_seen",
     "steps",
     "epochs_done",
@@ -80,7 +84,7 @@ LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "pr
 NOT_RECIPE = {
     "run_id", "sweep", "method", "seed", "lr", *ARCH_COLUMNS, *LAYOUT_COLUMNS, *METRIC_COLUMNS,
     "encoder_params", "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason",
-    "warnings", "state", "error_kind", "error_message", "source", "mlflow_run_id",
+    "predicted_train_s", "cost_source", "warnings", "state", "error_kind", "error_message", "source", "mlflow_run_id",
 }  # fmt: skip
 _INT = {
     "image_size", "depth", "seed", "batch_size", "epochs", "projection_dim", "eval_epochs",
@@ -92,9 +96,10 @@ _FLOAT = {
     "width", "depth_multiplier", "base_lr", "weight_decay", "warmup_epochs", "momentum",
     "temperature", "color_strength", "eval_lr", "eval_weight_decay", "eval_knn_temperature",
     "lr", "top1", "top5", "knn_top1", "val_top1", "train_loss_trend", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
+    "train_time_s", "predicted_train_s",
 }  # fmt: skip
 _STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
-        "precision", "warnings",
+        "precision", "warnings", "cost_source",
         "state", "error_kind", "error_message", "source", "mlflow_run_id", "reason"}  # fmt: skip
 _OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
 _PENDING: dict[str, Any] = {"state": "pending"}
@@ -190,6 +195,9 @@ def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
     layout = result.get("layout")
     if isinstance(layout, Mapping):
         out.update({k: layout.get(k) for k in LAYOUT_COLUMNS})
+    speed = result.get("throughput")
+    if isinstance(speed, Mapping):
+        out["train_time_s"] = speed.get("train_time_s")
     derived = result.get("derived")
     if isinstance(derived, Mapping) and derived.get("lr") is not None:
         out["lr"] = derived["lr"]
@@ -321,6 +329,29 @@ def load(path: str | Path) -> pa.Table:
         f"no results at {path}: give a results.parquet file or the folder `scaling report` "
         "wrote (it holds results.parquet)"
     )
+
+
+def prediction_errors(table: pa.Table) -> dict[str, Any]:
+    """How the plan's training time compared with what the finished runs took: the runs
+    and the median of |predicted / measured - 1|, overall and per cost source."""
+    import statistics
+
+    wanted = ("state", "predicted_train_s", "train_time_s", "cost_source")
+    rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
+    errors: dict[str, list[float]] = {}
+    for r in rows:
+        predicted, measured = r.get("predicted_train_s"), r.get("train_time_s")
+        if r.get("state") == "finished" and predicted and measured and not math.isnan(predicted):
+            errors.setdefault(str(r.get("cost_source")), []).append(abs(predicted / measured - 1))
+    every = [e for v in errors.values() for e in v]
+    return {
+        "runs": len(every),
+        "median_error": statistics.median(every) if every else None,
+        "by_source": {
+            k: {"runs": len(v), "median_error": statistics.median(v)}
+            for k, v in sorted(errors.items())
+        },
+    }
 
 
 def recipe_columns(frame: Any) -> list[str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from scaling.plan.expand import Plan, PlannedRun
 from scaling.run.backends.base import Context, Job
 from scaling.run.state import RunState, run_state
 from scaling.rundir import FAILURE, SPEC, git_version, read_json, run_dir_of, write_json
-from scaling.sweep.cluster import ClusterProfile, parallel_runs, train_env
+from scaling.sweep.cluster import ClusterProfile, parallel_runs, threads_per_run, train_env
 from scaling.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = Non
         threads = threads_per_task(profile, device) or profile.slurm.cpus_per_task
     else:
         max_parallel = parallel_runs(profile, device)
-        threads = profile.threads_per_run or max(1, (os.cpu_count() or 1) // max_parallel)
+        threads = threads_per_run(profile, max_parallel)
     return Context(
         profile=profile,
         sweep=sweep.name,

@@ -131,6 +131,11 @@ def parallel_runs(profile: ClusterProfile, device: str) -> int:
     return max(1, os.cpu_count() or 1)
 
 
+def threads_per_run(profile: ClusterProfile, parallel: int) -> int:
+    """CPU threads each of `parallel` runs side by side uses: the profile's, else a share."""
+    return profile.threads_per_run or max(1, (os.cpu_count() or 1) // parallel)
+
+
 def total_memory_gb() -> float:
     """This machine's physical memory (the budget of a CPU run)."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9

@@ -17,8 +17,7 @@ op, on CPU workers). Here the parameters are drawn per image as tensors
   torchvision's ColorJitter), by a loop over the 4 positions with per-image op codes.
   Hue (RGB -> HSV -> RGB) runs only on the images whose op at that position is hue
   (a `nonzero`, i.e. one host sync per position on CUDA).
-* grayscale and Gaussian blur: per-image masks; blur is a separable depthwise conv with
-  per-image kernels (a delta kernel for images not blurred) and reflect padding.
+* grayscale and Gaussian blur: only on the images drawn for them (reflect padding, 1-D passes).
 
 Everything is computed in float32 on [0, 1] (torchvision's uint8 path rounds after every
 op; this does not), then normalised with `mean`/`std` (default 0.5/0.5, i.e. [-1, 1]).
@@ -36,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+from scaling.train.photometric import color_jitter, gaussian_blur_, to_grayscale_
+
 CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
 CROP_PROPORTION = 0.875  # the official code's evaluation crop: image_size / 0.875, centre
 CROP_ATTEMPTS = 10  # torchvision RandomResizedCrop: 10 tries, then a centre crop
-BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # op codes in AugmentParams.order
 
 
 @dataclass(frozen=True)
@@ -175,14 +174,12 @@ class SimCLRAugment:
         step = n
         if images.device.type == "cpu":
             step = max(1, CPU_CHUNK_PIXELS // max(height * width, self.image_size**2))
-        if step >= n:
-            return self._apply(images, params)
         out = torch.empty(n, 3, self.image_size, self.image_size, device=images.device)
         for a in range(0, n, step):
-            out[a : a + step] = self._apply(images[a : a + step], params.slice(a, a + step))
+            self._apply(images[a : a + step], params.slice(a, a + step), out[a : a + step])
         return out
 
-    def _apply(self, images: Tensor, p: AugmentParams) -> Tensor:
+    def _apply(self, images: Tensor, p: AugmentParams, out: Tensor) -> None:
         x = to_unit_float(images)
         if p.boxes is None:  # already cropped and resized (an image folder's views): flip
             if x.shape[-2:] != (self.image_size, self.image_size):
@@ -190,13 +187,13 @@ class SimCLRAugment:
             x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
         else:
             x = crop_flip(x, p.boxes, p.flip, self.image_size)
-        if self.jitter_p > 0:
+        if self.jitter_p > 0:  # in place from here on: x is this call's own tensor
             x = color_jitter(x, p.factors, p.order, p.jitter)
         if self.gray_p > 0:
-            x = torch.where(p.gray[:, None, None, None], grayscale(x).expand_as(x), x)
+            x = to_grayscale_(x, p.gray)
         if self.blur_p > 0 and self.kernel_size > 1:
-            x = gaussian_blur(x, p.sigma, p.blur, self.kernel_size)
-        return normalize(x, self.mean, self.std)
+            x = gaussian_blur_(x, p.sigma, p.blur, self.kernel_size)
+        normalize(x, self.mean, self.std, out=out)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """One augmented view: float32 NCHW at `image_size`, normalised."""
@@ -277,10 +274,13 @@ def to_unit_float(images: Tensor) -> Tensor:
     return images.float()
 
 
-def normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+def normalize(
+    x: Tensor, mean: Sequence[float], std: Sequence[float], out: Tensor | None = None
+) -> Tensor:
+    """(x - mean) / std per channel, into `out` when given."""
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    return torch.sub(x, m, out=out).div_(s)
 
 
 def _draw_crops(
@@ -351,69 +351,3 @@ def crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
         [gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=-1
     )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def grayscale(x: Tensor) -> Tensor:
-    """(N, 1, H, W) luma with torchvision's weights, in its operation order."""
-    r, g, b = x.unbind(dim=1)
-    w = GRAY_WEIGHTS
-    return r.mul(w[0]).add_(g, alpha=w[1]).add_(b, alpha=w[2]).unsqueeze(1)
-
-
-def color_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor) -> Tensor:
-    """ColorJitter with per-image factors and per-image op order; identity where not `active`.
-
-    Position k applies op `order[:, k]` to each image. Brightness, contrast and saturation
-    share torchvision's blend: clamp(f x + (1 - f) t), t = 0, mean grey, grey image.
-    """
-    ones = torch.ones_like(factors[:, 0])
-    for k in range(4):
-        op = order[:, k]
-        f = torch.where(active & (op != HUE), factors.gather(1, op[:, None]).squeeze(1), ones)
-        is_sat = (op == SATURATION).to(x.dtype)[:, None, None, None]
-        is_con = (op == CONTRAST).to(x.dtype)[:, None, None, None]
-        gray = grayscale(x)
-        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        target = gray.mul_(is_sat).add_(mean * is_con)
-        x = torch.lerp(target, x, f[:, None, None, None]).clamp_(0.0, 1.0)  # f x + (1 - f) t
-        idx = (active & (op == HUE)).nonzero().squeeze(1)  # host sync on CUDA
-        if idx.numel() > 0:
-            x = x.index_copy(0, idx, adjust_hue(x.index_select(0, idx), factors[idx, HUE]))
-    return x
-
-
-def adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
-    """Rotate hue by `hue` (fraction of a turn, per image) in HSV space, as torchvision.
-
-    RGB -> HSV -> RGB without materialising S: with chroma c = max - min and h6 the hue in
-    sixths of a turn, channel n in (5, 3, 1) for (r, g, b) is
-    max - c clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6: the closed form of the
-    six-sector table. Grey pixels (c = 0) come back unchanged.
-    """
-    r, g, b = x.unbind(dim=1)
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
-    chroma = maxc - minc
-    # h6 = (g - b)/c if max is r, else 2 + (b - r)/c if max is g, else 4 + (r - g)/c.
-    is_g = maxc == g
-    num = torch.where(is_g, (b - r).add_(chroma, alpha=2.0), (r - g).add_(chroma, alpha=4.0))
-    num = torch.where(maxc == r, g - b, num)
-    h6 = num.div_(chroma.clamp(min=1e-12)).add_(6.0 * hue[:, None, None])
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(h6[:, None] + n, 6.0)
-    drop = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0).mul_(chroma[:, None])
-    return torch.sub(maxc[:, None], drop, out=drop)
-
-
-def gaussian_blur(x: Tensor, sigma: Tensor, active: Tensor, kernel_size: int) -> Tensor:
-    """Separable Gaussian blur with a per-image sigma, reflect padding; identity where not active."""
-    n, c, height, width = x.shape
-    r = kernel_size // 2
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
-    kernel = kernel / kernel.sum(dim=1, keepdim=True)
-    kernel = torch.where(active[:, None], kernel, (t == 0).to(x.dtype)[None])
-    kernel = kernel.repeat_interleave(c, dim=0)  # (N*C, k): one kernel per image channel
-    xp = F.pad(x, (r, r, r, r), mode="reflect").reshape(1, n * c, height + 2 * r, width + 2 * r)
-    xp = F.conv2d(xp, kernel[:, None, None, :], groups=n * c)
-    xp = F.conv2d(xp, kernel[:, None, :, None], groups=n * c)
-    return xp.reshape(n, c, height, width)

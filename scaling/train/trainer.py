@@ -20,7 +20,7 @@ import torch
 
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
-from scaling.plan import data_info
+from scaling.plan import data_info, throughput
 from scaling.plan.layout import Layout, derive
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
@@ -40,6 +40,7 @@ from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
 from scaling.train.evaluate import evaluate_run, knn_monitor
+from scaling.train.figures import cost_figures, measured_throughput
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import DATASETS, load_dataset
@@ -359,18 +360,23 @@ def _train(
     # ------------------------------------------------------------------ evaluate
     result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
     if main:
+        speed = measured_throughput(
+            spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
+        )
         result.update(
             run_id=spec.run_id,
             method=spec.method,
             epochs=int(config["epochs"]),
             steps=global_step,
             images_seen=global_step * derived.effective_batch,
-            **_figures(spec, layout, global_step * derived.effective_batch),
+            **cost_figures(spec, layout, global_step * derived.effective_batch),
             wall_time_s=spent(),  # every attempt's, not only this one's
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
+            throughput=speed.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
+        throughput.record(speed)  # for the plans of later runs on this device
         print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
     if env.world_size > 1:
         torch.distributed.barrier()
@@ -396,20 +402,3 @@ def _at_state(gen: torch.Generator, state: torch.Tensor) -> torch.Generator:
 def _epoch_seed(seed: int, epoch: int) -> int:
     """The augmentation stream of an epoch depends on (seed, epoch) alone."""
     return (seed * 1_000_003 + epoch * 7919 + 17) % (2**63)
-
-
-def _figures(spec: RunSpec, layout: Layout, images: int) -> dict[str, Any]:
-    """Network size and the training compute actually spent, for result.json."""
-    from scaling.plan import costs
-    from scaling.plan.costcache import spec_cost
-
-    info = get_method(spec.method)
-    cost = spec_cost(spec)
-    cached = info.cached_accumulation and layout.accum_steps > 1
-    return {
-        "encoder_params": cost.encoder_params,
-        "flops_per_image": cost.flops_per_image,
-        "train_flops": float(
-            costs.train_flops(cost.flops_per_image, images, 1, info.views, cached)
-        ),
-    }

@@ -1,0 +1,232 @@
+"""Measured training throughput: what finished runs took, and what the plan predicts from it.
+
+Every finished run records, in result.json and in a per-device folder of the cache
+(`$SCALING_CACHE_DIR/throughput/<device>/<run_id>.json`), the seconds its training steps
+took per image per device, with what decides that figure: the architecture, method,
+micro-batch, accumulation, precision and the device's name. The plan then predicts each
+run's training time from those measurements:
+
+* measured: runs of the same architecture and layout on this device (median over them);
+* scaled: otherwise, from the measured architectures of the same method and precision on
+  this device, by training FLOPs per image: between two of them on the power law through
+  them, beyond them from the two nearest (`_interpolate`: small networks do not reach
+  the device's FLOP rate, so time is not proportional to FLOPs), or proportionally to
+  the one measured architecture;
+* model: no measurement on this device, the FLOP model (peak x utilisation).
+
+A run's own measurement never predicts that run, so `scaling status` and `report` can
+compare a finished run's prediction with what it took.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MEASURED, SCALED, MODEL = "measured", "scaled", "model"
+COST_SOURCES = (MEASURED, SCALED, MODEL)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_device_name(threads: int) -> str:
+    """A CPU device as throughput depends on it: the model and the threads one run uses."""
+    return f"{cpu_model()} ({threads} thread{'s' * (threads != 1)})"
+
+
+def throughput_dir(device: str) -> Path:
+    root = os.environ.get("SCALING_CACHE_DIR") or Path.home() / ".cache" / "scaling"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", device).strip("_") or "device"
+    return Path(root) / "throughput" / slug
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One finished run's training speed and what it depends on."""
+
+    run_id: str
+    device: str
+    arch: tuple[Any, ...]  # costcache.arch_args: method, depth, width, stem, ..., classes
+    micro_batch: int
+    accum_steps: int
+    gpus: int
+    precision: str
+    train_flops_per_image: float  # forward FLOPs x passes x views
+    images: int
+    train_time_s: float  # the training steps' wall time, every epoch (evaluation excluded)
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Per device: each of the `gpus` devices trains images / gpus of them."""
+        return self.train_time_s * self.gpus / self.images
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "device": self.device, "arch": list(self.arch),
+            "micro_batch": self.micro_batch, "accum_steps": self.accum_steps, "gpus": self.gpus,
+            "precision": self.precision, "train_flops_per_image": self.train_flops_per_image,
+            "images": self.images, "train_time_s": self.train_time_s,
+            "images_per_s_per_device": 1.0 / self.seconds_per_image,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
+        return cls(
+            str(d["run_id"]), str(d["device"]), tuple(d["arch"]), int(d["micro_batch"]),
+            int(d["accum_steps"]), int(d["gpus"]), str(d["precision"]),
+            float(d["train_flops_per_image"]), int(d["images"]), float(d["train_time_s"]),
+        )  # fmt: skip
+
+
+def record(m: Measurement) -> None:
+    """Keep a finished run's measurement for later plans (write-then-rename; a cache that
+    cannot be written is not used)."""
+    from scaling.rundir import atomic_write_bytes
+
+    if m.images <= 0 or m.train_time_s <= 0:
+        return
+    try:
+        path = throughput_dir(m.device) / f"{m.run_id}.json"
+        atomic_write_bytes(path, json.dumps(m.to_dict(), sort_keys=True).encode())
+    except OSError as exc:
+        log.debug("throughput measurement not written: %s", exc)
+
+
+def same_device(planned: str, measured: str) -> bool:
+    """Whether a profile's accelerator name names the device a run measured: every word of
+    it is in the device's name ("A100-80GB" names "NVIDIA A100-SXM4-80GB")."""
+    words = set(re.findall(r"[a-z0-9]+", planned.lower()))
+    return bool(words) and words <= set(re.findall(r"[a-z0-9]+", measured.lower()))
+
+
+def load(device: str) -> tuple[Measurement, ...]:
+    """Every kept measurement on `device` (`same_device`), in a stable order; unreadable
+    files are skipped."""
+    root = throughput_dir(device).parent
+    try:
+        folders = sorted(f for f in os.listdir(root) if same_device(device, f))
+    except OSError:
+        return ()
+    found = []
+    for folder in folders:
+        try:
+            names = sorted(n for n in os.listdir(root / folder) if n.endswith(".json"))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                m = Measurement.from_dict(json.loads((root / folder / name).read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if same_device(device, m.device) and m.images > 0 and m.train_time_s > 0:
+                found.append(m)
+    return tuple(found)
+
+
+class Calibration:
+    """Predicts seconds per image per device for runs on one device from its measurements."""
+
+    def __init__(self, measurements: Iterable[Measurement]) -> None:
+        self.measurements = tuple(measurements)
+        self._run_ids = {m.run_id for m in self.measurements}
+        self._cache: dict[tuple[Any, ...], tuple[float, str] | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.measurements)
+
+    def seconds_per_image(
+        self,
+        run_id: str,
+        arch: tuple[Any, ...],
+        layout: tuple[int, int, int, str],
+        train_flops_per_image: float,
+    ) -> tuple[float, str] | None:
+        """(seconds per image per device, measured | scaled), or None (no measurement).
+
+        `layout`: (micro_batch, accum_steps, gpus, resolved precision)."""
+        if not self.measurements:
+            return None
+        excluded = run_id if run_id in self._run_ids else None  # never its own figure
+        key = (excluded, tuple(arch), layout, float(train_flops_per_image))
+        if key not in self._cache:  # one search per architecture and layout
+            self._cache[key] = self._predict(*key)
+        return self._cache[key]
+
+    def _predict(
+        self,
+        excluded: str | None,
+        arch: tuple[Any, ...],
+        layout: tuple[int, int, int, str],
+        flops: float,
+    ) -> tuple[float, str] | None:
+        micro, accum, gpus, precision = layout
+        pool = [m for m in self.measurements if m.run_id != excluded and m.precision == precision]
+        same = [m for m in pool if m.arch == arch and (m.micro_batch, m.accum_steps, m.gpus) == (micro, accum, gpus)]  # fmt: skip
+        if same:
+            return statistics.median(m.seconds_per_image for m in same), MEASURED
+        method = [m for m in pool if m.arch[0] == arch[0]]
+        same_micro = [m for m in method if (m.micro_batch, m.accum_steps) == (micro, accum)]
+        points = _per_arch(same_micro or method)
+        if not points:
+            return None
+        return _interpolate(points, flops), SCALED
+
+
+def _per_arch(ms: list[Measurement]) -> list[tuple[float, float]]:
+    """(training FLOPs per image, median seconds per image) per measured architecture."""
+    by_arch: dict[tuple[Any, ...], list[Measurement]] = {}
+    for m in ms:
+        by_arch.setdefault(m.arch, []).append(m)
+    return sorted(
+        (group[0].train_flops_per_image, statistics.median(m.seconds_per_image for m in group))
+        for group in by_arch.values()
+    )
+
+
+def _interpolate(points: list[tuple[float, float]], flops: float) -> float:
+    """Seconds per image at `flops` from measured (FLOPs, seconds) points of other networks.
+
+    Between two measured networks: the power law through them (log-log interpolation).
+    Beyond the measured range, from the two nearest: a line (a fixed cost per image plus
+    a FLOP-proportional one) overestimates the time, because the FLOP rate a device
+    reaches still rises with the network's size, and the power law underestimates it,
+    because that rise saturates; the prediction is their geometric mean. One measured
+    network: time proportional to FLOPs (a compute-bound device).
+    """
+    below = [p for p in points if p[0] <= flops]
+    above = [p for p in points if p[0] > flops]
+    if below and above:
+        (f0, t0), (f1, t1) = below[-1], above[0]
+        if f0 == flops:
+            return t0
+        return t0 * math.exp(math.log(t1 / t0) * math.log(flops / f0) / math.log(f1 / f0))
+    near = below[-2:] if below else above[:2]
+    if len(near) < 2 or near[0][0] == near[1][0]:
+        f, t = near[-1] if below else near[0]
+        return t * flops / f
+    (f0, t0), (f1, t1) = near
+    power = t0 * math.exp(math.log(t1 / t0) * math.log(flops / f0) / math.log(f1 / f0))
+    line = t0 + (t1 - t0) / (f1 - f0) * (flops - f0)
+    return math.sqrt(power * line) if line > 0 and t1 > t0 else power
