@@ -96,10 +96,10 @@ def test_other_recipe_axes_are_kept_apart_not_pooled() -> None:
     assert g[g["kind"] == "best"]["recipe"].item() == "best: batch 256, 100 epochs, temperature=0.1"
 
 
-def test_format_gap_table_has_one_line_per_architecture() -> None:
-    text = gaps.format_gap_table(gaps.gap_table(hand_table()))
-    lines = text.splitlines()
-    assert len(lines) == 2 + 3  # header, rule, R18 1x, R18 2x, R34 1x
+def test_display_table_has_one_row_per_architecture() -> None:
+    shown = gaps.display_table(gaps.gap_table(hand_table()))
+    text = shown.to_string()
+    assert len(shown) == 3  # R18 1x, R18 2x, R34 1x
     assert "9.00" not in text and "6.00" in text  # the best recipe (batch 512) is shown
     assert "91.00 ± 1.41" in text
 

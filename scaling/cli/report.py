@@ -94,24 +94,26 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
     """The best SimCLR recipe per architecture against supervised, in points."""
     from rich.table import Table
 
-    table = Table(title=f"{name}: supervised vs SimCLR top-1 (points; ± std over seeds; "
-                  "gap with its 90% Welch interval)", title_justify="left")  # fmt: skip
-    for col in ("architecture", "params", "supervised", "n", "SimCLR best recipe", "top-1", "n",
-                "gap", "90% interval"):  # fmt: skip
-        left = col in ("architecture", "SimCLR best recipe")
-        table.add_column(col, justify="left" if left else "right", no_wrap=True)
-    table.add_column("note", overflow="fold")
-    for r in gap_df[gap_df["kind"] == "best"].itertuples(index=False):
-        mult = "" if r.depth_multiplier == 1 else f" d{r.depth_multiplier:g}"
-        arch = f"{r.dataset} R{r.depth} {r.width:g}x{mult} {r.stem}"
-        params = "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M"
-        gap = "-" if _nan(r.gap) else f"{r.gap:.2f}"
-        interval = "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}"
-        colour = "" if _nan(r.gap) else "green" if r.gap < 1 else "red" if r.gap > 5 else "yellow"
-        table.add_row(arch, params, _pm(r.sup_top1, r.sup_std), str(r.sup_n),
-                      f"{r.method}: {r.recipe.removeprefix('best: ')}", _pm(r.top1, r.std),
-                      str(r.n), f"[{colour}]{gap}[/{colour}]" if colour else gap, interval,
-                      r.note)  # fmt: skip
+    from scaling.report.gaps import LEVEL, REFERENCE, display_table
+
+    shown = display_table(gap_df)
+    table = Table(
+        title=f"{name}: {REFERENCE} vs SimCLR top-1 (points; ± std over seeds; gap with its "
+        f"{LEVEL:.0%} Welch interval)",
+        title_justify="left",
+    )
+    for col in shown.columns:
+        left = col in ("architecture", "best recipe", "note")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col != "note",
+                         overflow="fold")
+    at = list(shown.columns).index("gap")
+    gaps = gap_df.loc[shown.index, "gap"]
+    for gap, cells in zip(gaps, shown.itertuples(index=False), strict=True):
+        row = list(cells)
+        if not _nan(gap):
+            colour = "green" if gap < 1 else "red" if gap > 5 else "yellow"
+            row[at] = f"[{colour}]{row[at]}[/{colour}]"
+        table.add_row(*row)
     console.print(table)
 
 
@@ -153,12 +155,6 @@ def print_files(console: Console, out_dir: Path, page: Path) -> None:
 
 def _nan(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _pm(mean: float, spread: float) -> str:
-    if _nan(mean):
-        return "-"
-    return f"{mean:.2f}" + ("" if _nan(spread) else f" ± {spread:.2f}")
 
 
 # ----------------------------------------------------------------------------- MLflow

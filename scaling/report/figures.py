@@ -24,7 +24,7 @@ import pandas as pd
 
 from scaling.report.gapcurve import human
 from scaling.report.gaps import REFERENCE, FitSet, SweepFit, select
-from scaling.report.results import recipe_label
+from scaling.report.results import arch_label, recipe_label
 
 SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
@@ -165,8 +165,8 @@ def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, lis
 
 
 def _arch_title(arch: dict[str, Any]) -> str:
-    mult = "" if arch["depth_multiplier"] == 1 else f" depth x{arch['depth_multiplier']:g}"
-    return f"R{arch['depth']} {arch['width']:g}x{mult} ({arch['dataset']})"
+    label = arch_label(arch["depth"], arch["width"], arch["depth_multiplier"])
+    return f"{label} ({arch['dataset']})"
 
 
 def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:

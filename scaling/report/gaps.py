@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
 from scaling.report.fit import PowerLawFit, fit_power_law
 from scaling.report.gapcurve import GapCurve, gap_curve
-from scaling.report.results import ARCH_COLUMNS, recipe_columns, recipe_label
+from scaling.report.intervals import welch_satterthwaite
+from scaling.report.results import ARCH_COLUMNS, arch_label, recipe_columns, recipe_label
+from scaling.sweep.methods import reference_method
 
-REFERENCE = "supervised"
+REFERENCE = reference_method()  # the baseline every gap is measured against
 LEVEL = 0.9  # the gap intervals' confidence, as the fits' bootstrap intervals
 ONE_SEED = "one seed: no interval"
 DOMAIN_COLUMNS = ("dataset", "image_size", "stem")
@@ -219,17 +220,10 @@ def _row(base: Mapping[str, Any], method: str, kind: str, cell: tuple[str, dict[
 
 def welch(a: Mapping[str, Any], b: Mapping[str, Any], level: float = LEVEL) -> tuple[float, ...]:
     """(se, lo, hi, dof) of mean(a) - mean(b) by Welch's t; NaN unless both have two runs."""
-    nan = math.nan
     if a["n"] < 2 or b["n"] < 2:
-        return nan, nan, nan, nan
-    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
-    se = math.sqrt(va + vb)
-    diff = a["top1"] - b["top1"]
-    if se == 0:
-        return 0.0, diff, diff, math.inf
-    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
-    half = float(student_t.ppf((1 + level) / 2, dof)) * se
-    return se, diff - half, diff + half, dof
+        return math.nan, math.nan, math.nan, math.nan
+    parts = [(a["std"] ** 2 / a["n"], a["n"] - 1), (b["std"] ** 2 / b["n"], b["n"] - 1)]
+    return welch_satterthwaite(a["top1"] - b["top1"], parts, level)
 
 
 def missing_runs(table: Any) -> pd.DataFrame:
@@ -244,31 +238,39 @@ def missing_runs(table: Any) -> pd.DataFrame:
     )
 
 
-def format_gap_table(gaps: pd.DataFrame, best_only: bool = True) -> str:
-    """Plain-text gap table for the terminal (best SimCLR recipe per architecture)."""
-    view = gaps[gaps["kind"] == "best"] if best_only else gaps
-    head = f"{'arch':<28} {'params':>9} {'supervised':>12} {'method / recipe':<40} {'top-1':>12} {'gap':>12}"
-    lines = [head, "-" * len(head)]
-    for r in view.itertuples(index=False):
-        arch = f"{r.dataset} R{r.depth} {r.width:g}x {r.stem}" + (
-            "" if r.depth_multiplier == 1 else f" d{r.depth_multiplier:g}"
-        )
-        params = (
-            "-"
-            if r.encoder_params is None or pd.isna(r.encoder_params)
-            else f"{r.encoder_params / 1e6:.2f}M"
-        )
-        recipe = f"{r.method}: {r.recipe.removeprefix('best: ') if best_only else r.recipe}"[:40]
-        lines.append(f"{arch:<28} {params:>9} {_pm(r.sup_top1, r.sup_std):>12} {recipe:<40} "
-                     f"{_pm(r.top1, r.std):>12} {_pm(r.gap, r.gap_se):>12}" + (f"  [{r.note}]" if r.note else ""))  # fmt: skip
-    return "\n".join(lines)
+def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
+    """The best recipe of each method per architecture against the reference, as display
+    strings (what `scaling report` prints and the notebooks show): architecture,
+    parameters, the reference's and the method's top-1 (mean ± std over seeds, runs),
+    the gap and its interval, notes. One row per `kind == "best"` row, same index."""
+    best = gap_df[gap_df["kind"] == "best"]
+    rows = [
+        {
+            "architecture": f"{r.dataset} {arch_label(r.depth, r.width, r.depth_multiplier)} {r.stem}",
+            "params": "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M",
+            REFERENCE: _pm(r.sup_top1, r.sup_std),
+            f"{REFERENCE} n": str(r.sup_n),
+            "best recipe": f"{r.method}: {r.recipe.removeprefix('best: ')}",
+            "top-1": _pm(r.top1, r.std),
+            "n": str(r.n),
+            "gap": "-" if _nan(r.gap) else f"{r.gap:.2f}",
+            f"{LEVEL:.0%} interval": "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}",
+            "note": r.note,
+        }
+        for r in best.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows, index=best.index)
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _pm(mean: float, spread: float) -> str:
     """ "91.00 ± 1.41", "91.00" without a spread, "-" without a value."""
-    if math.isnan(mean):
+    if _nan(mean):
         return "-"
-    return f"{mean:.2f}" + ("" if math.isnan(spread) else f" ± {spread:.2f}")
+    return f"{mean:.2f}" + ("" if _nan(spread) else f" ± {spread:.2f}")
 
 
 # ----------------------------------------------------------------------------- fits

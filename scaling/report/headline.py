@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from scipy.stats import t as student_t
 
 from scaling.report.gapcurve import human
 from scaling.report.gaps import LEVEL, REFERENCE, FitSet
+from scaling.report.intervals import welch_satterthwaite
+from scaling.report.results import arch_label
 
 THRESHOLD = 1.0  # points: "the gap has closed"
 
@@ -56,7 +57,7 @@ def _gap_text(row: Any) -> str:
 
 
 def _size(row: Any) -> str:
-    return f"R{row.depth} {row.width:g}x ({human(row.encoder_params)} parameters)"
+    return f"{arch_label(row.depth, row.width, row.depth_multiplier)} ({human(row.encoder_params)} parameters)"
 
 
 def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str, bool]:
@@ -96,13 +97,9 @@ def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str
 
 def _difference_interval(a: Any, b: Any) -> tuple[float, float]:
     """Interval of gap(a) - gap(b), two independent Welch estimates (Satterthwaite)."""
-    va, vb = a.gap_se**2, b.gap_se**2
-    diff = a.gap - b.gap
-    if va + vb == 0:
-        return diff, diff
-    dof = (va + vb) ** 2 / (va**2 / a.gap_dof + vb**2 / b.gap_dof)
-    half = float(student_t.ppf((1 + LEVEL) / 2, dof)) * math.sqrt(va + vb)
-    return diff - half, diff + half
+    parts = [(a.gap_se**2, a.gap_dof), (b.gap_se**2, b.gap_dof)]
+    _, lo, hi, _ = welch_satterthwaite(a.gap - b.gap, parts, LEVEL)
+    return lo, hi
 
 
 def _extrapolation(fits: FitSet, dataset: str, measured_closed: bool) -> str:

@@ -10,7 +10,7 @@
   files needed): the answer first, then figures, tables, fits, what is missing or
   failed, and the sweep spec.
 
-The CLI prints `gaps.format_gap_table(gaps.gap_table(table))` and logs the folder to a
+The CLI prints `gaps.display_table(gaps.gap_table(table))` and logs the folder to a
 sweep-level MLflow run; both live with the CLI and tracking, not here.
 """
 
@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from scaling.report import checks, figures, gaps, headline, results
-from scaling.report.gaps import FitSet
+from scaling.report.gaps import REFERENCE, FitSet
 from scaling.rundir import atomic_write_bytes
 from scaling.sweep.spec import Sweep
 
@@ -204,9 +204,9 @@ def _common(frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, Any]:
 def _common_text(common: Mapping[str, Any]) -> str:
     """{"stem": "cifar", "missing": 0, ...} -> "cifar stem, ..., no unfinished run"."""
     words = {"dataset": "dataset {}", "image_size": "{} px", "stem": "{} stem", "depth_multiplier":
-             "depth multiplier {}", "method": "method {}", "sup_recipe": "supervised {}"}  # fmt: skip
+             "depth multiplier {}", "method": "method {}", "sup_recipe": REFERENCE + " {}"}  # fmt: skip
     parts = [words[k].format(_num(v, column=k)) for k, v in common.items() if k in words]
-    for key, side in (("missing", "SimCLR"), ("sup_missing", "supervised")):
+    for key, side in (("missing", "SimCLR"), ("sup_missing", REFERENCE)):
         if key in common:
             n = int(common[key])
             parts.append(

@@ -362,6 +362,12 @@ def recipe_columns(frame: Any) -> list[str]:
     return head + [c for c in cols if c not in head]
 
 
+def arch_label(depth: Any, width: Any, depth_multiplier: Any = 1) -> str:
+    """The architecture as the paper names it: "R50 2x", "R18 0.5x d2" (depth multiplier 2)."""
+    mult = "" if depth_multiplier in (None, 1) else f" d{float(depth_multiplier):g}"
+    return f"R{int(depth)} {float(width):g}x{mult}"
+
+
 def recipe_label(values: Mapping[str, Any]) -> str:
     """{"batch_size": 256, "epochs": 100} -> "batch 256, 100 epochs" (others as key=value)."""
     parts = []

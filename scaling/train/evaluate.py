@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
@@ -166,19 +166,34 @@ def knn_monitor(encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment,
 def evaluate_run(
     spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
 ) -> dict[str, Any]:
-    """SimCLR: linear evaluation (top-1/top-5) and kNN top-1 of the frozen encoder.
-    Supervised: top-1/top-5 of the trained classifier on the test split.
+    """The evaluation the run's method names (EVALUATIONS): top1 and top5, and what else
+    that evaluation measures.
 
     `train` and `test` are in-memory or image-folder data sets (anything with
     `batch(indices)` and `len`): images are read in chunks, so a folder larger than
     memory works too. Every rank of a multi-rank run calls it: each extracts the features
     of its share of the images, all ranks gather them and fit the same probe.
     """
+    evaluation = EVALUATIONS[get_method(spec.method).evaluation]
+    return evaluation(spec, net, train, test, aug)
+
+
+def _own_head(
+    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
+) -> dict[str, Any]:
+    """Top-1/top-5 of the trained classifier on the test split."""
     device = next(net.parameters()).device
-    if spec.method != "simclr":
-        logits, labels = data_features(net, test, aug.eval_transform, device)
-        acc = topk_accuracy(logits, labels)
-        return {"top1": acc[1], "top5": acc[5]}
+    logits, labels = data_features(net, test, aug.eval_transform, device)
+    acc = topk_accuracy(logits, labels)
+    return {"top1": acc[1], "top5": acc[5]}
+
+
+def _frozen_encoder(
+    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
+) -> dict[str, Any]:
+    """Linear evaluation (top-1/top-5, EvalConfig.protocol), kNN top-1 and a validation
+    top-1 for recipe selection, of the frozen encoder (`net.encoder`)."""
+    device = next(net.parameters()).device
     cfg = spec.config["eval"]
     encoder = net.encoder
     train_f, train_y = data_features(encoder, train, aug.eval_transform, device)
@@ -206,6 +221,13 @@ def evaluate_run(
                                train.num_classes, cfg, spec.seed)  # fmt: skip
         result["val_top1"] = val_acc[1]
     return result
+
+
+#: how a trained network is scored, for each evaluation a method names
+EVALUATIONS: dict[Evaluation, Callable[[RunSpec, nn.Module, Any, Any, SimCLRAugment], dict[str, Any]]] = {
+    Evaluation.FROZEN_ENCODER: _frozen_encoder,
+    Evaluation.OWN_HEAD: _own_head,
+}
 
 
 def _augmented_views(

@@ -38,14 +38,14 @@ from scaling.sweep.methods import get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
-from scaling.train.augment import CropFlipAugment, SimCLRAugment
+from scaling.train.augment import AUGMENTATIONS
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.figures import cost_figures, measured_throughput
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import DATASETS, load_dataset
 from scaling.train.signals import StopFlag, agree
-from scaling.train.steps import simclr_step, supervised_step
+from scaling.train.steps import STEPS
 from scaling.train.views import train_views
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -181,15 +181,8 @@ def _train(
     ).to(dev)
     test = load_dataset(name, root=root, image_size=size, split="test", seed=0,
                         num_images=spec.dataset.get("size"), workers=workers).to(dev)  # fmt: skip
-    crop_scale = (float(config["crop_min_scale"]), 1.0)
     test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
-    if spec.method == "simclr":
-        aug: SimCLRAugment = SimCLRAugment(
-            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale,
-            test_crop=test_crop,
-        )  # fmt: skip
-    else:
-        aug = CropFlipAugment(size, crop_scale=crop_scale, test_crop=test_crop)
+    aug = AUGMENTATIONS[method.augmentation](size, config, test_crop)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(spec.seed)  # the same initial weights on every rank
@@ -228,6 +221,8 @@ def _train(
             f"device {dev}, {layout.resolved_precision(dev.type)}, threads {torch.get_num_threads()}",
             flush=True,
         )
+
+    step = STEPS[method.objective]  # one optimizer step's forward and backward
 
     # ------------------------------------------------------------------ restore
     gen = torch.Generator(device=dev)
@@ -300,14 +295,7 @@ def _train(
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                if spec.method == "simclr":
-                    v1, v2 = batch.views
-                    loss, top1 = simclr_step(
-                        step_net, v1, v2, layout, float(config["temperature"]), autocast
-                    )
-                else:
-                    (x,) = batch.views
-                    loss, top1 = supervised_step(step_net, x, batch.labels, layout, autocast)
+                loss, top1 = step(step_net, batch, layout, config, autocast)
                 if env.world_size > 1:
                     dist.average_gradients(net.parameters())
                 opt.step()
@@ -335,7 +323,7 @@ def _train(
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
-            every = int(config["eval"]["knn_every"]) if spec.method == "simclr" else 0
+            every = method.monitor_every(config)
             if every and (epoch + 1) % every == 0:  # the online kNN monitor, every rank
                 record["monitor/knn_top1"] = knn_monitor(net.encoder, train, test, aug,
                                                          config["eval"])  # fmt: skip
