@@ -84,6 +84,15 @@ def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def log_tail(path: Path, lines: int = 5) -> list[str]:
+    """The last `lines` non-empty lines of a log ([] when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     """result.json when it is a finished run's (a numeric top-1), else None: any other
     dict there (hand-written, from a broken tool) does not make the run finished."""

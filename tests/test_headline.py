@@ -145,8 +145,8 @@ def test_a_test_set_too_small_for_the_gaps_is_flagged() -> None:
 def test_loss_trend() -> None:
     from scaling.report.results import loss_trend
 
-    assert loss_trend([{"loss": v} for v in (5, 4, 3, 2, 1.0)]) == pytest.approx(
+    assert loss_trend([5, 4, 3, 2, 1.0]) == pytest.approx(
         2 / 3
     )  # last 2 epochs
-    assert loss_trend([{"loss": v} for v in (5, 1.0, 1.0, 1.0)]) == pytest.approx(0.0)
-    assert loss_trend([{"loss": 1.0}]) is None
+    assert loss_trend([5, 1.0, 1.0, 1.0]) == pytest.approx(0.0)
+    assert loss_trend([1.0]) is None

@@ -34,9 +34,10 @@ import typer
 from typer.testing import CliRunner, Result
 
 from scaling.cli.errors import guarded
-from scaling.cli.report import KIND_TAG, SWEEP_TAG, report
+from scaling.cli.report import report
 from scaling.report import html as report_lib
 from scaling.report import results
+from scaling.report.publish import KIND_TAG, SWEEP_TAG
 from scaling.run import tracking
 from scaling.sweep.spec import Sweep, load_sweep
 from tests.conftest import REPO, write
@@ -176,7 +177,7 @@ def test_one_sweep_level_mlflow_run_holds_the_report_and_is_reused(
     run_id = first.info.run_id
     assert first.info.status == "FINISHED" and first.data.tags[SWEEP_TAG] == trained.sweep.name
     assert first.data.metrics == {"runs_finished": 9.0, "runs_failed": 0.0, "runs_running": 0.0,
-                                  "runs_pending": 1.0}  # fmt: skip
+                                  "runs_resumable": 0.0, "runs_pending": 1.0}  # fmt: skip
     assert "report.html" in first.data.tags["mlflow.note.content"]
     client = MlflowClient(trained.uri)
     names = {a.path for a in client.list_artifacts(run_id, "report")}

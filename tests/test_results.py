@@ -32,7 +32,8 @@ def layout(micro: int = 32, accum: int = 2) -> dict[str, int]:
 
 @pytest.fixture
 def sweep_and_dirs(weird_tmp_path: Path) -> tuple[Sweep, Path, dict[str, str]]:
-    """simclr 0.25x finished, 0.5x failed (oom), 1x running; supervised 0.25x finished
+    """simclr 0.25x finished, 0.5x failed (oom), 1x started (running while a test holds its
+    lock); supervised 0.25x finished
     (result.json without costs), 0.5x pending, 1x never started; plus an orphan dir."""
     (weird_tmp_path / "s.yaml").write_text(SWEEP)
     sweep = load_sweep(weird_tmp_path / "s.yaml")
@@ -71,8 +72,11 @@ def plan_rows(sweep: Sweep) -> pa.Table:
 
 
 def test_collect_reads_every_state_from_run_directories(sweep_and_dirs) -> None:
+    from scaling.run.locks import run_lock
+
     sweep, work, ids = sweep_and_dirs
-    table = results.collect(sweep, work, plan=plan_rows(sweep))
+    with run_lock(work / "tiny" / ids["simclr1"]):  # its trainer is alive: running
+        table = results.collect(sweep, work, plan=plan_rows(sweep))
     assert table.num_rows == 6
     rows = {r["run_id"]: r for r in table.to_pylist()}
     done = rows[ids["simclr0.25"]]

@@ -390,7 +390,7 @@ def test_a_status_probe_never_makes_the_trainer_refuse_its_own_run(tmp_path: Pat
     "already running" (before: 90 of 2,000 attempts in a tight loop)."""
     import threading
 
-    from scaling.run.state import AlreadyRunning, is_locked, run_lock
+    from scaling.run.locks import AlreadyRunning, is_locked, run_lock
 
     stop = threading.Event()
 

@@ -247,7 +247,7 @@ def _status_view(planned_runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
     from scaling.run.mirror import needs_push
     from scaling.run.state import run_state
     from scaling.run.tracking import run_url
-    from scaling.rundir import run_dir_of
+    from scaling.rundir import LOG, log_tail, run_dir_of
 
     runs = [p.spec for p in planned_runs]
     dirs = {r.run_id: run_dir_of(ctx.workdir, ctx.sweep, r.run_id) for r in runs}
@@ -321,7 +321,7 @@ def _status_view(planned_runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
         if st.state == "failed":
             kind = (st.failure or {}).get("kind", "error")
             message = (st.failure or {}).get("message", "")
-            tail = "\n    ".join(st.log_tail(run_dir, 5))
+            tail = "\n    ".join(log_tail(run_dir / LOG, 5))
             failures.append(f"[red]{r.run_id} failed ({kind})[/red]: {message}\n    {tail}")
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     if unsynced:

@@ -33,7 +33,7 @@ def train(
     ] = False,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
-    from scaling.run.state import AlreadyRunning
+    from scaling.run.locks import AlreadyRunning
     from scaling.run.tracked import read_run_file, run_tracked
     from scaling.train.trainer import Preempted
 

@@ -226,13 +226,17 @@ def welch(a: Mapping[str, Any], b: Mapping[str, Any], level: float = LEVEL) -> t
     return welch_satterthwaite(a["top1"] - b["top1"], parts, level)
 
 
+#: unfinished runs, most in need of attention first
+MISSING_ORDER = ("failed", "running", "resumable", "pending")
+
+
 def missing_runs(table: Any) -> pd.DataFrame:
     """Every run that has not finished, with why (state, error kind and message)."""
     df = frame(table)
     cols = ["run_id", "method", "state", "error_kind", "error_message", *ARCH_COLUMNS,
             "batch_size", "epochs", "seed", "epochs_done"]  # fmt: skip
     out = df[df["state"] != "finished"].reindex(columns=cols)
-    order = {"failed": 0, "running": 1, "pending": 2}
+    order = {state: i for i, state in enumerate(MISSING_ORDER)}
     return out.sort_values(
         ["state", "method", "run_id"], key=lambda s: s.map(order) if s.name == "state" else s
     )

@@ -23,7 +23,7 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
 | cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
-| state | string | finished, failed, running (started, not ended) or pending (never started) |
+| state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
 | val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
@@ -44,26 +44,22 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from scaling.run.state import run_state
 from scaling.rundir import (
-    FAILURE,
-    METRICS,
-    RESULT,
     SPEC,
     atomic_write_bytes,
     read_json,
-    read_metrics,
 )
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-STATES = ("finished", "failed", "running", "pending")
 ARCH_COLUMNS = ("dataset", "image_size", "stem", "depth", "width", "depth_multiplier")
 METRIC_COLUMNS = (
     "top1",
@@ -148,40 +144,28 @@ def _plan_rows(plan: Any) -> dict[str, dict[str, Any]]:
 
 
 def _from_dir(run_dir: Path) -> dict[str, Any]:
-    """State, metrics and layout from one run directory (at most three small reads)."""
-    try:
-        names = set(os.listdir(run_dir))
-    except OSError:
+    """State, metrics and layout from one run directory (scaling.run.state.run_state:
+    the state `submit` and `status` see), plus the layout spec.json planned."""
+    st = run_state(run_dir)
+    if not st.exists:
         return _PENDING
-    out: dict[str, Any] = {"source": "rundir"}
-    if RESULT in names:
-        result = read_json(run_dir / RESULT)
-        if result is not None:
-            trend = loss_trend(read_metrics(run_dir / METRICS)) if METRICS in names else None
-            return {**out, **_result_fields(result), "state": "finished", "train_loss_trend": trend}
-        out.update(state="failed", error_kind="error", error_message="result.json is unreadable")
+    out: dict[str, Any] = {"source": "rundir", "state": st.state.value, "epochs_done": st.epoch}
+    if st.result is not None:
+        out.update(_result_fields(st.result), train_loss_trend=loss_trend(st.losses))
         return out
-    if FAILURE in names:
-        failure = read_json(run_dir / FAILURE) or {}
-        out.update(state="failed", error_kind=str(failure.get("kind", "error")),
-                   error_message=str(failure.get("message", "failure.json is unreadable")))  # fmt: skip
-    elif SPEC in names or METRICS in names:
-        out["state"] = "running"
-    else:
-        return _PENDING
-    if METRICS in names:
-        epochs = [r["epoch"] for r in read_metrics(run_dir / METRICS)]
-        out["epochs_done"] = max(epochs, default=0)
-    spec = read_json(run_dir / SPEC) if SPEC in names else None
+    if st.failure is not None:
+        out.update(error_kind=str(st.failure.get("kind", "error")),
+                   error_message=str(st.failure.get("message", "")))  # fmt: skip
+    spec = read_json(run_dir / SPEC)
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
     return out
 
 
-def loss_trend(records: Any) -> float | None:
-    """How much the training loss still fell over the last fifth of the epochs (at least
-    the last two): (loss before - loss at the end) / loss before. None: too few epochs."""
-    losses = [float(r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+def loss_trend(losses: Sequence[float]) -> float | None:
+    """How much the training loss (one value per epoch) still fell over the last fifth of
+    the epochs (at least the last two): (loss before - loss at the end) / loss before.
+    None: too few epochs."""
     k = max(2, len(losses) // 5)
     if len(losses) <= k or losses[-k - 1] <= 0:
         return None

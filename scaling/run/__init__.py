@@ -16,7 +16,7 @@ _EXPORTS = {
     "run_tracked": "scaling.run.tracked",
     "build_plan": "scaling.run.planning",
     "run_state": "scaling.run.state",
-    "run_lock": "scaling.run.state",
+    "run_lock": "scaling.run.locks",
     "get_backend": "scaling.run.backends.base",
 }
 __all__ = list(_EXPORTS)

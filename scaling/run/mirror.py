@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling.errors import ScalingError
+from scaling.run.locks import file_lock
 from scaling.run.tracking import (
     LOCK_TIMEOUT_S,
     RUN_ID_TAG,
     _client,
     _ensure_experiment,
-    _flock,
     _http_policy,
     redact,
 )
@@ -149,7 +149,7 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
         # time (MLflow cannot move a start), so it waits for the run's own start.
         return ""
     try:
-        with _http_policy(), _flock(run_dir / LOCK, LOCK_TIMEOUT_S):
+        with _http_policy(), file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             try:
                 return _push_locked(run_dir, target, force)
             except Exception as exc:

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from scaling.run.locks import is_locked
 from scaling.run.mirror import needs_push, push
-from scaling.run.state import is_locked
 from scaling.run.wandb_mirror import push as wandb_push
 
 #: how long a stopping job or an interrupted command may spend mirroring to MLflow

@@ -16,9 +16,9 @@ from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan.layout import Layout
+from scaling.run.locks import run_lock
 from scaling.run.mirror import STATE as MLFLOW_STATE
 from scaling.run.mirror import push
-from scaling.run.state import run_lock
 from scaling.run.wandb_mirror import forget_progress
 from scaling.run.wandb_mirror import push as wandb_push
 from scaling.rundir import (

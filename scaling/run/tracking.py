@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from scaling.errors import ScalingError
-from scaling.run.state import flock_within
+from scaling.run.locks import file_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from scaling.sweep.spec import Sweep
 
@@ -202,7 +203,7 @@ def _client(uri: str) -> MlflowClient:
     # database file" with backoff for ~100 s.
     db.parent.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
-    with _flock(Path(tempfile.gettempdir()) / f"scaling-mlflow-{key}.lock", LOCK_TIMEOUT_S):
+    with file_lock(Path(tempfile.gettempdir()) / f"scaling-mlflow-{key}.lock", LOCK_TIMEOUT_S):
         client = MlflowClient(tracking_uri=uri)  # builds the store (and a new file's schema)
     _STORES_READY.add(uri)
     return client
@@ -231,29 +232,39 @@ def find_runs(
         ) from exc
 
 
+def search_all(
+    client: MlflowClient, experiment_id: str, query: str = "", page_size: int = PAGE_SIZE
+) -> Iterator[Run]:
+    """Every run of the experiment matching `query`, following MLflow's page tokens (at
+    most 1,000 runs a page)."""
+    token: str | None = None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=page_size, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _all_runs(
     client: MlflowClient, experiment_id: str, page_size: int
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    token: str | None = None
-    while True:
-        page = client.search_runs([experiment_id], "", max_results=page_size, page_token=token)
-        for run in page:
-            run_id = run.data.tags.get(RUN_ID_TAG)
-            if run_id is None or (
-                run_id in out and out[run_id]["start_time"] <= run.info.start_time
-            ):
-                continue
-            out[run_id] = {
-                "mlflow_run_id": run.info.run_id, "experiment_id": experiment_id,
-                "status": run.info.status,
-                "tags": dict(run.data.tags), "params": dict(run.data.params),
-                "metrics": dict(run.data.metrics), "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-            }  # fmt: skip
-        token = page.token
-        if not token:
-            return out
+    for run in search_all(client, experiment_id, "", page_size):
+        run_id = run.data.tags.get(RUN_ID_TAG)
+        if run_id is None or (run_id in out and out[run_id]["start_time"] <= run.info.start_time):
+            continue
+        out[run_id] = {
+            "mlflow_run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "status": run.info.status,
+            "tags": dict(run.data.tags),
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -269,15 +280,3 @@ def _http_policy() -> Iterator[None]:
     finally:
         for key in added:
             os.environ.pop(key, None)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive flock, waited for at most `timeout` seconds (then TimeoutError)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not flock_within(fd, timeout):
-            raise TimeoutError(f"{path} stayed locked for {timeout:.0f} s")
-        yield
-    finally:
-        os.close(fd)  # releases the lock

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scaling.run.tracking import LOCK_TIMEOUT_S, _flock
+from scaling.run.locks import file_lock
+from scaling.run.tracking import LOCK_TIMEOUT_S
 from scaling.rundir import (
     FAILURE,
     METRICS,
@@ -63,7 +64,7 @@ def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
     if not state or not state.get("settings"):
         return None
     try:
-        with _flock(run_dir / LOCK, LOCK_TIMEOUT_S):
+        with file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             return _push_locked(run_dir, read_json(run_dir / STATE) or state, final)
     except Exception as exc:
         log.warning("W&B push of %s failed (%s: %s); the run directory keeps everything and "

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
+from scaling.enums import StrEnum
 from scaling.sweep.config import StrictModel
 
 LrRule = Literal["linear", "sqrt"] | PositiveFloat
@@ -30,28 +30,28 @@ LrRule = Literal["linear", "sqrt"] | PositiveFloat
 MONITOR_TRAIN, MONITOR_TEST = 10_000, 2_000
 
 
-class Head(str, Enum):
+class Head(StrEnum):
     """What sits on the encoder during training."""
 
     PROJECTION = "projection"  # SimCLR's g(.): Linear-BN-ReLU-Linear-BN (models.resnet)
     CLASSIFIER = "classifier"  # a linear classifier over the data set's classes
 
 
-class Augmentation(str, Enum):
+class Augmentation(StrEnum):
     """How training views are made from an image."""
 
     CONTRASTIVE = "contrastive"  # crop, flip, colour jitter, grey, blur (the paper's)
     CROP_FLIP = "crop_flip"  # random resized crop and flip only
 
 
-class Objective(str, Enum):
+class Objective(StrEnum):
     """What one optimizer step minimises (scaling.train.steps)."""
 
     NT_XENT = "nt_xent"  # two views per image, the other view the positive
     CROSS_ENTROPY = "cross_entropy"  # labels
 
 
-class Evaluation(str, Enum):
+class Evaluation(StrEnum):
     """How a trained network is scored (scaling.train.evaluate)."""
 
     # The encoder frozen: a linear probe (EvalConfig.protocol), kNN top-1, a validation

@@ -29,7 +29,7 @@ from typing import Any
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.worker import EXIT_ALREADY_RUNNING, EXIT_PREEMPTED, Worker
 from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
-from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json
+from scaling.rundir import FAILURE, LOG, METRICS, RESULT, log_tail, read_json
 
 GRACE_SECONDS = 120  # how long a SIGTERMed child may take to write its checkpoint
 POLL_SECONDS = 0.25
@@ -145,14 +145,14 @@ class LocalBackend:
 
     def status(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
         """Local processes have no scheduler: the run lock says which are alive."""
-        from scaling.run.state import is_locked
+        from scaling.run.locks import is_locked
 
         return {j.run_id: "RUNNING" for j in jobs if is_locked(j.run_dir)}
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
         """SIGTERM the `scaling train` holding each run's lock on this machine; it
         checkpoints and exits (a holder on another host, or a PID reused since, is left)."""
-        from scaling.run.state import lock_holder
+        from scaling.run.locks import lock_holder
 
         count = 0
         for job in jobs:
@@ -256,15 +256,10 @@ def _outcome(job: Job, code: int) -> Outcome:
         return Outcome(job.run_id, "preempted", "stopped by a signal; resumable")
     failure = read_json(run_dir / FAILURE) or {}
     kind = failure.get("kind", "error")
-    tail = " | ".join(_tail(run_dir / LOG, 3))
+    tail = " | ".join(log_tail(run_dir / LOG, 3))
     return Outcome(job.run_id, "failed", f"{kind} (exit {code}): {tail}")
 
 
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
-    except OSError:
-        return []
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], slots: list[_Slot]) -> None:

@@ -41,7 +41,7 @@ from scaling.run.backends import ray_trial
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.ray_connect import check_tracking, connect, scoped_env
 from scaling.run.backends.ray_trial import Settings, cancel_file
-from scaling.rundir import FAILURE, LOG, read_json, write_json
+from scaling.rundir import FAILURE, LOG, log_tail, read_json, write_json
 from scaling.sweep.cluster import RayConfig
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class RayBackend:
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
         """Ask each job's trial to checkpoint and stop (pending ones never start)."""
-        from scaling.run.state import is_locked
+        from scaling.run.locks import is_locked
 
         storage = storage_path(ctx)
         live = self.status(jobs, ctx)
@@ -130,7 +130,7 @@ def _config(ctx: Context) -> RayConfig:
 def _alive(state: dict[str, Any]) -> bool:
     """A driver on this host is alive when its process is (the same pid and start time:
     a crashed driver's pid may be reused); one elsewhere is trusted."""
-    from scaling.run.state import process_start
+    from scaling.run.locks import process_start
 
     if state.get("host") != socket.gethostname():
         return True
@@ -240,7 +240,7 @@ class _Progress(tune.Callback):
         return {**self.__dict__, "view": _NullView(), "tasks": {}}
 
     def _write(self) -> None:
-        from scaling.run.state import process_start
+        from scaling.run.locks import process_start
 
         write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(),
                                "start": process_start(os.getpid()), "updated": time.time(),
@@ -303,12 +303,5 @@ def _outcome_of(job: Job, last: dict[str, Any], error: str | None) -> Outcome:
         return Outcome(job.run_id, "preempted", INTERRUPTED)
     failure = read_json(job.run_dir / FAILURE) or {}
     reason = [ln for ln in (error or "no outcome reported").splitlines() if ln.strip()][-1:]
-    tail = " | ".join(reason + _tail(job.run_dir / LOG, 3))
+    tail = " | ".join(reason + log_tail(job.run_dir / LOG, 3))
     return Outcome(job.run_id, "failed", f"{failure.get('kind', 'error')}: {tail}")
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
-    except OSError:
-        return []

@@ -113,8 +113,8 @@ def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> 
     """Train in this actor. Failures a retry cannot fix end the trial; others raise,
     and Tune retries the trial, which resumes from the run's checkpoint."""
     from scaling.errors import RunFailed, ScalingError
+    from scaling.run.locks import AlreadyRunning
     from scaling.run.pusher import STOP_PUSH_S
-    from scaling.run.state import AlreadyRunning
     from scaling.run.tracked import push_within, run_tracked
     from scaling.train.trainer import Preempted
 

@@ -49,8 +49,8 @@ from scaling.run.backends.slurm_state import (
     check_tracking,
     current,
     histories,
+    job_log_tail,
     just_submitted,
-    log_tail,
     record_job,
     record_of,
     scheduler_failure,
@@ -282,7 +282,7 @@ class SlurmBackend:
             if state in FAILED_FOR_GOOD:
                 run_dir = next(j.run_dir for j in jobs if j.run_id == run_id)
                 folder = Path(record_of(run_dir).get("folder", ""))
-                tail = "\n".join(log_tail(folder, job_id))
+                tail = "\n".join(job_log_tail(folder, job_id))
                 out[run_id] = f"{state} (exit {code}, job {job_id})" + (f"\n{tail}" if tail else "")
             else:
                 out[run_id] = f"{state} (job {job_id})"

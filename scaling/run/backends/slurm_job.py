@@ -47,8 +47,8 @@ class TrainCall(Checkpointable):
         import json
 
         from scaling.plan.layout import Layout
+        from scaling.run.locks import AlreadyRunning
         from scaling.run.pusher import STOP_PUSH_S
-        from scaling.run.state import AlreadyRunning
         from scaling.run.tracked import push_within, run_tracked
         from scaling.sweep.spec import RunSpec
         from scaling.train import distributed

@@ -115,7 +115,7 @@ def train_one(request: dict[str, Any]) -> int:
     """One run, as `scaling train SPEC --run-dir DIR` (without tracking) would train it;
     its exit code."""
     from scaling.errors import ScalingError
-    from scaling.run.state import AlreadyRunning
+    from scaling.run.locks import AlreadyRunning
     from scaling.run.tracked import read_run_file, run_tracked
     from scaling.train.trainer import Preempted
 
