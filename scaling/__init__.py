@@ -35,7 +35,7 @@ _EXPORTS = {
     "load_profile": "scaling.sweep.cluster",
     "Layout": "scaling.plan.layout",
     "derive": "scaling.plan.layout",
-    "make_plan": "scaling.plan.expand",
+    "make_plan": "scaling.plan.planner",
     "METHODS": "scaling.sweep.methods",
     "nt_xent": "scaling.train.losses",
     "LARS": "scaling.train.optim",

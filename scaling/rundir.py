@@ -20,6 +20,9 @@ SPEC, METRICS, RESULT, FAILURE, LOG, CHECKPOINTS = (
     "spec.json", "metrics.jsonl", "result.json", "failure.json", "train.log", "checkpoints",
 )  # fmt: skip
 
+#: result.json's final numbers, which every tracking mirror logs
+FINAL_METRICS = ("top1", "top5", "knn_top1", "val_top1", "wall_time_s", "images_seen", "train_flops")
+
 
 def run_dir_of(workdir: str | Path, sweep: str, run_id: str) -> Path:
     return Path(workdir) / sweep / run_id

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
-from scaling.plan.expand import Accelerator, make_plan, totals
+from scaling.plan.accelerator import Accelerator
+from scaling.plan.planner import make_plan, totals
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.spec import load_sweep
 from tests.conftest import REPO, write

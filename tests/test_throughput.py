@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from scaling.cli.app import app
 from scaling.plan import throughput
-from scaling.plan.expand import Accelerator, make_plan
+from scaling.plan.accelerator import Accelerator
+from scaling.plan.planner import make_plan
 from scaling.plan.throughput import Calibration, Measurement
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl, run_dir_of
 from scaling.sweep.cluster import load_profile

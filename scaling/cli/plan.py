@@ -112,7 +112,7 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    from scaling.plan.expand import totals
+    from scaling.plan.planner import totals
 
     # Piped or in CI, rich would assume 80 columns and squeeze every cell.
     if console is None:

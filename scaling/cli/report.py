@@ -40,7 +40,7 @@ def report(
     set_: SetOpt = None,
 ) -> None:
     """Collect SWEEP's results; write gaps, fits, figures and report.html; log them to MLflow."""
-    from scaling.plan.expand import make_plan
+    from scaling.plan.planner import make_plan
     from scaling.report import gaps, results
     from scaling.report.html import build_report
     from scaling.report.publish import publish

@@ -13,10 +13,10 @@ from __future__ import annotations
 from scaling._exports import lazy
 
 _EXPORTS = {
-    "Plan": "scaling.plan.expand",
-    "PlannedRun": "scaling.plan.expand",
-    "make_plan": "scaling.plan.expand",
-    "totals": "scaling.plan.expand",
+    "Plan": "scaling.plan.planner",
+    "PlannedRun": "scaling.plan.planner",
+    "make_plan": "scaling.plan.planner",
+    "totals": "scaling.plan.planner",
     "Layout": "scaling.plan.layout",
     "derive": "scaling.plan.layout",
     "lr_for_batch": "scaling.plan.schedule",

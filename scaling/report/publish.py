@@ -52,10 +52,11 @@ def publish(
 
 
 def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: list[str]) -> str:
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
 
-    client = MlflowClient(tracking_uri=uri)
+    from scaling.run.tracking import mlflow_client
+
+    client = mlflow_client(uri)
     query = f"tags.`{KIND_TAG}` = 'report' and tags.`{SWEEP_TAG}` = '{sweep.name}'"
     found = client.search_runs([experiment_id], query, max_results=10,
                                order_by=["attributes.start_time ASC"])  # fmt: skip

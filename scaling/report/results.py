@@ -107,7 +107,7 @@ def collect(
     """One row per run of `sweep`: spec, layout, cost, state and final metrics.
 
     `uri`: an MLflow tracking URI to consult for runs whose directory has no final
-    state (None: run directories only). `plan`: a `scaling.plan.expand.Plan` (or its
+    state (None: run directories only). `plan`: a `scaling.plan.planner.Plan` (or its
     `.table()`) whose layout and cost columns to use; without one, costs come from
     result.json or, for architectures still unknown, from `scaling.plan.costs` (imports torch).
     A Plan also says which runs exist (a BN batch smaller than the batch is part of a

@@ -39,13 +39,13 @@ from scaling.run.locks import file_lock
 from scaling.run.tracking import (
     LOCK_TIMEOUT_S,
     RUN_ID_TAG,
-    _client,
-    _ensure_experiment,
-    _http_policy,
+    experiment_of,
+    mlflow_client,
     redact,
 )
 from scaling.rundir import (
     FAILURE,
+    FINAL_METRICS,
     LOG,
     METRICS,
     RESULT,
@@ -67,15 +67,6 @@ SUPERSEDED_TAG = "scaling.superseded_run_id"  # an earlier attempt at a forced r
 GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
-FINAL_METRICS = (
-    "top1",
-    "top5",
-    "knn_top1",
-    "val_top1",
-    "wall_time_s",
-    "images_seen",
-    "train_flops",
-)
 LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
 ARTIFACTS = {"FINISHED": (SPEC, RESULT, METRICS, LOG), "FAILED": (SPEC, FAILURE, METRICS, LOG)}
 METRICS_PER_REQUEST = 900  # MLflow caps one log_batch at 1,000 entities
@@ -85,7 +76,7 @@ ATTEMPTS = 3  # whole-push retries when SQLite says "database is locked"; pushes
 
 
 @dataclass
-class _Target:
+class Target:
     """A store and experiment, connected on first use and shared by a whole `sync`."""
 
     uri: str
@@ -98,8 +89,8 @@ class _Target:
             raise self.error
         if self.connection is None:
             try:
-                client = _client(self.uri)
-                self.connection = client, _ensure_experiment(client, self.uri, self.experiment)
+                client = mlflow_client(self.uri)
+                self.connection = client, experiment_of(client, self.uri, self.experiment)
             except Exception as exc:
                 if not _transient(exc):
                     self.error = exc
@@ -114,7 +105,7 @@ def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False)
     Cheap when nothing changed: mlflow.json remembers the files' sizes and times, and
     then MLflow is not contacted (`force` checks against MLflow anyway).
     """
-    return _push(Path(run_dir), _Target(uri, experiment), force)
+    return push_to(Path(run_dir), Target(uri, experiment), force)
 
 
 def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
@@ -123,7 +114,7 @@ def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
     run_dir = Path(run_dir)
     if not (run_dir / SPEC).is_file() or not _started(run_dir):
         return False
-    state = _read_state(run_dir, _Target(uri, experiment))
+    state = _read_state(run_dir, Target(uri, experiment))
     return (
         not state or bool(state.get("pending")) or state.get("fingerprint") != _fingerprint(run_dir)
     )
@@ -131,16 +122,16 @@ def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
 
 def sync(run_dirs: Iterable[str | Path], uri: str, experiment: str) -> tuple[int, int]:
     """Push every run directory that has a spec.json; returns (pushed, failed)."""
-    target, pushed, failed = _Target(uri, experiment), 0, 0
-    with _http_policy():
-        for run_dir in map(Path, run_dirs):
-            if (run_dir / SPEC).is_file():  # else not a run (yet)
-                ok = _push(run_dir, target, False) is not None
-                pushed, failed = pushed + ok, failed + (not ok)
+    target, pushed, failed = Target(uri, experiment), 0, 0
+    for run_dir in map(Path, run_dirs):
+        if (run_dir / SPEC).is_file():  # else not a run (yet)
+            ok = push_to(run_dir, target, False) is not None
+            pushed, failed = pushed + ok, failed + (not ok)
     return pushed, failed
 
 
-def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
+def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
+    """`push` to a Target that a whole command shares (one connection)."""
     if not (run_dir / SPEC).is_file():
         log.warning("not pushing %s to MLflow: it has no %s", run_dir, SPEC)
         return None
@@ -149,7 +140,7 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
         # time (MLflow cannot move a start), so it waits for the run's own start.
         return ""
     try:
-        with _http_policy(), file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
+        with file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             try:
                 return _push_locked(run_dir, target, force)
             except Exception as exc:
@@ -171,7 +162,7 @@ def _started(run_dir: Path) -> bool:
     return bool((read_json(run_dir / SPEC) or {}).get("started_at"))
 
 
-def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
+def _push_locked(run_dir: Path, target: Target, force: bool) -> str:
     state = _read_state(run_dir, target)
     fingerprint = _fingerprint(run_dir)  # before reading: a change mid-push goes next time
     if not force and state and not state.get("pending") and state.get("fingerprint") == fingerprint:
@@ -187,7 +178,7 @@ def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
     raise AssertionError("unreachable")
 
 
-def _upload(run_dir: Path, target: _Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
+def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
     client, experiment_id = target.connect()
     spec = read_json(run_dir / SPEC) or {}
     # A new MLflow run starts when the run first started training (spec.json's
@@ -378,7 +369,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / STATE)
 
 
-def _read_state(run_dir: Path, target: _Target) -> dict[str, Any] | None:
+def _read_state(run_dir: Path, target: Target) -> dict[str, Any] | None:
     """mlflow.json if it describes this store and experiment (else it does not apply)."""
     state = read_state(run_dir)
     where = (redact(target.uri), target.experiment)
@@ -386,12 +377,12 @@ def _read_state(run_dir: Path, target: _Target) -> dict[str, Any] | None:
     return state if same else None
 
 
-def _write_state(run_dir: Path, target: _Target, **fields: Any) -> None:
+def _write_state(run_dir: Path, target: Target, **fields: Any) -> None:
     base = {"uri": redact(target.uri), "experiment": target.experiment, "error": None}
     write_json(run_dir / STATE, {**base, **fields, "updated": time.time()})
 
 
-def _write_pending(run_dir: Path, target: _Target, exc: Exception) -> None:
+def _write_pending(run_dir: Path, target: Target, exc: Exception) -> None:
     """The last good state for this store (if any), marked pending with the error."""
     state = _read_state(run_dir, target) or {}
     state.pop("fingerprint", None)

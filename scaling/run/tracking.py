@@ -10,7 +10,6 @@ run. Making MLflow reflect a run directory (`push`, `sync`, `read_state`) lives 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -147,11 +146,11 @@ def ensure_experiment(uri: str, name: str) -> str:
     <name>`), not MLflow's default `./mlruns` of whatever the working directory was
     (which would also shadow the default store of that directory).
     """
-    with _http_policy():
-        return _ensure_experiment(_client(uri), uri, name)
+    return experiment_of(mlflow_client(uri), uri, name)
 
 
-def _ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+def experiment_of(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of experiment `name` in `client`'s store, created if missing (see ensure_experiment)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
@@ -188,7 +187,7 @@ def _artifacts_of(uri: str, name: str) -> str | None:
 _STORES_READY: set[str] = set()
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     """A client whose store exists; a new SQLite file gets its schema under a lock.
 
     MLflow 3.17 builds an empty database's tables without a lock: processes opening one
@@ -196,6 +195,7 @@ def _client(uri: str) -> MlflowClient:
     """
     from mlflow import MlflowClient
 
+    use_http_defaults()
     db = _sqlite_path(uri)
     if db is None or uri in _STORES_READY:
         return MlflowClient(tracking_uri=uri)
@@ -222,10 +222,9 @@ def find_runs(
     one run_id, the oldest wins. Raises ScalingError when the store cannot be read.
     """
     try:
-        with _http_policy():
-            client = _client(uri)
-            found = client.get_experiment_by_name(experiment)
-            return {} if found is None else _all_runs(client, str(found.experiment_id), page_size)
+        client = mlflow_client(uri)
+        found = client.get_experiment_by_name(experiment)
+        return {} if found is None else _all_runs(client, str(found.experiment_id), page_size)
     except Exception as exc:
         raise ScalingError(
             redact(f"could not read MLflow runs of {experiment!r} at {uri}: {exc}")
@@ -270,13 +269,9 @@ def _all_runs(
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _http_policy() -> Iterator[None]:
-    """Short HTTP retries for the MLflow calls made here, unless the user chose theirs."""
-    added = [k for k in HTTP_DEFAULTS if k not in os.environ]
-    os.environ.update({k: HTTP_DEFAULTS[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
+def use_http_defaults() -> None:
+    """MLflow's HTTP retries cut short for this process (HTTP_DEFAULTS), unless the user
+    set their own: once, at the first MLflow client, and never removed (changing the
+    environment around each call raced with the background pusher's own calls)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)

@@ -25,6 +25,7 @@ from scaling.run.locks import file_lock
 from scaling.run.tracking import LOCK_TIMEOUT_S
 from scaling.rundir import (
     FAILURE,
+    FINAL_METRICS,
     METRICS,
     RESULT,
     SPEC,
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 STATE, LOCK = "wandb.json", ".wandb.lock"
 THROTTLE_S = 300.0
-FINAL_KEYS = ("top1", "top5", "knn_top1", "val_top1", "wall_time_s", "images_seen", "train_flops")
 
 
 def configure(run_dir: Path, settings: dict[str, Any] | None) -> None:
@@ -54,6 +54,19 @@ def forget_progress(run_dir: Path) -> None:
     state = read_json(run_dir / STATE)
     if state and state.get("settings"):
         write_json(run_dir / STATE, {"settings": state["settings"]})
+
+
+def needs_push(run_dir: str | Path) -> bool:
+    """Whether W&B is behind the run directory: it asks for W&B, and has epochs or an
+    ending that were never pushed (files only, no W&B)."""
+    run_dir = Path(run_dir)
+    state = read_json(run_dir / STATE)
+    if not state or not state.get("settings") or state.get("finished"):
+        return False
+    ended = (run_dir / RESULT).exists() or (run_dir / FAILURE).exists()
+    pushed = int(state.get("epochs_pushed", 0))
+    newest = max((r["epoch"] for r in read_metrics(run_dir / METRICS)), default=0)
+    return newest > pushed or (ended and not state.get("ended"))
 
 
 def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
@@ -98,7 +111,7 @@ def _push_locked(run_dir: Path, state: dict[str, Any], final: bool) -> bool:
             run.log({k: v for k, v in record.items() if k != "epoch" and _number(v)},
                     step=int(record["epoch"]))  # fmt: skip
         if result is not None:
-            run.summary.update({k: result[k] for k in FINAL_KEYS if _number(result.get(k))})
+            run.summary.update({k: result[k] for k in FINAL_METRICS if _number(result.get(k))})
         if failure is not None:
             run.summary.update({"failure_kind": failure.get("kind"),
                                 "failure_message": str(failure.get("message", ""))[:1000]})  # fmt: skip

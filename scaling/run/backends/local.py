@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.errors import ExitCode
 from scaling.run.backends.base import Context, Job, Outcome
-from scaling.run.backends.worker import EXIT_ALREADY_RUNNING, EXIT_PREEMPTED, Worker
+from scaling.run.backends.worker import Worker
 from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, log_tail, read_json
 
@@ -247,12 +248,12 @@ def _log_header(job: Job, what: str) -> None:
 
 def _outcome(job: Job, code: int) -> Outcome:
     run_dir = job.run_dir
-    if code == 0 and (run_dir / RESULT).exists():
+    if code == ExitCode.OK and (run_dir / RESULT).exists():
         result = read_json(run_dir / RESULT) or {}
         return Outcome(job.run_id, "finished", f"top-1 {result.get('top1', float('nan')):.4f}")
-    if code == EXIT_ALREADY_RUNNING:
+    if code == ExitCode.ALREADY_RUNNING:
         return Outcome(job.run_id, "already-running", "another process is training it")
-    if code in (EXIT_PREEMPTED, -signal.SIGTERM):
+    if code in (ExitCode.PREEMPTED, -signal.SIGTERM):
         return Outcome(job.run_id, "preempted", "stopped by a signal; resumable")
     failure = read_json(run_dir / FAILURE) or {}
     kind = failure.get("kind", "error")
