@@ -17,11 +17,24 @@ from pathlib import Path
 from typing import Any
 
 SPEC, METRICS, RESULT, FAILURE, LOG, CHECKPOINTS = (
-    "spec.json", "metrics.jsonl", "result.json", "failure.json", "train.log", "checkpoints",
-)  # fmt: skip
+    "spec.json",
+    "metrics.jsonl",
+    "result.json",
+    "failure.json",
+    "train.log",
+    "checkpoints",
+)
 
 #: result.json's final numbers, which every tracking mirror logs
-FINAL_METRICS = ("top1", "top5", "knn_top1", "val_top1", "wall_time_s", "images_seen", "train_flops")
+FINAL_METRICS = (
+    "top1",
+    "top5",
+    "knn_top1",
+    "val_top1",
+    "wall_time_s",
+    "images_seen",
+    "train_flops",
+)
 
 
 def run_dir_of(workdir: str | Path, sweep: str, run_id: str) -> Path:
@@ -125,8 +138,11 @@ def git_version(start: Path | None = None) -> dict[str, Any]:
             return {"commit": None, "dirty": None}
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}

@@ -221,8 +221,17 @@ def test_cancel_signals_only_a_matching_scaling_train_on_this_host(tmp_path: Pat
     spec = tiny_spec("supervised", epochs=30)
     (tmp_path / "spec.json").write_text(__import__("json").dumps(spec.to_dict()))
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scaling", "train", str(tmp_path / "spec.json"),
-           "--run-dir", str(run_dir), "--threads", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaling",
+        "train",
+        str(tmp_path / "spec.json"),
+        "--run-dir",
+        str(run_dir),
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60

@@ -61,8 +61,12 @@ def test_every_method_builds_its_network_and_augmentation_from_its_default_confi
 
 def test_every_component_is_used_by_some_method() -> None:
     """A component no method names is dead code (or a registration was forgotten)."""
-    for kind, field in ((Head, "head"), (Augmentation, "augmentation"),
-                        (Objective, "objective"), (Evaluation, "evaluation")):  # noqa: E127
+    for kind, field in (
+        (Head, "head"),
+        (Augmentation, "augmentation"),
+        (Objective, "objective"),
+        (Evaluation, "evaluation"),
+    ):  # noqa: E127
         assert set(kind) == {getattr(m, field) for m in METHODS.values()}, kind
 
 
@@ -100,7 +104,9 @@ def _string_constants(path: Path) -> set[str]:
     return {
         node.value
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
     }
 
 

@@ -58,9 +58,12 @@ def report(
     table = results.collect(the_sweep, profile.workdir, uri, plan=plan)
     states = table.column("state").to_pylist()
     if all(s == "pending" for s in states):
-        console.print(f"[yellow]warning:[/yellow] no run of {the_sweep.name} has started under "
-                      f"{sweep_dir.resolve()} nor in MLflow at {uri} (another workdir? "
-                      "--cluster sets it)", soft_wrap=True)  # fmt: skip
+        console.print(
+            f"[yellow]warning:[/yellow] no run of {the_sweep.name} has started under "
+            f"{sweep_dir.resolve()} nor in MLflow at {uri} (another workdir? "
+            "--cluster sets it)",
+            soft_wrap=True,
+        )
     page = build_report(the_sweep, table, out_dir)
     print_gaps(console, gaps.gap_table(table), the_sweep.name)
     print_answer(console, out_dir / "fits.json")
@@ -95,8 +98,9 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
     )
     for col in shown.columns:
         left = col in ("architecture", "best recipe", "note")
-        table.add_column(col, justify="left" if left else "right", no_wrap=col != "note",
-                         overflow="fold")
+        table.add_column(
+            col, justify="left" if left else "right", no_wrap=col != "note", overflow="fold"
+        )
     at = list(shown.columns).index("gap")
     gaps = gap_df.loc[shown.index, "gap"]
     for gap, cells in zip(gaps, shown.itertuples(index=False), strict=True):
@@ -127,8 +131,9 @@ def print_answer(console: Console, fits_json: Path) -> None:
     fitted curve's extrapolation second, then what limits the numbers."""
     summary = json.loads(fits_json.read_text())
     if not summary["answers"]:
-        console.print("No answer yet: needs finished supervised and SimCLR runs of the same "
-                      "architectures.")  # fmt: skip
+        console.print(
+            "No answer yet: needs finished supervised and SimCLR runs of the same architectures."
+        )
     for a in summary["answers"]:
         console.print(f"[bold]{a['dataset']}, {a['method']}:[/bold] {a['measured']}")
         console.print(f"  {a['extrapolation']}")
@@ -140,8 +145,11 @@ def print_files(console: Console, out_dir: Path, page: Path) -> None:
     figures = sorted((out_dir / "figures").glob("*.png"))
     # soft_wrap: paths stay on one line, whole, for copying
     console.print(f"report: {page.resolve().as_uri()}", soft_wrap=True)
-    console.print(f"  in {out_dir.resolve()}: results.parquet, gaps.csv, fits.json, "
-                  f"figures/ ({len(figures)} figures, PNG + SVG)", soft_wrap=True)  # fmt: skip
+    console.print(
+        f"  in {out_dir.resolve()}: results.parquet, gaps.csv, fits.json, "
+        f"figures/ ({len(figures)} figures, PNG + SVG)",
+        soft_wrap=True,
+    )
 
 
 def _nan(value: Any) -> bool:

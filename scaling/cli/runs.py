@@ -9,11 +9,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
+
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+
+    from scaling.plan.planner import Plan
+    from scaling.run.backends.base import Backend, Context
+    from scaling.run.pusher import Pusher
+    from scaling.run.status import SweepStatus
+    from scaling.run.submission import Decision
 from scaling.run.tracking import redact
 
 
@@ -75,7 +84,9 @@ def submit(
         raise typer.Exit(1)
 
 
-def _prepare(backend: Any, plan: Any, ctx: Any, busy: Any, **asked: bool) -> None:
+def _prepare(
+    backend: Backend, plan: Plan, ctx: Context, busy: dict[str, str], **asked: bool
+) -> None:
     """A backend's optional `prepare` for the runs it will likely be handed (what the run
     directories alone say; MLflow, read next, may only skip a few more)."""
     from scaling.run.submission import Action, decide
@@ -87,7 +98,13 @@ def _prepare(backend: Any, plan: Any, ctx: Any, busy: Any, **asked: bool) -> Non
 
 
 def _launch(
-    plan: Any, ctx: Any, backend: Any, decisions: list[Any], console: Any, *, reachable: bool
+    plan: Plan,
+    ctx: Context,
+    backend: Backend,
+    decisions: list[Decision],
+    console: Console,
+    *,
+    reachable: bool,
 ) -> dict[str, int]:
     """Write the run directories and hand the jobs to the backend; outcome counts."""
     from scaling.run.submission import prepare
@@ -114,7 +131,7 @@ def _launch(
     return counts
 
 
-def _close_pusher(pusher: Any, console: Any, timeout: float | None) -> None:
+def _close_pusher(pusher: Pusher, console: Console, timeout: float | None) -> None:
     from scaling.run.pusher import pending_note
 
     left = pusher.close(timeout)
@@ -138,7 +155,7 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _tracked(ctx: Any, console: Any) -> dict[str, Any] | None:
+def _tracked(ctx: Context, console: Console) -> dict[str, Any] | None:
     """MLflow's view of the sweep (run_id -> status); None, with a warning, when unreachable."""
     from scaling.errors import ScalingError
     from scaling.run.tracking import find_runs
@@ -147,23 +164,26 @@ def _tracked(ctx: Any, console: Any) -> dict[str, Any] | None:
         return find_runs(ctx.tracking_uri, ctx.experiment)
     except ScalingError as exc:
         console.print(
-            f"[yellow]warning:[/yellow] tracking not readable ({exc}); deciding from run directories"
+            f"[yellow]warning:[/yellow] tracking not readable ({exc}); "
+            "deciding from run directories"
         )
         return None
 
 
-def _ensure_experiment(ctx: Any, console: Any) -> None:
+def _ensure_experiment(ctx: Context, console: Console) -> None:
     """Create the experiment once, here, so that concurrent jobs never race to create it."""
     from scaling.run.tracking import ensure_experiment
 
     try:
         ensure_experiment(ctx.tracking_uri, ctx.experiment)
     except Exception as exc:  # tracking must never stop training
-        console.print(f"[yellow]warning:[/yellow] could not create the MLflow experiment ({exc}); "
-                      "runs still write their run directories; `scaling sync` uploads them later")  # fmt: skip
+        console.print(
+            f"[yellow]warning:[/yellow] could not create the MLflow experiment ({exc}); "
+            "runs still write their run directories; `scaling sync` uploads them later"
+        )
 
 
-def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
+def _print_decisions(console: Console, decisions: list[Decision], verbose: bool) -> None:
     from scaling.run.submission import Action
 
     reasons: dict[tuple[str, str], int] = {}
@@ -175,7 +195,8 @@ def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
             spec = d.planned.spec
             console.print(
                 f"{d.action:<6} {spec.run_id} {spec.method:<10} depth {spec.model['depth']} "
-                f"width {spec.model['width']} batch {spec.config['batch_size']} epochs {spec.config['epochs']} "
+                f"width {spec.model['width']} batch {spec.config['batch_size']} "
+                f"epochs {spec.config['epochs']} "
                 f"seed {spec.seed}: {d.why}",
                 highlight=False,
             )
@@ -183,10 +204,10 @@ def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
     console.print(f"{len(decisions)} runs: {summary}", highlight=False)
 
 
-def _where_to_look(console: Any, sweep: Path, cluster: Path | None) -> None:
+def _where_to_look(console: Console, sweep: Path, cluster: Path | None) -> None:
     flag = f" --cluster {cluster}" if cluster else ""
     console.print(
-        f"next: scaling status {sweep}{flag}   |   scaling ui {sweep}{flag}   |   scaling report {sweep}{flag}",
+        "next: " + "   |   ".join(f"scaling {c} {sweep}{flag}" for c in ("status", "ui", "report")),
         highlight=False,
     )
 
@@ -228,11 +249,24 @@ def status(
 
 
 STATE_COLOURS = {"finished": "green", "failed": "red", "running": "cyan", "resumable": "yellow"}
-STATUS_COLUMNS = ("run_id", "method", "depth", "width", "batch", "epochs", "seed", "state",
-                  "epoch", "loss", "top-1", "train (plan / took)", "mlflow")  # fmt: skip
+STATUS_COLUMNS = (
+    "run_id",
+    "method",
+    "depth",
+    "width",
+    "batch",
+    "epochs",
+    "seed",
+    "state",
+    "epoch",
+    "loss",
+    "top-1",
+    "train (plan / took)",
+    "mlflow",
+)
 
 
-def _status_view(view: Any) -> Any:
+def _status_view(view: SweepStatus) -> Group:
     """scaling.run.status.SweepStatus as a rich table, the counts and the failures."""
     from rich.console import Group
     from rich.table import Table
@@ -245,12 +279,21 @@ def _status_view(view: Any) -> Any:
         spec = row.planned.spec
         colour = STATE_COLOURS.get(row.state, "white")
         link = "[yellow]pending sync[/yellow]" if row.pending_sync else row.mlflow or "-"
-        cells = [spec.run_id, spec.method, str(spec.model["depth"]), str(spec.model["width"]),
-                 str(spec.config["batch_size"]), str(spec.config["epochs"]), str(spec.seed),
-                 f"[{colour}]{row.state}[/{colour}]", f"{row.epoch}/{spec.config['epochs']}",
-                 "-" if row.loss is None else f"{row.loss:.4f}",
-                 "-" if row.top1 is None else f"{row.top1:.4f}",
-                 _train_time(row.planned_train_s, row.train_s), link]  # fmt: skip
+        cells = [
+            spec.run_id,
+            spec.method,
+            str(spec.model["depth"]),
+            str(spec.model["width"]),
+            str(spec.config["batch_size"]),
+            str(spec.config["epochs"]),
+            str(spec.seed),
+            f"[{colour}]{row.state}[/{colour}]",
+            f"{row.epoch}/{spec.config['epochs']}",
+            "-" if row.loss is None else f"{row.loss:.4f}",
+            "-" if row.top1 is None else f"{row.top1:.4f}",
+            _train_time(row.planned_train_s, row.train_s),
+            link,
+        ]
         if view.has_scheduler:
             cells.append(row.scheduler or "-")
         table.add_row(*cells)

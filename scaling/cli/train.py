@@ -35,8 +35,9 @@ def train(
     from scaling.run.tracking import without_credentials
 
     tracking = (without_credentials(tracking_uri), experiment) if tracking_uri else None
-    ending = train_entry(run_spec, run_dir, tracking, force=force, device=device,
-                         threads=threads, compile=compile)  # fmt: skip
+    ending = train_entry(
+        run_spec, run_dir, tracking, force=force, device=device, threads=threads, compile=compile
+    )
     if ending.code is not ExitCode.OK:
         typer.echo(ending.message, err=True)
         raise SystemExit(ending.code)

@@ -33,6 +33,7 @@ KIND_TAG, SWEEP_TAG = "scaling.kind", "scaling.sweep"
 REPORT_TAG = "scaling.report_run"  # on every run of a sweep: its report run
 ARTIFACT_PATH = "report"  # the folder's place among the MLflow run's artifacts
 
+
 def publish(
     uri: str, experiment: str, out_dir: Path, sweep: Sweep, states: list[str]
 ) -> str | None:
@@ -46,8 +47,11 @@ def publish(
         return tracking.run_hint(uri, experiment_id, run_id)
     except Exception as exc:  # the report on disk is complete; MLflow is a copy
         log.debug("report logging failed", exc_info=True)
-        print(f"warning: the report was not logged to MLflow at {uri} ({type(exc).__name__}: "
-              f"{exc}); it is complete in {out_dir}", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the report was not logged to MLflow at {uri} ({type(exc).__name__}: "
+            f"{exc}); it is complete in {out_dir}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -58,8 +62,9 @@ def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: l
 
     client = mlflow_client(uri)
     query = f"tags.`{KIND_TAG}` = 'report' and tags.`{SWEEP_TAG}` = '{sweep.name}'"
-    found = client.search_runs([experiment_id], query, max_results=10,
-                               order_by=["attributes.start_time ASC"])  # fmt: skip
+    found = client.search_runs(
+        [experiment_id], query, max_results=10, order_by=["attributes.start_time ASC"]
+    )
     if found:  # one report run per sweep: the oldest, should a race have made two
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
@@ -76,16 +81,17 @@ def _upload(uri: str, experiment_id: str, out_dir: Path, sweep: Sweep, states: l
     client.log_table(run_id, data=pd.read_csv(out_dir / "gaps.csv"), artifact_file="gaps.json")
     _link_runs(client, experiment_id, sweep.name, run_id)
     now = int(time.time() * 1000)
-    counts = {
-        f"runs_{s}": float(states.count(s)) for s in STATES
-    }
+    counts = {f"runs_{s}": float(states.count(s)) for s in STATES}
     note = _note(out_dir, sweep, counts)
     client.log_batch(
         run_id,
         metrics=[Metric(k, v, now, 0) for k, v in counts.items()],
-        tags=[RunTag("mlflow.note.content", note), RunTag("scaling.report_dir", str(out_dir.resolve())),
-              RunTag("scaling.report_time", time.strftime("%Y-%m-%d %H:%M:%S %z"))],
-    )  # fmt: skip
+        tags=[
+            RunTag("mlflow.note.content", note),
+            RunTag("scaling.report_dir", str(out_dir.resolve())),
+            RunTag("scaling.report_time", time.strftime("%Y-%m-%d %H:%M:%S %z")),
+        ],
+    )
     client.set_terminated(run_id, status="FINISHED")
     return str(run_id)
 
@@ -105,9 +111,12 @@ def _link_runs(client: Any, experiment_id: str, sweep: str, report_run_id: str) 
 def _note(out_dir: Path, sweep: Sweep, counts: dict[str, float]) -> str:
     """The run's description in the MLflow UI: the answer and where the page is."""
     fits = json.loads((out_dir / "fits.json").read_text())
-    lines = [f"**{sweep.name}**: {sweep.description}".rstrip(": "), "",
-             ", ".join(f"{int(v)} {k.removeprefix('runs_')}" for k, v in counts.items()) + " runs.",
-             ""]  # fmt: skip
+    lines = [
+        f"**{sweep.name}**: {sweep.description}".rstrip(": "),
+        "",
+        ", ".join(f"{int(v)} {k.removeprefix('runs_')}" for k, v in counts.items()) + " runs.",
+        "",
+    ]
     lines += [f"- {g['statement']}" for g in fits["gaps"] if g["headline"]]
     lines += ["", f"Open `{ARTIFACT_PATH}/report.html` under Artifacts for figures and tables."]
     return "\n".join(lines)

@@ -78,25 +78,94 @@ LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "pr
 #: Columns that are not part of a training recipe (identity, architecture, layout, cost,
 #: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
 NOT_RECIPE = {
-    "run_id", "sweep", "method", "seed", "lr", *ARCH_COLUMNS, *LAYOUT_COLUMNS, *METRIC_COLUMNS,
-    "encoder_params", "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason",
-    "predicted_train_s", "cost_source", "warnings", "state", "error_kind", "error_message", "source", "mlflow_run_id",
-}  # fmt: skip
+    "run_id",
+    "sweep",
+    "method",
+    "seed",
+    "lr",
+    *ARCH_COLUMNS,
+    *LAYOUT_COLUMNS,
+    *METRIC_COLUMNS,
+    "encoder_params",
+    "flops_per_image",
+    "peak_memory_gb",
+    "gpu_hours",
+    "feasible",
+    "reason",
+    "predicted_train_s",
+    "cost_source",
+    "warnings",
+    "state",
+    "error_kind",
+    "error_message",
+    "source",
+    "mlflow_run_id",
+}
 _INT = {
-    "image_size", "depth", "seed", "batch_size", "epochs", "projection_dim", "eval_epochs",
-    "eval_batch_size", "eval_knn_k", "micro_batch", "accum_steps", "gpus", "nodes", "bn_batch",
-    "encoder_params", "flops_per_image",
-    "images_seen", "steps", "epochs_done",
-}  # fmt: skip
+    "image_size",
+    "depth",
+    "seed",
+    "batch_size",
+    "epochs",
+    "projection_dim",
+    "eval_epochs",
+    "eval_batch_size",
+    "eval_knn_k",
+    "micro_batch",
+    "accum_steps",
+    "gpus",
+    "nodes",
+    "bn_batch",
+    "encoder_params",
+    "flops_per_image",
+    "images_seen",
+    "steps",
+    "epochs_done",
+}
 _FLOAT = {
-    "width", "depth_multiplier", "base_lr", "weight_decay", "warmup_epochs", "momentum",
-    "temperature", "color_strength", "eval_lr", "eval_weight_decay", "eval_knn_temperature",
-    "lr", "top1", "top5", "knn_top1", "val_top1", "train_loss_trend", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
-    "train_time_s", "predicted_train_s",
-}  # fmt: skip
-_STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
-        "precision", "warnings", "cost_source",
-        "state", "error_kind", "error_message", "source", "mlflow_run_id", "reason"}  # fmt: skip
+    "width",
+    "depth_multiplier",
+    "base_lr",
+    "weight_decay",
+    "warmup_epochs",
+    "momentum",
+    "temperature",
+    "color_strength",
+    "eval_lr",
+    "eval_weight_decay",
+    "eval_knn_temperature",
+    "lr",
+    "top1",
+    "top5",
+    "knn_top1",
+    "val_top1",
+    "train_loss_trend",
+    "train_flops",
+    "wall_time_s",
+    "peak_memory_gb",
+    "gpu_hours",
+    "train_time_s",
+    "predicted_train_s",
+}
+_STR = {
+    "run_id",
+    "sweep",
+    "method",
+    "dataset",
+    "stem",
+    "lr_rule",
+    "optimizer",
+    "eval_protocol",
+    "precision",
+    "warnings",
+    "cost_source",
+    "state",
+    "error_kind",
+    "error_message",
+    "source",
+    "mlflow_run_id",
+    "reason",
+}
 _OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
 _PENDING: dict[str, Any] = {"state": "pending"}
 
@@ -154,8 +223,10 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
         out.update(_result_fields(st.result), train_loss_trend=loss_trend(st.losses))
         return out
     if st.failure is not None:
-        out.update(error_kind=str(st.failure.get("kind", "error")),
-                   error_message=str(st.failure.get("message", "")))  # fmt: skip
+        out.update(
+            error_kind=str(st.failure.get("kind", "error")),
+            error_message=str(st.failure.get("message", "")),
+        )
     spec = read_json(run_dir / SPEC)
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
@@ -173,8 +244,19 @@ def loss_trend(losses: Sequence[float]) -> float | None:
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: result.get(k) for k in ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s",
-                                      "images_seen", "steps")}  # fmt: skip
+    out = {
+        k: result.get(k)
+        for k in (
+            "top1",
+            "top5",
+            "knn_top1",
+            "val_top1",
+            "train_flops",
+            "wall_time_s",
+            "images_seen",
+            "steps",
+        )
+    }
     out["epochs_done"] = result.get("epochs")
     layout = result.get("layout")
     if isinstance(layout, Mapping):
@@ -226,8 +308,13 @@ def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
 
 def _cost_key(spec: RunSpec) -> tuple[Any, ...]:
     """What decides encoder_params and flops_per_image: the network and its input."""
-    return (spec.method, tuple(sorted(spec.model.items())), spec.dataset["name"],
-            spec.dataset["image_size"], spec.config.get("projection_dim", 128))  # fmt: skip
+    return (
+        spec.method,
+        tuple(sorted(spec.model.items())),
+        spec.dataset["name"],
+        spec.dataset["image_size"],
+        spec.config.get("projection_dim", 128),
+    )
 
 
 def _fill_costs(rows: list[dict[str, Any]], specs: list[RunSpec]) -> None:
@@ -250,10 +337,15 @@ def _arch_cost(spec: RunSpec) -> tuple[int, int]:
     from scaling.plan.data_info import num_classes
 
     cost = costs.arch_cost(
-        spec.method, spec.model["depth"], spec.model["width"], spec.model["stem"],
-        spec.model["depth_multiplier"], spec.dataset["image_size"],
-        int(spec.config.get("projection_dim", 128)), num_classes(spec.dataset),
-    )  # fmt: skip
+        spec.method,
+        spec.model["depth"],
+        spec.model["width"],
+        spec.model["stem"],
+        spec.model["depth_multiplier"],
+        spec.dataset["image_size"],
+        int(spec.config.get("projection_dim", 128)),
+        num_classes(spec.dataset),
+    )
     return cost.encoder_params, cost.flops_per_image
 
 

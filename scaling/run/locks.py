@@ -55,7 +55,8 @@ def flock_within(fd: int, seconds: float, path: Path | str = "") -> bool:
                 raise ScalingError(
                     f"{path}: the filesystem does not support file locks "
                     f"({os.strerror(exc.errno)}); mount it with the `flock` option (Lustre: "
-                    "-o flock; NFS: a lock manager) or put the workdir on a filesystem that has them"
+                    "-o flock; NFS: a lock manager) or put the workdir on a filesystem that "
+                    "has them"
                 ) from None
             raise
 

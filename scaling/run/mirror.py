@@ -150,8 +150,11 @@ def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
         log.warning(
             "MLflow push of %s to %s failed (%s: %s); the run directory keeps everything "
             "and a later push (scaling sync) uploads what is pending",
-            run_dir, redact(target.uri), type(exc).__name__, redact(str(exc)),
-        )  # fmt: skip
+            run_dir,
+            redact(target.uri),
+            type(exc).__name__,
+            redact(str(exc)),
+        )
         return None
 
 
@@ -194,16 +197,24 @@ def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerp
     epochs = _log_epochs(client, run, list(read_metrics(run_dir / METRICS)))
     status = _log_status(client, run, run_dir, result, epochs)
     _write_state(
-        run_dir, target, pending=False, epochs_pushed=epochs, status=status,
-        fingerprint=fingerprint, **ids,
-    )  # fmt: skip
+        run_dir,
+        target,
+        pending=False,
+        epochs_pushed=epochs,
+        status=status,
+        fingerprint=fingerprint,
+        **ids,
+    )
     return str(run.info.run_id)
 
 
 def _find_or_create(
-    client: MlflowClient, experiment_id: str, spec: Mapping[str, Any],
-    state: dict[str, Any] | None, start_ms: int,
-) -> Run:  # fmt: skip
+    client: MlflowClient,
+    experiment_id: str,
+    spec: Mapping[str, Any],
+    state: dict[str, Any] | None,
+    start_ms: int,
+) -> Run:
     from mlflow.exceptions import MlflowException
 
     run_id = str(spec.get("run_id", ""))
@@ -212,17 +223,22 @@ def _find_or_create(
     if state and state.get("mlflow_run_id"):
         try:
             run = client.get_run(state["mlflow_run_id"])
-            if (run.info.lifecycle_stage == "active" and run.info.experiment_id == experiment_id
-                    and run.data.tags.get(RUN_ID_TAG) == run_id
-                    and run.info.start_time >= 1000 * (_number(spec.get("forced_at")) or 0)):  # fmt: skip
+            if (
+                run.info.lifecycle_stage == "active"
+                and run.info.experiment_id == experiment_id
+                and run.data.tags.get(RUN_ID_TAG) == run_id
+                and run.info.start_time >= 1000 * (_number(spec.get("forced_at")) or 0)
+            ):
                 return run
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
     found = client.search_runs(
-        [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=10,
+        [experiment_id],
+        f"tags.`{RUN_ID_TAG}` = '{run_id}'",
+        max_results=10,
         order_by=["attributes.start_time ASC"],
-    )  # fmt: skip
+    )
     forced = _number(spec.get("forced_at"))
     if forced is not None:  # a forced rerun: what ran before it is superseded
         old = [r for r in found if r.info.start_time < round(1000 * forced)]
@@ -234,8 +250,10 @@ def _find_or_create(
     if found:
         return found[0]
     model, config = spec.get("model", {}), spec.get("config", {})
-    name = (f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
-            f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}-{run_id[:6]}")  # fmt: skip
+    name = (
+        f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
+        f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}-{run_id[:6]}"
+    )
     return client.create_run(
         experiment_id, start_time=start_ms, tags={RUN_ID_TAG: run_id}, run_name=name
     )
@@ -271,8 +289,12 @@ def _log_params_and_tags(
     tags[GROUP_TAG] = run_spec.group_id()  # the same run but its seed
     code = dict(spec.get("code") or {})
     if code.get("commit"):
-        tags.update({"mlflow.source.git.commit": str(code["commit"]),
-                     "scaling.git_dirty": str(code.get("dirty"))})  # fmt: skip
+        tags.update(
+            {
+                "mlflow.source.git.commit": str(code["commit"]),
+                "scaling.git_dirty": str(code.get("dirty")),
+            }
+        )
     client.log_batch(
         run.info.run_id,
         params=[Param(k, v) for k, v in params.items() if k not in old],
@@ -296,9 +318,11 @@ def _log_epochs(client: MlflowClient, run: Run, records: list[dict[str, Any]]) -
         if epoch <= pushed:
             continue
         stamp = run.info.start_time + elapsed_ms  # deterministic: a repeat is a duplicate
-        batch += [Metric(k if "/" in k else EPOCH_PREFIX + k, v, stamp, epoch)
-                  for k, value in record.items()
-                  if k != "epoch" and (v := _number(value)) is not None]  # fmt: skip
+        batch += [
+            Metric(k if "/" in k else EPOCH_PREFIX + k, v, stamp, epoch)
+            for k, value in record.items()
+            if k != "epoch" and (v := _number(value)) is not None
+        ]
         if len(batch) >= METRICS_PER_REQUEST or epoch == epochs[-1]:
             # One request: MLflow applies the tag after the metrics it covers.
             client.log_batch(run.info.run_id, metrics=batch, tags=[RunTag(EPOCHS_TAG, str(epoch))])

@@ -121,6 +121,8 @@ def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> 
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not (
-        isinstance(value, float) and math.isnan(value)
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and not (isinstance(value, float) and math.isnan(value))
     )

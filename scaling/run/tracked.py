@@ -66,8 +66,11 @@ def run_tracked(
         done = read_result(run_dir)  # every rank reads it: all skip, or none does
         if done is not None and not force:
             if main:
-                print(f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "
-                      "kept as it is (--force trains it again)", flush=True)  # fmt: skip
+                print(
+                    f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "
+                    "kept as it is (--force trains it again)",
+                    flush=True,
+                )
                 mirror(final=True)
             return done
         if force and main:

@@ -96,9 +96,12 @@ def without_credentials(uri: str) -> str:
     global _warned_credentials
     if not _warned_credentials:
         _warned_credentials = True
-        print("note: the tracking URI's credentials are used from MLFLOW_TRACKING_USERNAME/"
-              "MLFLOW_TRACKING_PASSWORD and never stored or shown; set those instead of "
-              "putting them in the URI", file=sys.stderr)  # fmt: skip
+        print(
+            "note: the tracking URI's credentials are used from MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD and never stored or shown; set those instead of "
+            "putting them in the URI",
+            file=sys.stderr,
+        )
     return urlunsplit(parts._replace(netloc=host))
 
 
@@ -150,7 +153,8 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 def experiment_of(client: MlflowClient, uri: str, name: str) -> str:
-    """The id of experiment `name` in `client`'s store, created if missing (see ensure_experiment)."""
+    """The id of experiment `name` in `client`'s store, created if missing (see
+    ensure_experiment)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)

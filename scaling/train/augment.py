@@ -209,8 +209,7 @@ class SimCLRAugment:
     def eval_transform(self, images: Tensor) -> Tensor:
         """No randomness: resize to `image_size` if needed (or the official centre crop
         when `test_crop`), normalise like training."""
-        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean,
-                              std=self.std)  # fmt: skip
+        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean, std=self.std)
 
 
 class CropFlipAugment(SimCLRAugment):

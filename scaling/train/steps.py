@@ -78,7 +78,10 @@ def supervised_step(
 
 
 def _nt_xent_step(
-    net: nn.Module, batch: StepViews, layout: Layout, config: Mapping[str, Any],
+    net: nn.Module,
+    batch: StepViews,
+    layout: Layout,
+    config: Mapping[str, Any],
     autocast: AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
     v1, v2 = batch.views
@@ -86,7 +89,10 @@ def _nt_xent_step(
 
 
 def _cross_entropy_step(
-    net: nn.Module, batch: StepViews, layout: Layout, config: Mapping[str, Any],
+    net: nn.Module,
+    batch: StepViews,
+    layout: Layout,
+    config: Mapping[str, Any],
     autocast: AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
     (x,) = batch.views

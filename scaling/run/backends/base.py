@@ -80,9 +80,16 @@ class Context:
         parent, which keeps MLflow's import and connections out of every run).
         """
         cmd = [
-            sys.executable, "-m", "scaling", "train", str(job.spec_path),
-            "--run-dir", str(job.run_dir), "--device", self.device,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "scaling",
+            "train",
+            str(job.spec_path),
+            "--run-dir",
+            str(job.run_dir),
+            "--device",
+            self.device,
+        ]
         if tracking:
             cmd += ["--tracking-uri", self.tracking_uri, "--experiment", self.experiment]
         if self.device == "cpu":

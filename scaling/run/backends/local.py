@@ -131,9 +131,13 @@ class LocalBackend:
         if job.layout.gpus > 1 or not ctx.profile.persistent_workers:
             child.proc = _own_process(job, ctx, cmd, env)
             return child
-        request = {"spec": str(job.spec_path), "run_dir": str(job.run_dir),
-                   "log": str(job.run_dir / LOG), "device": ctx.device,
-                   "threads": ctx.threads_per_run if ctx.device == "cpu" else None}  # fmt: skip
+        request = {
+            "spec": str(job.spec_path),
+            "run_dir": str(job.run_dir),
+            "log": str(job.run_dir / LOG),
+            "device": ctx.device,
+            "threads": ctx.threads_per_run if ctx.device == "cpu" else None,
+        }
         for _ in range(2):  # a worker that died since its last run is replaced
             if slot.worker is None or not slot.worker.alive():
                 slot.worker = Worker(env)
@@ -228,8 +232,7 @@ def _own_process(
     """`scaling train` in a process of its own (through torchrun for several ranks)."""
     if job.layout.gpus > 1:  # one process per rank, rendezvous on this machine
         nproc = f"--nproc-per-node={job.layout.gpus}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m",
-               *cmd[2:]]  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m", *cmd[2:]]
         if ctx.device == "cpu":
             env["OMP_NUM_THREADS"] = str(max(1, ctx.threads_per_run // job.layout.gpus))
     _log_header(job, " ".join(cmd))
@@ -259,8 +262,6 @@ def _outcome(job: Job, code: int) -> Outcome:
     kind = failure.get("kind", "error")
     tail = " | ".join(log_tail(run_dir / LOG, 3))
     return Outcome(job.run_id, "failed", f"{kind} (exit {code}): {tail}")
-
-
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], slots: list[_Slot]) -> None:

@@ -88,8 +88,10 @@ class RayBackend:
             outcomes = [_outcome(job, by_id.get(job.run_id)) for job in jobs]
             if any(o.detail == INTERRUPTED for o in outcomes):
                 # Ctrl-C: Tune stopped every trial (each run resumes from its last epoch).
-                view.note(f"interrupted: {sum(o.detail == INTERRUPTED for o in outcomes)} runs "
-                          "stopped, resumable; `scaling submit` resumes them")  # fmt: skip
+                view.note(
+                    f"interrupted: {sum(o.detail == INTERRUPTED for o in outcomes)} runs "
+                    "stopped, resumable; `scaling submit` resumes them"
+                )
                 raise KeyboardInterrupt
         return outcomes
 
@@ -242,9 +244,16 @@ class _Progress(tune.Callback):
     def _write(self) -> None:
         from scaling.run.locks import process_start
 
-        write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(),
-                               "start": process_start(os.getpid()), "updated": time.time(),
-                               "trials": self.states})  # fmt: skip
+        write_json(
+            self.path,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "start": process_start(os.getpid()),
+                "updated": time.time(),
+                "trials": self.states,
+            },
+        )
 
     def _set(self, run_id: str, state: str) -> None:
         self.states[run_id] = state
@@ -265,7 +274,9 @@ class _Progress(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = trial.config["run_id"]
-        self.view.note(f"retrying {run_id} (failure {trial.num_failures}); it resumes from its checkpoint")  # fmt: skip
+        self.view.note(
+            f"retrying {run_id} (failure {trial.num_failures}); it resumes from its checkpoint"
+        )
         self._set(run_id, "RETRYING")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -78,8 +78,11 @@ def trial(config: dict[str, Any], settings: Settings) -> None:
     pointer = tune.get_checkpoint()
     start = (read_json(Path(pointer.path) / "run.json") or {}).get("epoch", 0) if pointer else 0
     with _output_to(run_dir / LOG), _Reporter(run_dir, settings.storage, start) as reporter:
-        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
-              f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})", flush=True)  # fmt: skip
+        print(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
+            f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})",
+            flush=True,
+        )
         layout = _layout(run_dir)
         train = _train_ranks if layout and layout.gpus > 1 else _train_one
         state, detail = train(run_id, run_dir, settings, cancel)
@@ -110,8 +113,13 @@ def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> 
 
     with _watching(cancel):
         try:
-            ending = train_entry(run_dir, run_dir, settings.tracking, device=settings.device,
-                                 threads=settings.threads)  # fmt: skip
+            ending = train_entry(
+                run_dir,
+                run_dir,
+                settings.tracking,
+                device=settings.device,
+                threads=settings.threads,
+            )
         except ScalingError as exc:
             kind = exc.kind if isinstance(exc, RunFailed) else "error"
             return "failed", f"{kind}: {exc}"
@@ -141,7 +149,7 @@ def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -
             use_gpu=cuda,
             resources_per_worker=per_worker,
             accelerator_type=settings.accelerator_type,
-        ),  # fmt: skip
+        ),
         run_config=ray.train.RunConfig(
             name=f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=settings.storage,
@@ -275,6 +283,10 @@ class _Reporter:
             self.last = record
             self.storage.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.storage, prefix=".pointer-") as tmp:
-                pointer = {"run_dir": str(self.run_dir), "epoch": self.epoch, "step": record.get("step")}  # fmt: skip
+                pointer = {
+                    "run_dir": str(self.run_dir),
+                    "epoch": self.epoch,
+                    "step": record.get("step"),
+                }
                 write_json(Path(tmp) / "run.json", pointer)
                 tune.report(record, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -31,8 +31,9 @@ class TrainCall(Checkpointable):
     the run directory holds the state, so `checkpoint()` resubmits the same call.
     """
 
-    def __init__(self, run_dir: str, tracking: tuple[str, str] | None, device: str,
-                 threads: int | None) -> None:  # fmt: skip
+    def __init__(
+        self, run_dir: str, tracking: tuple[str, str] | None, device: str, threads: int | None
+    ) -> None:
         self.run_dir = run_dir
         self.tracking = tracking
         self.device = device
@@ -57,8 +58,9 @@ class TrainCall(Checkpointable):
         preemption = _Preemption(signal.getsignal(usr_sig))
         previous = signal.signal(usr_sig, preemption.handle)
         try:  # every task: rank 0 alone takes the run's lock and mirrors to MLflow
-            ending = train_entry(run_dir / SPEC, run_dir, self.tracking, device=self.device,
-                                 threads=self.threads)  # fmt: skip
+            ending = train_entry(
+                run_dir / SPEC, run_dir, self.tracking, device=self.device, threads=self.threads
+            )
             if ending.code is ExitCode.PREEMPTED:
                 print(ending.message, flush=True)
                 # Requeue first (Slurm's signal lead time is for that), then a time-boxed

@@ -27,10 +27,24 @@ RECORD = "slurm.json"  # per run: the Slurm job ids that trained it, newest last
 RECORD_LOCK = ".slurm.lock"
 LOG_TAIL_LINES = 5
 RECENT_S = 300  # a job sacct does not know yet, queued this recently, counts as pending
-ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                    "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"})  # fmt: skip
-FAILED_FOR_GOOD = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                             "DEADLINE", "PREEMPTED"})  # fmt: skip
+ACTIVE = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "STAGE_OUT",
+        "SIGNALING",
+    }
+)
+FAILED_FOR_GOOD = frozenset(
+    {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+)
 
 
 def scheduler_failure(state: str, job_id: str, exit_code: str) -> dict[str, Any] | None:
@@ -63,10 +77,11 @@ def check_tracking(uri: str, partition: str | None) -> None:
     if elsewhere:
         raise SubmissionError(
             f"tracking.uri is SQLite ({db}), which only one machine can write, and the Slurm "
-            f"partition runs on other nodes ({', '.join(elsewhere[:3])}{' ...' if len(elsewhere) > 3 else ''}): "
+            f"partition runs on other nodes ({', '.join(elsewhere[:3])}"
+            f"{' ...' if len(elsewhere) > 3 else ''}): "
             f"start an MLflow server (mlflow server --backend-store-uri {uri} --host 0.0.0.0) "
             "and set tracking.uri: http://<this host>:5000 in the cluster profile"
-        )  # fmt: skip
+        )
 
 
 def _partition_nodes(partition: str | None) -> list[str]:
@@ -135,8 +150,16 @@ def record_job(run_dir: Path, job_id: str, folder: Path) -> None:
     with file_lock(run_dir / RECORD_LOCK, 60.0):
         old = record_of(run_dir)
         previous = job_ids(run_dir)
-        write_json(run_dir / RECORD, {**old, "job_id": job_id, "folder": str(folder),
-                                      "submitted": time.time(), "previous": previous})  # fmt: skip
+        write_json(
+            run_dir / RECORD,
+            {
+                **old,
+                "job_id": job_id,
+                "folder": str(folder),
+                "submitted": time.time(),
+                "previous": previous,
+            },
+        )
 
 
 def just_submitted(run_dir: Path) -> bool:
