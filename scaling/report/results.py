@@ -60,21 +60,46 @@ from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 
+INT, FLOAT, STR = pa.int64(), pa.float64(), pa.string()
+#: The table's columns by concept, each with its Arrow type: the one definition every
+#: reader and writer of the table follows (columns not named here are typed by value).
+SPEC_TYPES = {
+    **dict.fromkeys(("run_id", "sweep", "method", "dataset", "stem"), STR),
+    **dict.fromkeys(("image_size", "depth", "seed"), INT),
+    **dict.fromkeys(("width", "depth_multiplier"), FLOAT),
+}
+CONFIG_TYPES = {
+    **dict.fromkeys(("lr_rule", "optimizer", "eval_protocol"), STR),
+    **dict.fromkeys(("batch_size", "epochs", "projection_dim", "eval_epochs"), INT),
+    **dict.fromkeys(("eval_batch_size", "eval_knn_k"), INT),
+    **dict.fromkeys(("base_lr", "weight_decay", "warmup_epochs", "momentum"), FLOAT),
+    **dict.fromkeys(("temperature", "color_strength", "eval_lr", "eval_weight_decay"), FLOAT),
+    "eval_knn_temperature": FLOAT,
+}
+LAYOUT_TYPES = {
+    **dict.fromkeys(("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"), INT),
+    "precision": STR,
+}
+PLAN_TYPES = {
+    **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
+    **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
+    **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
+}
+METRIC_TYPES = {
+    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_loss_trend"), FLOAT),
+    **dict.fromkeys(("train_flops", "wall_time_s", "train_time_s"), FLOAT),
+    **dict.fromkeys(("images_seen", "steps", "epochs_done"), INT),
+}
+OUTCOME_TYPES = {
+    "state": STR,
+    **METRIC_TYPES,
+    **dict.fromkeys(("error_kind", "error_message", "source", "mlflow_run_id"), STR),
+}
+TYPES = {**SPEC_TYPES, **CONFIG_TYPES, **LAYOUT_TYPES, **PLAN_TYPES, **OUTCOME_TYPES}
+
 ARCH_COLUMNS = ("dataset", "image_size", "stem", "depth", "width", "depth_multiplier")
-METRIC_COLUMNS = (
-    "top1",
-    "top5",
-    "knn_top1",
-    "val_top1",
-    "train_loss_trend",
-    "train_flops",
-    "wall_time_s",
-    "train_time_s",
-    "images_seen",
-    "steps",
-    "epochs_done",
-)
-LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
+METRIC_COLUMNS = tuple(METRIC_TYPES)
+LAYOUT_COLUMNS = tuple(LAYOUT_TYPES)
 #: Columns that are not part of a training recipe (identity, architecture, layout, cost,
 #: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
 NOT_RECIPE = {
@@ -82,91 +107,12 @@ NOT_RECIPE = {
     "sweep",
     "method",
     "seed",
-    "lr",
     *ARCH_COLUMNS,
-    *LAYOUT_COLUMNS,
-    *METRIC_COLUMNS,
-    "encoder_params",
-    "flops_per_image",
-    "peak_memory_gb",
-    "gpu_hours",
+    *LAYOUT_TYPES,
+    *PLAN_TYPES,
     "feasible",
-    "reason",
-    "predicted_train_s",
-    "cost_source",
-    "warnings",
-    "state",
-    "error_kind",
-    "error_message",
-    "source",
-    "mlflow_run_id",
+    *OUTCOME_TYPES,
 }
-_INT = {
-    "image_size",
-    "depth",
-    "seed",
-    "batch_size",
-    "epochs",
-    "projection_dim",
-    "eval_epochs",
-    "eval_batch_size",
-    "eval_knn_k",
-    "micro_batch",
-    "accum_steps",
-    "gpus",
-    "nodes",
-    "bn_batch",
-    "encoder_params",
-    "flops_per_image",
-    "images_seen",
-    "steps",
-    "epochs_done",
-}
-_FLOAT = {
-    "width",
-    "depth_multiplier",
-    "base_lr",
-    "weight_decay",
-    "warmup_epochs",
-    "momentum",
-    "temperature",
-    "color_strength",
-    "eval_lr",
-    "eval_weight_decay",
-    "eval_knn_temperature",
-    "lr",
-    "top1",
-    "top5",
-    "knn_top1",
-    "val_top1",
-    "train_loss_trend",
-    "train_flops",
-    "wall_time_s",
-    "peak_memory_gb",
-    "gpu_hours",
-    "train_time_s",
-    "predicted_train_s",
-}
-_STR = {
-    "run_id",
-    "sweep",
-    "method",
-    "dataset",
-    "stem",
-    "lr_rule",
-    "optimizer",
-    "eval_protocol",
-    "precision",
-    "warnings",
-    "cost_source",
-    "state",
-    "error_kind",
-    "error_message",
-    "source",
-    "mlflow_run_id",
-    "reason",
-}
-_OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
 _PENDING: dict[str, Any] = {"state": "pending"}
 
 
@@ -209,7 +155,7 @@ def _plan_rows(plan: Any) -> dict[str, dict[str, Any]]:
     if plan is None:
         return {}
     rows = plan.to_pylist() if isinstance(plan, pa.Table) else plan.rows()
-    return {r["run_id"]: {k: v for k, v in r.items() if k not in _OUTCOME} for r in rows}
+    return {r["run_id"]: {k: v for k, v in r.items() if k not in OUTCOME_TYPES} for r in rows}
 
 
 def _from_dir(run_dir: Path) -> dict[str, Any]:
@@ -357,7 +303,7 @@ def to_table(
     keys: dict[str, None] = {}
     for row in rows:
         keys.update(dict.fromkeys(row))
-    for col in ("state", *METRIC_COLUMNS, "error_kind", "error_message", "source", "mlflow_run_id"):
+    for col in OUTCOME_TYPES:
         keys.setdefault(col)
     columns = {k: _column(k, [r.get(k) for r in rows]) for k in keys}
     table = pa.table(columns)
@@ -366,17 +312,18 @@ def to_table(
 
 def _column(name: str, values: list[Any]) -> pa.Array:
     values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-    if name in _INT:
-        return pa.array([None if v is None else int(v) for v in values], pa.int64())
-    if name in _FLOAT:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if name in _STR:
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    kind = TYPES.get(name)
+    if kind == INT:
+        return pa.array([None if v is None else int(v) for v in values], INT)
+    if kind == FLOAT:
+        return pa.array([None if v is None else float(v) for v in values], FLOAT)
+    if kind == STR:
+        return pa.array([None if v is None else str(v) for v in values], STR)
     kinds = {type(v) for v in values if v is not None}
     if kinds and kinds <= {int, float} and float in kinds:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+        return pa.array([None if v is None else float(v) for v in values], FLOAT)
     if len(kinds) > 1:
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
+        return pa.array([None if v is None else str(v) for v in values], STR)
     return pa.array(values) if kinds else pa.array(values, pa.null())
 
 
