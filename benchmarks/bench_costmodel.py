@@ -70,8 +70,10 @@ def main() -> None:
         if args.verbose:
             for run_id, row in calibrated.items():
                 e = epochs[run_id]
-                print(f"{row['method']} {row['width']}: {took[run_id]:.1f} s, epochs "
-                      f"first {e[0]:.2f} s, median {statistics.median(e):.2f} s, max {max(e):.2f} s")  # fmt: skip
+                print(
+                    f"{row['method']} {row['width']}: {took[run_id]:.1f} s, epochs "
+                    f"first {e[0]:.2f} s, median {statistics.median(e):.2f} s, max {max(e):.2f} s"
+                )
     report(model, calibrated, took, set(args.calibrate), calibration_s, rest_s)
 
 
@@ -91,8 +93,10 @@ def report(
 ) -> None:
     from scaling.plan.throughput import cpu_model
 
-    print(f"{cpu_model()}, {os.cpu_count()} cores; calibration runs {calibration_s:.0f} s, "
-          f"the rest {rest_s:.0f} s")  # fmt: skip
+    print(
+        f"{cpu_model()}, {os.cpu_count()} cores; calibration runs {calibration_s:.0f} s, "
+        f"the rest {rest_s:.0f} s"
+    )
     print(
         "| run | method | width | cost from | predicted | FLOP model | took | error | model error |"
     )
@@ -106,11 +110,15 @@ def report(
         model_error = model[run_id]["predicted_train_s"] / seconds - 1
         errors.append(abs(error))
         model_errors.append(abs(model_error))
-        print(f"| {run_id} | {row['method']} | {row['width']} | {row['cost_source']} "
-              f"| {row['predicted_train_s']:.1f} s | {model[run_id]['predicted_train_s']:.1f} s "
-              f"| {seconds:.1f} s | {error:+.0%} | {model_error:+.0%} |")  # fmt: skip
-    print(f"median absolute error over {len(errors)} runs: calibrated {statistics.median(errors):.0%}, "
-          f"FLOP model {statistics.median(model_errors):.0%}")  # fmt: skip
+        print(
+            f"| {run_id} | {row['method']} | {row['width']} | {row['cost_source']} "
+            f"| {row['predicted_train_s']:.1f} s | {model[run_id]['predicted_train_s']:.1f} s "
+            f"| {seconds:.1f} s | {error:+.0%} | {model_error:+.0%} |"
+        )
+    print(
+        f"median absolute error over {len(errors)} runs: calibrated {statistics.median(errors):.0%}, "
+        f"FLOP model {statistics.median(model_errors):.0%}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,10 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_augment, besid
 
 #: Dense tensor-core peaks in TFLOP/s: (bf16, tf32), by words of the device name.
 PEAKS = {
-    ("h200",): (989.0, 494.7), ("h100", "sxm"): (989.0, 494.7), ("h100", "hbm3"): (989.0, 494.7),
-    ("h100", "pcie"): (756.0, 378.0), ("h100",): (989.0, 494.7), ("a100",): (312.0, 156.0),
-    ("l40s",): (362.0, 183.0), ("a10",): (125.0, 62.5),
-}  # fmt: skip
+    ("h200",): (989.0, 494.7),
+    ("h100", "sxm"): (989.0, 494.7),
+    ("h100", "hbm3"): (989.0, 494.7),
+    ("h100", "pcie"): (756.0, 378.0),
+    ("h100",): (989.0, 494.7),
+    ("a100",): (312.0, 156.0),
+    ("l40s",): (362.0, 183.0),
+    ("a10",): (125.0, 62.5),
+}
 ANCHORS = (
     "anchors: ResNet-18 SimCLR on CIFAR-10, 11.9 s/epoch on one A100 with 16 CPU workers = "
     "about 4.2k pairs/s, ~9% of the A100's bf16 peak at 6.7 GFLOP per trained pair; goal on "
@@ -62,11 +67,18 @@ def configs(smoke: bool) -> list[Config]:
     """The measured configurations in priority order (smoke: the same, tiny, no compile)."""
     r18, r50 = Config(18, 32, 512), Config(50, 224, 256, stem="imagenet")
     full = [
-        r18, replace(r18, batch=1024), replace(r18, precision="fp32"),
-        replace(r18, batch=1024, precision="fp32"), replace(r18, channels_last=False),
-        replace(r18, batch=1024, accum=4), r50, replace(r50, precision="fp32"),
-        replace(r50, accum=4), replace(r18, compile=True), replace(r18, batch=1024, compile=True),
-    ]  # fmt: skip
+        r18,
+        replace(r18, batch=1024),
+        replace(r18, precision="fp32"),
+        replace(r18, batch=1024, precision="fp32"),
+        replace(r18, channels_last=False),
+        replace(r18, batch=1024, accum=4),
+        r50,
+        replace(r50, precision="fp32"),
+        replace(r50, accum=4),
+        replace(r18, compile=True),
+        replace(r18, batch=1024, compile=True),
+    ]
     if not smoke:
         return full
     small = {18: (0.125, 16), 50: (0.125, 32)}
@@ -95,6 +107,7 @@ def measure(c: Config, dev: torch.device, warmup: int, steps: int) -> dict[str, 
     from scaling.train.augment import SimCLRAugment
     from scaling.train.optim import build_optimizer
     from scaling.train.steps import simclr_step
+    from scaling.train.views import local_views
 
     torch.manual_seed(0)
     net = build_network("simclr", depth=c.depth, width=c.width, stem=c.stem, projection_dim=128)
@@ -115,7 +128,8 @@ def measure(c: Config, dev: torch.device, warmup: int, steps: int) -> dict[str, 
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        simclr_step(step_net, images, aug, gen, layout, slice(0, c.batch), 0.5, autocast)
+        v1, v2 = local_views(aug, images, gen, slice(0, c.batch), 2)  # as the trainer's stream
+        simclr_step(step_net, v1, v2, layout, 0.5, autocast)
         opt.step()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -134,8 +148,9 @@ def measure(c: Config, dev: torch.device, warmup: int, steps: int) -> dict[str, 
     measured = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
     cost = costs.arch_cost("simclr", c.depth, c.width, c.stem, 1.0, c.size, 128, 10)
     views = 1 if c.accum > 1 else 2  # graphs alive at once (caching: one chunk of one view)
-    raw = costs.peak_memory_bytes(cost, layout.micro_batch, views, margin_bytes=0,
-                                  margin_fraction=0.0, precision=c.precision)  # fmt: skip
+    raw = costs.peak_memory_bytes(
+        cost, layout.micro_batch, views, margin_bytes=0, margin_fraction=0.0, precision=c.precision
+    )
     planned = costs.peak_memory_bytes(cost, layout.micro_batch, views, precision=c.precision)
     return {
         "step_s": step_s,
@@ -173,8 +188,9 @@ def run_all(args: argparse.Namespace, dev: torch.device, name: str) -> list[dict
     return rows
 
 
-def write_summary(args: argparse.Namespace, name: str, rows: list[dict[str, Any]],
-                  extra: list[str]) -> str:  # fmt: skip
+def write_summary(
+    args: argparse.Namespace, name: str, rows: list[dict[str, Any]], extra: list[str]
+) -> str:
     lines = [f"# GPU benchmark on {name} (torch {torch.__version__})", "", ANCHORS, ""]
     lines += table(rows) + [""] + extra + [tests_line(args.tests_log)]
     text = "\n".join(lines) + "\n"
@@ -216,8 +232,10 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     for i, r in enumerate(rows):
         c = r["config"]
         layout = "plain" if c["accum"] == 1 else f"cached x{c['accum']}"
-        head = (f"| ResNet-{c['depth']} x{c['width']:g} {c['stem']} stem {c['size']} px | {c['batch']} | {c['precision']} | {layout} "
-                f"| {'on' if c['channels_last'] else 'off'} | {'on' if c['compile'] else 'off'} ")  # fmt: skip
+        head = (
+            f"| ResNet-{c['depth']} x{c['width']:g} {c['stem']} stem {c['size']} px | {c['batch']} | {c['precision']} | {layout} "
+            f"| {'on' if c['channels_last'] else 'off'} | {'on' if c['compile'] else 'off'} "
+        )
         if "error" in r:
             lines.append(head + f"| {r['error']} | | | | | |")
             continue
@@ -227,16 +245,20 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         model = f"{r['model_bytes'] / gib:.2f} / {r['planned_bytes'] / gib:.2f} GiB"
         if r["measured_bytes"]:
             model += f" ({r['model_bytes'] / r['measured_bytes']:.2f}x / {r['planned_bytes'] / r['measured_bytes']:.2f}x)"
-        lines.append(head + f"| {r['step_s'] * 1000:.1f} ms | {r['pairs_per_s']:,.0f} | {mfu} "
-                     f"| {over} | {mem} | {model} |")  # fmt: skip
+        lines.append(
+            head + f"| {r['step_s'] * 1000:.1f} ms | {r['pairs_per_s']:,.0f} | {mfu} "
+            f"| {over} | {mem} | {model} |"
+        )
     return lines
 
 
 def augmentation(dev: torch.device, smoke: bool) -> list[str]:
     from bench_augment import bench
 
-    lines = ["| augmentation px | batch | on the device (img/s) | torchvision v2 per image, best (img/s) | speed-up |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        "| augmentation px | batch | on the device (img/s) | torchvision v2 per image, best (img/s) | speed-up |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for size, batch in ((16, 32),) if smoke else ((32, 1024), (96, 256), (224, 256)):
         r = bench(size, batch, dev.type, 0.2 if smoke else 1.0)
         best = max(r["tensor"], r["pil"])
@@ -272,8 +294,10 @@ def main() -> None:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.cpu_smoke else 10)
     args.steps = args.steps if args.steps is not None else (2 if args.cpu_smoke else 20)
     if not args.cpu_smoke and not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device (torch.cuda.is_available() is False); --cpu-smoke "
-                 "runs the same code on tiny shapes on the CPU")  # fmt: skip
+        sys.exit(
+            "bench_gpu: no CUDA device (torch.cuda.is_available() is False); --cpu-smoke "
+            "runs the same code on tiny shapes on the CPU"
+        )
     dev = torch.device("cpu" if args.cpu_smoke else "cuda")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True

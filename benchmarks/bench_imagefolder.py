@@ -57,23 +57,32 @@ class TwoViews:
         return self.transform(image), self.transform(image)  # type: ignore[operator]
 
 
-def peer_views_per_second(root: Path, size: int, batch: int, workers: int, epochs: int,
-                          colour: bool = True) -> float:  # fmt: skip
+def peer_views_per_second(
+    root: Path, size: int, batch: int, workers: int, epochs: int, colour: bool = True
+) -> float:
     from torchvision import datasets, transforms
 
     s = 1.0
     jitter = transforms.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
     colour_ops = [transforms.RandomApply([jitter], p=0.8), transforms.RandomGrayscale(p=0.2)]
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(size),
-        transforms.RandomHorizontalFlip(),
-        *(colour_ops if colour else []),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5] * 3, [0.5] * 3),
-    ])  # fmt: skip
+    transform = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            *(colour_ops if colour else []),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )
     ds = datasets.ImageFolder(str(root / "train"), transform=TwoViews(transform))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=workers, persistent_workers=True)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=True,
+    )
     for _ in loader:  # warm-up epoch: worker start, page cache
         pass
     views, start = 0, time.perf_counter()
@@ -83,21 +92,43 @@ def peer_views_per_second(root: Path, size: int, batch: int, workers: int, epoch
     return views / (time.perf_counter() - start)
 
 
-def our_views_per_second(root: Path, size: int, batch: int, workers: int, epochs: int,
-                         device: str, cache: bool, colour: bool = True) -> float:  # fmt: skip
+def our_views_per_second(
+    root: Path,
+    size: int,
+    batch: int,
+    workers: int,
+    epochs: int,
+    device: str,
+    cache: bool,
+    colour: bool = True,
+) -> float:
     from scaling.train.augment import CropFlipAugment, SimCLRAugment
     from scaling.train.readers import load_dataset
     from scaling.train.views import train_views
 
-    data = load_dataset("imagefolder", root=root, image_size=size, workers=workers,
-                        max_cache_bytes=1 << 40 if cache else 0)  # fmt: skip
+    data = load_dataset(
+        "imagefolder",
+        root=root,
+        image_size=size,
+        workers=workers,
+        max_cache_bytes=1 << 40 if cache else 0,
+    )
     aug = SimCLRAugment(size, color_strength=1.0, blur=False) if colour else CropFlipAugment(size)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def epoch(e: int) -> int:
         n = 0
-        for step in train_views(data, aug, gen, batch_size=batch, seed=0, epoch=e,
-                                rows=slice(0, batch), views=2, device=device):  # fmt: skip
+        for step in train_views(
+            data,
+            aug,
+            gen,
+            batch_size=batch,
+            seed=0,
+            epoch=e,
+            rows=slice(0, batch),
+            views=2,
+            device=device,
+        ):
             n += sum(v.shape[0] for v in step.views)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -133,9 +164,10 @@ def main() -> None:
             "ours": lambda: our_views_per_second(root, **kw, device=dev, cache=False),
             "cached": lambda: our_views_per_second(root, **kw, device=dev, cache=True),
             "peer_crop": lambda: peer_views_per_second(root, **kw, colour=False),
-            "ours_crop": lambda: our_views_per_second(root, **kw, device=dev, cache=False,
-                                                      colour=False),
-        }  # fmt: skip
+            "ours_crop": lambda: our_views_per_second(
+                root, **kw, device=dev, cache=False, colour=False
+            ),
+        }
         best = dict.fromkeys(paths, 0.0)
         for _ in range(args.repeats):  # interleaved, best of each: a shared machine is noisy
             for name, fn in paths.items():
@@ -143,17 +175,25 @@ def main() -> None:
         peer, ours, cached = best["peer"], best["ours"], best["cached"]
         peer_crop, ours_crop = best["peer_crop"], best["ours_crop"]
     machine = f"{platform.machine()}, {args.cores} cores, torch {torch.__version__}, {args.device}"
-    print(f"machine: {machine}; {args.images} JPEGs 300-500 px, {args.size} px, "
-          f"batch {args.batch} images x 2 views")  # fmt: skip
+    print(
+        f"machine: {machine}; {args.images} JPEGs 300-500 px, {args.size} px, "
+        f"batch {args.batch} images x 2 views"
+    )
     print("| path | views/s | vs peer |\n| --- | --- | --- |")
-    print(f"| torchvision ImageFolder + DataLoader ({args.cores} workers), per view | "
-          f"{peer:,.0f} | 1.00x |")  # fmt: skip
+    print(
+        f"| torchvision ImageFolder + DataLoader ({args.cores} workers), per view | "
+        f"{peer:,.0f} | 1.00x |"
+    )
     print(f"| ours, decoded from the files each epoch | {ours:,.0f} | {ours / peer:.2f}x |")
-    print(f"| ours, from the in-memory copy (shorter side 256) | {cached:,.0f} | "
-          f"{cached / peer:.2f}x |")  # fmt: skip
+    print(
+        f"| ours, from the in-memory copy (shorter side 256) | {cached:,.0f} | "
+        f"{cached / peer:.2f}x |"
+    )
     print(f"| crop + flip only (no colour): peer | {peer_crop:,.0f} | 1.00x |")
-    print(f"| crop + flip only (no colour): ours, from the files | {ours_crop:,.0f} | "
-          f"{ours_crop / peer_crop:.2f}x |")  # fmt: skip
+    print(
+        f"| crop + flip only (no colour): ours, from the files | {ours_crop:,.0f} | "
+        f"{ours_crop / peer_crop:.2f}x |"
+    )
 
 
 if __name__ == "__main__":

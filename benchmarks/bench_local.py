@@ -56,9 +56,11 @@ def measure(n: int, workers: bool) -> tuple[float, float, float, float]:
         resubmit = time.perf_counter() - t1
         assert "nothing to run" in out.stderr, out.stderr
     between = (last - first - inside) / max(1, n - 1)
-    print(f"  {'workers' if workers else 'process per run'}: {n} runs, submit {total:.1f} s, "
-          f"inside training {inside:.1f} s, the first run started after {first - w0:.1f} s",
-          flush=True)  # fmt: skip
+    print(
+        f"  {'workers' if workers else 'process per run'}: {n} runs, submit {total:.1f} s, "
+        f"inside training {inside:.1f} s, the first run started after {first - w0:.1f} s",
+        flush=True,
+    )
     return (total - inside) / n, between, total - inside - between * (n - 1), resubmit
 
 
@@ -78,8 +80,10 @@ def main() -> None:
     for workers, label in ((False, "a process per run"), (True, "persistent workers")):
         cols = [statistics.median(r[i] for r in results[workers]) for i in range(4)]
         runs = ", ".join(f"{r[0]:.2f}" for r in results[workers])
-        print(f"| {label} | {cols[0]:.2f} s ({runs}) | {cols[1]:.2f} s | {cols[2]:.1f} s | "
-              f"{cols[3]:.1f} s |")  # fmt: skip
+        print(
+            f"| {label} | {cols[0]:.2f} s ({runs}) | {cols[1]:.2f} s | {cols[2]:.1f} s | "
+            f"{cols[3]:.1f} s |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    from scaling.plan.expand import Accelerator, make_plan
+    from scaling.plan.accelerator import Accelerator
+    from scaling.plan.planner import make_plan
     from scaling.sweep.cluster import load_profile
     from scaling.sweep.spec import load_sweep
 

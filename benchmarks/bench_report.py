@@ -52,13 +52,21 @@ def fake_metrics(spec, rng: np.random.Generator) -> dict:
     flops = params * 60
     views = 2 if spec.method == "simclr" else 1
     return {
-        "run_id": spec.run_id, "method": spec.method, "top1": 1 - err, "top5": 1 - err / 3,
-        "knn_top1": 1 - err * 1.1 if spec.method == "simclr" else None, "epochs": c["epochs"],
-        "steps": 100, "images_seen": 50000 * c["epochs"], "train_flops": 3.0 * flops * 50000 * c["epochs"] * views,
-        "wall_time_s": 1.0, "encoder_params": params, "flops_per_image": flops,
+        "run_id": spec.run_id,
+        "method": spec.method,
+        "top1": 1 - err,
+        "top5": 1 - err / 3,
+        "knn_top1": 1 - err * 1.1 if spec.method == "simclr" else None,
+        "epochs": c["epochs"],
+        "steps": 100,
+        "images_seen": 50000 * c["epochs"],
+        "train_flops": 3.0 * flops * 50000 * c["epochs"] * views,
+        "wall_time_s": 1.0,
+        "encoder_params": params,
+        "flops_per_image": flops,
         "derived": {"lr": 0.3 * c["batch_size"] / 256},
         "layout": {"micro_batch": c["batch_size"], "accum_steps": 1, "gpus": 1, "nodes": 1},
-    }  # fmt: skip
+    }
 
 
 def write_runs(sweep, workdir: Path) -> None:
@@ -69,8 +77,14 @@ def write_runs(sweep, workdir: Path) -> None:
         if kind == 99:  # pending: no directory
             continue
         run_dir.mkdir(parents=True)
-        (run_dir / "spec.json").write_text(json.dumps({**spec.to_dict(), "layout": {
-            "micro_batch": 64, "accum_steps": 1, "gpus": 1, "nodes": 1}}))  # fmt: skip
+        (run_dir / "spec.json").write_text(
+            json.dumps(
+                {
+                    **spec.to_dict(),
+                    "layout": {"micro_batch": 64, "accum_steps": 1, "gpus": 1, "nodes": 1},
+                }
+            )
+        )
         if kind == 98:  # running
             (run_dir / "metrics.jsonl").write_text('{"epoch": 1}\n')
         elif kind == 97:  # failed

@@ -28,10 +28,12 @@ def main() -> None:
 
     from scaling.models.resnet import build_network
     from scaling.plan.layout import Layout
-    from scaling.train.augment import CropFlipAugment, SimCLRAugment
+    from scaling.sweep.methods import METHODS
+    from scaling.train.augment import AUGMENTATIONS
     from scaling.train.optim import build_optimizer
     from scaling.train.readers import load_dataset
-    from scaling.train.steps import simclr_step, supervised_step
+    from scaling.train.steps import STEPS
+    from scaling.train.views import StepViews, local_views
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -40,36 +42,31 @@ def main() -> None:
     images, labels = data.images[:batch], data.labels[:batch]
     rows = slice(0, batch)
     layout = Layout.single(batch)
-    print(f"digits 16 px, depth 10 (CIFAR stem), batch {batch}; {platform.machine()}, "
-          f"{os.cpu_count()} cores, {args.device}, {args.threads} threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"digits 16 px, depth 10 (CIFAR stem), batch {batch}; {platform.machine()}, "
+        f"{os.cpu_count()} cores, {args.device}, {args.threads} threads, torch {torch.__version__}"
+    )
     print("| method | width | step | images/s |")
     print("| --- | --- | --- | --- |")
-    for method in ("simclr", "supervised"):
+    for method, info in METHODS.items():  # each step as the trainer runs it: views, then STEPS
+        config = info.config(batch_size=batch).model_dump()
+        if "color_strength" in config:
+            config["color_strength"] = 0.5
+        aug = AUGMENTATIONS[info.augmentation](16, config, False)
+        step_fn = STEPS[info.objective]
         for width in (0.125, 0.25, 0.5, 1.0):
             torch.manual_seed(0)
-            net = build_network(method, depth=10, width=width, stem="cifar", projection_dim=64).to(
-                dev
-            )
-            opt = build_optimizer("lars" if method == "simclr" else "sgd", net, 0.1, 1e-6)
+            net = build_network(method, depth=10, width=width, stem="cifar", projection_dim=64)
+            net = net.to(dev)
+            opt = build_optimizer(config["optimizer"], net, 0.1, 1e-6)
             gen = torch.Generator(device=dev).manual_seed(0)
-            if method == "simclr":
-                aug = SimCLRAugment(16, 0.5)
-
-                def step(net=net, aug=aug, gen=gen) -> None:  # type: ignore[no-untyped-def]
-                    simclr_step(net, images, aug, gen, layout, rows, 0.5, contextlib.nullcontext())
-            else:
-                aug = CropFlipAugment(16)
-
-                def step(net=net, aug=aug, gen=gen) -> None:  # type: ignore[no-untyped-def]
-                    supervised_step(
-                        net, images, labels, aug, gen, layout, rows, contextlib.nullcontext()
-                    )
-
             times = []
             for i in range(args.steps + 2):
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                step()
+                views = local_views(aug, images, gen, rows, info.views)
+                batch_views = StepViews(views, labels, gen.get_state())
+                step_fn(net, batch_views, layout, config, contextlib.nullcontext())
                 opt.step()
                 if i >= 2:
                     times.append(time.perf_counter() - t0)

@@ -2,13 +2,15 @@
 
 The package is grouped by pipeline stage, and imports point one way along it:
 
-    errors, rundir   shared by every stage (the exception hierarchy; the run directory,
-                     the files through which the stages hand a run to each other)
+    errors, enums,   shared by every stage (the exception hierarchy and exit codes; the
+    rundir           enum base; the run directory, the files through which the stages
+                     hand a run to each other)
     sweep/           YAML specs and cluster profiles, the method registry, strict loading
     models/          the networks a run spec names (encoders, heads)
     plan/            grid expansion, the cost model and its cache, layouts, LR schedules
     train/           data, augmentation, losses, optimizer, gradient caching, the trainer
-    run/             what to run, run states and locks, tracking mirrors, backends/
+    run/             what to run, run states and locks, the training entry, tracking
+                     mirrors, status, backends/
     report/          results, gaps, fits, figures, the HTML report
     cli/             thin commands; nothing imports it
 
@@ -35,7 +37,7 @@ _EXPORTS = {
     "load_profile": "scaling.sweep.cluster",
     "Layout": "scaling.plan.layout",
     "derive": "scaling.plan.layout",
-    "make_plan": "scaling.plan.expand",
+    "make_plan": "scaling.plan.planner",
     "METHODS": "scaling.sweep.methods",
     "nt_xent": "scaling.train.losses",
     "LARS": "scaling.train.optim",

@@ -6,6 +6,8 @@ them as one line and exits with code 2 (set SCALING_DEBUG=1 for the traceback).
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class ScalingError(Exception):
     """Base of every error the user can act on."""
@@ -39,3 +41,15 @@ class RunFailed(ScalingError):
         self.kind = kind
         self.step = step
         super().__init__(message)
+
+
+class ExitCode(IntEnum):
+    """How a `scaling` process ends: every training entry (`scaling train`, the local
+    backend's worker, the Slurm task, the Ray trial) and every command uses these."""
+
+    OK = 0
+    FAILED = 1  # an unexpected error; its traceback is in the log
+    BAD_INPUT = 2  # a ScalingError: one line saying what to change
+    ALREADY_RUNNING = 75  # EX_TEMPFAIL: another process holds the run's lock
+    INTERRUPTED = 130  # Ctrl-C: every run checkpointed and stays resumable
+    PREEMPTED = 143  # 128 + SIGTERM: stopped by a signal after a checkpoint; resumable

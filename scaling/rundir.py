@@ -17,8 +17,24 @@ from pathlib import Path
 from typing import Any
 
 SPEC, METRICS, RESULT, FAILURE, LOG, CHECKPOINTS = (
-    "spec.json", "metrics.jsonl", "result.json", "failure.json", "train.log", "checkpoints",
-)  # fmt: skip
+    "spec.json",
+    "metrics.jsonl",
+    "result.json",
+    "failure.json",
+    "train.log",
+    "checkpoints",
+)
+
+#: result.json's final numbers, which every tracking mirror logs
+FINAL_METRICS = (
+    "top1",
+    "top5",
+    "knn_top1",
+    "val_top1",
+    "wall_time_s",
+    "images_seen",
+    "train_flops",
+)
 
 
 def run_dir_of(workdir: str | Path, sweep: str, run_id: str) -> Path:
@@ -84,6 +100,15 @@ def read_metrics(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def log_tail(path: Path, lines: int = 5) -> list[str]:
+    """The last `lines` non-empty lines of a log ([] when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [ln for ln in text.splitlines() if ln.strip()][-lines:]
+
+
 def read_result(run_dir: Path) -> dict[str, Any] | None:
     """result.json when it is a finished run's (a numeric top-1), else None: any other
     dict there (hand-written, from a broken tool) does not make the run finished."""
@@ -113,8 +138,11 @@ def git_version(start: Path | None = None) -> dict[str, Any]:
             return {"commit": None, "dirty": None}
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=5,
-        )  # fmt: skip
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}

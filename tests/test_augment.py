@@ -228,8 +228,9 @@ def test_stl10_evaluation_input_is_resize_110_and_centre_crop_96() -> None:
     ours = SimCLRAugment(96, test_crop=True).eval_transform(images)
     ref = v2.Compose([v2.Resize(110, antialias=True), v2.CenterCrop(96)])(images.float() / 255)
     assert ours.shape == (4, 3, 96, 96)
-    torch.testing.assert_close(ours, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.5] * 3),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        ours, TF.normalize(ref.clamp(0, 1), [0.5] * 3, [0.5] * 3), atol=1e-5, rtol=0
+    )
     assert not torch.allclose(ours, SimCLRAugment(96).eval_transform(images))
 
 

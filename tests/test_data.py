@@ -329,8 +329,9 @@ def test_training_views_reach_the_borders_of_the_original(tmp_path: Path) -> Non
     assert red.sum() > 10 and blue.sum() > 10 and ds.decoded == 1 + 200  # 1 in 8 each
     # Through the training stream (flip and normalise on the device) too.
     data = _repeat(ds, 64)
-    (step,) = train_views(data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64),
-                          views=2)  # fmt: skip
+    (step,) = train_views(
+        data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64), views=2
+    )
     v = torch.cat(step.views)
     assert v.shape == (128, 3, 32, 32)
     assert ((v[:, 0] > 0.6) & (v[:, 2] < -0.6)).flatten(1).any(1).sum() > 5  # red, in [-1, 1]
@@ -364,8 +365,9 @@ def test_crop_boxes_on_a_wide_image_follow_torchvision_get_params() -> None:
     ref_fallback = (ref[:, 2] == height) & (ref[:, 3] == round(height * 4 / 3))
     assert abs(fallback.float().mean() - ref_fallback.float().mean()) < 0.01
     # The same draws on per-image sizes give each image's own box.
-    per_image = crop_boxes(draws[:3], torch.tensor([240, 300, 500]), torch.tensor([480, 400, 375]),
-                           aug.crop_ratio)  # fmt: skip
+    per_image = crop_boxes(
+        draws[:3], torch.tensor([240, 300, 500]), torch.tensor([480, 400, 375]), aug.crop_ratio
+    )
     for i, (hh, ww) in enumerate([(240, 480), (300, 400), (500, 375)]):
         assert torch.equal(per_image[i], crop_boxes(draws[i : i + 1], hh, ww, aug.crop_ratio)[0])
 

@@ -41,10 +41,18 @@ N_PER_RANK = 4
 TAU = 0.5
 loss_fn = partial(nt_xent, temperature=TAU)
 LAUNCH_KEYS = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-    "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_NODELIST",
-    "SLURM_NODELIST", "SLURM_JOB_ID",
-)  # fmt: skip
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NODELIST",
+    "SLURM_JOB_ID",
+)
 
 
 # ---------------------------------------------------------------- shared set-up
@@ -108,9 +116,12 @@ def _syncbn_check(sl: slice) -> dict:
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     env = init_distributed("cpu")
     res: dict = {"env": env, "rank": distributed.rank(), "world": distributed.world_size()}
     res["is_main"], res["local_rank"] = distributed.is_main(), distributed.local_rank()
@@ -293,9 +304,16 @@ def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_detect_torchrun() -> None:
     env = detect_env(
-        {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
-         "MASTER_PORT": "29511", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
-    )  # fmt: skip
+        {
+            "RANK": "5",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "29511",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "1",
+        }
+    )
     assert env == DistEnv(5, 8, 1, "node7", 29511, "torchrun")
 
 
@@ -318,9 +336,12 @@ def test_first_slurm_host(nodelist: str, first: str) -> None:
 
 def _slurm(**extra: str) -> dict[str, str]:
     base = {
-        "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
-        "SLURM_JOB_NODELIST": "gpu[012-013]", "SLURM_JOB_ID": "4242",
-    }  # fmt: skip
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[012-013]",
+        "SLURM_JOB_ID": "4242",
+    }
     return {**base, **extra}
 
 

@@ -48,12 +48,19 @@ SIZE = 32
 
 
 def _spec(root: Path) -> RunSpec:
-    return RunSpec.from_dict({
-        "method": "simclr", "dataset": {"name": "imagefolder", "image_size": SIZE, "root": str(root)},
-        "model": {"depth": 10, "width": 0.25, "stem": "cifar"}, "seed": 0,
-        "config": {"batch_size": 8, "projection_dim": 16,
-                   "eval": {"epochs": 2, "protocol": "augmented", "batch_size": 8}},
-    })  # fmt: skip
+    return RunSpec.from_dict(
+        {
+            "method": "simclr",
+            "dataset": {"name": "imagefolder", "image_size": SIZE, "root": str(root)},
+            "model": {"depth": 10, "width": 0.25, "stem": "cifar"},
+            "seed": 0,
+            "config": {
+                "batch_size": 8,
+                "projection_dim": 16,
+                "eval": {"epochs": 2, "protocol": "augmented", "batch_size": 8},
+            },
+        }
+    )
 
 
 def _evaluate(root: Path) -> dict:
@@ -62,8 +69,9 @@ def _evaluate(root: Path) -> dict:
     net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
     aug = SimCLRAugment(SIZE)
     synthetic = load_dataset("synthetic", image_size=SIZE, num_images=37)
-    feats, labels = data_features(net.encoder, synthetic, aug.eval_transform, torch.device("cpu"),
-                                  batch_size=8)  # fmt: skip
+    feats, labels = data_features(
+        net.encoder, synthetic, aug.eval_transform, torch.device("cpu"), batch_size=8
+    )
     train = load_dataset("imagefolder", root=root, image_size=SIZE, max_cache_bytes=0)
     test = load_dataset("imagefolder", root=root, image_size=SIZE, split="test")
     result = evaluate_run(_spec(root), net, train, test, aug)
@@ -72,8 +80,13 @@ def _evaluate(root: Path) -> dict:
 
 def _worker(rank: int, port: int, root: str, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     distributed.init_distributed("cpu")
     torch.save(_evaluate(Path(root)), Path(out) / f"rank{rank}.pt")
     distributed.cleanup()

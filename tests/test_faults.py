@@ -207,7 +207,7 @@ def test_cancel_signals_only_a_matching_scaling_train_on_this_host(tmp_path: Pat
     import subprocess
     import sys
 
-    from scaling.run.state import LOCK, lock_holder, process_start, run_lock
+    from scaling.run.locks import LOCK, lock_holder, process_start, run_lock
 
     with run_lock(tmp_path):  # held by this pytest process: not a `scaling train`
         assert lock_holder(tmp_path) is None
@@ -221,8 +221,17 @@ def test_cancel_signals_only_a_matching_scaling_train_on_this_host(tmp_path: Pat
     spec = tiny_spec("supervised", epochs=30)
     (tmp_path / "spec.json").write_text(__import__("json").dumps(spec.to_dict()))
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "scaling", "train", str(tmp_path / "spec.json"),
-           "--run-dir", str(run_dir), "--threads", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaling",
+        "train",
+        str(tmp_path / "spec.json"),
+        "--run-dir",
+        str(run_dir),
+        "--threads",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -247,7 +256,7 @@ def test_a_filesystem_without_flock_is_one_line_that_names_the_mount_option(
     import fcntl
 
     from scaling.errors import ScalingError
-    from scaling.run.state import run_lock
+    from scaling.run.locks import run_lock
 
     def no_locks(fd: int, op: int) -> None:  # what Lustre mounted `noflock` answers
         raise OSError(errno.ENOSYS, "Function not implemented")

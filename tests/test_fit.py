@@ -61,11 +61,22 @@ def test_optimum_matches_scipy_least_squares_huber(delta: float) -> None:
         return float(F.huber(res(t), delta).sum())
 
     best = min(
-        (optimize.least_squares(res, t0, loss="huber", f_scale=delta, method="trf",
-                                bounds=(F._LOWER, F._UPPER), xtol=1e-14, ftol=1e-14, gtol=1e-14).x
-         for t0 in [(-4.0, -1.0, 0.2), (-3.0, -0.5, 0.5), (-10.0, -1.5, 0.1), (-2.5, -2.0, 1.0)]),
+        (
+            optimize.least_squares(
+                res,
+                t0,
+                loss="huber",
+                f_scale=delta,
+                method="trf",
+                bounds=(F._LOWER, F._UPPER),
+                xtol=1e-14,
+                ftol=1e-14,
+                gtol=1e-14,
+            ).x
+            for t0 in [(-4.0, -1.0, 0.2), (-3.0, -0.5, 0.5), (-10.0, -1.5, 0.1), (-2.5, -2.0, 1.0)]
+        ),
         key=objective,
-    )  # fmt: skip
+    )
     assert objective(fit.theta) <= objective(best) * (1 + 1e-6) + 1e-12
     np.testing.assert_allclose(fit.theta, best, atol=2e-3)
 
@@ -137,9 +148,17 @@ def known(
     e: float, a: float, alpha: float, x_min: float, x_max: float, label: str
 ) -> F.PowerLawFit:
     """A fit with given parameters and no bootstrap (x_ref 1: A' == A)."""
-    return F.PowerLawFit(label=label, x_name="encoder parameters", status="ok", message="",
-                         n_runs=8, n_x=8, x_min=x_min, x_max=x_max,
-                         theta=np.array([math.log(e), math.log(a), alpha]))  # fmt: skip
+    return F.PowerLawFit(
+        label=label,
+        x_name="encoder parameters",
+        status="ok",
+        message="",
+        n_runs=8,
+        n_x=8,
+        x_min=x_min,
+        x_max=x_max,
+        theta=np.array([math.log(e), math.log(a), alpha]),
+    )
 
 
 def test_gap_closing_point_matches_the_analytic_solution() -> None:
@@ -175,11 +194,13 @@ def test_gap_curve_needs_two_curves() -> None:
 
 def test_closing_point_is_where_the_gap_stays_under_the_threshold() -> None:
     x = np.array([1.0, 10.0, 100.0, 1000.0])
-    gaps = np.array([
-        [3.0, 0.5, 2.0, 0.5],  # dips, comes back, closes for good between 100 and 1000
-        [0.5, 0.2, 0.1, 0.0],  # under everywhere
-        [5.0, 4.0, 3.0, 2.0],  # never
-    ])  # fmt: skip
+    gaps = np.array(
+        [
+            [3.0, 0.5, 2.0, 0.5],  # dips, comes back, closes for good between 100 and 1000
+            [0.5, 0.2, 0.1, 0.0],  # under everywhere
+            [5.0, 4.0, 3.0, 2.0],  # never
+        ]
+    )
     out = G._closing(x, gaps, 1.0)
     # linear in the gap, log in x: 2.0 -> 0.5 crosses 1.0 at 2/3 of the decade
     assert out[0] == pytest.approx(10 ** (2 + 2 / 3))

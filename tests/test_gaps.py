@@ -7,17 +7,39 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling.report import gaps
+from scaling.report import gaps, laws
 from scaling.report.results import to_table
 
 ARCH = {"dataset": "cifar10", "image_size": 32, "stem": "cifar", "depth_multiplier": 1.0}
 
 
-def run(i: int, method: str, depth: int, width: float, top1: float | None, state: str = "finished",
-        batch: int = 256, epochs: int = 100, seed: int = 0, **extra: Any) -> dict[str, Any]:  # fmt: skip
-    return {"run_id": f"r{i}", "sweep": "t", "method": method, **ARCH, "depth": depth, "width": width,
-            "seed": seed, "batch_size": batch, "epochs": epochs, "encoder_params": int(1e6 * width * depth),
-            "state": state, "top1": top1, **extra}  # fmt: skip
+def run(
+    i: int,
+    method: str,
+    depth: int,
+    width: float,
+    top1: float | None,
+    state: str = "finished",
+    batch: int = 256,
+    epochs: int = 100,
+    seed: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "run_id": f"r{i}",
+        "sweep": "t",
+        "method": method,
+        **ARCH,
+        "depth": depth,
+        "width": width,
+        "seed": seed,
+        "batch_size": batch,
+        "epochs": epochs,
+        "encoder_params": int(1e6 * width * depth),
+        "state": state,
+        "top1": top1,
+        **extra,
+    }
 
 
 def hand_table() -> Any:
@@ -85,8 +107,11 @@ def test_architecture_without_simclr_runs_gets_a_row() -> None:
 
 
 def test_other_recipe_axes_are_kept_apart_not_pooled() -> None:
-    rows = [run(1, "supervised", 18, 1.0, 0.9),
-            run(2, "simclr", 18, 1.0, 0.80, temperature=0.1), run(3, "simclr", 18, 1.0, 0.70, temperature=0.5)]  # fmt: skip
+    rows = [
+        run(1, "supervised", 18, 1.0, 0.9),
+        run(2, "simclr", 18, 1.0, 0.80, temperature=0.1),
+        run(3, "simclr", 18, 1.0, 0.70, temperature=0.5),
+    ]
     g = gaps.gap_table(to_table(rows))
     recipes = g[g["kind"] == "recipe"].set_index("recipe")["top1"]
     assert recipes.to_dict() == {
@@ -96,10 +121,10 @@ def test_other_recipe_axes_are_kept_apart_not_pooled() -> None:
     assert g[g["kind"] == "best"]["recipe"].item() == "best: batch 256, 100 epochs, temperature=0.1"
 
 
-def test_format_gap_table_has_one_line_per_architecture() -> None:
-    text = gaps.format_gap_table(gaps.gap_table(hand_table()))
-    lines = text.splitlines()
-    assert len(lines) == 2 + 3  # header, rule, R18 1x, R18 2x, R34 1x
+def test_display_table_has_one_row_per_architecture() -> None:
+    shown = gaps.display_table(gaps.gap_table(hand_table()))
+    text = shown.to_string()
+    assert len(shown) == 3  # R18 1x, R18 2x, R34 1x
     assert "9.00" not in text and "6.00" in text  # the best recipe (batch 512) is shown
     assert "91.00 ± 1.41" in text
 
@@ -109,17 +134,31 @@ def synthetic(widths: list[float], seeds: int = 2, seed: int = 0) -> Any:
     for w in widths:
         n = 1e6 * w * w
         for s in range(seeds):
-            for method, e, a, alpha, epochs in (("supervised", 0.05, 3.0, 0.25, 90),
-                                                ("simclr", 0.06, 40.0, 0.35, 100), ("simclr", 0.055, 30.0, 0.35, 400)):  # fmt: skip
+            for method, e, a, alpha, epochs in (
+                ("supervised", 0.05, 3.0, 0.25, 90),
+                ("simclr", 0.06, 40.0, 0.35, 100),
+                ("simclr", 0.055, 30.0, 0.35, 400),
+            ):
                 i += 1
                 err = (e + a * n**-alpha) * np.exp(rng.normal(0, 0.01))
-                rows.append(run(i, method, 18, w, 1 - err, epochs=epochs, seed=s, train_flops=n * epochs * 1e6)
-                            | {"encoder_params": int(n)})  # fmt: skip
+                rows.append(
+                    run(
+                        i,
+                        method,
+                        18,
+                        w,
+                        1 - err,
+                        epochs=epochs,
+                        seed=s,
+                        train_flops=n * epochs * 1e6,
+                    )
+                    | {"encoder_params": int(n)}
+                )
     return to_table(rows)
 
 
 def test_fit_sweep_roles_and_gap_curves() -> None:
-    fits = gaps.fit_sweep(synthetic([0.25, 0.5, 1, 2, 4, 8]), n_boot=100, n_boot_other=50)
+    fits = laws.fit_sweep(synthetic([0.25, 0.5, 1, 2, 4, 8]), n_boot=100, n_boot_other=50)
     roles = {(f.method, f.recipe.get("epochs")): f.role for f in fits.params}
     assert roles[("supervised", 90)] == "reference"
     assert roles[("simclr", 400)] == "headline" and roles[("simclr", 100)] == ""
@@ -136,7 +175,7 @@ def test_fit_sweep_roles_and_gap_curves() -> None:
 
 
 def test_fit_sweep_with_three_sizes_says_too_few() -> None:
-    fits = gaps.fit_sweep(synthetic([0.5, 1, 2]), n_boot=20)
+    fits = laws.fit_sweep(synthetic([0.5, 1, 2]), n_boot=20)
     assert all(f.fit.status == "too_few_points" for f in fits.params)
     assert fits.gaps and all(g.curve is None for g in fits.gaps)
     assert all("needs at least 4" in g.statement for g in fits.gaps)
@@ -144,10 +183,14 @@ def test_fit_sweep_with_three_sizes_says_too_few() -> None:
 
 def test_compute_frontier_drops_dominated_settings() -> None:
     # cells (one run each): flops 1..5 (x1e15), errors .5 .4 .45 .3 .2 -> the third is dominated
-    rows = [run(i, "simclr", 18, w, 1 - e, train_flops=f * 1e15)
-            for i, (w, e, f) in enumerate(zip([1, 2, 3, 4, 5], [0.5, 0.4, 0.45, 0.3, 0.2], [1, 2, 3, 4, 5], strict=True))]  # fmt: skip
+    rows = [
+        run(i, "simclr", 18, w, 1 - e, train_flops=f * 1e15)
+        for i, (w, e, f) in enumerate(
+            zip([1, 2, 3, 4, 5], [0.5, 0.4, 0.45, 0.3, 0.2], [1, 2, 3, 4, 5], strict=True)
+        )
+    ]
     df = gaps.frame(to_table(rows))
-    out = gaps._compute_fit(dict(ARCH), "simclr", df, [], n_boot=20, level=0.9, seed=0)
+    out = laws._compute_fit(dict(ARCH), "simclr", df, [], n_boot=20, level=0.9, seed=0)
     assert out.fit.n_runs == 4 and out.fit.x_min == 1e15 and out.fit.ok
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scaling.report import checks, gaps, headline
+from scaling.report import checks, gaps, headline, laws
 from scaling.report.results import to_table
 from scaling.train.evaluate import VALIDATION_FRACTION, validation_split
 from tests.test_gaps import run
@@ -30,15 +30,25 @@ def sweep_rows(
             for method, top1 in (("supervised", sup), ("simclr", sup - gap_at[w] / 100)):
                 i += 1
                 val = None if method == "supervised" else top1
-                rows.append(run(i, method, 18, w, top1 + rng.normal(0, noise) * (seeds > 1),
-                                seed=s, val_top1=val, train_loss_trend=0.01))  # fmt: skip
+                rows.append(
+                    run(
+                        i,
+                        method,
+                        18,
+                        w,
+                        top1 + rng.normal(0, noise) * (seeds > 1),
+                        seed=s,
+                        val_top1=val,
+                        train_loss_trend=0.01,
+                    )
+                )
     return rows
 
 
 def answer(rows: list[dict[str, Any]]) -> headline.Answer:
     df = to_table(rows).to_pandas()
     g = gaps.gap_table(df)
-    (a,) = headline.answers(g, gaps.fit_sweep(df, n_boot=200))
+    (a,) = headline.answers(g, laws.fit_sweep(df, n_boot=200))
     return a
 
 
@@ -82,11 +92,25 @@ def test_no_measurable_trend_is_said_as_such() -> None:
 
 def test_a_fit_that_contradicts_the_measurements_is_not_stated() -> None:
     from scaling.report.gapcurve import GapCurve
-    from scaling.report.gaps import FitSet, SweepGap
+    from scaling.report.laws import FitSet, SweepGap
 
     x = np.geomspace(1e5, 1e9, 5)
-    curve = GapCurve("c", 1.0, 0.9, x, np.full(5, 3.9), x, x, 1e5, 1e6, math.inf,
-                     (math.nan, math.nan), 3.9, (math.nan, math.nan), "does not close")  # fmt: skip
+    curve = GapCurve(
+        "c",
+        1.0,
+        0.9,
+        x,
+        np.full(5, 3.9),
+        x,
+        x,
+        1e5,
+        1e6,
+        math.inf,
+        (math.nan, math.nan),
+        3.9,
+        (math.nan, math.nan),
+        "does not close",
+    )
     fits = FitSet(gaps=[SweepGap({"dataset": "cifar10"}, {}, curve, curve.statement, True)])
     rows = sweep_rows({0.125: 4.17, 0.25: -1.11, 0.5: 0.0, 1.0: 0.83, 2.0: 0.5}, seeds=1)
     g = gaps.gap_table(to_table(rows))
@@ -145,8 +169,6 @@ def test_a_test_set_too_small_for_the_gaps_is_flagged() -> None:
 def test_loss_trend() -> None:
     from scaling.report.results import loss_trend
 
-    assert loss_trend([{"loss": v} for v in (5, 4, 3, 2, 1.0)]) == pytest.approx(
-        2 / 3
-    )  # last 2 epochs
-    assert loss_trend([{"loss": v} for v in (5, 1.0, 1.0, 1.0)]) == pytest.approx(0.0)
-    assert loss_trend([{"loss": 1.0}]) is None
+    assert loss_trend([5, 4, 3, 2, 1.0]) == pytest.approx(2 / 3)  # last 2 epochs
+    assert loss_trend([5, 1.0, 1.0, 1.0]) == pytest.approx(0.0)
+    assert loss_trend([1.0]) is None

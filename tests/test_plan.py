@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from scaling.cli.app import app
-from scaling.plan.expand import Accelerator, make_plan, totals
+from scaling.plan.accelerator import Accelerator
+from scaling.plan.planner import make_plan, totals
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.spec import load_sweep
 from tests.conftest import REPO, write
@@ -50,8 +51,11 @@ def test_every_layout_multiplies_to_the_batch_exactly() -> None:
         )
         assert r.peak_memory_gb <= A100.memory_gb
     # bigger networks need more accumulation at the same batch
-    by_width = {r.spec.model["width"]: r.layout.accum_steps for r in plan.runs
-                if r.spec.method == "simclr" and r.spec.model["depth"] == 50}  # fmt: skip
+    by_width = {
+        r.spec.model["width"]: r.layout.accum_steps
+        for r in plan.runs
+        if r.spec.method == "simclr" and r.spec.model["depth"] == 50
+    }
     assert by_width[1.0] <= by_width[2.0] <= by_width[4.0] and by_width[4.0] > 1
 
 
@@ -76,8 +80,11 @@ def test_a_run_that_cannot_fit_one_sample_is_infeasible_not_a_crash() -> None:
 
 
 def test_batch_larger_than_the_data_is_infeasible(tmp_path: Path) -> None:
-    sweep = write(tmp_path / "s.yaml", "name: s\ndataset: {name: digits, image_size: 16}\n"
-                  "model: {depth: 10, width: 0.25}\nmethods: {supervised: {batch_size: [512, 2048], epochs: 1}}\n")  # fmt: skip
+    sweep = write(
+        tmp_path / "s.yaml",
+        "name: s\ndataset: {name: digits, image_size: 16}\n"
+        "model: {depth: 10, width: 0.25}\nmethods: {supervised: {batch_size: [512, 2048], epochs: 1}}\n",
+    )
     plan = plan_of(sweep)
     feasible = {r.spec.config["batch_size"]: r.feasible for r in plan.runs}
     assert feasible == {512: True, 2048: False}
@@ -112,10 +119,32 @@ def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:
     assert as_json.exit_code == 0, as_json.output
     rows = json.loads(as_json.output)
     assert len(rows) == 12 and all(r["method"] == "supervised" for r in rows)
-    required = {"run_id", "method", "dataset", "depth", "width", "stem", "image_size", "batch_size", "epochs",
-                "seed", "lr", "micro_batch", "accum_steps", "gpus", "nodes", "encoder_params",
-                "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason", "bn_batch",
-                "precision", "warnings"}  # fmt: skip
+    required = {
+        "run_id",
+        "method",
+        "dataset",
+        "depth",
+        "width",
+        "stem",
+        "image_size",
+        "batch_size",
+        "epochs",
+        "seed",
+        "lr",
+        "micro_batch",
+        "accum_steps",
+        "gpus",
+        "nodes",
+        "encoder_params",
+        "flops_per_image",
+        "peak_memory_gb",
+        "gpu_hours",
+        "feasible",
+        "reason",
+        "bn_batch",
+        "precision",
+        "warnings",
+    }
     assert required <= set(rows[0])
     as_csv = runner.invoke(app, ["plan", sweep, "--format", "csv"])
     assert as_csv.exit_code == 0 and as_csv.output.count("\n") == 25
@@ -224,8 +253,11 @@ def test_knn_monitor_is_counted_in_the_cost_and_not_in_the_identity() -> None:
 
 
 def test_plan_warns_about_one_seed_and_a_small_test_set(tmp_path: Path) -> None:
-    path = write(tmp_path / "one.yaml", "name: one\ndataset: {name: digits, image_size: 8}\n"
-                 "model: {depth: 10, width: 0.25}\nmethods:\n  supervised: {batch_size: 64, epochs: 10}\n")  # fmt: skip
+    path = write(
+        tmp_path / "one.yaml",
+        "name: one\ndataset: {name: digits, image_size: 8}\n"
+        "model: {depth: 10, width: 0.25}\nmethods:\n  supervised: {batch_size: 64, epochs: 10}\n",
+    )
     result = CliRunner().invoke(app, ["plan", str(path)])
     assert result.exit_code == 0
     assert "warning: one seed: no gap will have an interval" in result.output

@@ -167,7 +167,7 @@ def test_status_ignores_a_driver_record_whose_process_is_gone_or_reused(tmp_path
     import os
     import socket
 
-    from scaling.run.state import process_start
+    from scaling.run.locks import process_start
 
     ctx = Context(
         load_profile_for(tmp_path), "tiny", tmp_path, "sqlite:///x.db", "tiny", "cpu", 1, 1

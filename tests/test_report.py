@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling.report import gaps, results
+from scaling.report import gaps, laws, results
 from scaling.report import html as report
 from scaling.report.results import to_table
 
@@ -25,16 +25,32 @@ def synthetic(widths: list[float], seeds: int = 2) -> Any:
         n = int(1e6 * w * w)
         for s in range(seeds):
             settings = [("supervised", 1024, 90, 0.05 + 3.0 * n**-0.25)]
-            settings += [("simclr", b, e, 0.06 + 40.0 * n**-0.35 * (100 / e) ** 0.2 * (256 / b) ** 0.05)
-                         for b in (256, 1024) for e in (100, 400)]  # fmt: skip
+            settings += [
+                ("simclr", b, e, 0.06 + 40.0 * n**-0.35 * (100 / e) ** 0.2 * (256 / b) ** 0.05)
+                for b in (256, 1024)
+                for e in (100, 400)
+            ]
             for method, batch, epochs, err in settings:
-                rows.append({
-                    "run_id": f"r{len(rows):04d}", "sweep": "synthetic", "method": method, "dataset": "cifar10",
-                    "image_size": 32, "stem": "cifar", "depth": 18, "width": w, "depth_multiplier": 1.0,
-                    "seed": s, "batch_size": batch, "epochs": epochs, "encoder_params": n,
-                    "state": "finished", "top1": 1 - err * float(np.exp(rng.normal(0, 0.01))),
-                    "train_flops": n * 100.0 * 50_000 * epochs,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "run_id": f"r{len(rows):04d}",
+                        "sweep": "synthetic",
+                        "method": method,
+                        "dataset": "cifar10",
+                        "image_size": 32,
+                        "stem": "cifar",
+                        "depth": 18,
+                        "width": w,
+                        "depth_multiplier": 1.0,
+                        "seed": s,
+                        "batch_size": batch,
+                        "epochs": epochs,
+                        "encoder_params": n,
+                        "state": "finished",
+                        "top1": 1 - err * float(np.exp(rng.normal(0, 0.01))),
+                        "train_flops": n * 100.0 * 50_000 * epochs,
+                    }
+                )
     rows[1].update(
         state="failed", top1=None, error_kind="oom", error_message="<script>alert(1)</script> OOM"
     )
@@ -74,9 +90,15 @@ def test_html_is_self_contained_with_inline_images(built) -> None:
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; OOM" in page
     assert not re.search(r'(src|href)="(https?:)?//', page)
-    for text in ("Does the gap close?", "Measured (best SimCLR recipe per size", "Gap table", "Fits",
-                 "Missing or failed runs (2)",
-                 "1 failed, 1 pending", "deadbeef0000"):  # fmt: skip
+    for text in (
+        "Does the gap close?",
+        "Measured (best SimCLR recipe per size",
+        "Gap table",
+        "Fits",
+        "Missing or failed runs (2)",
+        "1 failed, 1 pending",
+        "deadbeef0000",
+    ):
         assert text in page, text
 
 
@@ -112,7 +134,7 @@ def test_paper_points_overlay_only_where_the_data_set_may_be_imagenet(tmp_path: 
     table = synthetic([0.25, 0.5, 1.0, 2.0], seeds=1)
     for dataset, expected in (("cifar10", False), ("imagefolder", True)):
         df = gaps.frame(table).assign(dataset=dataset)
-        fits = gaps.fit_sweep(df, n_boot=10, n_boot_other=10)
+        fits = laws.fit_sweep(df, n_boot=10, n_boot_other=10)
         paths = figures.fig7(df, fits, tmp_path / dataset)
         svg = next(p for p in paths if p.suffix == ".svg").read_text()
         assert ("Chen et al. 2020, ImageNet" in svg) is expected

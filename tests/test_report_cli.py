@@ -34,9 +34,10 @@ import typer
 from typer.testing import CliRunner, Result
 
 from scaling.cli.errors import guarded
-from scaling.cli.report import KIND_TAG, SWEEP_TAG, report
+from scaling.cli.report import report
 from scaling.report import html as report_lib
 from scaling.report import results
+from scaling.report.publish import KIND_TAG, SWEEP_TAG
 from scaling.run import tracking
 from scaling.sweep.spec import Sweep, load_sweep
 from tests.conftest import REPO, write
@@ -102,11 +103,19 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     root = tmp_path_factory.mktemp("report cli")  # a space in every path: quoting bugs
     sweep_path = write(root / "tiny.yaml", SWEEP)
     workdir, uri = root / "runs", tracking.sqlite_uri(root / "mlflow.db")
-    profile = write(root / "cluster.yaml",
-                    f"workdir: {json.dumps(str(workdir))}\ntracking: {{uri: {json.dumps(uri)}}}\n")  # fmt: skip
+    profile = write(
+        root / "cluster.yaml",
+        f"workdir: {json.dumps(str(workdir))}\ntracking: {{uri: {json.dumps(uri)}}}\n",
+    )
     sweep = load_sweep(sweep_path)
-    pending = next(s for s in sweep.runs if s.method == "simclr" and s.config["batch_size"] == 64
-                   and s.config["epochs"] == 2 and s.model["width"] == 0.25)  # fmt: skip
+    pending = next(
+        s
+        for s in sweep.runs
+        if s.method == "simclr"
+        and s.config["batch_size"] == 64
+        and s.config["epochs"] == 2
+        and s.model["width"] == 0.25
+    )
     for spec in sweep.runs:
         if spec is not pending:
             run_dir = workdir / sweep.name / spec.run_id
@@ -175,8 +184,13 @@ def test_one_sweep_level_mlflow_run_holds_the_report_and_is_reused(
     (first,) = report_runs(trained.uri, trained.sweep)
     run_id = first.info.run_id
     assert first.info.status == "FINISHED" and first.data.tags[SWEEP_TAG] == trained.sweep.name
-    assert first.data.metrics == {"runs_finished": 9.0, "runs_failed": 0.0, "runs_running": 0.0,
-                                  "runs_pending": 1.0}  # fmt: skip
+    assert first.data.metrics == {
+        "runs_finished": 9.0,
+        "runs_failed": 0.0,
+        "runs_running": 0.0,
+        "runs_resumable": 0.0,
+        "runs_pending": 1.0,
+    }
     assert "report.html" in first.data.tags["mlflow.note.content"]
     client = MlflowClient(trained.uri)
     names = {a.path for a in client.list_artifacts(run_id, "report")}
@@ -211,8 +225,10 @@ def test_a_store_that_cannot_be_written_warns_and_the_report_is_complete(
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    profile = write(tmp_path / "down.yaml", f"workdir: {json.dumps(str(trained.workdir))}\n"
-                    "tracking: {uri: 'http://127.0.0.1:9'}\n")  # fmt: skip
+    profile = write(
+        tmp_path / "down.yaml",
+        f"workdir: {json.dumps(str(trained.workdir))}\ntracking: {{uri: 'http://127.0.0.1:9'}}\n",
+    )
     out = tmp_path / "report"
     result = invoke(str(trained.sweep_path), "--cluster", str(profile), "--out", str(out))
     assert result.exit_code == 0, result.output
@@ -246,8 +262,12 @@ def test_notebook_runs_top_to_bottom_on_the_real_results(
     book = nbformat.read(REPO / "analysis" / f"{name}.ipynb", as_version=4)
     assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code")  # stored clean
     # Raises CellExecutionError (with the cell and traceback) if any cell fails.
-    NotebookClient(book, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO / "analysis")}}).execute()  # fmt: skip
+    NotebookClient(
+        book,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(REPO / "analysis")}},
+    ).execute()
     outputs = [o for c in book.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"{trained.sweep.name}: 10 runs, 9 finished, read from {trained.sweep_dir}" in text
@@ -291,10 +311,23 @@ def browser() -> str:
 
 def browse(exe: str, page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium on a local page, nothing fetched from the network."""
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-           "--enable-logging=stderr", "--v=0", *args, page.as_uri()]  # fmt: skip
+    cmd = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+        page.as_uri(),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -311,8 +344,10 @@ def test_every_image_of_report_html_loads_in_chromium(
 ) -> None:
     page = (trained.sweep_dir / "report" / "report.html").read_text()
     assert "<script" not in page  # the report has none; the probe goes into a copy
-    expected = [png_size(base64.b64decode(src)) for src in
-                re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)]  # fmt: skip
+    expected = [
+        png_size(base64.b64decode(src))
+        for src in re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)
+    ]
     probed = tmp_path / "probed report.html"
     probed.write_text(page.replace("<head>", "<head>" + PROBE, 1))
     done = browse(browser, probed, tmp_path / "profile", "--dump-dom")
@@ -333,8 +368,14 @@ def test_report_html_renders_a_page_that_is_not_blank(
 
     shot = tmp_path / "report.png"
     page = trained.sweep_dir / "report" / "report.html"
-    done = browse(browser, page, tmp_path / "profile", "--hide-scrollbars", "--window-size=1200,2400",
-                  f"--screenshot={shot}")  # fmt: skip
+    done = browse(
+        browser,
+        page,
+        tmp_path / "profile",
+        "--hide-scrollbars",
+        "--window-size=1200,2400",
+        f"--screenshot={shot}",
+    )
     assert [ln for ln in done.stderr.splitlines() if ":CONSOLE" in ln] == []
     image = Image.open(shot).convert("RGB")
     assert image.size == (1200, 2400)

@@ -32,7 +32,8 @@ def layout(micro: int = 32, accum: int = 2) -> dict[str, int]:
 
 @pytest.fixture
 def sweep_and_dirs(weird_tmp_path: Path) -> tuple[Sweep, Path, dict[str, str]]:
-    """simclr 0.25x finished, 0.5x failed (oom), 1x running; supervised 0.25x finished
+    """simclr 0.25x finished, 0.5x failed (oom), 1x started (running while a test holds its
+    lock); supervised 0.25x finished
     (result.json without costs), 0.5x pending, 1x never started; plus an orphan dir."""
     (weird_tmp_path / "s.yaml").write_text(SWEEP)
     sweep = load_sweep(weird_tmp_path / "s.yaml")
@@ -41,10 +42,25 @@ def sweep_and_dirs(weird_tmp_path: Path) -> tuple[Sweep, Path, dict[str, str]]:
     d = lambda key: work / "tiny" / ids[key]  # noqa: E731
     spec = {"layout": layout()}
     write_json(d("simclr0.25") / "spec.json", spec)
-    write_json(d("simclr0.25") / "result.json", {
-        "run_id": ids["simclr0.25"], "method": "simclr", "top1": 0.75, "top5": 0.97, "knn_top1": 0.7,
-        "epochs": 2, "steps": 44, "images_seen": 2816, "train_flops": 1.5e12, "wall_time_s": 12.5,
-        "derived": {"lr": 0.6}, "layout": layout(), "encoder_params": 1234, "flops_per_image": 5678})  # fmt: skip
+    write_json(
+        d("simclr0.25") / "result.json",
+        {
+            "run_id": ids["simclr0.25"],
+            "method": "simclr",
+            "top1": 0.75,
+            "top5": 0.97,
+            "knn_top1": 0.7,
+            "epochs": 2,
+            "steps": 44,
+            "images_seen": 2816,
+            "train_flops": 1.5e12,
+            "wall_time_s": 12.5,
+            "derived": {"lr": 0.6},
+            "layout": layout(),
+            "encoder_params": 1234,
+            "flops_per_image": 5678,
+        },
+    )
     write_json(d("simclr0.5") / "spec.json", spec)
     (d("simclr0.5") / "metrics.jsonl").write_text(
         '{"epoch": 1}\n{"epoch": 2}\n{"epo'
@@ -54,9 +70,19 @@ def sweep_and_dirs(weird_tmp_path: Path) -> tuple[Sweep, Path, dict[str, str]]:
     )
     write_json(d("simclr1") / "spec.json", {"layout": layout(16, 4)})
     (d("simclr1") / "metrics.jsonl").write_text('{"epoch": 1}\n')
-    write_json(d("supervised0.25") / "result.json", {
-        "run_id": ids["supervised0.25"], "method": "supervised", "top1": 0.9, "top5": 0.99, "epochs": 2,
-        "train_flops": 7e11, "wall_time_s": 3.0, "layout": layout(64, 1)})  # fmt: skip
+    write_json(
+        d("supervised0.25") / "result.json",
+        {
+            "run_id": ids["supervised0.25"],
+            "method": "supervised",
+            "top1": 0.9,
+            "top5": 0.99,
+            "epochs": 2,
+            "train_flops": 7e11,
+            "wall_time_s": 3.0,
+            "layout": layout(64, 1),
+        },
+    )
     d("supervised0.5").mkdir(parents=True)  # created, nothing written yet
     write_json(work / "tiny" / "0123456789ab" / "spec.json", {})  # an orphan
     return sweep, work, ids
@@ -64,15 +90,32 @@ def sweep_and_dirs(weird_tmp_path: Path) -> tuple[Sweep, Path, dict[str, str]]:
 
 def plan_rows(sweep: Sweep) -> pa.Table:
     """What `scaling plan` gives for these runs (costs made up, so no torch here)."""
-    rows = [{**r.flat(), "lr": 0.1, "micro_batch": 64, "accum_steps": 1, "gpus": 1, "nodes": 1,
-             "encoder_params": 1000 + i, "flops_per_image": 2000 + i, "peak_memory_gb": 0.5,
-             "gpu_hours": 0.01, "feasible": True, "reason": ""} for i, r in enumerate(sweep.runs)]  # fmt: skip
+    rows = [
+        {
+            **r.flat(),
+            "lr": 0.1,
+            "micro_batch": 64,
+            "accum_steps": 1,
+            "gpus": 1,
+            "nodes": 1,
+            "encoder_params": 1000 + i,
+            "flops_per_image": 2000 + i,
+            "peak_memory_gb": 0.5,
+            "gpu_hours": 0.01,
+            "feasible": True,
+            "reason": "",
+        }
+        for i, r in enumerate(sweep.runs)
+    ]
     return pa.Table.from_pylist(rows)
 
 
 def test_collect_reads_every_state_from_run_directories(sweep_and_dirs) -> None:
+    from scaling.run.locks import run_lock
+
     sweep, work, ids = sweep_and_dirs
-    table = results.collect(sweep, work, plan=plan_rows(sweep))
+    with run_lock(work / "tiny" / ids["simclr1"]):  # its trainer is alive: running
+        table = results.collect(sweep, work, plan=plan_rows(sweep))
     assert table.num_rows == 6
     rows = {r["run_id"]: r for r in table.to_pylist()}
     done = rows[ids["simclr0.25"]]
@@ -132,17 +175,25 @@ def test_costs_come_from_a_sibling_run_of_the_same_network(tmp_path: Path, monke
     sweep = load_sweep(tmp_path / "s.yaml")
     by = {(r.method, r.seed): r.run_id for r in sweep.runs}
     for method, flops in (("simclr", 5678), ("supervised", 999)):
-        write_json(tmp_path / "w" / "tiny" / by[(method, 0)] / "result.json",
-                   {"top1": 0.5, "encoder_params": 1234, "flops_per_image": flops})  # fmt: skip
+        write_json(
+            tmp_path / "w" / "tiny" / by[(method, 0)] / "result.json",
+            {"top1": 0.5, "encoder_params": 1234, "flops_per_image": flops},
+        )
 
     def no_torch(spec: Any) -> Any:
         raise AssertionError("scaling.plan.costs should not be needed")
 
     monkeypatch.setattr(results, "_arch_cost", no_torch)
     rows = results.collect(sweep, tmp_path / "w").to_pylist()
-    assert sorted((r["method"], r["seed"], r["state"], r["encoder_params"], r["flops_per_image"]) for r in rows) == [
-        ("simclr", 0, "finished", 1234, 5678), ("simclr", 1, "pending", 1234, 5678),
-        ("supervised", 0, "finished", 1234, 999), ("supervised", 1, "pending", 1234, 999)]  # fmt: skip
+    assert sorted(
+        (r["method"], r["seed"], r["state"], r["encoder_params"], r["flops_per_image"])
+        for r in rows
+    ) == [
+        ("simclr", 0, "finished", 1234, 5678),
+        ("simclr", 1, "pending", 1234, 5678),
+        ("supervised", 0, "finished", 1234, 999),
+        ("supervised", 1, "pending", 1234, 999),
+    ]
 
 
 def test_costs_for_unknown_networks_come_from_scaling_costs(sweep_and_dirs) -> None:
@@ -194,8 +245,17 @@ def test_mlflow_states_fill_in_where_run_directories_say_nothing() -> None:
 def test_recipe_columns_and_labels() -> None:
     import pandas as pd
 
-    df = pd.DataFrame({"run_id": ["a", "b"], "seed": [0, 1], "batch_size": [256, 256], "epochs": [100, 200],
-                       "temperature": [0.1, 0.5], "top1": [0.5, 0.6], "depth": [18, 50]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "seed": [0, 1],
+            "batch_size": [256, 256],
+            "epochs": [100, 200],
+            "temperature": [0.1, 0.5],
+            "top1": [0.5, 0.6],
+            "depth": [18, 50],
+        }
+    )
     assert results.recipe_columns(df) == ["batch_size", "epochs", "temperature"]
     assert results.recipe_label({"batch_size": 256, "epochs": 100.0, "temperature": 0.1}) == (
         "batch 256, 100 epochs, temperature=0.1"
@@ -218,9 +278,21 @@ def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Pa
         write_json(run_dir / "spec.json", {**by[key].to_dict(), "layout": layout(16, 4)})
         (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "loss": 1.0}\n')
         if final == "result.json":
-            write_json(run_dir / final, {"run_id": by[key].run_id, "method": "simclr", "top1": 0.75,
-                                         "top5": 0.9, "knn_top1": 0.7, "epochs": 2, "train_flops": 1e12,
-                                         "wall_time_s": 5.0, "images_seen": 2816, "layout": layout(16, 4)})  # fmt: skip
+            write_json(
+                run_dir / final,
+                {
+                    "run_id": by[key].run_id,
+                    "method": "simclr",
+                    "top1": 0.75,
+                    "top5": 0.9,
+                    "knn_top1": 0.7,
+                    "epochs": 2,
+                    "train_flops": 1e12,
+                    "wall_time_s": 5.0,
+                    "images_seen": 2816,
+                    "layout": layout(16, 4),
+                },
+            )
         else:
             write_json(
                 run_dir / final, {"kind": "diverged", "message": "loss is nan at step 3", "step": 3}
@@ -243,12 +315,32 @@ def test_collect_reads_mlflow_for_runs_whose_directory_is_elsewhere(tmp_path: Pa
 
 def test_prediction_errors_compare_the_plan_with_finished_runs_by_source() -> None:
     rows = [
-        {"state": "finished", "predicted_train_s": 12.0, "train_time_s": 10.0, "cost_source": "scaled"},
-        {"state": "finished", "predicted_train_s": 9.0, "train_time_s": 10.0, "cost_source": "scaled"},
-        {"state": "finished", "predicted_train_s": 30.0, "train_time_s": 10.0, "cost_source": "model"},
+        {
+            "state": "finished",
+            "predicted_train_s": 12.0,
+            "train_time_s": 10.0,
+            "cost_source": "scaled",
+        },
+        {
+            "state": "finished",
+            "predicted_train_s": 9.0,
+            "train_time_s": 10.0,
+            "cost_source": "scaled",
+        },
+        {
+            "state": "finished",
+            "predicted_train_s": 30.0,
+            "train_time_s": 10.0,
+            "cost_source": "model",
+        },
         {"state": "failed", "predicted_train_s": 1.0, "train_time_s": None, "cost_source": "model"},
-        {"state": "finished", "predicted_train_s": float("nan"), "train_time_s": 5.0, "cost_source": "model"},
-    ]  # fmt: skip
+        {
+            "state": "finished",
+            "predicted_train_s": float("nan"),
+            "train_time_s": 5.0,
+            "cost_source": "model",
+        },
+    ]
     errors = results.prediction_errors(results.to_table(rows))
     assert errors["runs"] == 3 and errors["median_error"] == pytest.approx(0.2)
     assert errors["by_source"]["scaled"] == {"runs": 2, "median_error": pytest.approx(0.15)}

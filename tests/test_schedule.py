@@ -54,9 +54,14 @@ def test_derive_uses_the_effective_batch() -> None:
 
 @pytest.mark.parametrize(
     ("method", "epochs", "expected"),
-    [("simclr", 10, 1.0), ("simclr", 100, 10.0), ("simclr", 1000, 10.0),
-     ("supervised", 10, 1.0), ("supervised", 90, 5.0)],
-)  # fmt: skip
+    [
+        ("simclr", 10, 1.0),
+        ("simclr", 100, 10.0),
+        ("simclr", 1000, 10.0),
+        ("supervised", 10, 1.0),
+        ("supervised", 90, 5.0),
+    ],
+)
 def test_default_warmup_is_the_papers_or_a_tenth_of_the_run(
     method: str, epochs: int, expected: float
 ) -> None:

@@ -124,8 +124,15 @@ def scheduler_states(study: Path, sweep_file: str, profile_file: str) -> dict[st
     """What `scaling status` shows in its scheduler column (backend.status)."""
     ctx = context(study, sweep_file, profile_file)
     runs = load_sweep(study / sweep_file).runs
-    jobs = [Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
-                int(r.config["epochs"])) for r in runs]  # fmt: skip
+    jobs = [
+        Job(
+            r,
+            Layout.single(int(r.config["batch_size"])),
+            run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
+            int(r.config["epochs"]),
+        )
+        for r in runs
+    ]
     return slurm_backend.SlurmBackend().status(jobs, ctx)
 
 
@@ -144,7 +151,9 @@ def cancel_leftovers() -> Iterator[list[Path]]:
 
 
 def multinode_profile(tmp_path: Path) -> Path:
-    return write(tmp_path / "multinode.yaml", """\
+    return write(
+        tmp_path / "multinode.yaml",
+        """\
 backend: slurm
 device: cuda
 accelerator: {name: A100-80GB, memory_gb: 80, peak_tflops: 312}
@@ -164,7 +173,8 @@ slurm:
   max_timeouts: 5
   setup: ["module load cuda/12.4", "source /shared/venv/bin/activate"]
   additional: {mail_type: FAIL, additional_parameters: {reservation: scaling}}
-""")  # fmt: skip
+""",
+    )
 
 
 def test_profile_becomes_submitit_parameters_one_task_per_gpu(tmp_path: Path) -> None:
@@ -178,8 +188,16 @@ def test_profile_becomes_submitit_parameters_one_task_per_gpu(tmp_path: Path) ->
     }
     assert params["job_name"] == "scaling-imagenet"
     # A CPU profile: one task per rank, no GPU request, threads = cpus_per_task.
-    cpu = load_profile(None, ["backend=slurm", "device=cpu", "gpus_per_run=2", "gpus_per_node=2",
-                              "slurm.cpus_per_task=3"])  # fmt: skip
+    cpu = load_profile(
+        None,
+        [
+            "backend=slurm",
+            "device=cpu",
+            "gpus_per_run=2",
+            "gpus_per_node=2",
+            "slurm.cpus_per_task=3",
+        ],
+    )
     params = slurm_backend.executor_parameters(cpu, "cpu")
     assert (params["nodes"], params["ntasks_per_node"], "gpus_per_node" in params) == (1, 2, False)
     assert "export OMP_NUM_THREADS=3" in params["setup"]
@@ -229,8 +247,9 @@ def test_bad_profile_is_a_one_line_spec_error_when_planning(
 
 def test_multinode_sbatch_script_matches_golden_file(tmp_path: Path) -> None:
     profile = load_profile(multinode_profile(tmp_path))
-    ctx = Context(profile, "imagenet", Path(profile.workdir), "http://mlflow:5000", "imagenet",
-                  "cuda", 1, 64)  # fmt: skip
+    ctx = Context(
+        profile, "imagenet", Path(profile.workdir), "http://mlflow:5000", "imagenet", "cuda", 1, 64
+    )
     text = slurm_backend.sbatch_script(ctx, runs=3, python="python")
     if os.environ.get("UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
@@ -256,8 +275,12 @@ def test_the_job_record_keeps_every_job_under_a_lock_and_tolerates_bad_records(
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    procs = [mp.get_context("fork").Process(target=slurm_state.record_job,
-                                            args=(run_dir, f"{100 + i}", tmp_path)) for i in range(12)]  # fmt: skip
+    procs = [
+        mp.get_context("fork").Process(
+            target=slurm_state.record_job, args=(run_dir, f"{100 + i}", tmp_path)
+        )
+        for i in range(12)
+    ]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -298,9 +321,12 @@ def test_max_array_size_is_read_from_scontrol(slurm_cluster: SlurmCluster) -> No
 
 @pytest.mark.slow
 def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
-    slurm_cluster: SlurmCluster, tmp_path: Path, weird_tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, cancel_leftovers: list[Path],
-) -> None:  # fmt: skip
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    weird_tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cancel_leftovers: list[Path],
+) -> None:
     # Quotes and spaces in every path the jobs touch (workdir, submitit folder, sweep
     # file) and in the MLflow experiment name. Not in the working directory: MLflow's
     # SQLite store derives its Default experiment's artifact root from it and cannot
@@ -330,8 +356,13 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
     assert all(job_id.split("_")[1] in {"0", "1", "2", "3"} for job_id in ids.values())
 
     wait_for(lambda: all((d / RESULT).exists() for d in run_dirs.values()), "6 results")
-    wait_for(lambda: all(s.startswith("COMPLETED") for s in scheduler_states(study, "sweep.yaml", "slurm.yaml").values()),
-             "sacct: COMPLETED")  # fmt: skip
+    wait_for(
+        lambda: all(
+            s.startswith("COMPLETED")
+            for s in scheduler_states(study, "sweep.yaml", "slurm.yaml").values()
+        ),
+        "sacct: COMPLETED",
+    )
     # The sbatch file submitit wrote is the one sbatch_script() previews.
     ctx = context(study, "sweep.yaml", "slurm.yaml")
     first = min(arrays, key=lambda a: len(arrays[a]) == 2)
@@ -365,9 +396,11 @@ def test_sweep_runs_end_to_end_in_chunked_arrays_like_the_local_backend(
 
 @pytest.mark.slow
 def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
-    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     cancel_leftovers: list[Path],
-) -> None:  # fmt: skip
+) -> None:
     import submitit
 
     from scaling.run.state import is_locked, run_state
@@ -391,8 +424,10 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
     }
     # A second submit while the job runs, with another profile: the run is left as it is.
     extra = {"precision": "bf16"}
-    write(tmp_path / "bf16.yaml",
-          profile_text(tmp_path / "runs", tmp_path / "mlflow.db", slurm_cluster.partition, **extra))  # fmt: skip
+    write(
+        tmp_path / "bf16.yaml",
+        profile_text(tmp_path / "runs", tmp_path / "mlflow.db", slurm_cluster.partition, **extra),
+    )
     spec_json = (run_dir / "spec.json").read_bytes()
     again = invoke("submit", "sweep.yaml", "--cluster", "bf16.yaml")
     assert again.exit_code == 0 and "queued or running" in again.output, again.output
@@ -421,8 +456,15 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
     # 3. `scaling cancel`: SIGTERM, checkpoint, CANCELLED; the run stays resumable.
     result = invoke("cancel", "sweep.yaml", "--cluster", "slurm.yaml")
     assert "cancelled 1 runs" in result.output, result.output
-    wait_for(lambda: scheduler_states(tmp_path, "sweep.yaml", "slurm.yaml")[spec.run_id].startswith("CANCELLED")
-             and not is_locked(run_dir), "CANCELLED")  # fmt: skip
+    wait_for(
+        lambda: (
+            scheduler_states(tmp_path, "sweep.yaml", "slurm.yaml")[spec.run_id].startswith(
+                "CANCELLED"
+            )
+            and not is_locked(run_dir)
+        ),
+        "CANCELLED",
+    )
     assert run_state(run_dir).state == "resumable", (
         "cancelled after training ended: make LONG longer"
     )
@@ -457,9 +499,11 @@ def test_requeue_timeout_and_cancel_each_resume_into_the_same_mlflow_run(
 
 @pytest.mark.slow
 def test_failing_job_is_reported_failed_with_its_log_tail(
-    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     cancel_leftovers: list[Path],
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "sweep.yaml", BROKEN)  # no CIFAR-10 files: the job raises
     write(
@@ -489,9 +533,11 @@ def test_failing_job_is_reported_failed_with_its_log_tail(
 
 @pytest.mark.slow
 def test_two_task_job_trains_with_global_negatives_like_one_process(
-    slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    slurm_cluster: SlurmCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     cancel_leftovers: list[Path],
-) -> None:  # fmt: skip
+) -> None:
     """gpus_per_run: 2 on a CPU profile: one job, two srun tasks, gloo.
 
     Equal to one process with two cached micro-batches of the per-rank size: same
@@ -509,8 +555,16 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
 
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "sweep.yaml", TWO_RANKS)
-    write(tmp_path / "slurm.yaml", profile_text(tmp_path / "runs", tmp_path / "mlflow.db", slurm_cluster.partition,
-                                                gpus_per_run=2, gpus_per_node=2))  # fmt: skip
+    write(
+        tmp_path / "slurm.yaml",
+        profile_text(
+            tmp_path / "runs",
+            tmp_path / "mlflow.db",
+            slurm_cluster.partition,
+            gpus_per_run=2,
+            gpus_per_node=2,
+        ),
+    )
     cancel_leftovers.append(tmp_path / "runs")
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
     # Two CPU ranks without SyncBN normalise BN over each rank's 16 images: in the identity.

@@ -132,13 +132,19 @@ def test_quickstart_is_a_real_study() -> None:
 def test_an_image_folder_root_is_part_of_the_run_identity(tmp_path: Path) -> None:
     """For an image folder the root is the data: two roots are two runs. For a published
     data set it is only where the files are: a root axis there is an error, not a drop."""
-    path = write(tmp_path / "f.yaml", "name: f\ndataset: {name: imagefolder, image_size: 32, "
-                 "root: [/data/a, /data/b], size: 100}\nmodel: {depth: 18}\n"
-                 "methods:\n  supervised: {batch_size: 32}\n")  # fmt: skip
+    path = write(
+        tmp_path / "f.yaml",
+        "name: f\ndataset: {name: imagefolder, image_size: 32, "
+        "root: [/data/a, /data/b], size: 100}\nmodel: {depth: 18}\n"
+        "methods:\n  supervised: {batch_size: 32}\n",
+    )
     runs = load_sweep(path).runs
     assert len(runs) == 2 and runs[0].run_id != runs[1].run_id
-    same = write(tmp_path / "c.yaml", "name: c\ndataset: {name: cifar10, image_size: 32, "
-                 "root: [/data/a, /data/b]}\nmodel: {depth: 18}\nmethods:\n  supervised: {}\n")  # fmt: skip
+    same = write(
+        tmp_path / "c.yaml",
+        "name: c\ndataset: {name: cifar10, image_size: 32, "
+        "root: [/data/a, /data/b]}\nmodel: {depth: 18}\nmethods:\n  supervised: {}\n",
+    )
     with pytest.raises(SpecError, match="two runs share run_id .* differ only in dataset"):
         load_sweep(same)
 
@@ -150,9 +156,15 @@ def test_a_sweep_file_that_is_not_utf8_or_a_yaml_bomb_is_one_line(tmp_path: Path
 
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("name: caf\xe9\n".encode("latin-1"))
-    bomb = write(tmp_path / "bomb.yaml", "a: &a [x, x, x, x, x, x, x, x, x]\n"
-                 + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
-                           for p, c in zip("abcdefghijklmn", "bcdefghijklmno", strict=True)) + "name: bomb\n")  # fmt: skip
+    bomb = write(
+        tmp_path / "bomb.yaml",
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+            for p, c in zip("abcdefghijklmn", "bcdefghijklmno", strict=True)
+        )
+        + "name: bomb\n",
+    )
     for path, says in ((latin, "not UTF-8 text"), (bomb, "more than 100 YAML aliases")):
         result = CliRunner().invoke(app, ["plan", str(path)])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output

@@ -23,15 +23,21 @@ from scaling.train.views import local_views
 BATCH, SIZE = 16, 16
 
 
-def _grads(layout: Layout, autocast: contextlib.AbstractContextManager,
-           device: str = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
+def _grads(
+    layout: Layout, autocast: contextlib.AbstractContextManager, device: str = "cpu"
+) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16).to(device)
     # Batch norm on running statistics: the BN batch is then the same with and without
     # accumulation, so the accumulated gradient must equal the full-batch one.
     net.eval()
-    images = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(1)).to(device)  # fmt: skip
+    images = torch.randint(
+        0,
+        256,
+        (BATCH, 3, SIZE, SIZE),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(1),
+    ).to(device)
     gen = torch.Generator(device=device).manual_seed(2)
     aug = SimCLRAugment(SIZE, color_strength=0.5)
     v1, v2 = local_views(aug, images, gen, slice(0, BATCH), views=2)
@@ -39,8 +45,13 @@ def _grads(layout: Layout, autocast: contextlib.AbstractContextManager,
     return {name: None if p.grad is None else p.grad.cpu() for name, p in net.named_parameters()}
 
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))]  # fmt: skip
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)

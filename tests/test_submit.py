@@ -259,14 +259,29 @@ def test_sigterm_or_sighup_to_submit_stops_runs_resumable_like_ctrl_c(
 
 @pytest.mark.slow
 def test_failed_runs_are_reported_and_rerun_only_when_asked(study: Path) -> None:
-    bad = ["--only", "method=supervised,width=0.125", "--set", "methods.supervised.optimizer=sgd",
-           "--set", "methods.supervised.lr_rule=1.0e12"]  # fmt: skip
+    bad = [
+        "--only",
+        "method=supervised,width=0.125",
+        "--set",
+        "methods.supervised.optimizer=sgd",
+        "--set",
+        "methods.supervised.lr_rule=1.0e12",
+    ]
     first = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
     assert first.exit_code == 1 and "failed" in first.output and "diverged" in first.output, (
         first.output
     )
-    status = invoke("status", "sweep.yaml", "--cluster", "local.yaml", *bad[:1] + bad[1:2], "--set",
-                    "methods.supervised.optimizer=sgd", "--set", "methods.supervised.lr_rule=1.0e12")  # fmt: skip
+    status = invoke(
+        "status",
+        "sweep.yaml",
+        "--cluster",
+        "local.yaml",
+        *bad[:1] + bad[1:2],
+        "--set",
+        "methods.supervised.optimizer=sgd",
+        "--set",
+        "methods.supervised.lr_rule=1.0e12",
+    )
     assert "failed (diverged)" in status.output, status.output
     second = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *bad)
     assert second.exit_code == 0 and "use --rerun-failed" in second.output
@@ -304,8 +319,11 @@ def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_bat
     """gpus_per_run: 2 on a CPU profile starts 2 gloo ranks through torchrun. Global
     negatives and averaged gradients make it equal one process whose accumulation
     forwards the same per-rank micro-batches (batch norm statistics per micro-batch)."""
-    write(study / "two.yaml", "backend: local\ndevice: cpu\nmax_parallel: 1\nthreads_per_run: 2\n"
-          "gpus_per_run: 2\ngpus_per_node: 2\n")  # fmt: skip
+    write(
+        study / "two.yaml",
+        "backend: local\ndevice: cpu\nmax_parallel: 1\nthreads_per_run: 2\n"
+        "gpus_per_run: 2\ngpus_per_node: 2\n",
+    )
     only = ["--only", "method=simclr,width=0.125,epochs=2"]
     result = invoke("submit", "sweep.yaml", "--cluster", "two.yaml", *only)
     assert result.exit_code == 0, result.output

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from scaling.cli.app import app
 from scaling.plan import throughput
-from scaling.plan.expand import Accelerator, make_plan
+from scaling.plan.accelerator import Accelerator
+from scaling.plan.planner import make_plan
 from scaling.plan.throughput import Calibration, Measurement
 from scaling.rundir import METRICS, RESULT, read_json, read_jsonl, run_dir_of
 from scaling.sweep.cluster import load_profile
@@ -29,8 +30,15 @@ LAYOUT = (32, 1, 1, "fp32")
 def measured(run_id: str, arch: tuple, flops: float, seconds: float, **kw: object) -> Measurement:
     """A run that trained 1,000 images at `seconds` per image on one device."""
     fields = {"micro_batch": 32, "accum_steps": 1, "gpus": 1, "precision": "fp32"} | kw
-    return Measurement(run_id, "cpu x", arch, train_flops_per_image=flops, images=1000,
-                       train_time_s=seconds * 1000, **fields)  # type: ignore[arg-type]  # fmt: skip
+    return Measurement(
+        run_id,
+        "cpu x",
+        arch,
+        train_flops_per_image=flops,
+        images=1000,
+        train_time_s=seconds * 1000,
+        **fields,
+    )  # type: ignore[arg-type]
 
 
 def test_same_architecture_is_measured_others_are_scaled_along_the_nearest_line() -> None:
@@ -80,8 +88,9 @@ def test_profile_names_match_the_device_names_runs_record() -> None:
     assert throughput.same_device(one, one) and not throughput.same_device(one, two)
 
 
-def test_measurements_come_back_from_disk_and_bad_files_are_skipped(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_measurements_come_back_from_disk_and_bad_files_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SCALING_CACHE_DIR", str(tmp_path))
     m = Measurement("r1", "NVIDIA A100-SXM4-80GB", ARCH_A, 64, 2, 4, "bf16", 3e9, 4096, 20.0)
     throughput.record(m)
@@ -112,8 +121,13 @@ def test_a_finished_run_records_its_speed_and_the_next_plan_learns_from_it(
     before = make_plan(sweep, profile)
     assert {r.cost_source for r in before.runs} == {"model"}
     first = next(r for r in before.runs if r.spec.model["width"] == 0.25 and r.spec.seed == 0)
-    result = run(first.spec, run_dir_of("runs", "learn", first.spec.run_id), first.layout,
-                 device="cpu", threads=1)  # fmt: skip
+    result = run(
+        first.spec,
+        run_dir_of("runs", "learn", first.spec.run_id),
+        first.layout,
+        device="cpu",
+        threads=1,
+    )
 
     # result.json: the training steps' time (every epoch in metrics.jsonl), images, device
     speed = result["throughput"]
@@ -145,10 +159,21 @@ def test_a_finished_run_records_its_speed_and_the_next_plan_learns_from_it(
 def test_two_plans_through_the_cli_give_identical_numbers(tmp_path: Path) -> None:
     """The CPU's peak is measured once per machine, not on every plan."""
     env = {**os.environ, "SCALING_CACHE_DIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "scaling", "plan", str(REPO / "sweeps" / "quickstart.yaml"),
-           "--format", "json", "--set", "seeds=[0]"]  # fmt: skip
-    plans = [subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=tmp_path)
-             for _ in range(2)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "scaling",
+        "plan",
+        str(REPO / "sweeps" / "quickstart.yaml"),
+        "--format",
+        "json",
+        "--set",
+        "seeds=[0]",
+    ]
+    plans = [
+        subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=tmp_path)
+        for _ in range(2)
+    ]
     first, second = (json.loads(p.stdout) for p in plans)
     assert first == second and all(r["gpu_hours"] > 0 for r in first)
     figures = json.loads((tmp_path / "machine.json").read_text())

@@ -39,17 +39,26 @@ def make_spec(method: str = "simclr", depth: int = 18, seed: int = 0, epochs: in
 
 
 def epoch_record(epoch: int) -> dict[str, Any]:
-    return {"epoch": epoch, "step": 10 * epoch, "loss": 5.0 / epoch, "top1": 0.1 * epoch,
-            "lr": 0.3 / epoch, "images_per_s": 100.0 + epoch, "peak_memory_mb": 50.5,
-            "seconds": 1.25}  # fmt: skip
+    return {
+        "epoch": epoch,
+        "step": 10 * epoch,
+        "loss": 5.0 / epoch,
+        "top1": 0.1 * epoch,
+        "lr": 0.3 / epoch,
+        "images_per_s": 100.0 + epoch,
+        "peak_memory_mb": 50.5,
+        "seconds": 1.25,
+    }
 
 
 def make_run_dir(
     root: Path, spec: RunSpec, epochs: int = 0, layout: dict[str, int] = LAYOUT
 ) -> Path:
     run_dir = root / spec.run_id
-    write_json(run_dir / SPEC, {**spec.to_dict(), "layout": layout,
-                                "code": {"commit": "0123abcd", "dirty": False}})  # fmt: skip
+    write_json(
+        run_dir / SPEC,
+        {**spec.to_dict(), "layout": layout, "code": {"commit": "0123abcd", "dirty": False}},
+    )
     for epoch in range(1, epochs + 1):
         append_jsonl(run_dir / METRICS, epoch_record(epoch))
     (run_dir / LOG).write_text("epoch 1 ...\n")
@@ -57,10 +66,20 @@ def make_run_dir(
 
 
 def finish(run_dir: Path, spec: RunSpec) -> dict[str, Any]:
-    result = {"run_id": spec.run_id, "method": spec.method, "top1": 0.71, "top5": 0.95,
-              "knn_top1": 0.6, "epochs": spec.config["epochs"], "steps": 40, "images_seen": 2560,
-              "train_flops": 1.5e12, "wall_time_s": 12.5, "derived": {"lr": 0.075},
-              "layout": LAYOUT}  # fmt: skip
+    result = {
+        "run_id": spec.run_id,
+        "method": spec.method,
+        "top1": 0.71,
+        "top5": 0.95,
+        "knn_top1": 0.6,
+        "epochs": spec.config["epochs"],
+        "steps": 40,
+        "images_seen": 2560,
+        "train_flops": 1.5e12,
+        "wall_time_s": 12.5,
+        "derived": {"lr": 0.075},
+        "layout": LAYOUT,
+    }
     write_json(run_dir / RESULT, result)
     return result
 
@@ -203,8 +222,16 @@ def test_unchanged_run_dir_is_not_sent_again_unless_forced(
 def test_failure_then_retry_then_success(store: str, client: MlflowClient, tmp_path: Path) -> None:
     spec = make_spec(seed=2)
     run_dir = make_run_dir(tmp_path, spec, epochs=1)
-    write_json(run_dir / FAILURE, {"kind": "oom", "message": "CUDA out of memory", "step": 7,
-                                   "traceback": "...", "time": time.time()})  # fmt: skip
+    write_json(
+        run_dir / FAILURE,
+        {
+            "kind": "oom",
+            "message": "CUDA out of memory",
+            "step": 7,
+            "traceback": "...",
+            "time": time.time(),
+        },
+    )
     mlflow_id = mirror.push(run_dir, store, "fail")
     assert mlflow_id is not None
     run = client.get_run(mlflow_id)

@@ -206,9 +206,16 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
         "dataset": {"name": "digits", "image_size": 16},
         "model": {"depth": 10, "width": 0.5, "stem": "cifar"},
         "seed": 0,
-        "config": {"batch_size": 128, "epochs": 8, "lr_rule": "sqrt", "warmup_epochs": 1.0,
-                   "projection_dim": 64, "color_strength": 0.5, "eval": {"epochs": 100}},
-    }  # fmt: skip
+        "config": {
+            "batch_size": 128,
+            "epochs": 8,
+            "lr_rule": "sqrt",
+            "warmup_epochs": 1.0,
+            "projection_dim": 64,
+            "color_strength": 0.5,
+            "eval": {"epochs": 100},
+        },
+    }
     spec = RunSpec.from_dict(data)
     torch.manual_seed(spec.seed)
     net = build_network("simclr", depth=10, width=0.5, stem="cifar", projection_dim=64)
@@ -218,9 +225,24 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
     trained = run(spec, tmp_path, threads=2)
     assert trained["top1"] >= baseline["top1"] + 0.10, (baseline, trained)
     assert trained["knn_top1"] >= baseline["knn_top1"] + 0.15, (baseline, trained)
-    supervised = run(RunSpec.from_dict({**data, "method": "supervised", "config": {
-        "batch_size": 128, "epochs": 8, "lr_rule": "linear", "base_lr": 0.4, "crop_min_scale": 0.35,
-        "warmup_epochs": 1.0}}), tmp_path / "sup", threads=2)  # fmt: skip
+    supervised = run(
+        RunSpec.from_dict(
+            {
+                **data,
+                "method": "supervised",
+                "config": {
+                    "batch_size": 128,
+                    "epochs": 8,
+                    "lr_rule": "linear",
+                    "base_lr": 0.4,
+                    "crop_min_scale": 0.35,
+                    "warmup_epochs": 1.0,
+                },
+            }
+        ),
+        tmp_path / "sup",
+        threads=2,
+    )
     assert supervised["top1"] >= 0.85, supervised
 
 
@@ -256,10 +278,17 @@ def test_resume_from_a_stop_after_the_last_step_of_an_epoch(tmp_path: Path) -> N
     steps = state["global_step"]
     assert state["epoch"] == 1 and state["step_in_epoch"] == 0
     # The same weights, as the mid-epoch checkpoint a late SIGTERM would have written.
-    state.update(epoch=0, step_in_epoch=steps, sums={
-        "loss": line["loss"] * steps, "top1": line["top1"] * steps, "steps": float(steps),
-        "seconds": line["seconds"], "lr": line["lr"],
-    })  # fmt: skip
+    state.update(
+        epoch=0,
+        step_in_epoch=steps,
+        sums={
+            "loss": line["loss"] * steps,
+            "top1": line["top1"] * steps,
+            "steps": float(steps),
+            "seconds": line["seconds"],
+            "lr": line["lr"],
+        },
+    )
     for path in ckpts:
         path.unlink()
     checkpoint.save(run_dir, steps, state)
@@ -390,7 +419,7 @@ def test_a_status_probe_never_makes_the_trainer_refuse_its_own_run(tmp_path: Pat
     "already running" (before: 90 of 2,000 attempts in a tight loop)."""
     import threading
 
-    from scaling.run.state import AlreadyRunning, is_locked, run_lock
+    from scaling.run.locks import AlreadyRunning, is_locked, run_lock
 
     stop = threading.Event()
 
@@ -426,11 +455,16 @@ def test_wall_time_counts_every_attempt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [("[1, 2]", "expected a run spec (a JSON object), got list"),
-     ('{"method": "simclr", "model": {}, "seed": 0, "config": {}}', "dataset: missing"),
-     ('{"method": "supervised", "dataset": {"name": "digits"}, "model": {}, "seed": "x", '
-      '"config": {}}', "seed: must be an integer, got 'x'")],
-)  # fmt: skip
+    [
+        ("[1, 2]", "expected a run spec (a JSON object), got list"),
+        ('{"method": "simclr", "model": {}, "seed": 0, "config": {}}', "dataset: missing"),
+        (
+            '{"method": "supervised", "dataset": {"name": "digits"}, "model": {}, "seed": "x", '
+            '"config": {}}',
+            "seed: must be an integer, got 'x'",
+        ),
+    ],
+)
 def test_a_bad_spec_json_for_scaling_train_is_one_line(
     tmp_path: Path, content: str, says: str
 ) -> None:

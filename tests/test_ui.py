@@ -33,8 +33,11 @@ def test_ui_serves_the_sweeps_experiment(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "scaling", "ui", "sweep.yaml", "--port", str(port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         first = proc.stdout.readline().decode()  # type: ignore[union-attr]
         assert f"http://127.0.0.1:{port}" in first and "uisweep" in first
@@ -60,10 +63,22 @@ def test_ui_serves_the_sweeps_experiment(tmp_path: Path) -> None:
 def test_ui_on_a_public_address_warns_that_it_has_no_authentication(tmp_path: Path) -> None:
     write(tmp_path / "sweep.yaml", SWEEP)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scaling", "ui", "sweep.yaml", "--host", "0.0.0.0", "--port",
-         str(free_port())],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "scaling",
+            "ui",
+            "sweep.yaml",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         first = proc.stdout.readline().decode()  # type: ignore[union-attr]
         assert "warning: the MLflow UI has no authentication" in first

@@ -24,21 +24,42 @@ def _epoch(root: Path, rows: slice, start_step: int = 0) -> tuple[list, int]:
     """Every step's views of `rows` of one epoch, and how many images this process decoded."""
     data = load_dataset("imagefolder", root=root, image_size=SIZE, max_cache_bytes=0, workers=2)
     gen = torch.Generator().manual_seed(5)
-    steps = list(train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0, rows=rows,
-                             views=2, start_step=start_step))  # fmt: skip
+    steps = list(
+        train_views(
+            data,
+            AUG,
+            gen,
+            batch_size=BATCH,
+            seed=1,
+            epoch=0,
+            rows=rows,
+            views=2,
+            start_step=start_step,
+        )
+    )
     return steps, data.decoded
 
 
 def _worker(rank: int, port: int, root: str, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     distributed.init_distributed("cpu", timedelta(minutes=2))
     per = BATCH // WORLD
     steps, decoded = _epoch(Path(root), slice(rank * per, (rank + 1) * per))
     gathered = [[distributed.all_gather_rows(v, BATCH) for v in s.views] for s in steps]
-    res = {"views": [s.views for s in steps], "labels": [s.labels for s in steps],
-           "gathered": gathered, "decoded": decoded, "states": [s.rng_state for s in steps]}  # fmt: skip
+    res = {
+        "views": [s.views for s in steps],
+        "labels": [s.labels for s in steps],
+        "gathered": gathered,
+        "decoded": decoded,
+        "states": [s.rng_state for s in steps],
+    }
     torch.save(res, Path(out) / f"rank{rank}.pt")
     distributed.cleanup()
 
@@ -86,8 +107,17 @@ def test_a_resumed_epoch_draws_what_the_full_one_drew(photos: Path) -> None:
     data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
     gen = torch.Generator()
     gen.set_state(full[0].rng_state)
-    (again,) = train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0,
-                           rows=slice(0, BATCH), views=2, start_step=1)  # fmt: skip
+    (again,) = train_views(
+        data,
+        AUG,
+        gen,
+        batch_size=BATCH,
+        seed=1,
+        epoch=0,
+        rows=slice(0, BATCH),
+        views=2,
+        start_step=1,
+    )
     for a, b in zip(again.views, full[1].views, strict=True):
         assert torch.equal(a, b)
 
@@ -98,11 +128,29 @@ def test_folder_views_on_cuda_match_the_cpu(photos: Path) -> None:
     batched flip, colour and blur run on the GPU: the same views as on the CPU."""
     data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
     gen = torch.Generator(device="cuda").manual_seed(5)
-    (cuda, *_) = train_views(data, AUG, gen, batch_size=BATCH, seed=1, epoch=0,
-                             rows=slice(0, BATCH), views=2, device="cuda")  # fmt: skip
+    (cuda, *_) = train_views(
+        data,
+        AUG,
+        gen,
+        batch_size=BATCH,
+        seed=1,
+        epoch=0,
+        rows=slice(0, BATCH),
+        views=2,
+        device="cuda",
+    )
     cpu_gen = torch.Generator(device="cuda").manual_seed(5)
-    (ref, *_) = train_views(data, AUG, cpu_gen, batch_size=BATCH, seed=1, epoch=0,
-                            rows=slice(0, BATCH), views=2, device="cpu")  # fmt: skip
+    (ref, *_) = train_views(
+        data,
+        AUG,
+        cpu_gen,
+        batch_size=BATCH,
+        seed=1,
+        epoch=0,
+        rows=slice(0, BATCH),
+        views=2,
+        device="cpu",
+    )
     for a, b in zip(cuda.views, ref.views, strict=True):
         assert a.device.type == "cuda"
         torch.testing.assert_close(a.cpu(), b, atol=2e-4, rtol=0)

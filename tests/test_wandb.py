@@ -63,8 +63,10 @@ def test_submit_mirrors_each_run_once_and_resubmit_adds_nothing(
 def _run_dir(root: Path) -> Path:
     spec = load_sweep(write(root / "s.yaml", SWEEP)).runs[0]
     run_dir = root / spec.run_id
-    write_json(run_dir / SPEC, {**spec.to_dict(), "layout": {"micro_batch": 32, "accum_steps": 1,
-                                                            "gpus": 1, "nodes": 1}})  # fmt: skip
+    write_json(
+        run_dir / SPEC,
+        {**spec.to_dict(), "layout": {"micro_batch": 32, "accum_steps": 1, "gpus": 1, "nodes": 1}},
+    )
     wandb_mirror.configure(run_dir, {"project": "scaling-test", "entity": None, "mode": "offline"})
     return run_dir
 

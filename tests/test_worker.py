@@ -73,8 +73,19 @@ def test_runs_in_a_reused_worker_are_bit_identical_to_fresh_processes(study: Pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for run_dir in started[1:]:  # after one run (then two) in the same worker
         fresh = study / "fresh" / run_dir.name
-        cmd = [sys.executable, "-m", "scaling", "train", str(run_dir / "spec.json"),
-               "--run-dir", str(fresh), "--device", "cpu", "--threads", "1"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "scaling",
+            "train",
+            str(run_dir / "spec.json"),
+            "--run-dir",
+            str(fresh),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         reused, alone = read_json(run_dir / RESULT), read_json(fresh / RESULT)
         for key in ("top1", "top5", "steps", "images_seen"):
@@ -110,8 +121,9 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_run_then_resumes(study: Pat
     assert not (killed / RESULT).exists() and (other / RESULT).exists()
     (replacement,) = workers_of(other)
     assert replacement != pid  # the slot's next run had a new worker
-    status = invoke("status", "sweep.yaml", "--cluster", "local.yaml", "--only",
-                    "method=supervised", *epochs)  # fmt: skip
+    status = invoke(
+        "status", "sweep.yaml", "--cluster", "local.yaml", "--only", "method=supervised", *epochs
+    )
     assert "resumable" in status.output, status.output
 
     again = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *only)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from scaling.errors import ScalingError
+from scaling.errors import ExitCode, ScalingError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,11 +29,11 @@ def guarded(fn: F) -> F:
             if debug():
                 raise
             print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise SystemExit(ExitCode.BAD_INPUT) from None
         except KeyboardInterrupt:
             if debug():
                 raise
             print("interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+            raise SystemExit(ExitCode.INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]

@@ -18,24 +18,57 @@ FORMATS = ("table", "json", "csv")
 #: The default table's candidate columns, in order: one is shown when its value varies
 #: between runs (identical values are said once, in the title), the cost always.
 SPEC_COLUMNS = (
-    "depth", "width", "depth_multiplier", "stem", "image_size", "batch_size", "epochs", "seed",
-    "temperature", "lr_rule", "base_lr", "weight_decay", "warmup_epochs", "optimizer",
-    "crop_min_scale", "projection_dim", "color_strength",
-)  # fmt: skip
+    "depth",
+    "width",
+    "depth_multiplier",
+    "stem",
+    "image_size",
+    "batch_size",
+    "epochs",
+    "seed",
+    "temperature",
+    "lr_rule",
+    "base_lr",
+    "weight_decay",
+    "warmup_epochs",
+    "optimizer",
+    "crop_min_scale",
+    "projection_dim",
+    "color_strength",
+)
 LAYOUT_COLUMNS = ("lr", "micro_batch", "accum_steps", "gpus", "bn_batch", "precision")
 #: where the time comes from (measured | scaled | model): a column when it varies
 SOURCE_COLUMNS = ("cost_source",)
 COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours", "predicted_train_s")
 #: --wide: every column of the earlier table and of the layout
-WIDE_COLUMNS = ("run_id", "method", *SPEC_COLUMNS, *LAYOUT_COLUMNS, "nodes", *SOURCE_COLUMNS,
-                *COST_COLUMNS)  # fmt: skip
+WIDE_COLUMNS = (
+    "run_id",
+    "method",
+    *SPEC_COLUMNS,
+    *LAYOUT_COLUMNS,
+    "nodes",
+    *SOURCE_COLUMNS,
+    *COST_COLUMNS,
+)
 HEADERS = {
-    "batch_size": "batch", "depth_multiplier": "d-mult", "image_size": "px", "temperature": "tau",
-    "weight_decay": "wd", "warmup_epochs": "warmup", "crop_min_scale": "crop", "micro_batch": "micro",
-    "accum_steps": "accum", "bn_batch": "BN", "encoder_params": "params", "peak_memory_gb": "mem GB",
-    "gpu_hours": "dev-h", "projection_dim": "proj", "color_strength": "colour",
-    "cost_source": "cost from", "predicted_train_s": "train s",
-}  # fmt: skip
+    "batch_size": "batch",
+    "depth_multiplier": "d-mult",
+    "image_size": "px",
+    "temperature": "tau",
+    "weight_decay": "wd",
+    "warmup_epochs": "warmup",
+    "crop_min_scale": "crop",
+    "micro_batch": "micro",
+    "accum_steps": "accum",
+    "bn_batch": "BN",
+    "encoder_params": "params",
+    "peak_memory_gb": "mem GB",
+    "gpu_hours": "dev-h",
+    "projection_dim": "proj",
+    "color_strength": "colour",
+    "cost_source": "cost from",
+    "predicted_train_s": "train s",
+}
 WIDTH = 120  # the default table fits an ordinary terminal
 
 
@@ -112,7 +145,7 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
     from rich.console import Console
     from rich.table import Table
 
-    from scaling.plan.expand import totals
+    from scaling.plan.planner import totals
 
     # Piped or in CI, rich would assume 80 columns and squeeze every cell.
     if console is None:
@@ -133,12 +166,19 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
             table.caption = (table.caption or "") + f"{method} runs: {_said(values)}. "
     table.caption_justify = "left"
     for col in columns:
-        table.add_column(HEADERS.get(col, col), justify="left" if col in ("run_id", "method")
-                         else "right", no_wrap=True, min_width=12 if col == "run_id" else None)  # fmt: skip
+        table.add_column(
+            HEADERS.get(col, col),
+            justify="left" if col in ("run_id", "method") else "right",
+            no_wrap=True,
+            min_width=12 if col == "run_id" else None,
+        )
     table.add_column("note", no_wrap=True)
     for row in rows:
-        note = "[red]infeasible[/red]" if not row["feasible"] else (
-            "[yellow]warning[/yellow]" if row["warnings"] else "")  # fmt: skip
+        note = (
+            "[red]infeasible[/red]"
+            if not row["feasible"]
+            else ("[yellow]warning[/yellow]" if row["warnings"] else "")
+        )
         table.add_row(*[_fmt(col, row.get(col)) for col in columns], note)
     console.print(table)
     t = totals(the_plan)

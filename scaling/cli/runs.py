@@ -9,14 +9,21 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
-from scaling.run.tracking import redact
 
-STATUS_PUSH_S = 30.0  # how long `status` waits for its pushes of runs MLflow lags behind
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+
+    from scaling.plan.planner import Plan
+    from scaling.run.backends.base import Backend, Context
+    from scaling.run.pusher import Pusher
+    from scaling.run.status import SweepStatus
+    from scaling.run.submission import Decision
+from scaling.run.tracking import redact
 
 
 def submit(
@@ -43,7 +50,7 @@ def submit(
     from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
     from scaling.run.pusher import STOP_PUSH_S, Pusher
-    from scaling.run.submission import context_of, decide, scheduled
+    from scaling.run.submission import Action, context_of, decide, scheduled
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
@@ -64,7 +71,7 @@ def submit(
     # server costs one time-out, not one per run.
     pusher = Pusher(ctx.tracking_uri, ctx.experiment, outage=tracked is None)
     ctx = dataclasses.replace(ctx, pusher=pusher)
-    pusher.add_stale(d.run_dir for d in decisions if d.action == "skip")
+    pusher.add_stale(d.run_dir for d in decisions if d.action is Action.SKIP)
     with _signals_interrupt():
         try:
             counts = _launch(plan, ctx, backend, decisions, console, reachable=tracked is not None)
@@ -77,19 +84,27 @@ def submit(
         raise typer.Exit(1)
 
 
-def _prepare(backend: Any, plan: Any, ctx: Any, busy: Any, **asked: bool) -> None:
+def _prepare(
+    backend: Backend, plan: Plan, ctx: Context, busy: dict[str, str], **asked: bool
+) -> None:
     """A backend's optional `prepare` for the runs it will likely be handed (what the run
     directories alone say; MLflow, read next, may only skip a few more)."""
-    from scaling.run.submission import decide
+    from scaling.run.submission import Action, decide
 
     prepare = getattr(backend, "prepare", None)
     if prepare is not None:
         likely = decide(plan, ctx, busy=busy, **asked)
-        prepare([d.job for d in likely if d.action != "skip"], ctx)
+        prepare([d.job for d in likely if d.action is not Action.SKIP], ctx)
 
 
 def _launch(
-    plan: Any, ctx: Any, backend: Any, decisions: list[Any], console: Any, *, reachable: bool
+    plan: Plan,
+    ctx: Context,
+    backend: Backend,
+    decisions: list[Decision],
+    console: Console,
+    *,
+    reachable: bool,
 ) -> dict[str, int]:
     """Write the run directories and hand the jobs to the backend; outcome counts."""
     from scaling.run.submission import prepare
@@ -116,7 +131,7 @@ def _launch(
     return counts
 
 
-def _close_pusher(pusher: Any, console: Any, timeout: float | None) -> None:
+def _close_pusher(pusher: Pusher, console: Console, timeout: float | None) -> None:
     from scaling.run.pusher import pending_note
 
     left = pusher.close(timeout)
@@ -140,7 +155,7 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _tracked(ctx: Any, console: Any) -> dict[str, Any] | None:
+def _tracked(ctx: Context, console: Console) -> dict[str, Any] | None:
     """MLflow's view of the sweep (run_id -> status); None, with a warning, when unreachable."""
     from scaling.errors import ScalingError
     from scaling.run.tracking import find_runs
@@ -149,33 +164,39 @@ def _tracked(ctx: Any, console: Any) -> dict[str, Any] | None:
         return find_runs(ctx.tracking_uri, ctx.experiment)
     except ScalingError as exc:
         console.print(
-            f"[yellow]warning:[/yellow] tracking not readable ({exc}); deciding from run directories"
+            f"[yellow]warning:[/yellow] tracking not readable ({exc}); "
+            "deciding from run directories"
         )
         return None
 
 
-def _ensure_experiment(ctx: Any, console: Any) -> None:
+def _ensure_experiment(ctx: Context, console: Console) -> None:
     """Create the experiment once, here, so that concurrent jobs never race to create it."""
     from scaling.run.tracking import ensure_experiment
 
     try:
         ensure_experiment(ctx.tracking_uri, ctx.experiment)
     except Exception as exc:  # tracking must never stop training
-        console.print(f"[yellow]warning:[/yellow] could not create the MLflow experiment ({exc}); "
-                      "runs still write their run directories; `scaling sync` uploads them later")  # fmt: skip
+        console.print(
+            f"[yellow]warning:[/yellow] could not create the MLflow experiment ({exc}); "
+            "runs still write their run directories; `scaling sync` uploads them later"
+        )
 
 
-def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
+def _print_decisions(console: Console, decisions: list[Decision], verbose: bool) -> None:
+    from scaling.run.submission import Action
+
     reasons: dict[tuple[str, str], int] = {}
     for d in decisions:
         # Launches grouped by kind (new, resume, rerun, forced), skips by their full reason.
-        key = (d.action, d.why if d.action == "skip" else d.why.split(":")[0].split(" after")[0])
+        key = (d.action, d.why if d.action is Action.SKIP else d.reason)
         reasons[key] = reasons.get(key, 0) + 1
         if verbose:
             spec = d.planned.spec
             console.print(
                 f"{d.action:<6} {spec.run_id} {spec.method:<10} depth {spec.model['depth']} "
-                f"width {spec.model['width']} batch {spec.config['batch_size']} epochs {spec.config['epochs']} "
+                f"width {spec.model['width']} batch {spec.config['batch_size']} "
+                f"epochs {spec.config['epochs']} "
                 f"seed {spec.seed}: {d.why}",
                 highlight=False,
             )
@@ -183,10 +204,10 @@ def _print_decisions(console: Any, decisions: list[Any], verbose: bool) -> None:
     console.print(f"{len(decisions)} runs: {summary}", highlight=False)
 
 
-def _where_to_look(console: Any, sweep: Path, cluster: Path | None) -> None:
+def _where_to_look(console: Console, sweep: Path, cluster: Path | None) -> None:
     flag = f" --cluster {cluster}" if cluster else ""
     console.print(
-        f"next: scaling status {sweep}{flag}   |   scaling ui {sweep}{flag}   |   scaling report {sweep}{flag}",
+        "next: " + "   |   ".join(f"scaling {c} {sweep}{flag}" for c in ("status", "ui", "report")),
         highlight=False,
     )
 
@@ -206,128 +227,94 @@ def status(
 
     from scaling.run.planning import build_plan
     from scaling.run.pusher import Pusher
+    from scaling.run.status import sweep_status
     from scaling.run.submission import make_context
 
     plan = build_plan(sweep, cluster, set_ or [], only)
-    runs = plan.runs
     ctx = make_context(plan.sweep, plan.profile)
     console = Console(width=None if sys.stdout.isatty() else 200)
     # Runs that ended with MLflow behind them (an outage, a killed submit) are pushed
     # here, in the background; an unreachable store is tried once per command.
     pusher = Pusher(ctx.tracking_uri, ctx.experiment)
     if not watch:
-        console.print(_status_view(runs, ctx, console, pusher))
+        console.print(_status_view(sweep_status(plan.runs, ctx, pusher)))
         return
     with Live(console=console, auto_refresh=False) as live:
         try:
             while True:
-                live.update(_status_view(runs, ctx, console, pusher), refresh=True)
+                live.update(_status_view(sweep_status(plan.runs, ctx, pusher)), refresh=True)
                 time.sleep(2)
         except KeyboardInterrupt:
             pass
 
 
-def _train_time(planned: Any, result: dict[str, Any] | None) -> str:
+STATE_COLOURS = {"finished": "green", "failed": "red", "running": "cyan", "resumable": "yellow"}
+STATUS_COLUMNS = (
+    "run_id",
+    "method",
+    "depth",
+    "width",
+    "batch",
+    "epochs",
+    "seed",
+    "state",
+    "epoch",
+    "loss",
+    "top-1",
+    "train (plan / took)",
+    "mlflow",
+)
+
+
+def _status_view(view: SweepStatus) -> Group:
+    """scaling.run.status.SweepStatus as a rich table, the counts and the failures."""
+    from rich.console import Group
+    from rich.table import Table
+
+    table = Table(title=view.title, title_justify="left")
+    for col in STATUS_COLUMNS + (("scheduler",) if view.has_scheduler else ()):
+        table.add_column(col, no_wrap=True)
+    problems = []
+    for row in view.rows:
+        spec = row.planned.spec
+        colour = STATE_COLOURS.get(row.state, "white")
+        link = "[yellow]pending sync[/yellow]" if row.pending_sync else row.mlflow or "-"
+        cells = [
+            spec.run_id,
+            spec.method,
+            str(spec.model["depth"]),
+            str(spec.model["width"]),
+            str(spec.config["batch_size"]),
+            str(spec.config["epochs"]),
+            str(spec.seed),
+            f"[{colour}]{row.state}[/{colour}]",
+            f"{row.epoch}/{spec.config['epochs']}",
+            "-" if row.loss is None else f"{row.loss:.4f}",
+            "-" if row.top1 is None else f"{row.top1:.4f}",
+            _train_time(row.planned_train_s, row.train_s),
+            link,
+        ]
+        if view.has_scheduler:
+            cells.append(row.scheduler or "-")
+        table.add_row(*cells)
+        if row.problem:
+            head, lines = row.problem
+            problems.append(f"[red]{head}[/red]" + "".join(f"\n    {ln}" for ln in lines))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()))
+    if view.unsynced:
+        summary += f"; {view.unsynced} not yet in MLflow ({view.uri}"
+        summary += " unreachable: `scaling sync` uploads them)" if view.outage else ")"
+    return Group(table, f"states: {summary}", *problems)
+
+
+def _train_time(predicted: float, measured: float | None) -> str:
     """The plan's training time, and the run's own once it finished: "41 s / 38 s"."""
-    predicted = planned.predicted_train_s
     said = "-" if predicted != predicted else _seconds(predicted)  # NaN: not known
-    measured = ((result or {}).get("throughput") or {}).get("train_time_s")
     return f"{said} / {_seconds(measured)}" if measured else said
 
 
 def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min" if s < 36_000 else f"{s / 3600:.1f} h"
-
-
-def _status_view(planned_runs: Any, ctx: Any, console: Any, pusher: Any) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-
-    from scaling.run.backends.base import get_backend
-    from scaling.run.mirror import needs_push
-    from scaling.run.state import run_state
-    from scaling.run.tracking import run_url
-    from scaling.rundir import run_dir_of
-
-    runs = [p.spec for p in planned_runs]
-    dirs = {r.run_id: run_dir_of(ctx.workdir, ctx.sweep, r.run_id) for r in runs}
-    if pusher.add_stale(dirs.values()):
-        pusher.drain(STATUS_PUSH_S)
-    tracked = None if pusher.outage else _tracked(ctx, console)
-    pusher.outage = pusher.outage or tracked is None
-    tracked = tracked or {}
-    scheduler: dict[str, str] = {}
-    if ctx.profile.backend != "local":
-        scheduler = get_backend(ctx.profile.backend).status(_jobs(runs, ctx), ctx)
-    table = Table(
-        title=f"{ctx.sweep}: {len(runs)} runs in {ctx.workdir / ctx.sweep}", title_justify="left"
-    )
-    for col in (
-        "run_id",
-        "method",
-        "depth",
-        "width",
-        "batch",
-        "epochs",
-        "seed",
-        "state",
-        "epoch",
-        "loss",
-        "top-1",
-        "train (plan / took)",
-        "mlflow",
-    ):
-        table.add_column(col, no_wrap=True)
-    if scheduler:
-        table.add_column("scheduler", no_wrap=True)
-    counts: dict[str, int] = {}
-    failures = []
-    unsynced = 0
-    for planned, r in zip(planned_runs, runs, strict=True):
-        run_dir = dirs[r.run_id]
-        st = run_state(run_dir)
-        counts[st.state] = counts.get(st.state, 0) + 1
-        info = tracked.get(r.run_id)
-        link = "-"
-        if info:
-            link = (
-                run_url(ctx.tracking_uri, info["experiment_id"], info["mlflow_run_id"])
-                or info["mlflow_run_id"][:12]
-            )
-        if st.state != "running" and needs_push(run_dir, ctx.tracking_uri, ctx.experiment):
-            unsynced += 1
-            link = "[yellow]pending sync[/yellow]"
-        top1 = f"{st.result['top1']:.4f}" if st.result else "-"
-        last_loss = (st.last or {}).get("loss")
-        loss = f"{last_loss:.4f}" if isinstance(last_loss, (int, float)) else "-"
-        color = {
-            "finished": "green",
-            "failed": "red",
-            "running": "cyan",
-            "resumable": "yellow",
-        }.get(st.state, "white")
-        cells = [r.run_id, r.method, str(r.model["depth"]), str(r.model["width"]), str(r.config["batch_size"]),
-                 str(r.config["epochs"]), str(r.seed), f"[{color}]{st.state}[/{color}]",
-                 f"{st.epoch}/{r.config['epochs']}", loss, top1, _train_time(planned, st.result),
-                 link]  # fmt: skip
-        if scheduler:
-            # The backend's first line is the state; further lines (a failed job's log
-            # tail) go under the table.
-            state_line, *tail = scheduler.get(r.run_id, "-").splitlines()
-            cells.append(state_line)
-            if tail and st.state != "failed":
-                failures.append(f"[red]{r.run_id} {state_line}[/red]\n    " + "\n    ".join(tail))
-        table.add_row(*cells)
-        if st.state == "failed":
-            kind = (st.failure or {}).get("kind", "error")
-            message = (st.failure or {}).get("message", "")
-            tail = "\n    ".join(st.log_tail(run_dir, 5))
-            failures.append(f"[red]{r.run_id} failed ({kind})[/red]: {message}\n    {tail}")
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    if unsynced:
-        summary += f"; {unsynced} not yet in MLflow ({redact(ctx.tracking_uri)}"
-        summary += " unreachable: `scaling sync` uploads them)" if pusher.outage else ")"
-    return Group(table, f"states: {summary}", *failures)
 
 
 def cancel(
@@ -338,23 +325,10 @@ def cancel(
 ) -> None:
     """Stop running runs of SWEEP; each one checkpoints and stays resumable."""
     from scaling.run.backends.base import get_backend
-    from scaling.run.planning import planned_runs
+    from scaling.run.planning import build_plan
     from scaling.run.submission import make_context
 
-    the_sweep, profile, runs = planned_runs(sweep, cluster, set_ or [], only)
-    ctx = make_context(the_sweep, profile)
-    count = get_backend(ctx.profile.backend).cancel(_jobs(runs, ctx), ctx)
+    plan = build_plan(sweep, cluster, set_ or [], only)
+    ctx = make_context(plan.sweep, plan.profile)
+    count = get_backend(ctx.profile.backend).cancel([ctx.job(p) for p in plan.runs], ctx)
     typer.echo(f"cancelled {count} runs; `scaling submit` resumes them")
-
-
-def _jobs(runs: Any, ctx: Any) -> list[Any]:
-    """The backend's view of runs for status and cancel (their layout does not matter)."""
-    from scaling.plan.layout import Layout
-    from scaling.run.backends.base import Job
-    from scaling.rundir import run_dir_of
-
-    return [
-        Job(r, Layout.single(int(r.config["batch_size"])), run_dir_of(ctx.workdir, ctx.sweep, r.run_id),
-            int(r.config["epochs"]))
-        for r in runs
-    ]  # fmt: skip

@@ -33,10 +33,14 @@ def ui(
         typer.echo(f"the sweep logs to a tracking server: open {uri} (experiment {ctx.experiment})")
         return
     if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: the MLflow UI has no authentication: anyone who reaches {host}:{port} "
-                   "can read and change every run of this store", err=True)  # fmt: skip
+        typer.echo(
+            f"warning: the MLflow UI has no authentication: anyone who reaches {host}:{port} "
+            "can read and change every run of this store",
+            err=True,
+        )
     typer.echo(
-        f"MLflow UI for {uri} at http://{host}:{port}  (experiment {ctx.experiment}; Ctrl-C stops it)"
+        f"MLflow UI for {uri} at http://{host}:{port}  "
+        f"(experiment {ctx.experiment}; Ctrl-C stops it)"
     )
     cmd = [
         sys.executable,
@@ -83,7 +87,10 @@ def sync(
     from scaling.run.wandb_mirror import push as wandb_push
 
     failed += sum(wandb_push(d, final=True) is False for d in run_dirs)  # W&B, where asked
-    typer.echo(f"synced {pushed} of {len(run_dirs)} runs to {ctx.tracking_uri} (experiment {ctx.experiment})"
-               + (f"; {failed} failed, run `scaling sync` again" if failed else ""))  # fmt: skip
+    typer.echo(
+        f"synced {pushed} of {len(run_dirs)} runs to {ctx.tracking_uri} "
+        f"(experiment {ctx.experiment})"
+        + (f"; {failed} failed, run `scaling sync` again" if failed else "")
+    )
     if failed:
         raise typer.Exit(1)

@@ -7,9 +7,6 @@ from typing import Annotated
 
 import typer
 
-EXIT_PREEMPTED = 143  # stopped by SIGTERM/SIGUSR1 after writing a checkpoint: resumable
-EXIT_ALREADY_RUNNING = 75  # another process holds the run's lock (EX_TEMPFAIL)
-
 
 def train(
     run_spec: Annotated[
@@ -33,25 +30,17 @@ def train(
     ] = False,
 ) -> None:
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
-    from scaling.run.state import AlreadyRunning
-    from scaling.run.tracked import read_run_file, run_tracked
-    from scaling.train.trainer import Preempted
-
-    spec, layout = read_run_file(run_spec)
+    from scaling.errors import ExitCode
+    from scaling.run.entry import train_entry
     from scaling.run.tracking import without_credentials
 
-    tracking = None
-    if tracking_uri:
-        tracking = (without_credentials(tracking_uri), experiment or spec.sweep or "scaling")
-    try:
-        run_tracked(spec, run_dir, layout, tracking, force=force, device=device, threads=threads,
-                    compile=compile)  # fmt: skip
-    except Preempted as exc:
-        typer.echo(str(exc), err=True)
-        raise SystemExit(EXIT_PREEMPTED) from None
-    except AlreadyRunning as exc:
-        typer.echo(str(exc), err=True)
-        raise SystemExit(EXIT_ALREADY_RUNNING) from None
+    tracking = (without_credentials(tracking_uri), experiment) if tracking_uri else None
+    ending = train_entry(
+        run_spec, run_dir, tracking, force=force, device=device, threads=threads, compile=compile
+    )
+    if ending.code is not ExitCode.OK:
+        typer.echo(ending.message, err=True)
+        raise SystemExit(ending.code)
 
 
 def worker() -> None:

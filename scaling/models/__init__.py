@@ -1,4 +1,5 @@
-"""The networks a run spec names: timm ResNets at any depth x width, SimCLR's head.
+"""The networks a run spec names: timm ResNets at any depth x width, and the heads
+a method names on them (`resnet.HEADS`: SimCLR's projection head, a classifier).
 
 Shared by the planner (which costs them on the meta device) and the trainer (which
 trains them). Imports `scaling.errors` and `scaling.sweep` only.

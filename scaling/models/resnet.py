@@ -15,12 +15,14 @@ Conv of stride 1, and also remove the first max pooling operation").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet, downsample_conv
 from torch import nn
 
 from scaling.errors import SpecError
+from scaling.sweep.methods import METHODS, Head
 
 #: depth -> (block kind, blocks per stage). 10 is a tiny network for CPU runs.
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -33,7 +35,6 @@ DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     200: ("bottleneck", (3, 24, 36, 3)),
 }
 STEMS = ("cifar", "imagenet")
-METHODS = ("simclr", "supervised")
 
 _BASE_STAGE_CHANNELS = (64, 128, 256, 512)
 _BASE_STEM_CHANNELS = 64
@@ -236,6 +237,25 @@ class SupervisedNet(nn.Module):
         return self.fc(self.encoder(x))
 
 
+def _projection(encoder: nn.Module, projection_dim: int, num_classes: int) -> SimCLRNet:
+    if projection_dim < 1:
+        raise SpecError(f"projection_dim must be at least 1, got {projection_dim}")
+    return SimCLRNet(encoder, projection_dim)
+
+
+def _classifier(encoder: nn.Module, projection_dim: int, num_classes: int) -> SupervisedNet:
+    if num_classes < 1:
+        raise SpecError(f"num_classes must be at least 1, got {num_classes}")
+    return SupervisedNet(encoder, num_classes)
+
+
+#: the network of each head kind a method names (scaling.sweep.methods.Head)
+HEADS: dict[Head, Callable[[nn.Module, int, int], SimCLRNet | SupervisedNet]] = {
+    Head.PROJECTION: _projection,
+    Head.CLASSIFIER: _classifier,
+}
+
+
 def build_network(
     method: str,
     *,
@@ -246,14 +266,9 @@ def build_network(
     projection_dim: int = 128,
     num_classes: int = 10,
 ) -> SimCLRNet | SupervisedNet:
-    """The whole trained network for `method`; both kinds expose `.encoder`."""
+    """The whole trained network for `method` (its registered head on the encoder); both
+    kinds expose `.encoder`."""
     if method not in METHODS:
         raise SpecError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     encoder = build_encoder(depth, width, stem, depth_multiplier)
-    if method == "simclr":
-        if projection_dim < 1:
-            raise SpecError(f"projection_dim must be at least 1, got {projection_dim}")
-        return SimCLRNet(encoder, projection_dim)
-    if num_classes < 1:
-        raise SpecError(f"num_classes must be at least 1, got {num_classes}")
-    return SupervisedNet(encoder, num_classes)
+    return HEADS[METHODS[method].head](encoder, projection_dim, num_classes)

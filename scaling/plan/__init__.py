@@ -1,11 +1,13 @@
 """The plan stage: every run of a sweep with its layout and cost, before anything runs.
 
-Holds grid expansion into planned runs (`expand`), the layout (micro-batch, accumulation,
-GPUs) and the quantities derived from it (`layout`: effective batch, LR, steps, warmup),
-the LR rules and schedule (`schedule`), the cost model on the meta device (`costs`) and
-its on-disk cache (`costcache`), and the data-set facts the planner needs
-(`data_info`). Imports `scaling.errors`, `scaling.rundir`, `scaling.sweep` and
-`scaling.models`.
+Holds the planner (`planner`: planned runs, their layout, memory, time and warnings, the
+plan's columns), the accelerator a plan sizes runs for (`accelerator`), the layout
+(micro-batch, accumulation, GPUs) and the quantities derived from it (`layout`:
+effective batch, LR, steps, warmup), the LR rules and schedule (`schedule`), the cost
+model on the meta device (`costs`), its on-disk cache (`costcache`), measured training
+throughput (`throughput`), the plan's validity checks (`checks`) and the data-set facts
+the planner needs (`data_info`). Imports `scaling.errors`, `scaling.rundir`,
+`scaling.sweep` and `scaling.models`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 from scaling._exports import lazy
 
 _EXPORTS = {
-    "Plan": "scaling.plan.expand",
-    "PlannedRun": "scaling.plan.expand",
-    "make_plan": "scaling.plan.expand",
-    "totals": "scaling.plan.expand",
+    "Plan": "scaling.plan.planner",
+    "PlannedRun": "scaling.plan.planner",
+    "make_plan": "scaling.plan.planner",
+    "totals": "scaling.plan.planner",
     "Layout": "scaling.plan.layout",
     "derive": "scaling.plan.layout",
     "lr_for_batch": "scaling.plan.schedule",

@@ -44,15 +44,19 @@ def sweep_warnings(specs: list[RunSpec]) -> list[str]:
     """Checks on the sweep as a whole: seeds, and the test set's resolution."""
     out = []
     if specs and len({s.seed for s in specs}) == 1:
-        out.append("one seed: no gap will have an interval and no trend can be told from "
-                   "run-to-run noise; give the sweep seeds: [0, 1, 2]")  # fmt: skip
+        out.append(
+            "one seed: no gap will have an interval and no trend can be told from "
+            "run-to-run noise; give the sweep seeds: [0, 1, 2]"
+        )
     sizes = {s.dataset["name"]: test_size(s.dataset) for s in specs}
     for name, n in sizes.items():
         if n and n < SMALL_TEST_SET:
             half = binomial_half_width(0.95, n)
-            out.append(f"the {name} test set has {n} images: one image is {100 / n:.2f} points "
-                       f"and a run's top-1 at 95% has a 90% binomial interval of +-{half:.1f} "
-                       "points; gaps smaller than that are ties")  # fmt: skip
+            out.append(
+                f"the {name} test set has {n} images: one image is {100 / n:.2f} points "
+                f"and a run's top-1 at 95% has a 90% binomial interval of +-{half:.1f} "
+                "points; gaps smaller than that are ties"
+            )
     return out
 
 
@@ -60,8 +64,9 @@ def plan_warnings(spec: RunSpec, layout: Layout, n_train: int | None) -> tuple[s
     out = []
     if n_train:
         c = spec.config
-        share = _warmup_share(spec.method, int(c["batch_size"]), int(c["epochs"]),
-                              c.get("warmup_epochs"), n_train)  # fmt: skip
+        share = _warmup_share(
+            spec.method, int(c["batch_size"]), int(c["epochs"]), c.get("warmup_epochs"), n_train
+        )
         if share > MAX_WARMUP_FRACTION:
             out.append(
                 f"warmup is {share:.0%} of training (over {MAX_WARMUP_FRACTION:.0%}): "

@@ -140,9 +140,15 @@ def arch_args(spec: Any) -> tuple[Any, ...]:
 
     model = spec.model
     return (
-        spec.method, model["depth"], model["width"], model["stem"], model["depth_multiplier"],
-        spec.dataset["image_size"], int(spec.config.get("projection_dim", 128)), num_classes(spec.dataset),
-    )  # fmt: skip
+        spec.method,
+        model["depth"],
+        model["width"],
+        model["stem"],
+        model["depth_multiplier"],
+        spec.dataset["image_size"],
+        int(spec.config.get("projection_dim", 128)),
+        num_classes(spec.dataset),
+    )
 
 
 def spec_cost(spec: Any) -> Any:

@@ -23,6 +23,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.flop_counter import FlopCounterMode
 
 from scaling.errors import SpecError
+from scaling.sweep.methods import get_method
 
 #: bytes per value of weights, gradients and optimizer slots (fp32 master weights).
 BYTES_PER_VALUE = 4
@@ -230,13 +231,10 @@ def train_flops(
 def eval_flops(
     flops_per_image: int, n_train: int, n_test: int, method: str, eval_config: dict | None
 ) -> float:
-    """Evaluation FLOPs (forwards only): SimCLR's linear evaluation extracts features of
-    every training and test image once, and the augmented protocol forwards every
-    training image again each of its epochs (fresh crops); the online kNN monitor adds
-    its subsets every `knn_every` epochs (counted by the planner). Supervised runs forward
-    the test split alone."""
-    if method != "simclr":
-        return float(flops_per_image) * n_test
-    cfg = eval_config or {}
-    passes = 1 + (int(cfg.get("epochs") or 0) if cfg.get("protocol") == "augmented" else 0)
-    return float(flops_per_image) * (passes * n_train + n_test)
+    """Evaluation FLOPs (forwards only) of `method`'s evaluation (its registered
+    `eval_passes`: SimCLR's linear evaluation extracts features of every training and
+    test image once, and the augmented protocol forwards every training image again each
+    of its epochs; supervised runs forward the test split alone). The online kNN monitor
+    adds its subsets every `knn_every` epochs (counted by the planner)."""
+    train_passes, test_passes = get_method(method).eval_passes(eval_config)
+    return float(flops_per_image) * (train_passes * n_train + test_passes * n_test)

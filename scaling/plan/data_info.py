@@ -7,14 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from scaling.sweep.methods import get_method
+
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "synthetic": 10}
 STL10_UNLABELED = 100_000
 
 
 def train_split(name: str, method: str) -> str:
-    """The split a method trains on: SimCLR pretrains on STL-10's train+unlabeled (the
-    paper's and every peer's choice); everything else on train."""
-    return "train+unlabeled" if name == "stl10" and method == "simclr" else "train"
+    """The split a method trains on: a method that learns from unlabelled images (SimCLR)
+    trains on STL-10's train+unlabeled (the paper's and every peer's choice); everything
+    else on train."""
+    return "train+unlabeled" if name == "stl10" and get_method(method).unlabelled else "train"
 
 
 def num_classes(dataset: Mapping[str, Any]) -> int:

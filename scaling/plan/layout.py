@@ -82,11 +82,12 @@ class Layout:
         return cls(micro_batch=batch_size, accum_steps=1, gpus=1, nodes=1)
 
 
-def train_size(dataset: Mapping[str, Any], method: str = "supervised") -> int | None:
-    """Images in one training epoch of `method`, or None when nothing tells (an unreachable
-    folder). SimCLR on STL-10 pretrains on train+unlabeled: 105,000 images, not 5,000."""
+def train_size(dataset: Mapping[str, Any], method: str | None = None) -> int | None:
+    """Images in one training epoch of `method` (None: the labelled training split), or
+    None when nothing tells (an unreachable folder). SimCLR on STL-10 pretrains on
+    train+unlabeled: 105,000 images, not 5,000."""
     name = dataset["name"]
-    if train_split(name, method) == "train+unlabeled":
+    if method is not None and train_split(name, method) == "train+unlabeled":
         return TRAIN_SIZES[name] + STL10_UNLABELED
     if name == "synthetic":
         return int(dataset.get("size") or SYNTHETIC_DEFAULT_SIZE)

@@ -84,20 +84,33 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "run_id": self.run_id, "device": self.device, "arch": list(self.arch),
-            "micro_batch": self.micro_batch, "accum_steps": self.accum_steps, "gpus": self.gpus,
-            "precision": self.precision, "train_flops_per_image": self.train_flops_per_image,
-            "images": self.images, "train_time_s": self.train_time_s,
+            "run_id": self.run_id,
+            "device": self.device,
+            "arch": list(self.arch),
+            "micro_batch": self.micro_batch,
+            "accum_steps": self.accum_steps,
+            "gpus": self.gpus,
+            "precision": self.precision,
+            "train_flops_per_image": self.train_flops_per_image,
+            "images": self.images,
+            "train_time_s": self.train_time_s,
             "images_per_s_per_device": 1.0 / self.seconds_per_image,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Measurement:
         return cls(
-            str(d["run_id"]), str(d["device"]), tuple(d["arch"]), int(d["micro_batch"]),
-            int(d["accum_steps"]), int(d["gpus"]), str(d["precision"]),
-            float(d["train_flops_per_image"]), int(d["images"]), float(d["train_time_s"]),
-        )  # fmt: skip
+            str(d["run_id"]),
+            str(d["device"]),
+            tuple(d["arch"]),
+            int(d["micro_batch"]),
+            int(d["accum_steps"]),
+            int(d["gpus"]),
+            str(d["precision"]),
+            float(d["train_flops_per_image"]),
+            int(d["images"]),
+            float(d["train_time_s"]),
+        )
 
 
 def record(m: Measurement) -> None:
@@ -183,7 +196,11 @@ class Calibration:
     ) -> tuple[float, str] | None:
         micro, accum, gpus, precision = layout
         pool = [m for m in self.measurements if m.run_id != excluded and m.precision == precision]
-        same = [m for m in pool if m.arch == arch and (m.micro_batch, m.accum_steps, m.gpus) == (micro, accum, gpus)]  # fmt: skip
+        same = [
+            m
+            for m in pool
+            if m.arch == arch and (m.micro_batch, m.accum_steps, m.gpus) == (micro, accum, gpus)
+        ]
         if same:
             return statistics.median(m.seconds_per_image for m in same), MEASURED
         method = [m for m in pool if m.arch[0] == arch[0]]

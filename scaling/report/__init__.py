@@ -1,9 +1,11 @@
 """The report stage: finished runs turned into answers.
 
 Holds the results table (`results`), the supervised-vs-contrastive gap table and the
-fit sets (`gaps`), saturating power-law fits with bootstrap intervals (`fit`), the gap
-curve between two fits (`gapcurve`), figures (`figures`) and the self-contained HTML
-report (`html`). Imports every stage before it; only `scaling.cli` imports it.
+fits across sizes (`laws`), the intervals they share (`intervals`), saturating power-law fits with
+bootstrap intervals (`fit`), the gap curve between two fits (`gapcurve`), the measured
+answer (`headline`), what limits the numbers (`checks`), figures (`figures`), the
+self-contained HTML report (`html`) and its upload to MLflow (`publish`). Imports every
+stage before it; only `scaling.cli` imports it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ _EXPORTS = {
     "collect": "scaling.report.results",
     "gap_table": "scaling.report.gaps",
     "fit_power_law": "scaling.report.fit",
+    "fit_sweep": "scaling.report.laws",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy(__name__, _EXPORTS)

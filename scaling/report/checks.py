@@ -28,8 +28,10 @@ def validity_warnings(results: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
     out += _baseline_converged(done)
     out += _test_set(done, gap_df)
     if (gap_df["selected_by"] == "test").any():
-        out.append("SimCLR recipes were chosen on the test set (runs without validation "
-                   "scores): the gaps are optimistic; rerun with this version to select on validation")  # fmt: skip
+        out.append(
+            "SimCLR recipes were chosen on the test set (runs without validation "
+            "scores): the gaps are optimistic; rerun with this version to select on validation"
+        )
     return out
 
 
@@ -45,8 +47,10 @@ def _plan_warnings(results: pd.DataFrame) -> list[str]:
 def _seeds(done: pd.DataFrame) -> list[str]:
     if done.empty or done["seed"].nunique() > 1:
         return []
-    return ["one seed: no gap has an interval and no trend can be told from run-to-run "
-            "noise; give the sweep `seeds: [0, 1, 2]` (trade a recipe axis for seeds)"]  # fmt: skip
+    return [
+        "one seed: no gap has an interval and no trend can be told from run-to-run "
+        "noise; give the sweep `seeds: [0, 1, 2]` (trade a recipe axis for seeds)"
+    ]
 
 
 def _baseline_converged(done: pd.DataFrame) -> list[str]:
@@ -57,9 +61,11 @@ def _baseline_converged(done: pd.DataFrame) -> list[str]:
     if moving.empty:
         return []
     widths = ", ".join(f"{w:g}x" for w in sorted(moving["width"].unique()))
-    return [f"the supervised baseline has not converged in {len(moving)} of {len(sup)} runs "
-            f"(widths {widths}): its training loss still fell by over {STILL_TRAINING:.0%} in "
-            "the last fifth of its epochs; train it longer (methods.supervised.epochs)"]  # fmt: skip
+    return [
+        f"the supervised baseline has not converged in {len(moving)} of {len(sup)} runs "
+        f"(widths {widths}): its training loss still fell by over {STILL_TRAINING:.0%} in "
+        "the last fifth of its epochs; train it longer (methods.supervised.epochs)"
+    ]
 
 
 def _test_set(done: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
@@ -74,6 +80,8 @@ def _test_set(done: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
     smallest = float(best["gap"].abs().min())
     if half <= smallest:
         return []
-    return [f"the test set has {n} images: one image is {100 / n:.2f} points and one run's "
-            f"top-1 has a 90% binomial interval of +-{half:.2f} points, more than the smallest "
-            f"gap reported ({smallest:.2f}); read gaps that small as ties"]  # fmt: skip
+    return [
+        f"the test set has {n} images: one image is {100 / n:.2f} points and one run's "
+        f"top-1 has a 90% binomial interval of +-{half:.2f} points, more than the smallest "
+        f"gap reported ({smallest:.2f}); read gaps that small as ties"
+    ]

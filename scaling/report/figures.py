@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from scaling.report.gapcurve import human
-from scaling.report.gaps import REFERENCE, FitSet, SweepFit, select
-from scaling.report.results import recipe_label
+from scaling.report.gaps import REFERENCE, select
+from scaling.report.laws import FitSet, SweepFit
+from scaling.report.results import arch_label, recipe_label
 
 SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
@@ -33,10 +34,12 @@ MAX_PANELS = 4
 #: The paper's ImageNet points (Chen et al. 2020, Table 6 and Table B.3; parameter counts
 #: of ResNet-50 1x/2x/4x without classifier): (params, top-1, label).
 PAPER_FIG7 = (
-    (23_508_032, 69.3, "SimCLR 1000 ep."), (93_907_072, 74.2, "SimCLR 1000 ep."),
-    (375_378_176, 76.5, "SimCLR 1000 ep."), (23_508_032, 76.5, "supervised 90 ep."),
+    (23_508_032, 69.3, "SimCLR 1000 ep."),
+    (93_907_072, 74.2, "SimCLR 1000 ep."),
+    (375_378_176, 76.5, "SimCLR 1000 ep."),
+    (23_508_032, 76.5, "supervised 90 ep."),
     (375_378_176, 78.4, "supervised 90 ep."),
-)  # fmt: skip
+)
 
 
 def _plt() -> Any:
@@ -62,8 +65,13 @@ def legend_below(ax: Any) -> None:
     """The legend under the axes, so that it never hides a point (saved with a tight
     bounding box, the figure grows to hold it)."""
     n = len(ax.get_legend_handles_labels()[1])
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2 if n > 3 else 1,
-              frameon=False)  # fmt: skip
+    ax.legend(
+        fontsize=7.5,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.14),
+        ncol=2 if n > 3 else 1,
+        frameon=False,
+    )
 
 
 def _means(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -114,21 +122,38 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
             style = _style(f, i)
             cells = _means(select(df, f.domain, f.method, f.recipe), ["encoder_params"])
             label = f.fit.label + ("" if f.fit.ok else " (too few sizes for a curve)")
-            ax.errorbar(cells["encoder_params"], cells["mean"], yerr=cells["std"].fillna(0), ls="none",
-                        capsize=2, label=label, ms=8 if style["marker"] == "*" else 6, **style)  # fmt: skip
+            ax.errorbar(
+                cells["encoder_params"],
+                cells["mean"],
+                yerr=cells["std"].fillna(0),
+                ls="none",
+                capsize=2,
+                label=label,
+                ms=8 if style["marker"] == "*" else 6,
+                **style,
+            )
             if f.fit.ok:
                 _curve(ax, f, style)
         if paper or (paper is None and domain.get("dataset") == "imagefolder"):
             for marker, what in (("P", "SimCLR 1000 ep."), ("D", "supervised 90 ep.")):
                 pts = [(p, t) for p, t, lab in PAPER_FIG7 if lab == what]
-                ax.scatter(*zip(*pts, strict=True), marker=marker, facecolors="none", edgecolors="black",
-                           label=f"Chen et al. 2020, ImageNet, {what} (reference)")  # fmt: skip
+                ax.scatter(
+                    *zip(*pts, strict=True),
+                    marker=marker,
+                    facecolors="none",
+                    edgecolors="black",
+                    label=f"Chen et al. 2020, ImageNet, {what} (reference)",
+                )
         if len(others) + 2 > len(shown):
             ax.plot(
                 [], [], " ", label=f"({len(others) + 2 - len(shown)} other recipes in fits.json)"
             )
-        ax.set(xscale="log", xlabel="encoder parameters", ylabel="top-1 accuracy (%)",
-               title=f"Top-1 vs parameters (Fig. 7) - {_domain_title(domain)}")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="encoder parameters",
+            ylabel="top-1 accuracy (%)",
+            title=f"Top-1 vs parameters (Fig. 7) - {_domain_title(domain)}",
+        )
         ax.grid(alpha=0.3, which="both")
         legend_below(ax)
         paths += save(fig, out_dir, "fig7_params" + (f"_{n}" if n else ""))
@@ -141,8 +166,10 @@ def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
     if sim.empty:
         return []
     keys = ["dataset", "image_size", "stem", "depth", "width", "depth_multiplier"]
-    ranked = sim.groupby(keys, dropna=False).agg(cells=("epochs", lambda s: len(set(zip(
-        sim.loc[s.index, "batch_size"], s, strict=True)))), params=("encoder_params", "max"))  # fmt: skip
+    ranked = sim.groupby(keys, dropna=False).agg(
+        cells=("epochs", lambda s: len(set(zip(sim.loc[s.index, "batch_size"], s, strict=True)))),
+        params=("encoder_params", "max"),
+    )
     ranked = ranked.sort_values(["cells", "params"], ascending=False).head(MAX_PANELS)
     out = []
     for key in ranked.index:
@@ -156,8 +183,9 @@ def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, lis
     """n panels, two to a row: a row of four would be shrunk to illegible text on a page."""
     cols = min(2, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(width * cols, height * rows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.flat)
     for ax in flat[n:]:
         fig.delaxes(ax)
@@ -165,8 +193,8 @@ def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, lis
 
 
 def _arch_title(arch: dict[str, Any]) -> str:
-    mult = "" if arch["depth_multiplier"] == 1 else f" depth x{arch['depth_multiplier']:g}"
-    return f"R{arch['depth']} {arch['width']:g}x{mult} ({arch['dataset']})"
+    label = arch_label(arch["depth"], arch["width"], arch["depth_multiplier"])
+    return f"{label} ({arch['dataset']})"
 
 
 def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -181,9 +209,15 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         cells = _means(sim, ["batch_size", "epochs", *_other_axes(sim)])
         cells = cells.sort_values("mean").groupby(["batch_size", "epochs"]).tail(1)
         for i, (batch, line) in enumerate(cells.sort_values("epochs").groupby("batch_size")):
-            ax.errorbar(line["epochs"], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=2,
-                        color=plt.cm.viridis(i / max(1, cells["batch_size"].nunique() - 1)),
-                        label=f"batch {int(batch)}")  # fmt: skip
+            ax.errorbar(
+                line["epochs"],
+                line["mean"],
+                yerr=line["std"].fillna(0),
+                marker="o",
+                capsize=2,
+                color=plt.cm.viridis(i / max(1, cells["batch_size"].nunique() - 1)),
+                label=f"batch {int(batch)}",
+            )
         sup = _means(runs[runs["method"] == REFERENCE], ["epochs"])
         if len(sup):
             ax.axhline(
@@ -201,8 +235,10 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     other = _other_axes(df[df["method"] != REFERENCE])
-    fig.suptitle("SimCLR linear evaluation vs epochs and batch size (Fig. 9)"
-                 + (f"; best over {', '.join(other)}" if other else ""))  # fmt: skip
+    fig.suptitle(
+        "SimCLR linear evaluation vs epochs and batch size (Fig. 9)"
+        + (f"; best over {', '.join(other)}" if other else "")
+    )
     return save(fig, out_dir, "fig9_epochs")
 
 
@@ -234,15 +270,24 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         im = ax.imshow(values, cmap=cmap, aspect="auto", origin="lower")
         for (i, j), v in np.ndenumerate(values):
             colour = "#555" if math.isnan(v) else "white" if v < np.nanmean(values) else "black"
-            ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.1f}", ha="center", va="center",
-                    fontsize=8, color=colour)  # fmt: skip
+            ax.text(
+                j,
+                i,
+                "n/a" if math.isnan(v) else f"{v:.1f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color=colour,
+            )
         ax.set_xticks(range(grid.shape[1]), [str(int(e)) for e in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(int(b)) for b in grid.index])
         ax.set(xlabel="epochs", ylabel="batch size", title=_arch_title(arch))
         fig.colorbar(im, ax=ax, label="top-1 (%)")
     other = _other_axes(df[df["method"] != REFERENCE])
-    fig.suptitle("SimCLR top-1 over batch size x epochs (n/a: no finished run)"
-                 + (f"; best over {', '.join(other)}" if other else ""))  # fmt: skip
+    fig.suptitle(
+        "SimCLR top-1 over batch size x epochs (n/a: no finished run)"
+        + (f"; best over {', '.join(other)}" if other else "")
+    )
     return save(fig, out_dir, "heatmap_batch_epochs")
 
 
@@ -256,10 +301,22 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
         label = recipe_label(g.recipe)
         mine = rows[(rows["kind"] == "recipe") & (rows["recipe"] == label)]
         best = rows[rows["kind"] == "best"]
-        ax.errorbar(mine["encoder_params"], mine["gap"], yerr=mine["gap_se"].fillna(0), ls="none", capsize=2,
-                    label=f"measured, SimCLR {label}", **HEADLINE_STYLE)  # fmt: skip
-        ax.scatter(best["encoder_params"], best["gap"], facecolors="none", edgecolors="tab:blue",
-                   label="measured, best SimCLR recipe per architecture")  # fmt: skip
+        ax.errorbar(
+            mine["encoder_params"],
+            mine["gap"],
+            yerr=mine["gap_se"].fillna(0),
+            ls="none",
+            capsize=2,
+            label=f"measured, SimCLR {label}",
+            **HEADLINE_STYLE,
+        )
+        ax.scatter(
+            best["encoder_params"],
+            best["gap"],
+            facecolors="none",
+            edgecolors="tab:blue",
+            label="measured, best SimCLR recipe per architecture",
+        )
         c = g.curve
         if c is not None:
             inside = c.x <= c.data_max
@@ -276,8 +333,12 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
             )
             if math.isfinite(c.closes_at):
                 where = "" if c.closes_at <= c.data_max else " (extrapolated)"
-                ax.axvline(c.closes_at, color="gray", ls=":",
-                           label=f"gap < {c.threshold:g} point from {human(c.closes_at)}{where}")  # fmt: skip
+                ax.axvline(
+                    c.closes_at,
+                    color="gray",
+                    ls=":",
+                    label=f"gap < {c.threshold:g} point from {human(c.closes_at)}{where}",
+                )
             ax.axvspan(
                 c.data_min,
                 c.data_max,
@@ -292,8 +353,12 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
         threshold = c.threshold if c else 1.0
         ax.axhline(threshold, color="black", lw=0.8, ls="-.", label=f"{threshold:g}-point gap")
         ax.axhline(0, color="black", lw=0.5)
-        ax.set(xscale="log", xlabel="encoder parameters", ylabel="supervised - SimCLR top-1 (points)",
-               title=f"Gap to supervised - {_domain_title(g.domain)}")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="encoder parameters",
+            ylabel="supervised - SimCLR top-1 (points)",
+            title=f"Gap to supervised - {_domain_title(g.domain)}",
+        )
         ax.grid(alpha=0.3, which="both")
         legend_below(ax)
         paths += save(fig, out_dir, "gap_params" + (f"_{n}" if n else ""))
@@ -312,8 +377,11 @@ def compute_figure(df: pd.DataFrame, fits: FitSet, out_dir: Path) -> list[Path]:
         )
         runs = select(df, f.domain, f.method, {})
         runs = runs[runs["train_flops"].notna() & (runs["state"] == "finished")]
-        cells = runs.assign(pct=100 * runs["top1"]).groupby(_cell_keys(runs), dropna=False).agg(
-            flops=("train_flops", "median"), pct=("pct", "mean"))  # fmt: skip
+        cells = (
+            runs.assign(pct=100 * runs["top1"])
+            .groupby(_cell_keys(runs), dropna=False)
+            .agg(flops=("train_flops", "median"), pct=("pct", "mean"))
+        )
         ax.scatter(
             cells["flops"],
             cells["pct"],
@@ -325,8 +393,12 @@ def compute_figure(df: pd.DataFrame, fits: FitSet, out_dir: Path) -> list[Path]:
         if f.fit.ok:
             _curve(ax, f, style)
             ax.plot([], [], color=style["color"], label=f.fit.label)
-    ax.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="top-1 accuracy (%)",
-           title="Top-1 vs training compute (curves: fits to the compute frontier)")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="training compute (FLOPs)",
+        ylabel="top-1 accuracy (%)",
+        title="Top-1 vs training compute (curves: fits to the compute frontier)",
+    )
     ax.grid(alpha=0.3, which="both")
     legend_below(ax)
     return save(fig, out_dir, "compute")
@@ -344,7 +416,10 @@ def make_all(
 ) -> dict[str, list[Path]]:
     """Every figure; name -> [png, svg] (a figure with nothing to show is skipped)."""
     figs = {
-        "fig7": fig7(df, fits, out_dir), "fig9": fig9(df, out_dir), "gap": gap_figure(df, gap_df, fits, out_dir),
-        "heatmap": heatmap(df, out_dir), "compute": compute_figure(df, fits, out_dir),
-    }  # fmt: skip
+        "fig7": fig7(df, fits, out_dir),
+        "fig9": fig9(df, out_dir),
+        "gap": gap_figure(df, gap_df, fits, out_dir),
+        "heatmap": heatmap(df, out_dir),
+        "compute": compute_figure(df, fits, out_dir),
+    }
     return {k: v for k, v in figs.items() if v}

@@ -116,8 +116,9 @@ def _lm_step(
     return np.clip(theta - step, _LOWER, _UPPER)
 
 
-def _solve(theta0: np.ndarray, d: _Data, w: np.ndarray, delta: float,
-           iters: int = 300) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _solve(
+    theta0: np.ndarray, d: _Data, w: np.ndarray, delta: float, iters: int = 300
+) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the weighted Huber loss for K problems at once; returns (theta, loss)."""
     theta = np.clip(theta0.astype(float), _LOWER, _UPPER)
     loss = _loss(theta, d, w, delta)
@@ -211,20 +212,38 @@ class PowerLawFit:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "label": self.label, "x": self.x_name, "status": self.status, "message": self.message,
-            "n_runs": self.n_runs, "n_distinct_x": self.n_x, "x_range": [self.x_min, self.x_max],
-            "level": self.level, "huber_delta": self.delta, "notes": list(self.notes),
-        }  # fmt: skip
+            "label": self.label,
+            "x": self.x_name,
+            "status": self.status,
+            "message": self.message,
+            "n_runs": self.n_runs,
+            "n_distinct_x": self.n_x,
+            "x_range": [self.x_min, self.x_max],
+            "level": self.level,
+            "huber_delta": self.delta,
+            "notes": list(self.notes),
+        }
         if self.ok:
             out["params"] = self.params()
             out["intervals"] = {k: list(v) for k, v in self.intervals().items()}
-            out["bootstrap"] = {"replicates": 0 if self.boot is None else len(self.boot),
-                                "dropped": self.n_boot_dropped}  # fmt: skip
+            out["bootstrap"] = {
+                "replicates": 0 if self.boot is None else len(self.boot),
+                "dropped": self.n_boot_dropped,
+            }
         return out
 
 
-def fit_power_law(x: Any, err: Any, *, label: str = "", x_name: str = "x", n_boot: int = 1000,
-                  level: float = 0.9, seed: int = 0, delta: float | None = None) -> PowerLawFit:  # fmt: skip
+def fit_power_law(
+    x: Any,
+    err: Any,
+    *,
+    label: str = "",
+    x_name: str = "x",
+    n_boot: int = 1000,
+    level: float = 0.9,
+    seed: int = 0,
+    delta: float | None = None,
+) -> PowerLawFit:
     """Fit err = E + A x^-alpha to runs (one point per run) with bootstrap intervals."""
     x = np.asarray(x, float)
     y = np.clip(np.asarray(err, float), ERR_FLOOR, 1.0)
@@ -232,12 +251,20 @@ def fit_power_law(x: Any, err: Any, *, label: str = "", x_name: str = "x", n_boo
     order = np.argsort(x[keep], kind="stable")
     x, y = x[keep][order], y[keep][order]
     xs, per_x = np.unique(x, return_counts=True)
-    base = dict(label=label, x_name=x_name, n_runs=len(x), n_x=len(xs), level=level,
-                x_min=float(xs[0]) if len(xs) else math.nan,
-                x_max=float(xs[-1]) if len(xs) else math.nan)  # fmt: skip
+    base = dict(
+        label=label,
+        x_name=x_name,
+        n_runs=len(x),
+        n_x=len(xs),
+        level=level,
+        x_min=float(xs[0]) if len(xs) else math.nan,
+        x_max=float(xs[-1]) if len(xs) else math.nan,
+    )
     if len(xs) < MIN_DISTINCT_X:
-        msg = (f"{len(xs)} distinct {x_name} value(s) from {len(x)} run(s): a 3-parameter law "
-               f"needs at least {MIN_DISTINCT_X}; no curve fitted")  # fmt: skip
+        msg = (
+            f"{len(xs)} distinct {x_name} value(s) from {len(x)} run(s): a 3-parameter law "
+            f"needs at least {MIN_DISTINCT_X}; no curve fitted"
+        )
         return PowerLawFit(status="too_few_points", message=msg, **base)
     x_ref = float(np.exp(np.log(x).mean()))
     d = _data(np.log(x) - math.log(x_ref), np.log(y))
@@ -254,17 +281,27 @@ def fit_power_law(x: Any, err: Any, *, label: str = "", x_name: str = "x", n_boo
     # Warm starts for the replicates: the optimum, and the best distinct local optimum.
     other = [i for i in rank[1:] if np.abs(optima[i] - theta).max() > 1e-3][:1]
     replicated = bool(per_x.min() >= 2)
-    boot, dropped = _bootstrap(d, optima[[rank[0], *other]], n_boot if replicated else 0, seed,
-                               delta)  # fmt: skip
+    boot, dropped = _bootstrap(
+        d, optima[[rank[0], *other]], n_boot if replicated else 0, seed, delta
+    )
     if len(boot) and float(np.ptp(boot, axis=0).max()) == 0.0:
         boot = np.empty((0, 3))  # every replicate equals the point fit: no interval
-    fit = PowerLawFit(status="ok", message="", x_ref=x_ref, theta=theta, boot=boot,
-                      n_boot_dropped=dropped, delta=delta, **base)  # fmt: skip
+    fit = PowerLawFit(
+        status="ok",
+        message="",
+        x_ref=x_ref,
+        theta=theta,
+        boot=boot,
+        n_boot_dropped=dropped,
+        delta=delta,
+        **base,
+    )
     return _with_notes(fit)
 
 
-def _bootstrap(d: _Data, starts: np.ndarray, n_boot: int, seed: int,
-               delta: float) -> tuple[np.ndarray, int]:  # fmt: skip
+def _bootstrap(
+    d: _Data, starts: np.ndarray, n_boot: int, seed: int, delta: float
+) -> tuple[np.ndarray, int]:
     """Refit on runs resampled with replacement, warm-started from the best optima."""
     if n_boot <= 0:
         return np.empty((0, 3)), 0
@@ -288,8 +325,10 @@ def _with_notes(fit: PowerLawFit) -> PowerLawFit:
     if fit.theta is None:
         return fit
     if fit.n_x < FEW_DISTINCT_X:
-        notes.append(f"only {fit.n_x} distinct {fit.x_name} values: the curve and its band "
-                     "rest on very few points")  # fmt: skip
+        notes.append(
+            f"only {fit.n_x} distinct {fit.x_name} values: the curve and its band "
+            "rest on very few points"
+        )
     if fit.theta[0] <= LOG_E_BOUNDS[0] + 1e-6:
         notes.append("E at its lower bound: the data show no saturation (a pure power law)")
     if fit.theta[2] >= ALPHA_BOUNDS[1] - 1e-6:
@@ -300,6 +339,8 @@ def _with_notes(fit: PowerLawFit) -> PowerLawFit:
         notes.append(NO_INTERVAL)
     if fit.n_boot_dropped:
         total = fit.n_boot_dropped + (0 if fit.boot is None else len(fit.boot))
-        notes.append(f"{fit.n_boot_dropped} of {total} bootstrap replicates kept fewer than "
-                     f"{MIN_DISTINCT_X} distinct x values and were dropped")  # fmt: skip
+        notes.append(
+            f"{fit.n_boot_dropped} of {total} bootstrap replicates kept fewer than "
+            f"{MIN_DISTINCT_X} distinct x values and were dropped"
+        )
     return replace(fit, notes=tuple(notes))

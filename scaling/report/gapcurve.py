@@ -46,13 +46,16 @@ class GapCurve:
     def to_dict(self) -> dict[str, Any]:
         fin = lambda v: v if math.isfinite(v) else None  # noqa: E731 - JSON has no inf
         return {
-            "label": self.label, "threshold_points": self.threshold, "level": self.level,
+            "label": self.label,
+            "threshold_points": self.threshold,
+            "level": self.level,
             "data_range": [self.data_min, self.data_max],
-            "closes_at": fin(self.closes_at), "closes_interval": [fin(v) for v in self.closes_interval],
+            "closes_at": fin(self.closes_at),
+            "closes_interval": [fin(v) for v in self.closes_interval],
             "asymptotic_gap_points": self.asymptote,
             "asymptotic_gap_interval": [fin(v) for v in self.asymptote_interval],
             "statement": self.statement,
-        }  # fmt: skip
+        }
 
 
 def human(n: float) -> str:
@@ -81,8 +84,14 @@ def _closing(x: np.ndarray, gaps: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
-def gap_curve(reference: PowerLawFit, contrastive: PowerLawFit, *, threshold: float = 1.0,
-              label: str = "", points: int = 400) -> GapCurve | None:  # fmt: skip
+def gap_curve(
+    reference: PowerLawFit,
+    contrastive: PowerLawFit,
+    *,
+    threshold: float = 1.0,
+    label: str = "",
+    points: int = 400,
+) -> GapCurve | None:
     """The gap from two fits vs the same x, or None when either fit has no curve."""
     if not (reference.ok and contrastive.ok):
         return None
@@ -99,16 +108,32 @@ def gap_curve(reference: PowerLawFit, contrastive: PowerLawFit, *, threshold: fl
         boot_gap = 100 * (contrastive.predict(x, cb[:r]) - reference.predict(x, rb[:r]))
         band = np.quantile(boot_gap, q[0], axis=0), np.quantile(boot_gap, q[1], axis=0)
         close = _closing(x, boot_gap, threshold)
-        close_iv = (float(np.quantile(close, q[0], method="lower")),
-                    float(np.quantile(close, q[1], method="higher")))  # fmt: skip
+        close_iv = (
+            float(np.quantile(close, q[0], method="lower")),
+            float(np.quantile(close, q[1], method="higher")),
+        )
         asym = 100 * (np.exp(cb[:r, 0]) - np.exp(rb[:r, 0]))
         asym_iv = (float(np.quantile(asym, q[0])), float(np.quantile(asym, q[1])))
     else:
         band, close_iv, asym_iv = (np.full_like(x, np.nan),) * 2, nan2, nan2
     closes = float(_closing(x, gap[None], threshold)[0])
     asym_pt = 100 * (contrastive.params()["E"] - reference.params()["E"])
-    curve = GapCurve(label, threshold, reference.level, x, gap, band[0], band[1], lo_x, hi_x, closes, close_iv,
-                     asym_pt, asym_iv, "")  # fmt: skip
+    curve = GapCurve(
+        label,
+        threshold,
+        reference.level,
+        x,
+        gap,
+        band[0],
+        band[1],
+        lo_x,
+        hi_x,
+        closes,
+        close_iv,
+        asym_pt,
+        asym_iv,
+        "",
+    )
     return replace(curve, statement=_statement(curve, reference, contrastive))
 
 
@@ -126,22 +151,32 @@ def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) ->
     if c.closes_at <= c.data_min:
         text = f"The fitted gap is under {t} across the whole range of models trained{iv}."
     elif c.closes_at <= c.data_max:
-        text = (f"The fitted gap falls under {t} at about {human(c.closes_at)} parameters{iv}, "
-                "within the range of models trained.")  # fmt: skip
+        text = (
+            f"The fitted gap falls under {t} at about {human(c.closes_at)} parameters{iv}, "
+            "within the range of models trained."
+        )
     elif math.isfinite(c.closes_at):
-        text = (f"Extrapolated, the fitted gap would fall under {t} at about {human(c.closes_at)} "
-                f"parameters{iv}: {c.closes_at / c.data_max:.3g}x the largest model trained "
-                f"({human(c.data_max)}), beyond the data, not a measurement.")  # fmt: skip
+        text = (
+            f"Extrapolated, the fitted gap would fall under {t} at about {human(c.closes_at)} "
+            f"parameters{iv}: {c.closes_at / c.data_max:.3g}x the largest model trained "
+            f"({human(c.data_max)}), beyond the data, not a measurement."
+        )
     else:
         a_lo, a_hi = c.asymptote_interval
         asym = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
-        where = "" if math.isnan(lo) else (
-            f" ({lvl} interval of where it closes: {human(lo)} parameters to "
-            + (f"{human(hi)})" if math.isfinite(hi) else "never)")
-        )  # fmt: skip
-        text = (f"Extrapolated, the fitted gap stays above {t} up to {EXTRAPOLATE:g}x the largest "
-                f"model trained ({human(c.data_max)}){where}, beyond the data, not a measurement; "
-                f"fitted asymptotic gap {c.asymptote:.2f} points{asym}.")  # fmt: skip
+        where = (
+            ""
+            if math.isnan(lo)
+            else (
+                f" ({lvl} interval of where it closes: {human(lo)} parameters to "
+                + (f"{human(hi)})" if math.isfinite(hi) else "never)")
+            )
+        )
+        text = (
+            f"Extrapolated, the fitted gap stays above {t} up to {EXTRAPOLATE:g}x the largest "
+            f"model trained ({human(c.data_max)}){where}, beyond the data, not a measurement; "
+            f"fitted asymptotic gap {c.asymptote:.2f} points{asym}."
+        )
     few = [f.label for f in (reference, contrastive) if f.n_x < FEW_DISTINCT_X]
     if few:
         text += f" Caution: {' and '.join(few)} rest(s) on fewer than {FEW_DISTINCT_X} model sizes."

@@ -6,10 +6,6 @@ multiplier), supervised top-1 (mean and spread over seeds) against each SimCLR r
 did not finish are counted in the `*_missing` columns and named in `note`; a side with
 no finished run leaves the gap empty: nothing is dropped silently.
 
-`fit_sweep`: error vs encoder parameters per (method, recipe), error vs training compute
-per method (on the compute frontier), and the gap curve of each SimCLR recipe against the
-supervised reference, with bootstrap intervals (scaling.report.fit).
-
 Numbers in the gap table are percentage points; `std` is the sample standard deviation
 over seeds (NaN with one seed) and `gap_se` the standard error of the difference of the
 two means, sqrt(s_sup^2 / n_sup + s^2 / n) (NaN unless both sides have two seeds).
@@ -30,26 +26,42 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as student_t
 
-from scaling.report.fit import PowerLawFit, fit_power_law
-from scaling.report.gapcurve import GapCurve, gap_curve
-from scaling.report.results import ARCH_COLUMNS, recipe_columns, recipe_label
+from scaling.report.intervals import welch_satterthwaite
+from scaling.report.results import ARCH_COLUMNS, arch_label, recipe_columns, recipe_label
+from scaling.sweep.methods import reference_method
 
-REFERENCE = "supervised"
+REFERENCE = reference_method()  # the baseline every gap is measured against
 LEVEL = 0.9  # the gap intervals' confidence, as the fits' bootstrap intervals
 ONE_SEED = "one seed: no interval"
 DOMAIN_COLUMNS = ("dataset", "image_size", "stem")
 GAP_COLUMNS = (
-    *ARCH_COLUMNS, "encoder_params", "method", "kind", "recipe", "top1", "std", "n", "missing",
-    "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing", "gap", "gap_se", "gap_lo",
-    "gap_hi", "gap_dof", "selected_by", "note",
-)  # fmt: skip
+    *ARCH_COLUMNS,
+    "encoder_params",
+    "method",
+    "kind",
+    "recipe",
+    "top1",
+    "std",
+    "n",
+    "missing",
+    "sup_recipe",
+    "sup_top1",
+    "sup_std",
+    "sup_n",
+    "sup_missing",
+    "gap",
+    "gap_se",
+    "gap_lo",
+    "gap_hi",
+    "gap_dof",
+    "selected_by",
+    "note",
+)
 
 
 def frame(table: Any) -> pd.DataFrame:
@@ -57,7 +69,7 @@ def frame(table: Any) -> pd.DataFrame:
     return table if isinstance(table, pd.DataFrame) else table.to_pandas()
 
 
-def _groups(df: pd.DataFrame, cols: list[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+def by_values(df: pd.DataFrame, cols: list[str]) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
     if not cols:
         if len(df):
             yield {}, df
@@ -73,8 +85,9 @@ def _py(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def select(df: pd.DataFrame, domain: Mapping[str, Any], method: str,
-           recipe: Mapping[str, Any]) -> pd.DataFrame:  # fmt: skip
+def select(
+    df: pd.DataFrame, domain: Mapping[str, Any], method: str, recipe: Mapping[str, Any]
+) -> pd.DataFrame:
     """The rows of one method in one domain with the given recipe values (None: null)."""
     mask = df["method"] == method
     for key, value in {**domain, **recipe}.items():
@@ -107,21 +120,26 @@ def _cells(
     return {a: {r: _summary(*c) for r, c in cells.items()} for a, cells in acc.items()}
 
 
-def _summary(values: list[float], others: Counter[tuple[str, Any]],
-             val: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    values: list[float], others: Counter[tuple[str, Any]], val: list[float] | None = None
+) -> dict[str, Any]:
     per_state: dict[str, tuple[int, set[str]]] = {}
     for (state, kind), count in others.items():
         n, kinds = per_state.get(state, (0, set()))
         per_state[state] = (n + count, kinds | ({str(kind)} if kind else set()))
-    parts = [f"{n} {state}" + (f" ({', '.join(sorted(kinds))})" if kinds else "")
-             for state, (n, kinds) in sorted(per_state.items())]  # fmt: skip
+    parts = [
+        f"{n} {state}" + (f" ({', '.join(sorted(kinds))})" if kinds else "")
+        for state, (n, kinds) in sorted(per_state.items())
+    ]
     arr = np.asarray(values)
     return {
         "top1": float(arr.mean()) if len(arr) else math.nan,
         "std": float(arr.std(ddof=1)) if len(arr) > 1 else math.nan,
-        "n": len(arr), "missing": sum(others.values()), "missing_text": ", ".join(parts),
+        "n": len(arr),
+        "missing": sum(others.values()),
+        "missing_text": ", ".join(parts),
         "val": float(np.mean(val)) if val and not np.isnan(val).any() else math.nan,
-    }  # fmt: skip
+    }
 
 
 def _arch_order(arch: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -135,8 +153,10 @@ def gap_table(table: Any) -> pd.DataFrame:
     methods = sorted(str(m) for m in df["method"].unique())
     recipes = {m: recipe_columns(df[df["method"] == m]) for m in methods}
     cells = {m: _cells(df[df["method"] == m], recipes[m]) for m in methods}
-    params = {tuple(_py(v) for v in k): p for k, p in
-              df.groupby(list(ARCH_COLUMNS), dropna=False)["encoder_params"].first().items()}  # fmt: skip
+    params = {
+        tuple(_py(v) for v in k): p
+        for k, p in df.groupby(list(ARCH_COLUMNS), dropna=False)["encoder_params"].first().items()
+    }
     rows: list[dict[str, Any]] = []
     for arch in sorted({a for m in methods for a in cells[m]}, key=_arch_order):
         p = _py(params.get(arch))
@@ -153,8 +173,10 @@ def gap_table(table: Any) -> pd.DataFrame:
                 _row(base, "-", "best", None, ref, note="no SimCLR runs for this architecture")
             )
         for method in others:
-            mine = [(recipe_label(dict(zip(recipes[method], r, strict=True))), c)
-                    for r, c in sorted(cells[method][arch].items(), key=lambda rc: _arch_order(rc[0]))]  # fmt: skip
+            mine = [
+                (recipe_label(dict(zip(recipes[method], r, strict=True))), c)
+                for r, c in sorted(cells[method][arch].items(), key=lambda rc: _arch_order(rc[0]))
+            ]
             rows.extend(_row(base, method, "recipe", lc, ref) for lc in mine)
             best = _best(cells[method][arch], recipes[method], finished_only=True)
             if best is not None:
@@ -174,8 +196,9 @@ def gap_table(table: Any) -> pd.DataFrame:
 SELECTED_ON_TEST = "recipe chosen on the test set (no validation scores): optimistic"
 
 
-def _best(cells: Mapping[tuple[Any, ...], dict[str, Any]], cols: list[str],
-          finished_only: bool) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
+def _best(
+    cells: Mapping[tuple[Any, ...], dict[str, Any]], cols: list[str], finished_only: bool
+) -> tuple[str, dict[str, Any]] | None:
     """The recipe with the highest mean validation top-1 (test top-1 when some finished
     recipe has no validation score; for supervised the paper has only one recipe); with
     finished_only False, a cell without finished runs when no other exists."""
@@ -187,8 +210,14 @@ def _best(cells: Mapping[tuple[Any, ...], dict[str, Any]], cols: list[str],
     return None if finished_only or not labelled else labelled[0]
 
 
-def _row(base: Mapping[str, Any], method: str, kind: str, cell: tuple[str, dict[str, Any]] | None,
-         ref: tuple[str, dict[str, Any]] | None, note: str = "") -> dict[str, Any]:  # fmt: skip
+def _row(
+    base: Mapping[str, Any],
+    method: str,
+    kind: str,
+    cell: tuple[str, dict[str, Any]] | None,
+    ref: tuple[str, dict[str, Any]] | None,
+    note: str = "",
+) -> dict[str, Any]:
     nan = math.nan
     label, c = (
         cell if cell else ("-", {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": ""})
@@ -209,181 +238,95 @@ def _row(base: Mapping[str, Any], method: str, kind: str, cell: tuple[str, dict[
     if (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
         notes.append(ONE_SEED)
     return {
-        **base, "method": method, "kind": kind, "recipe": label, "top1": c["top1"], "std": c["std"],
-        "n": c["n"], "missing": c["missing"], "sup_recipe": r_label, "sup_top1": r["top1"],
-        "sup_std": r["std"], "sup_n": r["n"], "sup_missing": r["missing"],
-        "gap": r["top1"] - c["top1"], "gap_se": se, "gap_lo": lo, "gap_hi": hi, "gap_dof": dof,
-        "selected_by": "", "note": "; ".join(notes),
-    }  # fmt: skip
+        **base,
+        "method": method,
+        "kind": kind,
+        "recipe": label,
+        "top1": c["top1"],
+        "std": c["std"],
+        "n": c["n"],
+        "missing": c["missing"],
+        "sup_recipe": r_label,
+        "sup_top1": r["top1"],
+        "sup_std": r["std"],
+        "sup_n": r["n"],
+        "sup_missing": r["missing"],
+        "gap": r["top1"] - c["top1"],
+        "gap_se": se,
+        "gap_lo": lo,
+        "gap_hi": hi,
+        "gap_dof": dof,
+        "selected_by": "",
+        "note": "; ".join(notes),
+    }
 
 
 def welch(a: Mapping[str, Any], b: Mapping[str, Any], level: float = LEVEL) -> tuple[float, ...]:
     """(se, lo, hi, dof) of mean(a) - mean(b) by Welch's t; NaN unless both have two runs."""
-    nan = math.nan
     if a["n"] < 2 or b["n"] < 2:
-        return nan, nan, nan, nan
-    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
-    se = math.sqrt(va + vb)
-    diff = a["top1"] - b["top1"]
-    if se == 0:
-        return 0.0, diff, diff, math.inf
-    dof = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
-    half = float(student_t.ppf((1 + level) / 2, dof)) * se
-    return se, diff - half, diff + half, dof
+        return math.nan, math.nan, math.nan, math.nan
+    parts = [(a["std"] ** 2 / a["n"], a["n"] - 1), (b["std"] ** 2 / b["n"], b["n"] - 1)]
+    return welch_satterthwaite(a["top1"] - b["top1"], parts, level)
+
+
+#: unfinished runs, most in need of attention first
+MISSING_ORDER = ("failed", "running", "resumable", "pending")
 
 
 def missing_runs(table: Any) -> pd.DataFrame:
     """Every run that has not finished, with why (state, error kind and message)."""
     df = frame(table)
-    cols = ["run_id", "method", "state", "error_kind", "error_message", *ARCH_COLUMNS,
-            "batch_size", "epochs", "seed", "epochs_done"]  # fmt: skip
+    cols = [
+        "run_id",
+        "method",
+        "state",
+        "error_kind",
+        "error_message",
+        *ARCH_COLUMNS,
+        "batch_size",
+        "epochs",
+        "seed",
+        "epochs_done",
+    ]
     out = df[df["state"] != "finished"].reindex(columns=cols)
-    order = {"failed": 0, "running": 1, "pending": 2}
+    order = {state: i for i, state in enumerate(MISSING_ORDER)}
     return out.sort_values(
         ["state", "method", "run_id"], key=lambda s: s.map(order) if s.name == "state" else s
     )
 
 
-def format_gap_table(gaps: pd.DataFrame, best_only: bool = True) -> str:
-    """Plain-text gap table for the terminal (best SimCLR recipe per architecture)."""
-    view = gaps[gaps["kind"] == "best"] if best_only else gaps
-    head = f"{'arch':<28} {'params':>9} {'supervised':>12} {'method / recipe':<40} {'top-1':>12} {'gap':>12}"
-    lines = [head, "-" * len(head)]
-    for r in view.itertuples(index=False):
-        arch = f"{r.dataset} R{r.depth} {r.width:g}x {r.stem}" + (
-            "" if r.depth_multiplier == 1 else f" d{r.depth_multiplier:g}"
-        )
-        params = (
-            "-"
-            if r.encoder_params is None or pd.isna(r.encoder_params)
-            else f"{r.encoder_params / 1e6:.2f}M"
-        )
-        recipe = f"{r.method}: {r.recipe.removeprefix('best: ') if best_only else r.recipe}"[:40]
-        lines.append(f"{arch:<28} {params:>9} {_pm(r.sup_top1, r.sup_std):>12} {recipe:<40} "
-                     f"{_pm(r.top1, r.std):>12} {_pm(r.gap, r.gap_se):>12}" + (f"  [{r.note}]" if r.note else ""))  # fmt: skip
-    return "\n".join(lines)
+def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
+    """The best recipe of each method per architecture against the reference, as display
+    strings (what `scaling report` prints and the notebooks show): architecture,
+    parameters, the reference's and the method's top-1 (mean ± std over seeds, runs),
+    the gap and its interval, notes. One row per `kind == "best"` row, same index."""
+    best = gap_df[gap_df["kind"] == "best"]
+    rows = [
+        {
+            "architecture": " ".join(
+                (r.dataset, arch_label(r.depth, r.width, r.depth_multiplier), r.stem)
+            ),
+            "params": "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M",
+            REFERENCE: _pm(r.sup_top1, r.sup_std),
+            f"{REFERENCE} n": str(r.sup_n),
+            "best recipe": f"{r.method}: {r.recipe.removeprefix('best: ')}",
+            "top-1": _pm(r.top1, r.std),
+            "n": str(r.n),
+            "gap": "-" if _nan(r.gap) else f"{r.gap:.2f}",
+            f"{LEVEL:.0%} interval": "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}",
+            "note": r.note,
+        }
+        for r in best.itertuples(index=False)
+    ]
+    return pd.DataFrame(rows, index=best.index)
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _pm(mean: float, spread: float) -> str:
     """ "91.00 ± 1.41", "91.00" without a spread, "-" without a value."""
-    if math.isnan(mean):
+    if _nan(mean):
         return "-"
-    return f"{mean:.2f}" + ("" if math.isnan(spread) else f" ± {spread:.2f}")
-
-
-# ----------------------------------------------------------------------------- fits
-
-
-@dataclass(frozen=True)
-class SweepFit:
-    """A fit with what it was fitted to: domain (dataset, image size, stem), method,
-    recipe values, and the x column (encoder_params or train_flops)."""
-
-    domain: dict[str, Any]
-    method: str
-    recipe: dict[str, Any]
-    x: str
-    fit: PowerLawFit
-    role: str = ""  # "reference" (supervised), "headline" (best-covered SimCLR recipe)
-
-
-@dataclass(frozen=True)
-class SweepGap:
-    domain: dict[str, Any]
-    recipe: dict[str, Any]
-    curve: GapCurve | None
-    statement: str
-    headline: bool
-
-
-@dataclass(frozen=True)
-class FitSet:
-    params: list[SweepFit] = field(default_factory=list)
-    compute: list[SweepFit] = field(default_factory=list)
-    gaps: list[SweepGap] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """What fits.json holds (JSON types only)."""
-        fit_dict = lambda f: {"domain": f.domain, "method": f.method, "recipe": f.recipe,  # noqa: E731
-                              "role": f.role, **f.fit.to_dict()}  # fmt: skip
-        return {
-            "model": "err = E + A * x^(-alpha), err = 1 - top1; Huber loss on log residuals; "
-                     "percentile bootstrap over runs",
-            "vs_params": [fit_dict(f) for f in self.params],
-            "vs_compute": [fit_dict(f) for f in self.compute],
-            "gaps": [{"domain": g.domain, "recipe": g.recipe, "headline": g.headline,
-                      "statement": g.statement, **(g.curve.to_dict() if g.curve else {})}
-                     for g in self.gaps],
-        }  # fmt: skip
-
-
-def fit_sweep(table: Any, *, n_boot: int = 1000, n_boot_other: int = 200, level: float = 0.9,
-              seed: int = 0, threshold: float = 1.0) -> FitSet:  # fmt: skip
-    """Every fit the report shows. The supervised reference and the headline SimCLR
-    recipe of each domain (most model sizes, then highest mean top-1) get `n_boot`
-    replicates; the other recipes `n_boot_other` (they are drawn, not quoted)."""
-    df = frame(table)
-    df = df[(df["state"] == "finished") & df["top1"].notna()]
-    out = FitSet()
-    recipes = {m: recipe_columns(df[df["method"] == m]) for m in df["method"].unique()}
-    for domain, runs in _groups(df, list(DOMAIN_COLUMNS)):
-        fits: list[SweepFit] = []
-        for method in sorted(runs["method"].unique()):
-            groups = list(_groups(runs[runs["method"] == method], recipes[method]))
-            top = max(range(len(groups)), key=lambda i: (groups[i][1]["encoder_params"].nunique(),
-                                                          groups[i][1]["top1"].mean()))  # fmt: skip
-            for i, (values, sub) in enumerate(groups):
-                role = "" if i != top else ("reference" if method == REFERENCE else "headline")
-                label = f"{method} ({recipe_label(values)})" if values else method
-                fit = fit_power_law(sub["encoder_params"], 1 - sub["top1"], label=label,
-                                    x_name="encoder parameters", level=level, seed=seed,
-                                    n_boot=n_boot if role else n_boot_other)  # fmt: skip
-                fits.append(SweepFit(domain, method, values, "encoder_params", fit, role))
-            out.compute.append(_compute_fit(domain, method, runs[runs["method"] == method],
-                                            recipes[method], n_boot, level, seed))  # fmt: skip
-        out.params.extend(fits)
-        out.gaps.extend(_gaps(domain, fits, threshold))
-    return out
-
-
-def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> list[SweepGap]:
-    ref = next((f for f in fits if f.role == "reference"), None)
-    gaps = []
-    for f in fits:
-        if f.method == REFERENCE:
-            continue
-        curve = gap_curve(ref.fit, f.fit, threshold=threshold, label=f.fit.label) if ref else None
-        if curve is not None:
-            statement = curve.statement
-        elif ref is None:
-            statement = "No gap curve: the sweep has no finished supervised runs in this domain."
-        else:
-            # Name each failed fit; the same message for both is said once.
-            failed = [(x.method, x.fit.message) for x in (ref, f) if not x.fit.ok]
-            if len(failed) == 2 and failed[0][1] == failed[1][1]:
-                why = f"{failed[0][1]} (both fits)"
-            else:
-                why = "; ".join(f"{method}: {message}" for method, message in failed)
-            statement = f"No gap curve: {why}."
-        gaps.append(SweepGap(domain, f.recipe, curve, statement, f.role == "headline"))
-    return gaps
-
-
-def _compute_fit(domain: dict[str, Any], method: str, runs: pd.DataFrame, cols: list[str],
-                 n_boot: int, level: float, seed: int) -> SweepFit:  # fmt: skip
-    """Error vs training FLOPs on the compute frontier: the (architecture, recipe) cells
-    whose mean error beats every cell that used less compute. The frontier is chosen
-    once on all runs; its selection is not redone per bootstrap replicate."""
-    runs = runs[runs["train_flops"].notna() & (runs["train_flops"] > 0)]
-    keys = [c for c in (*ARCH_COLUMNS, *cols) if c in runs.columns]
-    cells = runs.groupby(keys, dropna=False).agg(
-        flops=("train_flops", "median"), err=("top1", "mean")
-    )
-    cells["err"] = 1 - cells["err"]
-    cells = cells.sort_values("flops")
-    frontier = cells[cells["err"] < cells["err"].cummin().shift(fill_value=np.inf)]
-    keep = runs.set_index(keys).index.isin(frontier.index)
-    sub = runs[keep]
-    fit = fit_power_law(sub["train_flops"], 1 - sub["top1"], label=f"{method} (compute frontier)",
-                        x_name="training FLOPs", n_boot=n_boot, level=level, seed=seed)  # fmt: skip
-    return SweepFit(domain, method, {}, "train_flops", fit, "frontier")
+    return f"{mean:.2f}" + ("" if _nan(spread) else f" ± {spread:.2f}")

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-from scipy.stats import t as student_t
 
 from scaling.report.gapcurve import human
-from scaling.report.gaps import LEVEL, REFERENCE, FitSet
+from scaling.report.gaps import LEVEL, REFERENCE
+from scaling.report.intervals import welch_satterthwaite
+from scaling.report.laws import FitSet
+from scaling.report.results import arch_label
 
 THRESHOLD = 1.0  # points: "the gap has closed"
 
@@ -31,8 +33,12 @@ class Answer:
     extrapolation: str  # the fitted curve's statement, or why it is not stated
 
     def to_dict(self) -> dict[str, str]:
-        return {"dataset": self.dataset, "method": self.method, "measured": self.measured,
-                "extrapolation": self.extrapolation}  # fmt: skip
+        return {
+            "dataset": self.dataset,
+            "method": self.method,
+            "measured": self.measured,
+            "extrapolation": self.extrapolation,
+        }
 
 
 def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) -> list[Answer]:
@@ -43,8 +49,9 @@ def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) ->
         rows = rows.sort_values("encoder_params")
         recipes = gap_df[(gap_df["kind"] == "recipe") & (gap_df["method"] == method)]
         measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
-        out.append(Answer(str(dataset), str(method), measured,
-                          _extrapolation(fits, str(dataset), closed)))  # fmt: skip
+        out.append(
+            Answer(str(dataset), str(method), measured, _extrapolation(fits, str(dataset), closed))
+        )
     return out
 
 
@@ -56,7 +63,8 @@ def _gap_text(row: Any) -> str:
 
 
 def _size(row: Any) -> str:
-    return f"R{row.depth} {row.width:g}x ({human(row.encoder_params)} parameters)"
+    label = arch_label(row.depth, row.width, row.depth_multiplier)
+    return f"{label} ({human(row.encoder_params)} parameters)"
 
 
 def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str, bool]:
@@ -76,17 +84,25 @@ def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str
     change = first.gap - last.gap
     se_a, se_b = first.gap_se, last.gap_se
     if math.isnan(se_a) or math.isnan(se_b):
-        text += (f"It changes by {change:+.2f} points from the smallest to the largest model; "
-                 "with one seed, whether that is more than run-to-run noise cannot be told.")  # fmt: skip
+        text += (
+            f"It changes by {change:+.2f} points from the smallest to the largest model; "
+            "with one seed, whether that is more than run-to-run noise cannot be told."
+        )
     else:
         lo, hi = _difference_interval(first, last)
         iv = f"{change:.2f} points ({LEVEL:.0%} interval {lo:.2f} to {hi:.2f})"
         if lo > 0:
             text += f"It shrinks by {iv} from the smallest to the largest model."
         elif hi < 0:
-            text += f"It grows by {-change:.2f} points ({LEVEL:.0%} interval {-hi:.2f} to {-lo:.2f}) from the smallest to the largest model."
+            text += (
+                f"It grows by {-change:.2f} points ({LEVEL:.0%} interval {-hi:.2f} to "
+                f"{-lo:.2f}) from the smallest to the largest model."
+            )
         else:
-            text += f"Its change from the smallest to the largest model, {iv}, is within noise: no measurable trend."
+            text += (
+                f"Its change from the smallest to the largest model, {iv}, is within noise: "
+                "no measurable trend."
+            )
     if not math.isnan(last.gap_hi) and last.gap_hi < threshold:
         text += f" At the largest model the gap is under {threshold:g} point (interval included)."
     elif last.gap < threshold:
@@ -96,13 +112,9 @@ def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str
 
 def _difference_interval(a: Any, b: Any) -> tuple[float, float]:
     """Interval of gap(a) - gap(b), two independent Welch estimates (Satterthwaite)."""
-    va, vb = a.gap_se**2, b.gap_se**2
-    diff = a.gap - b.gap
-    if va + vb == 0:
-        return diff, diff
-    dof = (va + vb) ** 2 / (va**2 / a.gap_dof + vb**2 / b.gap_dof)
-    half = float(student_t.ppf((1 + LEVEL) / 2, dof)) * math.sqrt(va + vb)
-    return diff - half, diff + half
+    parts = [(a.gap_se**2, a.gap_dof), (b.gap_se**2, b.gap_dof)]
+    _, lo, hi, _ = welch_satterthwaite(a.gap - b.gap, parts, LEVEL)
+    return lo, hi
 
 
 def _extrapolation(fits: FitSet, dataset: str, measured_closed: bool) -> str:
@@ -114,7 +126,10 @@ def _extrapolation(fits: FitSet, dataset: str, measured_closed: bool) -> str:
         return g.statement
     fitted_closed = g.curve.closes_at <= g.curve.data_max
     if fitted_closed != measured_closed:
-        return ("The fitted curve is not stated: it disagrees with the measured gap at the "
-                "largest model (" + ("closed" if measured_closed else "not closed")
-                + f" under {g.curve.threshold:g} point), so it does not describe these data.")  # fmt: skip
+        return (
+            "The fitted curve is not stated: it disagrees with the measured gap at the "
+            "largest model ("
+            + ("closed" if measured_closed else "not closed")
+            + f" under {g.curve.threshold:g} point), so it does not describe these data."
+        )
     return "Fitted curve, second to the measurements: " + g.statement

@@ -10,7 +10,7 @@
   files needed): the answer first, then figures, tables, fits, what is missing or
   failed, and the sweep spec.
 
-The CLI prints `gaps.format_gap_table(gaps.gap_table(table))` and logs the folder to a
+The CLI prints `gaps.display_table(gaps.gap_table(table))` and logs the folder to a
 sweep-level MLflow run; both live with the CLI and tracking, not here.
 """
 
@@ -30,7 +30,8 @@ from typing import Any
 import pandas as pd
 
 from scaling.report import checks, figures, gaps, headline, results
-from scaling.report.gaps import FitSet
+from scaling.report.gaps import REFERENCE
+from scaling.report.laws import FitSet, fit_sweep
 from scaling.rundir import atomic_write_bytes
 from scaling.sweep.spec import Sweep
 
@@ -39,18 +40,28 @@ FILES = ("results.parquet", "gaps.csv", "fits.json", "report.html")
 MAX_LISTED = 500  # missing/failed runs listed in the HTML (all of them are in the parquet)
 CAPTIONS = {
     "fig7": "Top-1 vs encoder parameters (the paper's Fig. 7): means over seeds with +-1 std; "
-            "curves are fitted saturating power laws with their bootstrap bands.",
+    "curves are fitted saturating power laws with their bootstrap bands.",
     "gap": "Supervised minus SimCLR top-1 in points. Shaded: the range of models trained; "
-           "dashed: the fitted gap extrapolated beyond it.",
-    "fig9": "SimCLR linear evaluation vs training epochs, one line per batch size (the paper's Fig. 9).",
+    "dashed: the fitted gap extrapolated beyond it.",
+    "fig9": "SimCLR linear evaluation vs training epochs, one line per batch size "
+    "(the paper's Fig. 9).",
     "heatmap": "SimCLR top-1 over batch size x epochs.",
     "compute": "Top-1 vs training compute; curves fitted to the compute frontier.",
-}  # fmt: skip
+}
 
 
-def build_report(sweep: Sweep | None, table: Any, out_dir: str | Path, *, n_boot: int = 1000,
-                 level: float = 0.9, seed: int = 0, threshold: float = 1.0) -> Path:  # fmt: skip
-    """Write the report folder for `table` (from scaling.report.results.collect); returns report.html."""
+def build_report(
+    sweep: Sweep | None,
+    table: Any,
+    out_dir: str | Path,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.9,
+    seed: int = 0,
+    threshold: float = 1.0,
+) -> Path:
+    """Write the report folder for `table` (scaling.report.results.collect); returns
+    report.html."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
@@ -59,7 +70,7 @@ def build_report(sweep: Sweep | None, table: Any, out_dir: str | Path, *, n_boot
     gap_df = gaps.gap_table(df)
     atomic_write_bytes(out / "gaps.csv", gap_df.to_csv(index=False).encode())
     clock.lap("table")
-    fits = gaps.fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
+    fits = fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
     said = headline.answers(gap_df, fits, threshold)
     validity = checks.validity_warnings(df, gap_df)
     summary = {**fits.to_dict(), "answers": [a.to_dict() for a in said], "validity": validity}
@@ -71,8 +82,9 @@ def build_report(sweep: Sweep | None, table: Any, out_dir: str | Path, *, n_boot
     clock.lap("figures")
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
-    page = render_html(sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans,
-                       said, validity)  # fmt: skip
+    page = render_html(
+        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity
+    )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
     log.info("report %s: %s", out, clock)
@@ -137,27 +149,42 @@ def _num(value: Any, digits: int = 2, column: str = "") -> str:
 def html_table(frame: pd.DataFrame, columns: Iterable[str], left: Iterable[str] = ()) -> str:
     """A table that keeps numbers on one line and scrolls sideways when it is too wide."""
     cols, left = [c for c in columns if c in frame.columns], set(left)
-    css = {c: "w" if c in WRAP else " ".join(k for k, on in (("s", c in SOFT), ("l", c in left)) if on)
-           for c in cols}  # fmt: skip
+    css = {
+        c: "w" if c in WRAP else " ".join(k for k, on in (("s", c in SOFT), ("l", c in left)) if on)
+        for c in cols
+    }
     head = "".join(
         f'<th class="{"l" if c in left or c in WRAP else ""}">{_e(c)}</th>' for c in cols
     )
     body = "".join(
-        "<tr>" + "".join(_cell(css[c], _num(v, column=c)) for c, v in zip(cols, row, strict=True)) + "</tr>"
+        "<tr>"
+        + "".join(_cell(css[c], _num(v, column=c)) for c, v in zip(cols, row, strict=True))
+        + "</tr>"
         for row in frame[cols].itertuples(index=False)
-    )  # fmt: skip
+    )
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
-def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, missing: pd.DataFrame,
-                fits: FitSet, figs: Mapping[str, list[Path]], out: Path,
-                orphans: list[str] | None = None, said: list[headline.Answer] | None = None,
-                validity: list[str] | None = None) -> str:  # fmt: skip
+def render_html(
+    sweep: Sweep | None,
+    df: pd.DataFrame,
+    gap_df: pd.DataFrame,
+    missing: pd.DataFrame,
+    fits: FitSet,
+    figs: Mapping[str, list[Path]],
+    out: Path,
+    orphans: list[str] | None = None,
+    said: list[headline.Answer] | None = None,
+    validity: list[str] | None = None,
+) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
     )
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(name)}: scaling report</title>"
-             f"<style>{CSS}</style></head><body><h1>{_e(name)}</h1>"]  # fmt: skip
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{_e(name)}: scaling report</title><style>{CSS}</style></head><body>"
+        f"<h1>{_e(name)}</h1>"
+    ]
     if sweep and sweep.description:
         parts.append(f"<p>{_e(sweep.description)}</p>")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -165,23 +192,60 @@ def render_html(sweep: Sweep | None, df: pd.DataFrame, gap_df: pd.DataFrame, mis
     parts.append(_answer(said or []))
     parts.append(_validity(validity or []))
     parts.append(_figures(figs, out))
-    cols = ["dataset", "depth", "width", "stem", "depth_multiplier", "encoder_params", "method", "recipe",
-            "top1", "std", "n", "missing", "sup_recipe", "sup_top1", "sup_std", "sup_n", "sup_missing",
-            "gap", "gap_lo", "gap_hi", "gap_se", "selected_by", "note"]  # fmt: skip
-    common = _common(gap_df, ("dataset", "image_size", "stem", "depth_multiplier", "method",
-                              "sup_recipe", "missing", "sup_missing"))  # fmt: skip
+    cols = [
+        "dataset",
+        "depth",
+        "width",
+        "stem",
+        "depth_multiplier",
+        "encoder_params",
+        "method",
+        "recipe",
+        "top1",
+        "std",
+        "n",
+        "missing",
+        "sup_recipe",
+        "sup_top1",
+        "sup_std",
+        "sup_n",
+        "sup_missing",
+        "gap",
+        "gap_lo",
+        "gap_hi",
+        "gap_se",
+        "selected_by",
+        "note",
+    ]
+    common = _common(
+        gap_df,
+        (
+            "dataset",
+            "image_size",
+            "stem",
+            "depth_multiplier",
+            "method",
+            "sup_recipe",
+            "missing",
+            "sup_missing",
+        ),
+    )
     cols = [c for c in cols if c not in common]
     parts.append(
         "<h2>Gap table</h2><p>Best SimCLR recipe per architecture (selected_by: validation, a "
-        "held-out tenth of the training set; test: optimistic; only recipe: none to choose); points; std over seeds; gap_lo "
-        "to gap_hi: 90% Welch interval of the difference of means (none with one seed); gap_se: "
+        "held-out tenth of the training set; test: optimistic; only recipe: none to choose); "
+        "points; std over seeds; gap_lo to gap_hi: 90% Welch interval of the difference of means (none with one seed); gap_se: "
         "its standard error. All recipes below and in gaps.csv."
-        + (" Every row: " + _e(_common_text(common)) + "." if common else "") + "</p>"
-    )  # fmt: skip
+        + (" Every row: " + _e(_common_text(common)) + "." if common else "")
+        + "</p>"
+    )
     left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
     parts.append(html_table(gap_df[gap_df["kind"] == "best"], cols, left))
-    parts.append("<details><summary>Every recipe</summary>"
-                 + html_table(gap_df[gap_df["kind"] == "recipe"], cols, left) + "</details>")  # fmt: skip
+    parts.append(
+        "<details><summary>Every recipe</summary>"
+        + html_table(gap_df[gap_df["kind"] == "recipe"], cols, left)
+        + "</details>"
+    )
     parts.append(_fits_section(fits))
     parts.append(_missing_section(missing, orphans or []))
     parts.append(_spec_section(sweep))
@@ -197,16 +261,25 @@ def _cell(css: str, text: str) -> str:
 
 def _common(frame: pd.DataFrame, columns: Iterable[str]) -> dict[str, Any]:
     """Columns with one value in every row: said once above the table, not in each row."""
-    return {c: frame[c].iloc[0] for c in columns
-            if c in frame and len(frame) and frame[c].nunique(dropna=False) == 1}  # fmt: skip
+    return {
+        c: frame[c].iloc[0]
+        for c in columns
+        if c in frame and len(frame) and frame[c].nunique(dropna=False) == 1
+    }
 
 
 def _common_text(common: Mapping[str, Any]) -> str:
     """{"stem": "cifar", "missing": 0, ...} -> "cifar stem, ..., no unfinished run"."""
-    words = {"dataset": "dataset {}", "image_size": "{} px", "stem": "{} stem", "depth_multiplier":
-             "depth multiplier {}", "method": "method {}", "sup_recipe": "supervised {}"}  # fmt: skip
+    words = {
+        "dataset": "dataset {}",
+        "image_size": "{} px",
+        "stem": "{} stem",
+        "depth_multiplier": "depth multiplier {}",
+        "method": "method {}",
+        "sup_recipe": REFERENCE + " {}",
+    }
     parts = [words[k].format(_num(v, column=k)) for k, v in common.items() if k in words]
-    for key, side in (("missing", "SimCLR"), ("sup_missing", "supervised")):
+    for key, side in (("missing", "SimCLR"), ("sup_missing", REFERENCE)):
         if key in common:
             n = int(common[key])
             parts.append(
@@ -217,8 +290,10 @@ def _common_text(common: Mapping[str, Any]) -> str:
 
 def _state_counts(df: pd.DataFrame) -> str:
     counts = df.groupby(["method", "state"]).size()
-    per = [f"{m}: " + ", ".join(f"{n} {s}" for (mm, s), n in counts.items() if mm == m)
-           for m in sorted(df["method"].unique())]  # fmt: skip
+    per = [
+        f"{m}: " + ", ".join(f"{n} {s}" for (mm, s), n in counts.items() if mm == m)
+        for m in sorted(df["method"].unique())
+    ]
     return _e(f"{len(df)} runs. " + "; ".join(per) + ".")
 
 
@@ -228,8 +303,11 @@ def _answer(said: list[headline.Answer]) -> str:
             '<div class="warn"><h2>Does the gap close?</h2><p>No answer yet: the sweep needs '
             "finished supervised and SimCLR runs of the same architectures.</p></div>"
         )
-    items = "".join(f"<li><b>{_e(a.dataset)}, {_e(a.method)}</b>: {_e(a.measured)}"
-                    f"<br><i>{_e(a.extrapolation)}</i></li>" for a in said)  # fmt: skip
+    items = "".join(
+        f"<li><b>{_e(a.dataset)}, {_e(a.method)}</b>: {_e(a.measured)}"
+        f"<br><i>{_e(a.extrapolation)}</i></li>"
+        for a in said
+    )
     return f'<div class="answer"><h2>Does the gap close?</h2><ul>{items}</ul></div>'
 
 
@@ -246,8 +324,10 @@ def _figures(figs: Mapping[str, list[Path]], out: Path) -> str:
         for png in [p for p in paths if p.suffix == ".png"]:
             data = base64.b64encode(png.read_bytes()).decode()
             svg = png.with_suffix(".svg").relative_to(out).as_posix()
-            parts.append(f'<figure><img alt="{_e(png.stem)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{_e(CAPTIONS.get(key, ''))} (vector: {_e(svg)})</figcaption></figure>")  # fmt: skip
+            parts.append(
+                f'<figure><img alt="{_e(png.stem)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_e(CAPTIONS.get(key, ''))} (vector: {_e(svg)})</figcaption></figure>"
+            )
     return "\n".join(parts)
 
 
@@ -256,9 +336,18 @@ def _fits_section(fits: FitSet) -> str:
     for f in [*fits.params, *fits.compute]:
         d = f.fit.to_dict()
         p, iv = d.get("params", {}), d.get("intervals", {})
-        rows.append({"fit": d["label"], "x": d["x"], "role": f.role, "status": d["status"], "runs": d["n_runs"],
-                     "sizes": d["n_distinct_x"], **{k: _param(p, iv, k) for k in ("E", "A", "alpha")},
-                     "notes": d["message"] or "; ".join(d["notes"])})  # fmt: skip
+        rows.append(
+            {
+                "fit": d["label"],
+                "x": d["x"],
+                "role": f.role,
+                "status": d["status"],
+                "runs": d["n_runs"],
+                "sizes": d["n_distinct_x"],
+                **{k: _param(p, iv, k) for k in ("E", "A", "alpha")},
+                "notes": d["message"] or "; ".join(d["notes"]),
+            }
+        )
     level = f"{fits.params[0].fit.level:.0%}" if fits.params else "90%"
     frame = pd.DataFrame(
         rows, columns=["fit", "x", "role", "status", "runs", "sizes", "E", "A", "alpha", "notes"]
@@ -266,11 +355,13 @@ def _fits_section(fits: FitSet) -> str:
     statements = "".join(
         f"<li>{_e(results.recipe_label(g.recipe))}: {_e(g.statement)}</li>" for g in fits.gaps
     )
-    return (f"<h2>Fits</h2><p>err = E + A x<sup>-alpha</sup> with err = 1 - top-1, Huber loss on log "
-            f"residuals from a grid of starts; brackets: {level} percentile bootstrap intervals over runs "
-            "(seeds included). A fit needs at least 4 distinct model sizes.</p>"
-            + html_table(frame, frame.columns, ("fit", "x", "role", "status", "notes"))
-            + (f"<h3>Gap curves</h3><ul>{statements}</ul>" if statements else ""))  # fmt: skip
+    return (
+        f"<h2>Fits</h2><p>err = E + A x<sup>-alpha</sup> with err = 1 - top-1, Huber loss on log "
+        f"residuals from a grid of starts; brackets: {level} percentile bootstrap intervals "
+        "over runs (seeds included). A fit needs at least 4 distinct model sizes.</p>"
+        + html_table(frame, frame.columns, ("fit", "x", "role", "status", "notes"))
+        + (f"<h3>Gap curves</h3><ul>{statements}</ul>" if statements else "")
+    )
 
 
 def _param(point: Mapping[str, float], intervals: Mapping[str, Any], key: str) -> str:
@@ -289,17 +380,27 @@ def _missing_section(missing: pd.DataFrame, orphans: list[str]) -> str:
     if len(missing):
         counts = missing.groupby("state").size()
         common = _common(missing, ("dataset", "image_size", "stem", "depth_multiplier"))
-        text.append("<p>" + _e(", ".join(f"{n} {s}" for s, n in counts.items())) + ". They are left out of "
-                    "means and fits, and counted in the gap table's missing columns."
-                    + (f" Every row: {_e(_common_text(common))}." if common else "") + "</p>")  # fmt: skip
+        text.append(
+            "<p>" + _e(", ".join(f"{n} {s}" for s, n in counts.items())) + ". They are left out of "
+            "means and fits, and counted in the gap table's missing columns."
+            + (f" Every row: {_e(_common_text(common))}." if common else "")
+            + "</p>"
+        )
         cols = [c for c in missing.columns if c not in common]
-        text.append(html_table(missing.head(MAX_LISTED), cols, ("run_id", "method", "state",
-                               "error_kind", "error_message", "dataset", "stem")))  # fmt: skip
+        text.append(
+            html_table(
+                missing.head(MAX_LISTED),
+                cols,
+                ("run_id", "method", "state", "error_kind", "error_message", "dataset", "stem"),
+            )
+        )
         if len(missing) > MAX_LISTED:
             text.append(f"<p>{len(missing) - MAX_LISTED} more in results.parquet.</p>")
     if orphans:
-        text.append(f"<p>{len(orphans)} run folder(s) belong to no run of the current spec (an older "
-                    f"version of the sweep?): {_e(', '.join(orphans[:50]))}</p>")  # fmt: skip
+        text.append(
+            f"<p>{len(orphans)} run folder(s) belong to no run of the current spec (an older "
+            f"version of the sweep?): {_e(', '.join(orphans[:50]))}</p>"
+        )
     return "\n".join(text)
 
 

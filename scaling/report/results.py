@@ -23,7 +23,7 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
 | cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
-| state | string | finished, failed, running (started, not ended) or pending (never started) |
+| state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
 | val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
@@ -44,64 +44,75 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from scaling.run.state import run_state
 from scaling.rundir import (
-    FAILURE,
-    METRICS,
-    RESULT,
     SPEC,
     atomic_write_bytes,
     read_json,
-    read_metrics,
 )
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-STATES = ("finished", "failed", "running", "pending")
+INT, FLOAT, STR = pa.int64(), pa.float64(), pa.string()
+#: The table's columns by concept, each with its Arrow type: the one definition every
+#: reader and writer of the table follows (columns not named here are typed by value).
+SPEC_TYPES = {
+    **dict.fromkeys(("run_id", "sweep", "method", "dataset", "stem"), STR),
+    **dict.fromkeys(("image_size", "depth", "seed"), INT),
+    **dict.fromkeys(("width", "depth_multiplier"), FLOAT),
+}
+CONFIG_TYPES = {
+    **dict.fromkeys(("lr_rule", "optimizer", "eval_protocol"), STR),
+    **dict.fromkeys(("batch_size", "epochs", "projection_dim", "eval_epochs"), INT),
+    **dict.fromkeys(("eval_batch_size", "eval_knn_k"), INT),
+    **dict.fromkeys(("base_lr", "weight_decay", "warmup_epochs", "momentum"), FLOAT),
+    **dict.fromkeys(("temperature", "color_strength", "eval_lr", "eval_weight_decay"), FLOAT),
+    "eval_knn_temperature": FLOAT,
+}
+LAYOUT_TYPES = {
+    **dict.fromkeys(("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"), INT),
+    "precision": STR,
+}
+PLAN_TYPES = {
+    **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
+    **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
+    **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
+}
+METRIC_TYPES = {
+    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_loss_trend"), FLOAT),
+    **dict.fromkeys(("train_flops", "wall_time_s", "train_time_s"), FLOAT),
+    **dict.fromkeys(("images_seen", "steps", "epochs_done"), INT),
+}
+OUTCOME_TYPES = {
+    "state": STR,
+    **METRIC_TYPES,
+    **dict.fromkeys(("error_kind", "error_message", "source", "mlflow_run_id"), STR),
+}
+TYPES = {**SPEC_TYPES, **CONFIG_TYPES, **LAYOUT_TYPES, **PLAN_TYPES, **OUTCOME_TYPES}
+
 ARCH_COLUMNS = ("dataset", "image_size", "stem", "depth", "width", "depth_multiplier")
-METRIC_COLUMNS = (
-    "top1",
-    "top5",
-    "knn_top1",
-    "val_top1",
-    "train_loss_trend",
-    "train_flops",
-    "wall_time_s",
-    "train_time_s",
-    "images_seen",
-    "steps",
-    "epochs_done",
-)
-LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
+METRIC_COLUMNS = tuple(METRIC_TYPES)
+LAYOUT_COLUMNS = tuple(LAYOUT_TYPES)
 #: Columns that are not part of a training recipe (identity, architecture, layout, cost,
 #: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
 NOT_RECIPE = {
-    "run_id", "sweep", "method", "seed", "lr", *ARCH_COLUMNS, *LAYOUT_COLUMNS, *METRIC_COLUMNS,
-    "encoder_params", "flops_per_image", "peak_memory_gb", "gpu_hours", "feasible", "reason",
-    "predicted_train_s", "cost_source", "warnings", "state", "error_kind", "error_message", "source", "mlflow_run_id",
-}  # fmt: skip
-_INT = {
-    "image_size", "depth", "seed", "batch_size", "epochs", "projection_dim", "eval_epochs",
-    "eval_batch_size", "eval_knn_k", "micro_batch", "accum_steps", "gpus", "nodes", "bn_batch",
-    "encoder_params", "flops_per_image",
-    "images_seen", "steps", "epochs_done",
-}  # fmt: skip
-_FLOAT = {
-    "width", "depth_multiplier", "base_lr", "weight_decay", "warmup_epochs", "momentum",
-    "temperature", "color_strength", "eval_lr", "eval_weight_decay", "eval_knn_temperature",
-    "lr", "top1", "top5", "knn_top1", "val_top1", "train_loss_trend", "train_flops", "wall_time_s", "peak_memory_gb", "gpu_hours",
-    "train_time_s", "predicted_train_s",
-}  # fmt: skip
-_STR = {"run_id", "sweep", "method", "dataset", "stem", "lr_rule", "optimizer", "eval_protocol",
-        "precision", "warnings", "cost_source",
-        "state", "error_kind", "error_message", "source", "mlflow_run_id", "reason"}  # fmt: skip
-_OUTCOME = ("state", "error_kind", "error_message", *METRIC_COLUMNS, "source", "mlflow_run_id")
+    "run_id",
+    "sweep",
+    "method",
+    "seed",
+    *ARCH_COLUMNS,
+    *LAYOUT_TYPES,
+    *PLAN_TYPES,
+    "feasible",
+    *OUTCOME_TYPES,
+}
 _PENDING: dict[str, Any] = {"state": "pending"}
 
 
@@ -111,7 +122,7 @@ def collect(
     """One row per run of `sweep`: spec, layout, cost, state and final metrics.
 
     `uri`: an MLflow tracking URI to consult for runs whose directory has no final
-    state (None: run directories only). `plan`: a `scaling.plan.expand.Plan` (or its
+    state (None: run directories only). `plan`: a `scaling.plan.planner.Plan` (or its
     `.table()`) whose layout and cost columns to use; without one, costs come from
     result.json or, for architectures still unknown, from `scaling.plan.costs` (imports torch).
     A Plan also says which runs exist (a BN batch smaller than the batch is part of a
@@ -144,44 +155,34 @@ def _plan_rows(plan: Any) -> dict[str, dict[str, Any]]:
     if plan is None:
         return {}
     rows = plan.to_pylist() if isinstance(plan, pa.Table) else plan.rows()
-    return {r["run_id"]: {k: v for k, v in r.items() if k not in _OUTCOME} for r in rows}
+    return {r["run_id"]: {k: v for k, v in r.items() if k not in OUTCOME_TYPES} for r in rows}
 
 
 def _from_dir(run_dir: Path) -> dict[str, Any]:
-    """State, metrics and layout from one run directory (at most three small reads)."""
-    try:
-        names = set(os.listdir(run_dir))
-    except OSError:
+    """State, metrics and layout from one run directory (scaling.run.state.run_state:
+    the state `submit` and `status` see), plus the layout spec.json planned."""
+    st = run_state(run_dir)
+    if not st.exists:
         return _PENDING
-    out: dict[str, Any] = {"source": "rundir"}
-    if RESULT in names:
-        result = read_json(run_dir / RESULT)
-        if result is not None:
-            trend = loss_trend(read_metrics(run_dir / METRICS)) if METRICS in names else None
-            return {**out, **_result_fields(result), "state": "finished", "train_loss_trend": trend}
-        out.update(state="failed", error_kind="error", error_message="result.json is unreadable")
+    out: dict[str, Any] = {"source": "rundir", "state": st.state.value, "epochs_done": st.epoch}
+    if st.result is not None:
+        out.update(_result_fields(st.result), train_loss_trend=loss_trend(st.losses))
         return out
-    if FAILURE in names:
-        failure = read_json(run_dir / FAILURE) or {}
-        out.update(state="failed", error_kind=str(failure.get("kind", "error")),
-                   error_message=str(failure.get("message", "failure.json is unreadable")))  # fmt: skip
-    elif SPEC in names or METRICS in names:
-        out["state"] = "running"
-    else:
-        return _PENDING
-    if METRICS in names:
-        epochs = [r["epoch"] for r in read_metrics(run_dir / METRICS)]
-        out["epochs_done"] = max(epochs, default=0)
-    spec = read_json(run_dir / SPEC) if SPEC in names else None
+    if st.failure is not None:
+        out.update(
+            error_kind=str(st.failure.get("kind", "error")),
+            error_message=str(st.failure.get("message", "")),
+        )
+    spec = read_json(run_dir / SPEC)
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
     return out
 
 
-def loss_trend(records: Any) -> float | None:
-    """How much the training loss still fell over the last fifth of the epochs (at least
-    the last two): (loss before - loss at the end) / loss before. None: too few epochs."""
-    losses = [float(r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+def loss_trend(losses: Sequence[float]) -> float | None:
+    """How much the training loss (one value per epoch) still fell over the last fifth of
+    the epochs (at least the last two): (loss before - loss at the end) / loss before.
+    None: too few epochs."""
     k = max(2, len(losses) // 5)
     if len(losses) <= k or losses[-k - 1] <= 0:
         return None
@@ -189,8 +190,19 @@ def loss_trend(records: Any) -> float | None:
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: result.get(k) for k in ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s",
-                                      "images_seen", "steps")}  # fmt: skip
+    out = {
+        k: result.get(k)
+        for k in (
+            "top1",
+            "top5",
+            "knn_top1",
+            "val_top1",
+            "train_flops",
+            "wall_time_s",
+            "images_seen",
+            "steps",
+        )
+    }
     out["epochs_done"] = result.get("epochs")
     layout = result.get("layout")
     if isinstance(layout, Mapping):
@@ -242,8 +254,13 @@ def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
 
 def _cost_key(spec: RunSpec) -> tuple[Any, ...]:
     """What decides encoder_params and flops_per_image: the network and its input."""
-    return (spec.method, tuple(sorted(spec.model.items())), spec.dataset["name"],
-            spec.dataset["image_size"], spec.config.get("projection_dim", 128))  # fmt: skip
+    return (
+        spec.method,
+        tuple(sorted(spec.model.items())),
+        spec.dataset["name"],
+        spec.dataset["image_size"],
+        spec.config.get("projection_dim", 128),
+    )
 
 
 def _fill_costs(rows: list[dict[str, Any]], specs: list[RunSpec]) -> None:
@@ -266,10 +283,15 @@ def _arch_cost(spec: RunSpec) -> tuple[int, int]:
     from scaling.plan.data_info import num_classes
 
     cost = costs.arch_cost(
-        spec.method, spec.model["depth"], spec.model["width"], spec.model["stem"],
-        spec.model["depth_multiplier"], spec.dataset["image_size"],
-        int(spec.config.get("projection_dim", 128)), num_classes(spec.dataset),
-    )  # fmt: skip
+        spec.method,
+        spec.model["depth"],
+        spec.model["width"],
+        spec.model["stem"],
+        spec.model["depth_multiplier"],
+        spec.dataset["image_size"],
+        int(spec.config.get("projection_dim", 128)),
+        num_classes(spec.dataset),
+    )
     return cost.encoder_params, cost.flops_per_image
 
 
@@ -281,7 +303,7 @@ def to_table(
     keys: dict[str, None] = {}
     for row in rows:
         keys.update(dict.fromkeys(row))
-    for col in ("state", *METRIC_COLUMNS, "error_kind", "error_message", "source", "mlflow_run_id"):
+    for col in OUTCOME_TYPES:
         keys.setdefault(col)
     columns = {k: _column(k, [r.get(k) for r in rows]) for k in keys}
     table = pa.table(columns)
@@ -290,17 +312,18 @@ def to_table(
 
 def _column(name: str, values: list[Any]) -> pa.Array:
     values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]
-    if name in _INT:
-        return pa.array([None if v is None else int(v) for v in values], pa.int64())
-    if name in _FLOAT:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
-    if name in _STR:
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    kind = TYPES.get(name)
+    if kind == INT:
+        return pa.array([None if v is None else int(v) for v in values], INT)
+    if kind == FLOAT:
+        return pa.array([None if v is None else float(v) for v in values], FLOAT)
+    if kind == STR:
+        return pa.array([None if v is None else str(v) for v in values], STR)
     kinds = {type(v) for v in values if v is not None}
     if kinds and kinds <= {int, float} and float in kinds:
-        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+        return pa.array([None if v is None else float(v) for v in values], FLOAT)
     if len(kinds) > 1:
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
+        return pa.array([None if v is None else str(v) for v in values], STR)
     return pa.array(values) if kinds else pa.array(values, pa.null())
 
 
@@ -360,6 +383,12 @@ def recipe_columns(frame: Any) -> list[str]:
     cols = [c for c in frame.columns if c not in NOT_RECIPE and frame[c].nunique(dropna=False) > 1]
     head = [c for c in ("batch_size", "epochs") if c in frame.columns]
     return head + [c for c in cols if c not in head]
+
+
+def arch_label(depth: Any, width: Any, depth_multiplier: Any = 1) -> str:
+    """The architecture as the paper names it: "R50 2x", "R18 0.5x d2" (depth multiplier 2)."""
+    mult = "" if depth_multiplier in (None, 1) else f" d{float(depth_multiplier):g}"
+    return f"R{int(depth)} {float(width):g}x{mult}"
 
 
 def recipe_label(values: Mapping[str, Any]) -> str:

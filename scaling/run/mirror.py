@@ -35,17 +35,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling.errors import ScalingError
+from scaling.run.locks import file_lock
 from scaling.run.tracking import (
     LOCK_TIMEOUT_S,
     RUN_ID_TAG,
-    _client,
-    _ensure_experiment,
-    _flock,
-    _http_policy,
+    experiment_of,
+    mlflow_client,
     redact,
 )
 from scaling.rundir import (
     FAILURE,
+    FINAL_METRICS,
     LOG,
     METRICS,
     RESULT,
@@ -67,15 +67,6 @@ SUPERSEDED_TAG = "scaling.superseded_run_id"  # an earlier attempt at a forced r
 GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
-FINAL_METRICS = (
-    "top1",
-    "top5",
-    "knn_top1",
-    "val_top1",
-    "wall_time_s",
-    "images_seen",
-    "train_flops",
-)
 LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
 ARTIFACTS = {"FINISHED": (SPEC, RESULT, METRICS, LOG), "FAILED": (SPEC, FAILURE, METRICS, LOG)}
 METRICS_PER_REQUEST = 900  # MLflow caps one log_batch at 1,000 entities
@@ -85,7 +76,7 @@ ATTEMPTS = 3  # whole-push retries when SQLite says "database is locked"; pushes
 
 
 @dataclass
-class _Target:
+class Target:
     """A store and experiment, connected on first use and shared by a whole `sync`."""
 
     uri: str
@@ -98,8 +89,8 @@ class _Target:
             raise self.error
         if self.connection is None:
             try:
-                client = _client(self.uri)
-                self.connection = client, _ensure_experiment(client, self.uri, self.experiment)
+                client = mlflow_client(self.uri)
+                self.connection = client, experiment_of(client, self.uri, self.experiment)
             except Exception as exc:
                 if not _transient(exc):
                     self.error = exc
@@ -114,7 +105,7 @@ def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False)
     Cheap when nothing changed: mlflow.json remembers the files' sizes and times, and
     then MLflow is not contacted (`force` checks against MLflow anyway).
     """
-    return _push(Path(run_dir), _Target(uri, experiment), force)
+    return push_to(Path(run_dir), Target(uri, experiment), force)
 
 
 def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
@@ -123,7 +114,7 @@ def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
     run_dir = Path(run_dir)
     if not (run_dir / SPEC).is_file() or not _started(run_dir):
         return False
-    state = _read_state(run_dir, _Target(uri, experiment))
+    state = _read_state(run_dir, Target(uri, experiment))
     return (
         not state or bool(state.get("pending")) or state.get("fingerprint") != _fingerprint(run_dir)
     )
@@ -131,16 +122,16 @@ def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
 
 def sync(run_dirs: Iterable[str | Path], uri: str, experiment: str) -> tuple[int, int]:
     """Push every run directory that has a spec.json; returns (pushed, failed)."""
-    target, pushed, failed = _Target(uri, experiment), 0, 0
-    with _http_policy():
-        for run_dir in map(Path, run_dirs):
-            if (run_dir / SPEC).is_file():  # else not a run (yet)
-                ok = _push(run_dir, target, False) is not None
-                pushed, failed = pushed + ok, failed + (not ok)
+    target, pushed, failed = Target(uri, experiment), 0, 0
+    for run_dir in map(Path, run_dirs):
+        if (run_dir / SPEC).is_file():  # else not a run (yet)
+            ok = push_to(run_dir, target, False) is not None
+            pushed, failed = pushed + ok, failed + (not ok)
     return pushed, failed
 
 
-def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
+def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
+    """`push` to a Target that a whole command shares (one connection)."""
     if not (run_dir / SPEC).is_file():
         log.warning("not pushing %s to MLflow: it has no %s", run_dir, SPEC)
         return None
@@ -149,7 +140,7 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
         # time (MLflow cannot move a start), so it waits for the run's own start.
         return ""
     try:
-        with _http_policy(), _flock(run_dir / LOCK, LOCK_TIMEOUT_S):
+        with file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             try:
                 return _push_locked(run_dir, target, force)
             except Exception as exc:
@@ -159,8 +150,11 @@ def _push(run_dir: Path, target: _Target, force: bool) -> str | None:
         log.warning(
             "MLflow push of %s to %s failed (%s: %s); the run directory keeps everything "
             "and a later push (scaling sync) uploads what is pending",
-            run_dir, redact(target.uri), type(exc).__name__, redact(str(exc)),
-        )  # fmt: skip
+            run_dir,
+            redact(target.uri),
+            type(exc).__name__,
+            redact(str(exc)),
+        )
         return None
 
 
@@ -171,7 +165,7 @@ def _started(run_dir: Path) -> bool:
     return bool((read_json(run_dir / SPEC) or {}).get("started_at"))
 
 
-def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
+def _push_locked(run_dir: Path, target: Target, force: bool) -> str:
     state = _read_state(run_dir, target)
     fingerprint = _fingerprint(run_dir)  # before reading: a change mid-push goes next time
     if not force and state and not state.get("pending") and state.get("fingerprint") == fingerprint:
@@ -187,7 +181,7 @@ def _push_locked(run_dir: Path, target: _Target, force: bool) -> str:
     raise AssertionError("unreachable")
 
 
-def _upload(run_dir: Path, target: _Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
+def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
     client, experiment_id = target.connect()
     spec = read_json(run_dir / SPEC) or {}
     # A new MLflow run starts when the run first started training (spec.json's
@@ -203,16 +197,24 @@ def _upload(run_dir: Path, target: _Target, state: dict[str, Any] | None, finger
     epochs = _log_epochs(client, run, list(read_metrics(run_dir / METRICS)))
     status = _log_status(client, run, run_dir, result, epochs)
     _write_state(
-        run_dir, target, pending=False, epochs_pushed=epochs, status=status,
-        fingerprint=fingerprint, **ids,
-    )  # fmt: skip
+        run_dir,
+        target,
+        pending=False,
+        epochs_pushed=epochs,
+        status=status,
+        fingerprint=fingerprint,
+        **ids,
+    )
     return str(run.info.run_id)
 
 
 def _find_or_create(
-    client: MlflowClient, experiment_id: str, spec: Mapping[str, Any],
-    state: dict[str, Any] | None, start_ms: int,
-) -> Run:  # fmt: skip
+    client: MlflowClient,
+    experiment_id: str,
+    spec: Mapping[str, Any],
+    state: dict[str, Any] | None,
+    start_ms: int,
+) -> Run:
     from mlflow.exceptions import MlflowException
 
     run_id = str(spec.get("run_id", ""))
@@ -221,17 +223,22 @@ def _find_or_create(
     if state and state.get("mlflow_run_id"):
         try:
             run = client.get_run(state["mlflow_run_id"])
-            if (run.info.lifecycle_stage == "active" and run.info.experiment_id == experiment_id
-                    and run.data.tags.get(RUN_ID_TAG) == run_id
-                    and run.info.start_time >= 1000 * (_number(spec.get("forced_at")) or 0)):  # fmt: skip
+            if (
+                run.info.lifecycle_stage == "active"
+                and run.info.experiment_id == experiment_id
+                and run.data.tags.get(RUN_ID_TAG) == run_id
+                and run.info.start_time >= 1000 * (_number(spec.get("forced_at")) or 0)
+            ):
                 return run
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
     found = client.search_runs(
-        [experiment_id], f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=10,
+        [experiment_id],
+        f"tags.`{RUN_ID_TAG}` = '{run_id}'",
+        max_results=10,
         order_by=["attributes.start_time ASC"],
-    )  # fmt: skip
+    )
     forced = _number(spec.get("forced_at"))
     if forced is not None:  # a forced rerun: what ran before it is superseded
         old = [r for r in found if r.info.start_time < round(1000 * forced)]
@@ -243,8 +250,10 @@ def _find_or_create(
     if found:
         return found[0]
     model, config = spec.get("model", {}), spec.get("config", {})
-    name = (f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
-            f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}-{run_id[:6]}")  # fmt: skip
+    name = (
+        f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
+        f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}-{run_id[:6]}"
+    )
     return client.create_run(
         experiment_id, start_time=start_ms, tags={RUN_ID_TAG: run_id}, run_name=name
     )
@@ -280,8 +289,12 @@ def _log_params_and_tags(
     tags[GROUP_TAG] = run_spec.group_id()  # the same run but its seed
     code = dict(spec.get("code") or {})
     if code.get("commit"):
-        tags.update({"mlflow.source.git.commit": str(code["commit"]),
-                     "scaling.git_dirty": str(code.get("dirty"))})  # fmt: skip
+        tags.update(
+            {
+                "mlflow.source.git.commit": str(code["commit"]),
+                "scaling.git_dirty": str(code.get("dirty")),
+            }
+        )
     client.log_batch(
         run.info.run_id,
         params=[Param(k, v) for k, v in params.items() if k not in old],
@@ -305,9 +318,11 @@ def _log_epochs(client: MlflowClient, run: Run, records: list[dict[str, Any]]) -
         if epoch <= pushed:
             continue
         stamp = run.info.start_time + elapsed_ms  # deterministic: a repeat is a duplicate
-        batch += [Metric(k if "/" in k else EPOCH_PREFIX + k, v, stamp, epoch)
-                  for k, value in record.items()
-                  if k != "epoch" and (v := _number(value)) is not None]  # fmt: skip
+        batch += [
+            Metric(k if "/" in k else EPOCH_PREFIX + k, v, stamp, epoch)
+            for k, value in record.items()
+            if k != "epoch" and (v := _number(value)) is not None
+        ]
         if len(batch) >= METRICS_PER_REQUEST or epoch == epochs[-1]:
             # One request: MLflow applies the tag after the metrics it covers.
             client.log_batch(run.info.run_id, metrics=batch, tags=[RunTag(EPOCHS_TAG, str(epoch))])
@@ -378,7 +393,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(run_dir) / STATE)
 
 
-def _read_state(run_dir: Path, target: _Target) -> dict[str, Any] | None:
+def _read_state(run_dir: Path, target: Target) -> dict[str, Any] | None:
     """mlflow.json if it describes this store and experiment (else it does not apply)."""
     state = read_state(run_dir)
     where = (redact(target.uri), target.experiment)
@@ -386,12 +401,12 @@ def _read_state(run_dir: Path, target: _Target) -> dict[str, Any] | None:
     return state if same else None
 
 
-def _write_state(run_dir: Path, target: _Target, **fields: Any) -> None:
+def _write_state(run_dir: Path, target: Target, **fields: Any) -> None:
     base = {"uri": redact(target.uri), "experiment": target.experiment, "error": None}
     write_json(run_dir / STATE, {**base, **fields, "updated": time.time()})
 
 
-def _write_pending(run_dir: Path, target: _Target, exc: Exception) -> None:
+def _write_pending(run_dir: Path, target: Target, exc: Exception) -> None:
     """The last good state for this store (if any), marked pending with the error."""
     state = _read_state(run_dir, target) or {}
     state.pop("fingerprint", None)

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import SpecError
-from scaling.plan.expand import Plan, make_plan
-from scaling.sweep.cluster import ClusterProfile, load_profile
-from scaling.sweep.spec import RunSpec, Sweep, load_sweep
+from scaling.plan.planner import Plan, make_plan
+from scaling.sweep.cluster import load_profile
+from scaling.sweep.spec import load_sweep
 
 
 def build_plan(
@@ -31,18 +31,6 @@ def build_plan(
         kept = tuple(r for r in plan.runs if matches(r.row(), filters))
         plan = replace(plan, runs=kept)
     return plan
-
-
-def planned_runs(
-    sweep_path: Path | str, cluster: Path | str | None, overrides: list[str], only: str | None
-) -> tuple[Sweep, ClusterProfile, tuple[RunSpec, ...]]:
-    """The sweep, the profile and the run specs as planned on it (for status and cancel).
-
-    The plan, not the sweep alone, says which runs exist: a run whose layout normalises
-    batch norm over less than its batch has that BN batch in its identity (run_id).
-    """
-    plan = build_plan(sweep_path, cluster, overrides, only)
-    return plan.sweep, plan.profile, tuple(r.spec for r in plan.runs)
 
 
 def parse_only(only: str) -> dict[str, str]:

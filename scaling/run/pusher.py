@@ -3,9 +3,11 @@
 The local scheduler, `submit` and `status` hand run directories to a `Pusher` and go
 on: a tracking server that is slow or hangs never holds up starting runs or showing
 them. One thread pushes them in order (each directory once however often it is
-added while waiting). After a push fails the outage is remembered for the rest of the
-command: later pushes are not attempted (each would cost a time-out) and the run
-directories stay pending, for `scaling sync` or the next `submit`/`status` to upload.
+added while waiting) to the command's mirrors (scaling.run.mirrors: MLflow, and W&B
+where a sweep asks). After a push to a mirror fails the outage is remembered for the
+rest of the command: later pushes to it are not attempted (each would cost a time-out)
+and the run directories stay pending, for `scaling sync` or the next `submit`/`status`
+to upload.
 """
 
 from __future__ import annotations
@@ -15,17 +17,18 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from scaling.run.mirror import needs_push, push
-from scaling.run.state import is_locked
-from scaling.run.wandb_mirror import push as wandb_push
+from scaling.run.locks import is_locked
+from scaling.run.mirrors import MLFLOW, Mirrors
 
 #: how long a stopping job or an interrupted command may spend mirroring to MLflow
 STOP_PUSH_S = 10.0
 
 
-def pending_note(count: int, uri: str) -> str:
-    return (f"{count} runs not yet in MLflow ({uri} did not answer); their run directories "
-            "keep everything: `scaling sync` (or the next submit or status) uploads them")  # fmt: skip
+def pending_note(count: int, where: str) -> str:
+    return (
+        f"{count} runs not yet in MLflow ({where} did not answer); their run directories "
+        "keep everything: `scaling sync` (or the next submit or status) uploads them"
+    )
 
 
 class Pusher:
@@ -33,13 +36,20 @@ class Pusher:
 
     def __init__(self, uri: str, experiment: str, *, outage: bool = False) -> None:
         self.uri, self.experiment = uri, experiment
-        self.outage = outage  # set by the first failed push (or by a failed lookup before)
+        self.mirrors = Mirrors.to((uri, experiment))
+        if outage:  # MLflow could not be read before: not waited for again
+            self.mirrors.mark_down(MLFLOW)
         self.pending: set[Path] = set()  # not yet in MLflow when the command ends
         self._queued: set[Path] = set()
         self._lock = threading.Lock()
         self._queue: queue.Queue[Path | threading.Event] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="scaling-pusher", daemon=True)
         self._thread.start()
+
+    @property
+    def outage(self) -> bool:
+        """Whether a mirror was found down during this command."""
+        return self.mirrors.outage
 
     def add(self, run_dir: Path) -> None:
         with self._lock:
@@ -51,9 +61,7 @@ class Pusher:
     def add_stale(self, run_dirs: Iterable[Path]) -> int:
         """Queue every run directory whose mirror is behind it and that no process is
         training (its trainer or scheduler pushes a live one); how many were queued."""
-        stale = [
-            d for d in run_dirs if needs_push(d, self.uri, self.experiment) and not is_locked(d)
-        ]
+        stale = [d for d in run_dirs if self.mirrors.needs_push(d) and not is_locked(d)]
         for run_dir in stale:
             self.add(run_dir)
         return len(stale)
@@ -85,8 +93,6 @@ class Pusher:
                 continue
             with self._lock:
                 self._queued.discard(item)
-            ok = not self.outage and push(item, self.uri, self.experiment) is not None
-            self.outage = self.outage or not ok
+            ok = self.mirrors.push(item)
             with self._lock:
                 (self.pending.discard if ok else self.pending.add)(item)
-            wandb_push(item)

@@ -17,14 +17,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaling.plan.expand import Plan, PlannedRun
+from scaling.enums import StrEnum
+from scaling.plan.planner import Plan, PlannedRun
 from scaling.run.backends.base import Context, Job
-from scaling.run.state import RunState, run_state
-from scaling.rundir import FAILURE, SPEC, git_version, read_json, run_dir_of, write_json
+from scaling.run.state import RunState, State, run_state
+from scaling.rundir import FAILURE, SPEC, git_version, read_json, write_json
 from scaling.sweep.cluster import ClusterProfile, parallel_runs, threads_per_run, train_env
 from scaling.sweep.spec import Sweep
 
 log = logging.getLogger(__name__)
+
+
+class Action(StrEnum):
+    RUN = "run"  # from scratch
+    RESUME = "resume"  # from the newest checkpoint
+    SKIP = "skip"
+
+
+class Reason(StrEnum):
+    """Why a run gets its action (`Decision.why` says it in words, for display)."""
+
+    NEW = "new"
+    FORCED = "forced"
+    RESUME = "resume"
+    RERUN = "rerun"
+    FINISHED = "finished"
+    FAILED = "failed"
+    RUNNING = "running"
+    QUEUED = "queued"
+    INFEASIBLE = "infeasible"
 
 
 @dataclass(frozen=True)
@@ -32,17 +53,13 @@ class Decision:
     planned: PlannedRun
     run_dir: Path
     state: RunState
-    action: str  # run | resume | skip
-    why: str
+    action: Action
+    reason: Reason
+    why: str  # the reason in words: "resume after epoch 3", "failed (oom); use --rerun-failed"
 
     @property
     def job(self) -> Job:
-        return Job(
-            self.planned.spec,
-            self.planned.layout,
-            self.run_dir,
-            int(self.planned.spec.config["epochs"]),
-        )  # type: ignore[arg-type]
+        return Job.of(self.planned, self.run_dir)
 
 
 def make_context(sweep: Sweep, profile: ClusterProfile, device: str | None = None) -> Context:
@@ -91,15 +108,15 @@ def decide(
     tracked, busy = tracked or {}, busy or {}
     decisions = []
     for planned in plan.runs:
-        run_dir = run_dir_of(ctx.workdir, ctx.sweep, planned.spec.run_id)
+        run_dir = ctx.run_dir(planned.spec.run_id)
         state = run_state(run_dir)
         if planned.feasible and planned.spec.run_id in busy:
             why = f"queued or running ({busy[planned.spec.run_id]})"
-            decisions.append(Decision(planned, run_dir, state, "skip", why))
+            decisions.append(Decision(planned, run_dir, state, Action.SKIP, Reason.QUEUED, why))
             continue
         mlflow_status = (tracked.get(planned.spec.run_id) or {}).get("status")
-        action, why = _action(planned, state, mlflow_status, rerun_failed, force)
-        decisions.append(Decision(planned, run_dir, state, action, why))
+        action, reason, why = _action(planned, state, mlflow_status, rerun_failed, force)
+        decisions.append(Decision(planned, run_dir, state, action, reason, why))
     return decisions
 
 
@@ -109,36 +126,31 @@ def scheduled(plan: Plan, ctx: Context, backend: Any) -> dict[str, str]:
     reconcile = getattr(backend, "reconcile", None)
     if reconcile is None:
         return {}
-    jobs = [
-        Job(p.spec, p.layout, run_dir_of(ctx.workdir, ctx.sweep, p.spec.run_id),
-            int(p.spec.config["epochs"]))
-        for p in plan.runs
-        if p.feasible and p.layout is not None
-    ]  # fmt: skip
+    jobs = [ctx.job(p) for p in plan.runs if p.feasible and p.layout is not None]
     return dict(reconcile(jobs, ctx))
 
 
 def _action(
     planned: PlannedRun, state: RunState, mlflow_status: str | None, rerun_failed: bool, force: bool
-) -> tuple[str, str]:
+) -> tuple[Action, Reason, str]:
     if not planned.feasible:
-        return "skip", f"infeasible: {planned.reason}"
-    if state.state == "running":
-        return "skip", "running in another process"
+        return Action.SKIP, Reason.INFEASIBLE, f"infeasible: {planned.reason}"
+    if state.state is State.RUNNING:
+        return Action.SKIP, Reason.RUNNING, "running in another process"
     if force:
-        return "run", "forced: from scratch"
-    if state.state == "finished":
-        return "skip", "finished"
-    if state.state == "pending" and mlflow_status == "FINISHED":
-        return "skip", "finished (recorded in MLflow; no local run directory)"
-    if state.state == "failed":
+        return Action.RUN, Reason.FORCED, "forced: from scratch"
+    if state.state is State.FINISHED:
+        return Action.SKIP, Reason.FINISHED, "finished"
+    if state.state is State.PENDING and mlflow_status == "FINISHED":
+        return Action.SKIP, Reason.FINISHED, "finished (recorded in MLflow; no local run directory)"
+    if state.state is State.FAILED:
         kind = (state.failure or {}).get("kind", "error")
         if not rerun_failed:
-            return "skip", f"failed ({kind}); use --rerun-failed"
-        return "resume", f"rerun after failure ({kind})"
-    if state.state == "resumable":
-        return "resume", f"resume after epoch {state.epoch}"
-    return "run", "new"
+            return Action.SKIP, Reason.FAILED, f"failed ({kind}); use --rerun-failed"
+        return Action.RESUME, Reason.RERUN, f"rerun after failure ({kind})"
+    if state.state is State.RESUMABLE:
+        return Action.RESUME, Reason.RESUME, f"resume after epoch {state.epoch}"
+    return Action.RUN, Reason.NEW, "new"
 
 
 def prepare(
@@ -150,9 +162,9 @@ def prepare(
     jobs = []
     launch = sorted(decisions, key=lambda d: -_cost(d))
     for d in launch:
-        if d.action == "skip":
+        if d.action is Action.SKIP:
             continue
-        forced = d.why.startswith("forced")
+        forced = d.reason is Reason.FORCED
         if forced and d.run_dir.exists():
             shutil.rmtree(d.run_dir)
         d.run_dir.mkdir(parents=True, exist_ok=True)

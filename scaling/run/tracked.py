@@ -7,20 +7,17 @@ run lock (two processes never train one run) and the MLflow mirror of the run di
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from scaling.errors import SpecError
 from scaling.plan.layout import Layout
+from scaling.run.locks import run_lock
 from scaling.run.mirror import STATE as MLFLOW_STATE
-from scaling.run.mirror import push
-from scaling.run.state import run_lock
+from scaling.run.mirrors import Mirrors
 from scaling.run.wandb_mirror import forget_progress
-from scaling.run.wandb_mirror import push as wandb_push
 from scaling.rundir import (
     CHECKPOINTS,
     FAILURE,
@@ -58,23 +55,22 @@ def run_tracked(
     # Rank 0 alone holds the lock and mirrors to MLflow: the other ranks of the same
     # job are not a second process for the run.
     main = dist.detect_env().rank == 0
-    outage = False
+    # After one failed push a mirror is tried only once more, at the end: an unreachable
+    # server must not cost seconds of retries after every epoch.
+    mirrors = Mirrors.to(tracking if main else None)
 
     def mirror(_: dict[str, Any] | None = None, *, final: bool = False) -> None:
-        # After one failed push the rest of the run only tries once more, at the end: an
-        # unreachable server must not cost seconds of retries after every epoch.
-        nonlocal outage
-        if tracking is None or not main or (outage and not final):
-            return
-        outage = push(run_dir, *tracking) is None
-        wandb_push(run_dir, final=final)
+        mirrors.push(run_dir, final=final)
 
     with run_lock(run_dir) if main else contextlib.nullcontext():
         done = read_result(run_dir)  # every rank reads it: all skip, or none does
         if done is not None and not force:
             if main:
-                print(f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "
-                      "kept as it is (--force trains it again)", flush=True)  # fmt: skip
+                print(
+                    f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "
+                    "kept as it is (--force trains it again)",
+                    flush=True,
+                )
                 mirror(final=True)
             return done
         if force and main:
@@ -104,7 +100,8 @@ def push_within(run_dir: str | Path, tracking: tuple[str, str] | None, seconds: 
     """
     if tracking is None or dist.detect_env().rank != 0:
         return True
-    worker = threading.Thread(target=push, args=(run_dir, *tracking), daemon=True)
+    mirrors = Mirrors.to(tracking)
+    worker = threading.Thread(target=mirrors.push, args=(Path(run_dir),), daemon=True)
     worker.start()
     worker.join(seconds)
     return not worker.is_alive()
@@ -120,32 +117,3 @@ def _start_over(run_dir: Path) -> None:
     spec = read_json(run_dir / SPEC) or {}
     spec.pop("started_at", None)
     write_json(run_dir / SPEC, {**spec, "forced_at": time.time()})
-
-
-def read_run_file(path: Path) -> tuple[RunSpec, Layout | None]:
-    """A run's spec.json: the run spec and its layout (None when it has none), checked
-    against each other; a SpecError that names the file otherwise."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError:
-        raise SpecError("file not found", file=str(path)) from None
-    except ValueError as exc:
-        raise SpecError(f"invalid JSON: {exc}", file=str(path)) from None
-    spec = RunSpec.from_dict(data, file=str(path))
-    if "layout" not in data:
-        return spec, None
-    try:
-        layout = Layout.from_dict(data["layout"])
-    except (KeyError, TypeError, ValueError):
-        raise SpecError(
-            "expected {micro_batch, accum_steps, gpus, nodes}", file=str(path), key="layout"
-        ) from None
-    batch = int(spec.config["batch_size"])
-    if layout.micro_batch * layout.accum_steps * layout.gpus != batch:
-        raise SpecError(
-            f"micro_batch x accum_steps x gpus = {layout.micro_batch} x {layout.accum_steps} x "
-            f"{layout.gpus} must equal the batch size {batch}",
-            file=str(path),
-            key="layout",
-        )
-    return spec, layout

@@ -10,7 +10,6 @@ run. Making MLflow reflect a run directory (`push`, `sync`, `read_state`) lives 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -22,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from scaling.errors import ScalingError
-from scaling.run.state import flock_within
+from scaling.run.locks import file_lock
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Run
 
     from scaling.sweep.spec import Sweep
 
@@ -96,9 +96,12 @@ def without_credentials(uri: str) -> str:
     global _warned_credentials
     if not _warned_credentials:
         _warned_credentials = True
-        print("note: the tracking URI's credentials are used from MLFLOW_TRACKING_USERNAME/"
-              "MLFLOW_TRACKING_PASSWORD and never stored or shown; set those instead of "
-              "putting them in the URI", file=sys.stderr)  # fmt: skip
+        print(
+            "note: the tracking URI's credentials are used from MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD and never stored or shown; set those instead of "
+            "putting them in the URI",
+            file=sys.stderr,
+        )
     return urlunsplit(parts._replace(netloc=host))
 
 
@@ -146,11 +149,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     <name>`), not MLflow's default `./mlruns` of whatever the working directory was
     (which would also shadow the default store of that directory).
     """
-    with _http_policy():
-        return _ensure_experiment(_client(uri), uri, name)
+    return experiment_of(mlflow_client(uri), uri, name)
 
 
-def _ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+def experiment_of(client: MlflowClient, uri: str, name: str) -> str:
+    """The id of experiment `name` in `client`'s store, created if missing (see
+    ensure_experiment)."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(name)
@@ -187,7 +191,7 @@ def _artifacts_of(uri: str, name: str) -> str | None:
 _STORES_READY: set[str] = set()
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     """A client whose store exists; a new SQLite file gets its schema under a lock.
 
     MLflow 3.17 builds an empty database's tables without a lock: processes opening one
@@ -195,6 +199,7 @@ def _client(uri: str) -> MlflowClient:
     """
     from mlflow import MlflowClient
 
+    use_http_defaults()
     db = _sqlite_path(uri)
     if db is None or uri in _STORES_READY:
         return MlflowClient(tracking_uri=uri)
@@ -202,7 +207,7 @@ def _client(uri: str) -> MlflowClient:
     # database file" with backoff for ~100 s.
     db.parent.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
-    with _flock(Path(tempfile.gettempdir()) / f"scaling-mlflow-{key}.lock", LOCK_TIMEOUT_S):
+    with file_lock(Path(tempfile.gettempdir()) / f"scaling-mlflow-{key}.lock", LOCK_TIMEOUT_S):
         client = MlflowClient(tracking_uri=uri)  # builds the store (and a new file's schema)
     _STORES_READY.add(uri)
     return client
@@ -221,63 +226,56 @@ def find_runs(
     one run_id, the oldest wins. Raises ScalingError when the store cannot be read.
     """
     try:
-        with _http_policy():
-            client = _client(uri)
-            found = client.get_experiment_by_name(experiment)
-            return {} if found is None else _all_runs(client, str(found.experiment_id), page_size)
+        client = mlflow_client(uri)
+        found = client.get_experiment_by_name(experiment)
+        return {} if found is None else _all_runs(client, str(found.experiment_id), page_size)
     except Exception as exc:
         raise ScalingError(
             redact(f"could not read MLflow runs of {experiment!r} at {uri}: {exc}")
         ) from exc
 
 
+def search_all(
+    client: MlflowClient, experiment_id: str, query: str = "", page_size: int = PAGE_SIZE
+) -> Iterator[Run]:
+    """Every run of the experiment matching `query`, following MLflow's page tokens (at
+    most 1,000 runs a page)."""
+    token: str | None = None
+    while True:
+        page = client.search_runs([experiment_id], query, max_results=page_size, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def _all_runs(
     client: MlflowClient, experiment_id: str, page_size: int
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    token: str | None = None
-    while True:
-        page = client.search_runs([experiment_id], "", max_results=page_size, page_token=token)
-        for run in page:
-            run_id = run.data.tags.get(RUN_ID_TAG)
-            if run_id is None or (
-                run_id in out and out[run_id]["start_time"] <= run.info.start_time
-            ):
-                continue
-            out[run_id] = {
-                "mlflow_run_id": run.info.run_id, "experiment_id": experiment_id,
-                "status": run.info.status,
-                "tags": dict(run.data.tags), "params": dict(run.data.params),
-                "metrics": dict(run.data.metrics), "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-            }  # fmt: skip
-        token = page.token
-        if not token:
-            return out
+    for run in search_all(client, experiment_id, "", page_size):
+        run_id = run.data.tags.get(RUN_ID_TAG)
+        if run_id is None or (run_id in out and out[run_id]["start_time"] <= run.info.start_time):
+            continue
+        out[run_id] = {
+            "mlflow_run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "status": run.info.status,
+            "tags": dict(run.data.tags),
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+            "start_time": run.info.start_time,
+            "end_time": run.info.end_time,
+        }
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-@contextlib.contextmanager
-def _http_policy() -> Iterator[None]:
-    """Short HTTP retries for the MLflow calls made here, unless the user chose theirs."""
-    added = [k for k in HTTP_DEFAULTS if k not in os.environ]
-    os.environ.update({k: HTTP_DEFAULTS[k] for k in added})
-    try:
-        yield
-    finally:
-        for key in added:
-            os.environ.pop(key, None)
-
-
-@contextlib.contextmanager
-def _flock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive flock, waited for at most `timeout` seconds (then TimeoutError)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not flock_within(fd, timeout):
-            raise TimeoutError(f"{path} stayed locked for {timeout:.0f} s")
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+def use_http_defaults() -> None:
+    """MLflow's HTTP retries cut short for this process (HTTP_DEFAULTS), unless the user
+    set their own: once, at the first MLflow client, and never removed (changing the
+    environment around each call raced with the background pusher's own calls)."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)

@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scaling.run.tracking import LOCK_TIMEOUT_S, _flock
+from scaling.run.locks import file_lock
+from scaling.run.tracking import LOCK_TIMEOUT_S
 from scaling.rundir import (
     FAILURE,
+    FINAL_METRICS,
     METRICS,
     RESULT,
     SPEC,
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 
 STATE, LOCK = "wandb.json", ".wandb.lock"
 THROTTLE_S = 300.0
-FINAL_KEYS = ("top1", "top5", "knn_top1", "val_top1", "wall_time_s", "images_seen", "train_flops")
 
 
 def configure(run_dir: Path, settings: dict[str, Any] | None) -> None:
@@ -55,6 +56,19 @@ def forget_progress(run_dir: Path) -> None:
         write_json(run_dir / STATE, {"settings": state["settings"]})
 
 
+def needs_push(run_dir: str | Path) -> bool:
+    """Whether W&B is behind the run directory: it asks for W&B, and has epochs or an
+    ending that were never pushed (files only, no W&B)."""
+    run_dir = Path(run_dir)
+    state = read_json(run_dir / STATE)
+    if not state or not state.get("settings") or state.get("finished"):
+        return False
+    ended = (run_dir / RESULT).exists() or (run_dir / FAILURE).exists()
+    pushed = int(state.get("epochs_pushed", 0))
+    newest = max((r["epoch"] for r in read_metrics(run_dir / METRICS)), default=0)
+    return newest > pushed or (ended and not state.get("ended"))
+
+
 def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
     """Make W&B reflect `run_dir`: True when up to date, None when the run has no W&B
     settings, False when the push failed (warned; pending for the next push)."""
@@ -63,11 +77,16 @@ def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
     if not state or not state.get("settings"):
         return None
     try:
-        with _flock(run_dir / LOCK, LOCK_TIMEOUT_S):
+        with file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             return _push_locked(run_dir, read_json(run_dir / STATE) or state, final)
     except Exception as exc:
-        log.warning("W&B push of %s failed (%s: %s); the run directory keeps everything and "
-                    "a later push (scaling sync) uploads it", run_dir, type(exc).__name__, exc)  # fmt: skip
+        log.warning(
+            "W&B push of %s failed (%s: %s); the run directory keeps everything and "
+            "a later push (scaling sync) uploads it",
+            run_dir,
+            type(exc).__name__,
+            exc,
+        )
         return False
 
 
@@ -87,25 +106,46 @@ def _push_locked(run_dir: Path, state: dict[str, Any], final: bool) -> bool:
     spec = read_json(run_dir / SPEC) or {}
     settings = state["settings"]
     run = wandb.init(
-        project=settings["project"], entity=settings.get("entity"), mode=settings.get("mode", "online"),
-        id=str(spec["run_id"]), resume="allow", dir=str(run_dir), group=_group(spec),
-        name=_name(spec), config=_config(spec), reinit="create_new",
+        project=settings["project"],
+        entity=settings.get("entity"),
+        mode=settings.get("mode", "online"),
+        id=str(spec["run_id"]),
+        resume="allow",
+        dir=str(run_dir),
+        group=_group(spec),
+        name=_name(spec),
+        config=_config(spec),
+        reinit="create_new",
         settings=wandb.Settings(silent=True, console="off"),
-    )  # fmt: skip
+    )
     try:
         for record in new:
-            run.log({k: v for k, v in record.items() if k != "epoch" and _number(v)},
-                    step=int(record["epoch"]))  # fmt: skip
+            run.log(
+                {k: v for k, v in record.items() if k != "epoch" and _number(v)},
+                step=int(record["epoch"]),
+            )
         if result is not None:
-            run.summary.update({k: result[k] for k in FINAL_KEYS if _number(result.get(k))})
+            run.summary.update({k: result[k] for k in FINAL_METRICS if _number(result.get(k))})
         if failure is not None:
-            run.summary.update({"failure_kind": failure.get("kind"),
-                                "failure_message": str(failure.get("message", ""))[:1000]})  # fmt: skip
+            run.summary.update(
+                {
+                    "failure_kind": failure.get("kind"),
+                    "failure_message": str(failure.get("message", ""))[:1000],
+                }
+            )
     finally:
         run.finish(exit_code=1 if failure is not None else 0)
     last = max((r["epoch"] for r in records), default=pushed)
-    write_json(run_dir / STATE, {**state, "epochs_pushed": last, "pushed_at": time.time(),
-                                 "finished": result is not None, "ended": ended})  # fmt: skip
+    write_json(
+        run_dir / STATE,
+        {
+            **state,
+            "epochs_pushed": last,
+            "pushed_at": time.time(),
+            "finished": result is not None,
+            "ended": ended,
+        },
+    )
     return True
 
 
@@ -121,10 +161,25 @@ def _group(spec: dict[str, Any]) -> str:
 
 def _name(spec: dict[str, Any]) -> str:
     model, config = spec.get("model", {}), spec.get("config", {})
-    return (f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
-            f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}")  # fmt: skip
+    return (
+        f"{spec.get('method')}-r{model.get('depth')}x{model.get('width')}"
+        f"-b{config.get('batch_size')}-e{config.get('epochs')}-s{spec.get('seed')}"
+    )
 
 
 def _config(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: spec.get(k) for k in ("run_id", "sweep", "method", "dataset", "model", "seed",
-                                     "config", "layout", "code", "bn_batch")}  # fmt: skip
+    return {
+        k: spec.get(k)
+        for k in (
+            "run_id",
+            "sweep",
+            "method",
+            "dataset",
+            "model",
+            "seed",
+            "config",
+            "layout",
+            "code",
+            "bn_batch",
+        )
+    }

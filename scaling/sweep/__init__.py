@@ -2,7 +2,8 @@
 
 Holds the sweep spec and the frozen, hashed run spec (`spec`), cluster profiles
 (`cluster`), the method registry (`methods`) and strict loading with one-line errors
-(`config`). Imports only `scaling.errors`: no torch, no other stage.
+(`config`). Imports only the shared base (`scaling.errors`, `scaling.enums`): no torch,
+no other stage.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _EXPORTS = {
     "load_profile": "scaling.sweep.cluster",
     "METHODS": "scaling.sweep.methods",
     "get_method": "scaling.sweep.methods",
+    "reference_method": "scaling.sweep.methods",
 }
 __all__ = list(_EXPORTS)
 __getattr__ = lazy(__name__, _EXPORTS)

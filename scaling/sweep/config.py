@@ -38,8 +38,9 @@ class _BoundedLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             if self.aliases > MAX_ALIASES:
-                raise yaml.YAMLError(f"more than {MAX_ALIASES} YAML aliases (*name); "
-                                     "write the values out")  # fmt: skip
+                raise yaml.YAMLError(
+                    f"more than {MAX_ALIASES} YAML aliases (*name); write the values out"
+                )
         return super().compose_node(parent, index)
 
 
@@ -51,8 +52,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text (byte {exc.start}); save it as UTF-8",
-                        file=str(path)) from None  # fmt: skip
+        raise SpecError(
+            f"not UTF-8 text (byte {exc.start}); save it as UTF-8", file=str(path)
+        ) from None
     except OSError as exc:
         raise SpecError(f"cannot be read ({exc.strerror or exc})", file=str(path)) from None
     try:

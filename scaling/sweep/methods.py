@@ -1,22 +1,63 @@
-"""The method registry: what each training method is, its config and its grid axes.
+"""The method registry: what each training method is, does and costs.
 
-A new method is a new entry, not a flag. Each entry names the config model whose
-fields are that method's own axes, so a supervised baseline is never multiplied by
-SimCLR-only axes such as temperature.
+A method is one registration: its config (whose fields are the method's own grid
+axes, so a supervised baseline is never multiplied by SimCLR-only axes such as
+temperature) and the components it is made of, each named by an enum: the head on the
+encoder, the augmentation, the training objective (one optimizer step), the evaluation,
+whether it trains on unlabelled images, and its cost terms (views per image, gradient
+caching, evaluation passes). The stages that implement a component keep one table keyed
+by its enum (`scaling.models.resnet.HEADS`, `scaling.train.augment.AUGMENTATIONS`,
+`scaling.train.steps.STEPS`, `scaling.train.evaluate.EVALUATIONS`); the trainer, the cost
+model, the data-split rule and the report ask the registry, and no other module names a
+method. A new method built of existing components is one registration here; a new
+component is one entry in its stage's table (tests/test_methods.py checks that every
+registered method's components are implemented everywhere).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
+from scaling.enums import StrEnum
 from scaling.sweep.config import StrictModel
 
 LrRule = Literal["linear", "sqrt"] | PositiveFloat
 #: images the online kNN monitor (EvalConfig.knn_every) scores on: training, test
 MONITOR_TRAIN, MONITOR_TEST = 10_000, 2_000
+
+
+class Head(StrEnum):
+    """What sits on the encoder during training."""
+
+    PROJECTION = "projection"  # SimCLR's g(.): Linear-BN-ReLU-Linear-BN (models.resnet)
+    CLASSIFIER = "classifier"  # a linear classifier over the data set's classes
+
+
+class Augmentation(StrEnum):
+    """How training views are made from an image."""
+
+    CONTRASTIVE = "contrastive"  # crop, flip, colour jitter, grey, blur (the paper's)
+    CROP_FLIP = "crop_flip"  # random resized crop and flip only
+
+
+class Objective(StrEnum):
+    """What one optimizer step minimises (scaling.train.steps)."""
+
+    NT_XENT = "nt_xent"  # two views per image, the other view the positive
+    CROSS_ENTROPY = "cross_entropy"  # labels
+
+
+class Evaluation(StrEnum):
+    """How a trained network is scored (scaling.train.evaluate)."""
+
+    # The encoder frozen: a linear probe (EvalConfig.protocol), kNN top-1, a validation
+    # score for recipe selection and the online kNN monitor.
+    FROZEN_ENCODER = "frozen_encoder"
+    OWN_HEAD = "own_head"  # the trained classifier itself, top-k on the test split
 
 
 class EvalConfig(StrictModel):
@@ -77,19 +118,46 @@ class SupervisedConfig(MethodConfig):
 
 @dataclass(frozen=True)
 class MethodInfo:
-    """A registered method.
+    """A registered method: its config and the components it is made of.
 
     views: images per sample in a step (2 for two-view contrastive methods).
     cached_accumulation: whether accumulation must keep the whole batch's negatives
     (gradient caching, one extra forward) instead of plain gradient accumulation.
+    unlabelled: whether it trains on a data set's unlabelled images too (STL-10's
+    100,000: `train+unlabeled`); it never reads their labels.
+    reference: the baseline every other method's gap is measured against (one method).
     """
 
     name: str
     config: type[MethodConfig]
-    views: int
-    cached_accumulation: bool
     description: str
     warmup_cap_epochs: float  # default warmup: min(this, 10% of the run)
+    head: Head
+    augmentation: Augmentation
+    objective: Objective
+    evaluation: Evaluation
+    views: int
+    cached_accumulation: bool
+    unlabelled: bool = False
+    reference: bool = False
+
+    def monitor_every(self, config: Mapping[str, Any]) -> int:
+        """Epochs between two runs of the online kNN monitor (0: never)."""
+        if self.evaluation is not Evaluation.FROZEN_ENCODER:
+            return 0
+        return int((config.get("eval") or {}).get("knn_every") or 0)
+
+    def eval_passes(self, eval_config: Mapping[str, Any] | None) -> tuple[int, int]:
+        """(forwards of every training image, of every test image) its evaluation makes,
+        given the config's `eval` section: a frozen encoder's features of both splits
+        once, and the augmented protocol's fresh crops of the training split every probe
+        epoch; a network's own head, the test split once. The online kNN monitor is
+        counted by the planner."""
+        if self.evaluation is Evaluation.OWN_HEAD:
+            return 0, 1
+        eval_config = eval_config or {}
+        augmented = eval_config.get("protocol") == "augmented"
+        return 1 + (int(eval_config.get("epochs") or 0) if augmented else 0), 1
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -98,6 +166,8 @@ METHODS: dict[str, MethodInfo] = {}
 def register(info: MethodInfo) -> MethodInfo:
     if info.name in METHODS:
         raise ValueError(f"method {info.name!r} is already registered")
+    if info.reference and any(m.reference for m in METHODS.values()):
+        raise ValueError(f"method {info.name!r}: a reference method is already registered")
     METHODS[info.name] = info
     return info
 
@@ -106,20 +176,30 @@ register(
     MethodInfo(
         name="simclr",
         config=SimCLRConfig,
-        views=2,
-        cached_accumulation=True,
         description="SimCLR pretraining (NT-Xent, LARS), then linear evaluation",
         warmup_cap_epochs=10.0,  # paper B.1 and the official code's warmup_epochs
+        head=Head.PROJECTION,
+        augmentation=Augmentation.CONTRASTIVE,
+        objective=Objective.NT_XENT,
+        evaluation=Evaluation.FROZEN_ENCODER,
+        views=2,
+        cached_accumulation=True,
+        unlabelled=True,  # pretrains on STL-10's train+unlabeled, as the paper and peers
     )
 )
 register(
     MethodInfo(
         name="supervised",
         config=SupervisedConfig,
-        views=1,
-        cached_accumulation=False,
         description="supervised cross-entropy training of the same encoder",
         warmup_cap_epochs=5.0,  # Goyal et al. 2017's gradual warmup
+        head=Head.CLASSIFIER,
+        augmentation=Augmentation.CROP_FLIP,
+        objective=Objective.CROSS_ENTROPY,
+        evaluation=Evaluation.OWN_HEAD,
+        views=1,
+        cached_accumulation=False,
+        reference=True,
     )
 )
 
@@ -129,3 +209,8 @@ def get_method(name: str) -> MethodInfo:
         return METHODS[name]
     except KeyError:
         raise KeyError(f"unknown method {name!r}; registered: {', '.join(METHODS)}") from None
+
+
+def reference_method() -> str:
+    """The name of the baseline method every gap is measured against."""
+    return next(m.name for m in METHODS.values() if m.reference)

@@ -31,9 +31,6 @@ from scaling.sweep.config import (
 )
 from scaling.sweep.methods import METHODS, MethodConfig
 
-DEPTHS = (10, 18, 34, 50, 101, 152, 200)
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
-
 
 class DatasetConfig(StrictModel):
     name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"]
@@ -128,14 +125,26 @@ class RunSpec:
 
     @classmethod
     def _trusted(
-        cls, method: str, dataset: Mapping[str, Any], model: Mapping[str, Any], seed: int,
-        config: Mapping[str, Any], sweep: str, canonical: str,
-    ) -> RunSpec:  # fmt: skip
+        cls,
+        method: str,
+        dataset: Mapping[str, Any],
+        model: Mapping[str, Any],
+        seed: int,
+        config: Mapping[str, Any],
+        sweep: str,
+        canonical: str,
+    ) -> RunSpec:
         """Build from validated parts whose canonical identity JSON is already known."""
         spec = object.__new__(cls)
-        for name, value in (("method", method), ("dataset", dataset), ("model", model),
-                            ("seed", seed), ("config", config), ("sweep", sweep),
-                            ("bn_batch", None)):  # fmt: skip
+        for name, value in (
+            ("method", method),
+            ("dataset", dataset),
+            ("model", model),
+            ("seed", seed),
+            ("config", config),
+            ("sweep", sweep),
+            ("bn_batch", None),
+        ):
             object.__setattr__(spec, name, value)
         object.__setattr__(spec, "run_id", _hash(canonical))
         return spec
@@ -161,8 +170,11 @@ class RunSpec:
             )
         for key in ("method", "dataset", "model", "seed", "config"):
             if key not in data:
-                raise SpecError("missing; a run spec has method, dataset, model, seed, config",
-                                file=file, key=key)  # fmt: skip
+                raise SpecError(
+                    "missing; a run spec has method, dataset, model, seed, config",
+                    file=file,
+                    key=key,
+                )
         seed = data["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise SpecError(f"must be an integer, got {seed!r}", file=file, key="seed")
@@ -237,11 +249,16 @@ def _unique(runs: list[RunSpec], file: str) -> list[RunSpec]:
     for r in runs:
         seen = out.setdefault(r.run_id, r)
         if seen is not r and seen.to_dict() != r.to_dict():
-            diff = sorted(k for k in ("dataset", "model", "config")
-                          if getattr(seen, k) != getattr(r, k))  # fmt: skip
-            raise SpecError(f"two runs share run_id {r.run_id}: they differ only in {', '.join(diff)} "
-                            "fields that do not change a result (dataset.root of a published data set); "
-                            "make those a single value", file=file, key=diff[0] if diff else None)  # fmt: skip
+            diff = sorted(
+                k for k in ("dataset", "model", "config") if getattr(seen, k) != getattr(r, k)
+            )
+            raise SpecError(
+                f"two runs share run_id {r.run_id}: they differ only in {', '.join(diff)} "
+                "fields that do not change a result (dataset.root of a published data set); "
+                "make those a single value",
+                file=file,
+                key=diff[0] if diff else None,
+            )
     return list(out.values())
 
 
@@ -396,6 +413,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                 )
     unique = tuple(_unique(runs, file))
     if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
-        raise SpecError("W&B tracking needs the wandb package: pip install 'scaling[wandb]'",
-                        file=file, key="tracking.wandb")  # fmt: skip
+        raise SpecError(
+            "W&B tracking needs the wandb package: pip install 'scaling[wandb]'",
+            file=file,
+            key="tracking.wandb",
+        )
     return Sweep(top.name, top.description, file, top.tracking, unique, axes)

@@ -1,12 +1,14 @@
 """The train stage: one run trained and evaluated, faithful to the paper.
 
-Holds the data sets and their readers (`data`, `readers`), the batched augmentation
-(`augment`), NT-Xent (`losses`), LARS and parameter groups (`optim`), gradient caching
-(`accumulate`), distributed helpers (`distributed`), one optimizer step per method
-(`steps`), epoch metrics (`metrics`), stop signals agreed across ranks (`signals`),
-checkpoints (`checkpoint`), evaluation (`evaluate`) and the trainer (`trainer`), which
-reads top to bottom. Imports `scaling.errors`, `scaling.rundir`, `scaling.sweep`,
-`scaling.models` and `scaling.plan`; never the run stage (locks, tracking, backends).
+Holds the data sets and their readers (`data`, `readers`, image folders in `imagefolder`),
+each step's views (`views`), the batched augmentation (`augment`, colour ops in
+`photometric`), NT-Xent (`losses`), LARS and parameter groups (`optim`), gradient
+caching (`accumulate`), distributed helpers (`distributed`), one optimizer step per
+objective (`steps`), epoch metrics (`metrics`), stop signals agreed across ranks
+(`signals`), checkpoints (`checkpoint`), evaluation (`evaluate`), what a finished run
+reports of its own cost (`run_cost`) and the trainer (`trainer`), which reads top to
+bottom. Imports `scaling.errors`, `scaling.rundir`, `scaling.sweep`, `scaling.models`
+and `scaling.plan`; never the run stage (locks, tracking, backends).
 """
 
 from __future__ import annotations

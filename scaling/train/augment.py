@@ -28,13 +28,15 @@ not depend on the data.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scaling.sweep.methods import Augmentation
 from scaling.train.photometric import color_jitter, gaussian_blur_, to_grayscale_
 
 CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
@@ -207,8 +209,7 @@ class SimCLRAugment:
     def eval_transform(self, images: Tensor) -> Tensor:
         """No randomness: resize to `image_size` if needed (or the official centre crop
         when `test_crop`), normalise like training."""
-        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean,
-                              std=self.std)  # fmt: skip
+        return eval_transform(images, self.image_size, self.test_crop, mean=self.mean, std=self.std)
 
 
 class CropFlipAugment(SimCLRAugment):
@@ -234,6 +235,27 @@ class CropFlipAugment(SimCLRAugment):
             gray_p=0.0,
             test_crop=test_crop,
         )
+
+
+def _contrastive(image_size: int, config: Mapping[str, Any], test_crop: bool) -> SimCLRAugment:
+    return SimCLRAugment(
+        image_size,
+        color_strength=float(config["color_strength"]),
+        crop_scale=(float(config["crop_min_scale"]), 1.0),
+        test_crop=test_crop,
+    )
+
+
+def _crop_flip(image_size: int, config: Mapping[str, Any], test_crop: bool) -> SimCLRAugment:
+    crop_scale = (float(config["crop_min_scale"]), 1.0)
+    return CropFlipAugment(image_size, crop_scale=crop_scale, test_crop=test_crop)
+
+
+#: the training augmentation of each kind a method names, built from its config
+AUGMENTATIONS: dict[Augmentation, Callable[[int, Mapping[str, Any], bool], SimCLRAugment]] = {
+    Augmentation.CONTRASTIVE: _contrastive,
+    Augmentation.CROP_FLIP: _crop_flip,
+}
 
 
 def eval_transform(

@@ -63,8 +63,10 @@ def restore(run_dir: Path) -> dict[str, Any] | None:
             return state
         log.warning("skipping checkpoint without a training state: %s", path.name)
     if paths:
-        raise RunFailed(f"{run_dir / CHECKPOINTS}: no checkpoint decodes ({len(paths)} tried; "
-                        "see train.log); move them away to restart this run from scratch")  # fmt: skip
+        raise RunFailed(
+            f"{run_dir / CHECKPOINTS}: no checkpoint decodes ({len(paths)} tried; "
+            "see train.log); move them away to restart this run from scratch"
+        )
     return None
 
 
@@ -95,21 +97,25 @@ def save_state(
     Only rank 0 writes (the ranks hold identical weights)."""
     if not main:
         return
-    save(run_dir, global_step, {
-        "global_step": global_step,
-        "epoch": epoch,
-        "step_in_epoch": step_in_epoch,
-        "model": net.state_dict(),
-        "optimizer": opt.state_dict(),
-        "aug_rng": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        # The device's default generators (dropout, anything random run on the GPU):
-        # without them a resumed CUDA run is no longer bit-identical.
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-        "sums": sums,
-        "elapsed_s": elapsed_s,
-        "run_id": run_id,  # a checkpoint resumes only its own run
-    })  # fmt: skip
+    save(
+        run_dir,
+        global_step,
+        {
+            "global_step": global_step,
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "model": net.state_dict(),
+            "optimizer": opt.state_dict(),
+            "aug_rng": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            # The device's default generators (dropout, anything random run on the GPU):
+            # without them a resumed CUDA run is no longer bit-identical.
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "sums": sums,
+            "elapsed_s": elapsed_s,
+            "run_id": run_id,  # a checkpoint resumes only its own run
+        },
+    )
 
 
 def restore_rng(state: dict[str, Any]) -> None:

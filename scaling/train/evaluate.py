@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
@@ -149,8 +149,9 @@ class _Subset:
         return self.data.batch(self.indices[idx.cpu()])
 
 
-def knn_monitor(encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment,
-                config: Mapping[str, Any]) -> float:  # fmt: skip
+def knn_monitor(
+    encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment, config: Mapping[str, Any]
+) -> float:
     """kNN top-1 of the encoder on fixed subsets (the online monitor). Draws nothing from
     any generator and runs the encoder in eval mode, so training is unchanged by it.
     Every rank calls it (the features are sharded); every rank gets the same answer."""
@@ -159,34 +160,63 @@ def knn_monitor(encoder: nn.Module, train: Any, test: Any, aug: SimCLRAugment,
     train_f, train_y = data_features(encoder, tr, aug.eval_transform, device)
     test_f, test_y = data_features(encoder, te, aug.eval_transform, device)
     labelled = train_y >= 0
-    return knn_top1(train_f[labelled], train_y[labelled], test_f, test_y, train.num_classes,
-                    int(config["knn_k"]), float(config["knn_temperature"]))  # fmt: skip
+    return knn_top1(
+        train_f[labelled],
+        train_y[labelled],
+        test_f,
+        test_y,
+        train.num_classes,
+        int(config["knn_k"]),
+        float(config["knn_temperature"]),
+    )
 
 
 def evaluate_run(
     spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
 ) -> dict[str, Any]:
-    """SimCLR: linear evaluation (top-1/top-5) and kNN top-1 of the frozen encoder.
-    Supervised: top-1/top-5 of the trained classifier on the test split.
+    """The evaluation the run's method names (EVALUATIONS): top1 and top5, and what else
+    that evaluation measures.
 
     `train` and `test` are in-memory or image-folder data sets (anything with
     `batch(indices)` and `len`): images are read in chunks, so a folder larger than
     memory works too. Every rank of a multi-rank run calls it: each extracts the features
     of its share of the images, all ranks gather them and fit the same probe.
     """
+    evaluation = EVALUATIONS[get_method(spec.method).evaluation]
+    return evaluation(spec, net, train, test, aug)
+
+
+def _own_head(
+    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
+) -> dict[str, Any]:
+    """Top-1/top-5 of the trained classifier on the test split."""
     device = next(net.parameters()).device
-    if spec.method != "simclr":
-        logits, labels = data_features(net, test, aug.eval_transform, device)
-        acc = topk_accuracy(logits, labels)
-        return {"top1": acc[1], "top5": acc[5]}
+    logits, labels = data_features(net, test, aug.eval_transform, device)
+    acc = topk_accuracy(logits, labels)
+    return {"top1": acc[1], "top5": acc[5]}
+
+
+def _frozen_encoder(
+    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
+) -> dict[str, Any]:
+    """Linear evaluation (top-1/top-5, EvalConfig.protocol), kNN top-1 and a validation
+    top-1 for recipe selection, of the frozen encoder (`net.encoder`)."""
+    device = next(net.parameters()).device
     cfg = spec.config["eval"]
     encoder = net.encoder
     train_f, train_y = data_features(encoder, train, aug.eval_transform, device)
     test_f, test_y = data_features(encoder, test, aug.eval_transform, device)
     labelled = train_y >= 0  # unlabeled images (STL-10's) have label -1
     train_f, train_y = train_f[labelled], train_y[labelled]
-    knn = knn_top1(train_f, train_y, test_f, test_y, train.num_classes,
-                   int(cfg["knn_k"]), float(cfg["knn_temperature"]))  # fmt: skip
+    knn = knn_top1(
+        train_f,
+        train_y,
+        test_f,
+        test_y,
+        train.num_classes,
+        int(cfg["knn_k"]),
+        float(cfg["knn_temperature"]),
+    )
     augment = None
     if cfg["protocol"] == "augmented":
         crop_flip = CropFlipAugment(spec.dataset["image_size"])
@@ -202,10 +232,26 @@ def evaluate_run(
     result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
     if len(train_y) >= 2:
         fit, val = validation_split(len(train_y))
-        val_acc = linear_probe(train_f[fit], train_y[fit], train_f[val], train_y[val],
-                               train.num_classes, cfg, spec.seed)  # fmt: skip
+        val_acc = linear_probe(
+            train_f[fit],
+            train_y[fit],
+            train_f[val],
+            train_y[val],
+            train.num_classes,
+            cfg,
+            spec.seed,
+        )
         result["val_top1"] = val_acc[1]
     return result
+
+
+#: how a trained network is scored, for each evaluation a method names
+EVALUATIONS: dict[
+    Evaluation, Callable[[RunSpec, nn.Module, Any, Any, SimCLRAugment], dict[str, Any]]
+] = {
+    Evaluation.FROZEN_ENCODER: _frozen_encoder,
+    Evaluation.OWN_HEAD: _own_head,
+}
 
 
 def _augmented_views(
@@ -270,8 +316,9 @@ def data_features(
     try:
         with torch.no_grad():
             # A rank without images (fewer images than ranks) runs one for the shape.
-            chunks = [torch.arange(a, min(stop, a + batch_size))
-                      for a in range(start, stop, batch_size)] or [torch.arange(1)]  # fmt: skip
+            chunks = [
+                torch.arange(a, min(stop, a + batch_size)) for a in range(start, stop, batch_size)
+            ] or [torch.arange(1)]
             for idx in chunks:
                 x, y = inputs(idx)
                 rows = len(idx) if start < stop else 0

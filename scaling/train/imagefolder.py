@@ -60,8 +60,9 @@ def scan_folder(root: Path | None, split: str) -> tuple[list[Path], list[int], i
     if problem:
         raise ScalingError(problem)
     train = root / "train"
-    folder = train if split == "train" else next(c for c in (root / "val", root / "test")
-                                                 if c.is_dir())  # fmt: skip
+    folder = (
+        train if split == "train" else next(c for c in (root / "val", root / "test") if c.is_dir())
+    )
     classes = sorted(d.name for d in train.iterdir() if d.is_dir())  # train decides indices
     found = [
         (path, index)
@@ -116,8 +117,9 @@ def centre_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
-def _resized_crop(im: Image.Image, top: float, left: float, h: float, w: float,
-                  size: int) -> Image.Image:  # fmt: skip
+def _resized_crop(
+    im: Image.Image, top: float, left: float, h: float, w: float, size: int
+) -> Image.Image:
     """torchvision's resized_crop on PIL (crop, then an antialiased bilinear resize); a
     box in fractional pixels (a JPEG decoded at a reduced scale) is resampled directly."""
     if all(float(v).is_integer() for v in (top, left, h, w)):
@@ -135,8 +137,15 @@ class ImageFolderSet:
 
     decodes_on_cpu = True
 
-    def __init__(self, paths: list[Path], labels: Tensor, num_classes: int, image_size: int,
-                 workers: int, cache: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        paths: list[Path],
+        labels: Tensor,
+        num_classes: int,
+        image_size: int,
+        workers: int,
+        cache: bool = False,
+    ) -> None:
         self.paths, self.labels, self.num_classes = paths, labels, num_classes
         self.image_size = image_size
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
@@ -197,8 +206,10 @@ class ImageFolderSet:
             width, height = im.size
             sx, sy = _draft(im, width * size / boxes[:, 3].min(), height * size / boxes[:, 2].min())
             im = im.convert("RGB")
-            return [_resized_crop(im, t * sy, x * sx, h * sy, w * sx, size)
-                    for t, x, h, w in boxes.tolist()]  # fmt: skip
+            return [
+                _resized_crop(im, t * sy, x * sx, h * sy, w * sx, size)
+                for t, x, h, w in boxes.tolist()
+            ]
 
     def _gather(self, fn: Callable[[int], Sequence[Image.Image]], n: int, k: int) -> Tensor:
         """(k, n, 3, S, S) uint8 from fn(0..n-1) (k RGB images each), written in place by

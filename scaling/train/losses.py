@@ -31,7 +31,8 @@ __all__ = ["nt_xent", "positive_top1"]
 def _check_pair(z1: torch.Tensor, z2: torch.Tensor) -> None:
     if z1.ndim != 2 or z1.shape != z2.shape:
         raise ValueError(
-            f"z1 and z2 must be (n, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            "z1 and z2 must be (n, d) tensors of the same shape, got "
+            f"{tuple(z1.shape)} and {tuple(z2.shape)}"
         )
 
 

@@ -208,8 +208,9 @@ def _read_cifar(req: LoadRequest, folder: str, files: list[str], classes: int) -
     url = CIFAR_URL.format(f"cifar-{classes}-python.tar.gz")
     _require(base, files, f"CIFAR-{classes}", url)
     reader = CIFAR10 if classes == 10 else CIFAR100
-    ds = _torchvision(lambda: reader(str(base.parent), train=req.split == "train"),
-                      f"CIFAR-{classes}", base, url)  # fmt: skip
+    ds = _torchvision(
+        lambda: reader(str(base.parent), train=req.split == "train"), f"CIFAR-{classes}", base, url
+    )
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # HWC -> CHW
     labels = torch.tensor(ds.targets, dtype=torch.int64)
     return ImageSet(resize_uint8(images, req.image_size), labels, classes)

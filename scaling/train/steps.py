@@ -1,5 +1,7 @@
-"""One optimizer step's worth of forward/backward for each method.
+"""One optimizer step's worth of forward/backward for each training objective.
 
+`STEPS` maps each objective a method names (scaling.sweep.methods.Objective) to its
+step, called as `step(net, batch, layout, config, autocast)` with the method's config.
 Both functions receive this rank's views of the global batch (`scaling.train.views`:
 every rank draws the same augmentation parameters for the whole batch and applies its
 slice), so a run on W ranks sees exactly the views a single process would: distributed
@@ -8,6 +10,7 @@ results can be compared with single-process ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -16,8 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scaling.plan.layout import Layout
+from scaling.sweep.methods import Objective
 from scaling.train.accumulate import cached_backward, plain_backward
 from scaling.train.losses import nt_xent, positive_top1
+from scaling.train.views import StepViews
 
 
 def simclr_step(
@@ -70,3 +75,36 @@ def supervised_step(
         loss_sum += loss.detach() * len(yc)
         correct += (logits.detach().argmax(1) == yc).sum()
     return loss_sum / total, correct / total
+
+
+def _nt_xent_step(
+    net: nn.Module,
+    batch: StepViews,
+    layout: Layout,
+    config: Mapping[str, Any],
+    autocast: AbstractContextManager[Any],
+) -> tuple[Tensor, Tensor]:
+    v1, v2 = batch.views
+    return simclr_step(net, v1, v2, layout, float(config["temperature"]), autocast)
+
+
+def _cross_entropy_step(
+    net: nn.Module,
+    batch: StepViews,
+    layout: Layout,
+    config: Mapping[str, Any],
+    autocast: AbstractContextManager[Any],
+) -> tuple[Tensor, Tensor]:
+    (x,) = batch.views
+    return supervised_step(net, x, batch.labels, layout, autocast)
+
+
+Step = Callable[
+    [nn.Module, StepViews, Layout, Mapping[str, Any], AbstractContextManager[Any]],
+    tuple[Tensor, Tensor],
+]
+#: one optimizer step's forward/backward for each objective: (loss, top-1), detached
+STEPS: dict[Objective, Step] = {
+    Objective.NT_XENT: _nt_xent_step,
+    Objective.CROSS_ENTROPY: _cross_entropy_step,
+}

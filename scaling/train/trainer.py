@@ -38,14 +38,14 @@ from scaling.sweep.methods import get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
-from scaling.train.augment import CropFlipAugment, SimCLRAugment
+from scaling.train.augment import AUGMENTATIONS
 from scaling.train.evaluate import evaluate_run, knn_monitor
-from scaling.train.figures import cost_figures, measured_throughput
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import DATASETS, load_dataset
+from scaling.train.run_cost import cost_figures, measured_throughput
 from scaling.train.signals import StopFlag, agree
-from scaling.train.steps import simclr_step, supervised_step
+from scaling.train.steps import STEPS
 from scaling.train.views import train_views
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -81,8 +81,16 @@ def run(
     """
     run_dir = Path(run_dir)
     try:
-        result = _train(spec, run_dir, layout, device=device, threads=threads, compile=compile,
-                        on_epoch=on_epoch, checkpoint_every_s=checkpoint_every_s)  # fmt: skip
+        result = _train(
+            spec,
+            run_dir,
+            layout,
+            device=device,
+            threads=threads,
+            compile=compile,
+            on_epoch=on_epoch,
+            checkpoint_every_s=checkpoint_every_s,
+        )
     except Preempted:
         raise
     except RunFailed as exc:
@@ -164,8 +172,16 @@ def _train(
         # What the submitter wrote beside the spec (forced_at, checkpoint_every_s) is kept.
         first = existing.get("started_at") or started
         kept = {k: existing[k] for k in SUBMITTER_KEYS if k in existing}
-        write_json(run_dir / SPEC, {**spec.to_dict(), "layout": layout.to_dict(), **kept,
-                                    "code": git_version(), "started_at": first})  # fmt: skip
+        write_json(
+            run_dir / SPEC,
+            {
+                **spec.to_dict(),
+                "layout": layout.to_dict(),
+                **kept,
+                "code": git_version(),
+                "started_at": first,
+            },
+        )
 
     # ------------------------------------------------------------------ data
     name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
@@ -179,17 +195,17 @@ def _train(
         num_images=spec.dataset.get("size"),
         workers=workers,
     ).to(dev)
-    test = load_dataset(name, root=root, image_size=size, split="test", seed=0,
-                        num_images=spec.dataset.get("size"), workers=workers).to(dev)  # fmt: skip
-    crop_scale = (float(config["crop_min_scale"]), 1.0)
+    test = load_dataset(
+        name,
+        root=root,
+        image_size=size,
+        split="test",
+        seed=0,
+        num_images=spec.dataset.get("size"),
+        workers=workers,
+    ).to(dev)
     test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
-    if spec.method == "simclr":
-        aug: SimCLRAugment = SimCLRAugment(
-            size, color_strength=float(config["color_strength"]), crop_scale=crop_scale,
-            test_crop=test_crop,
-        )  # fmt: skip
-    else:
-        aug = CropFlipAugment(size, crop_scale=crop_scale, test_crop=test_crop)
+    aug = AUGMENTATIONS[method.augmentation](size, config, test_crop)
 
     # ------------------------------------------------------------------ model
     torch.manual_seed(spec.seed)  # the same initial weights on every rank
@@ -218,16 +234,20 @@ def _train(
         float(config["momentum"]),
     )
     if main:
+        cached = method.cached_accumulation and layout.accum_steps > 1
         print(
-            f"run {spec.run_id} ({spec.method}, depth {spec.model['depth']}, width {spec.model['width']}): "
-            f"lr {derived.lr:.4g} ({config['lr_rule']} rule on the effective batch {derived.effective_batch}), "
-            f"{derived.steps_per_epoch} steps/epoch x {config['epochs']} epochs, warmup {derived.warmup_steps} steps; "
-            f"layout micro-batch {layout.micro_batch} x {layout.accum_steps} accumulation x {layout.gpus} ranks "
-            f"({'cached, full-batch negatives' if method.cached_accumulation and layout.accum_steps > 1 else 'plain'}); "
-            f"batch norm over {layout.bn_batch} images per view; "
-            f"device {dev}, {layout.resolved_precision(dev.type)}, threads {torch.get_num_threads()}",
+            f"run {spec.run_id} ({spec.method}, depth {spec.model['depth']}, "
+            f"width {spec.model['width']}): lr {derived.lr:.4g} ({config['lr_rule']} rule on the "
+            f"effective batch {derived.effective_batch}), {derived.steps_per_epoch} steps/epoch "
+            f"x {config['epochs']} epochs, warmup {derived.warmup_steps} steps; layout "
+            f"micro-batch {layout.micro_batch} x {layout.accum_steps} accumulation x "
+            f"{layout.gpus} ranks ({'cached, full-batch negatives' if cached else 'plain'}); "
+            f"batch norm over {layout.bn_batch} images per view; device {dev}, "
+            f"{layout.resolved_precision(dev.type)}, threads {torch.get_num_threads()}",
             flush=True,
         )
+
+    step = STEPS[method.objective]  # one optimizer step's forward and backward
 
     # ------------------------------------------------------------------ restore
     gen = torch.Generator(device=dev)
@@ -239,8 +259,10 @@ def _train(
         return before + time.time() - started
 
     if state is not None and state.get("run_id") not in (None, "", spec.run_id):
-        raise RunFailed(f"{run_dir}: its checkpoints belong to run {state['run_id']}, not "
-                        f"{spec.run_id}; give this run its own directory")  # fmt: skip
+        raise RunFailed(
+            f"{run_dir}: its checkpoints belong to run {state['run_id']}, not "
+            f"{spec.run_id}; give this run its own directory"
+        )
     if state is not None:
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -287,10 +309,17 @@ def _train(
             # it: the epoch's record then comes from the restored sums alone.
             lr = sums["lr"]
             stream = train_views(
-                train, aug, gen, batch_size=derived.effective_batch, seed=spec.seed,
-                epoch=epoch, rows=rows, views=method.views,
-                start_step=start_step if epoch == start_epoch else 0, device=dev,
-            )  # fmt: skip
+                train,
+                aug,
+                gen,
+                batch_size=derived.effective_batch,
+                seed=spec.seed,
+                epoch=epoch,
+                rows=rows,
+                views=method.views,
+                start_step=start_step if epoch == start_epoch else 0,
+                device=dev,
+            )
             for step_in_epoch, batch in enumerate(
                 stream, start=start_step if epoch == start_epoch else 0
             ):
@@ -300,14 +329,7 @@ def _train(
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                if spec.method == "simclr":
-                    v1, v2 = batch.views
-                    loss, top1 = simclr_step(
-                        step_net, v1, v2, layout, float(config["temperature"]), autocast
-                    )
-                else:
-                    (x,) = batch.views
-                    loss, top1 = supervised_step(step_net, x, batch.labels, layout, autocast)
+                loss, top1 = step(step_net, batch, layout, config, autocast)
                 if env.world_size > 1:
                     dist.average_gradients(net.parameters())
                 opt.step()
@@ -323,10 +345,18 @@ def _train(
                     so_far = dict(sums)
                     fold(so_far, losses, accs, time.perf_counter() - t0, lr)
                     checkpoint.save_state(
-                        run_dir, net, opt, _at_state(gen, batch.rng_state), epoch,
-                        step_in_epoch + 1, global_step, so_far, main, elapsed_s=spent(),
+                        run_dir,
+                        net,
+                        opt,
+                        _at_state(gen, batch.rng_state),
+                        epoch,
+                        step_in_epoch + 1,
+                        global_step,
+                        so_far,
+                        main,
+                        elapsed_s=spent(),
                         run_id=spec.run_id,
-                    )  # fmt: skip
+                    )
                     saved_at = time.monotonic()
                     if stopping:
                         raise Preempted(
@@ -335,10 +365,11 @@ def _train(
             check_finite(losses, global_step)
             fold(sums, losses, accs, time.perf_counter() - t0, lr, across_ranks=True)
             record = epoch_record(epoch, global_step, sums, derived.effective_batch, dev)
-            every = int(config["eval"]["knn_every"]) if spec.method == "simclr" else 0
+            every = method.monitor_every(config)
             if every and (epoch + 1) % every == 0:  # the online kNN monitor, every rank
-                record["monitor/knn_top1"] = knn_monitor(net.encoder, train, test, aug,
-                                                         config["eval"])  # fmt: skip
+                record["monitor/knn_top1"] = knn_monitor(
+                    net.encoder, train, test, aug, config["eval"]
+                )
             start_step = 0
             state = None
             if main:
@@ -347,9 +378,18 @@ def _train(
                 if on_epoch is not None:
                     on_epoch(record)
             checkpoint.save_state(
-                run_dir, net, opt, gen, epoch + 1, 0, global_step, new_sums(), main,
-                elapsed_s=spent(), run_id=spec.run_id,
-            )  # fmt: skip
+                run_dir,
+                net,
+                opt,
+                gen,
+                epoch + 1,
+                0,
+                global_step,
+                new_sums(),
+                main,
+                elapsed_s=spent(),
+                run_id=spec.run_id,
+            )
             saved_at = time.monotonic()
         # A stop that came after the last step's check (the final epoch's record, the kNN
         # monitor, the checkpoint) is honoured before evaluation, which cannot checkpoint:

@@ -60,18 +60,29 @@ def train_views(
 ) -> Iterator[StepViews]:
     """One epoch of training views from step `start_step` on (drop_last batches)."""
     if not getattr(data, "decodes_on_cpu", False):
-        for images, labels in batches(data, batch_size, seed=seed, epoch=epoch,
-                                      start_step=start_step, device=device):  # fmt: skip
+        for images, labels in batches(
+            data, batch_size, seed=seed, epoch=epoch, start_step=start_step, device=device
+        ):
             local = local_views(aug, images, generator, rows, views)
             yield StepViews(local, labels[rows], generator.get_state())
         return
-    yield from _folder_views(data, aug, generator, batch_size, seed, epoch, rows, views,
-                             start_step, device)  # fmt: skip
+    yield from _folder_views(
+        data, aug, generator, batch_size, seed, epoch, rows, views, start_step, device
+    )
 
 
-def _folder_views(data: DataSet, aug: SimCLRAugment, generator: torch.Generator,
-                  batch_size: int, seed: int, epoch: int, rows: slice, views: int,
-                  start_step: int, device: torch.device | str) -> Iterator[StepViews]:  # fmt: skip
+def _folder_views(
+    data: DataSet,
+    aug: SimCLRAugment,
+    generator: torch.Generator,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rows: slice,
+    views: int,
+    start_step: int,
+    device: torch.device | str,
+) -> Iterator[StepViews]:
     perm = epoch_permutation(len(data), seed, epoch)
     steps = range(start_step, steps_per_epoch(len(data), batch_size, True))
     Pending = tuple[list[AugmentParams], Tensor, Tensor, Future[Tensor]]

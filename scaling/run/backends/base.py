@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from scaling.plan.layout import Layout
+from scaling.plan.planner import PlannedRun
+from scaling.rundir import SPEC, run_dir_of
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.spec import RunSpec
 
@@ -31,13 +33,21 @@ class Job:
     run_dir: Path
     epochs: int
 
+    @classmethod
+    def of(cls, planned: PlannedRun, run_dir: Path) -> Job:
+        """The job of a planned run (a run without a layout, infeasible here, is laid
+        out as one process: status and cancel do not depend on it)."""
+        spec = planned.spec
+        layout = planned.layout or Layout.single(int(spec.config["batch_size"]))
+        return cls(spec, layout, run_dir, int(spec.config["epochs"]))
+
     @property
     def run_id(self) -> str:
         return self.spec.run_id
 
     @property
     def spec_path(self) -> Path:
-        return self.run_dir / "spec.json"
+        return self.run_dir / SPEC
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,12 @@ class Context:
     # that pushes from this process; None: the backend makes its own.
     pusher: Any = field(default=None, compare=False, repr=False)
 
+    def run_dir(self, run_id: str) -> Path:
+        return run_dir_of(self.workdir, self.sweep, run_id)
+
+    def job(self, planned: PlannedRun) -> Job:
+        return Job.of(planned, self.run_dir(planned.spec.run_id))
+
     def train_command(self, job: Job, *, tracking: bool = True) -> list[str]:
         """The command every backend runs for a job (one process; a rank under srun).
 
@@ -64,9 +80,16 @@ class Context:
         parent, which keeps MLflow's import and connections out of every run).
         """
         cmd = [
-            sys.executable, "-m", "scaling", "train", str(job.spec_path),
-            "--run-dir", str(job.run_dir), "--device", self.device,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "scaling",
+            "train",
+            str(job.spec_path),
+            "--run-dir",
+            str(job.run_dir),
+            "--device",
+            self.device,
+        ]
         if tracking:
             cmd += ["--tracking-uri", self.tracking_uri, "--experiment", self.experiment]
         if self.device == "cpu":

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.errors import ExitCode
 from scaling.run.backends.base import Context, Job, Outcome
-from scaling.run.backends.worker import EXIT_ALREADY_RUNNING, EXIT_PREEMPTED, Worker
+from scaling.run.backends.worker import Worker
 from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
-from scaling.rundir import FAILURE, LOG, METRICS, RESULT, read_json
+from scaling.rundir import FAILURE, LOG, METRICS, RESULT, log_tail, read_json
 
 GRACE_SECONDS = 120  # how long a SIGTERMed child may take to write its checkpoint
 POLL_SECONDS = 0.25
@@ -130,9 +131,13 @@ class LocalBackend:
         if job.layout.gpus > 1 or not ctx.profile.persistent_workers:
             child.proc = _own_process(job, ctx, cmd, env)
             return child
-        request = {"spec": str(job.spec_path), "run_dir": str(job.run_dir),
-                   "log": str(job.run_dir / LOG), "device": ctx.device,
-                   "threads": ctx.threads_per_run if ctx.device == "cpu" else None}  # fmt: skip
+        request = {
+            "spec": str(job.spec_path),
+            "run_dir": str(job.run_dir),
+            "log": str(job.run_dir / LOG),
+            "device": ctx.device,
+            "threads": ctx.threads_per_run if ctx.device == "cpu" else None,
+        }
         for _ in range(2):  # a worker that died since its last run is replaced
             if slot.worker is None or not slot.worker.alive():
                 slot.worker = Worker(env)
@@ -145,14 +150,14 @@ class LocalBackend:
 
     def status(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
         """Local processes have no scheduler: the run lock says which are alive."""
-        from scaling.run.state import is_locked
+        from scaling.run.locks import is_locked
 
         return {j.run_id: "RUNNING" for j in jobs if is_locked(j.run_dir)}
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
         """SIGTERM the `scaling train` holding each run's lock on this machine; it
         checkpoints and exits (a holder on another host, or a PID reused since, is left)."""
-        from scaling.run.state import lock_holder
+        from scaling.run.locks import lock_holder
 
         count = 0
         for job in jobs:
@@ -227,8 +232,7 @@ def _own_process(
     """`scaling train` in a process of its own (through torchrun for several ranks)."""
     if job.layout.gpus > 1:  # one process per rank, rendezvous on this machine
         nproc = f"--nproc-per-node={job.layout.gpus}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m",
-               *cmd[2:]]  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m", *cmd[2:]]
         if ctx.device == "cpu":
             env["OMP_NUM_THREADS"] = str(max(1, ctx.threads_per_run // job.layout.gpus))
     _log_header(job, " ".join(cmd))
@@ -247,24 +251,17 @@ def _log_header(job: Job, what: str) -> None:
 
 def _outcome(job: Job, code: int) -> Outcome:
     run_dir = job.run_dir
-    if code == 0 and (run_dir / RESULT).exists():
+    if code == ExitCode.OK and (run_dir / RESULT).exists():
         result = read_json(run_dir / RESULT) or {}
         return Outcome(job.run_id, "finished", f"top-1 {result.get('top1', float('nan')):.4f}")
-    if code == EXIT_ALREADY_RUNNING:
+    if code == ExitCode.ALREADY_RUNNING:
         return Outcome(job.run_id, "already-running", "another process is training it")
-    if code in (EXIT_PREEMPTED, -signal.SIGTERM):
+    if code in (ExitCode.PREEMPTED, -signal.SIGTERM):
         return Outcome(job.run_id, "preempted", "stopped by a signal; resumable")
     failure = read_json(run_dir / FAILURE) or {}
     kind = failure.get("kind", "error")
-    tail = " | ".join(_tail(run_dir / LOG, 3))
+    tail = " | ".join(log_tail(run_dir / LOG, 3))
     return Outcome(job.run_id, "failed", f"{kind} (exit {code}): {tail}")
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
-    except OSError:
-        return []
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]], slots: list[_Slot]) -> None:

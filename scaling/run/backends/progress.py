@@ -50,7 +50,8 @@ class LiveView:
 
     def start(self, job: Job) -> Any:
         spec = job.spec
-        label = f"{spec.run_id} {spec.method} d{spec.model['depth']} w{spec.model['width']} b{spec.config['batch_size']}"
+        model, batch = spec.model, spec.config["batch_size"]
+        label = f"{spec.run_id} {spec.method} d{model['depth']} w{model['width']} b{batch}"
         if not self.live:
             self.console.print(f"start  {label} ({job.epochs} epochs)", highlight=False)
         return self.progress.add_task(f"  {label}", total=job.epochs)

@@ -41,7 +41,7 @@ from scaling.run.backends import ray_trial
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.ray_connect import check_tracking, connect, scoped_env
 from scaling.run.backends.ray_trial import Settings, cancel_file
-from scaling.rundir import FAILURE, LOG, read_json, write_json
+from scaling.rundir import FAILURE, LOG, log_tail, read_json, write_json
 from scaling.sweep.cluster import RayConfig
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,10 @@ class RayBackend:
             outcomes = [_outcome(job, by_id.get(job.run_id)) for job in jobs]
             if any(o.detail == INTERRUPTED for o in outcomes):
                 # Ctrl-C: Tune stopped every trial (each run resumes from its last epoch).
-                view.note(f"interrupted: {sum(o.detail == INTERRUPTED for o in outcomes)} runs "
-                          "stopped, resumable; `scaling submit` resumes them")  # fmt: skip
+                view.note(
+                    f"interrupted: {sum(o.detail == INTERRUPTED for o in outcomes)} runs "
+                    "stopped, resumable; `scaling submit` resumes them"
+                )
                 raise KeyboardInterrupt
         return outcomes
 
@@ -104,7 +106,7 @@ class RayBackend:
 
     def cancel(self, jobs: Sequence[Job], ctx: Context) -> int:
         """Ask each job's trial to checkpoint and stop (pending ones never start)."""
-        from scaling.run.state import is_locked
+        from scaling.run.locks import is_locked
 
         storage = storage_path(ctx)
         live = self.status(jobs, ctx)
@@ -130,7 +132,7 @@ def _config(ctx: Context) -> RayConfig:
 def _alive(state: dict[str, Any]) -> bool:
     """A driver on this host is alive when its process is (the same pid and start time:
     a crashed driver's pid may be reused); one elsewhere is trusted."""
-    from scaling.run.state import process_start
+    from scaling.run.locks import process_start
 
     if state.get("host") != socket.gethostname():
         return True
@@ -240,11 +242,18 @@ class _Progress(tune.Callback):
         return {**self.__dict__, "view": _NullView(), "tasks": {}}
 
     def _write(self) -> None:
-        from scaling.run.state import process_start
+        from scaling.run.locks import process_start
 
-        write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(),
-                               "start": process_start(os.getpid()), "updated": time.time(),
-                               "trials": self.states})  # fmt: skip
+        write_json(
+            self.path,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "start": process_start(os.getpid()),
+                "updated": time.time(),
+                "trials": self.states,
+            },
+        )
 
     def _set(self, run_id: str, state: str) -> None:
         self.states[run_id] = state
@@ -265,7 +274,9 @@ class _Progress(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = trial.config["run_id"]
-        self.view.note(f"retrying {run_id} (failure {trial.num_failures}); it resumes from its checkpoint")  # fmt: skip
+        self.view.note(
+            f"retrying {run_id} (failure {trial.num_failures}); it resumes from its checkpoint"
+        )
         self._set(run_id, "RETRYING")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -303,12 +314,5 @@ def _outcome_of(job: Job, last: dict[str, Any], error: str | None) -> Outcome:
         return Outcome(job.run_id, "preempted", INTERRUPTED)
     failure = read_json(job.run_dir / FAILURE) or {}
     reason = [ln for ln in (error or "no outcome reported").splitlines() if ln.strip()][-1:]
-    tail = " | ".join(reason + _tail(job.run_dir / LOG, 3))
+    tail = " | ".join(reason + log_tail(job.run_dir / LOG, 3))
     return Outcome(job.run_id, "failed", f"{failure.get('kind', 'error')}: {tail}")
-
-
-def _tail(path: Path, lines: int) -> list[str]:
-    try:
-        return [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
-    except OSError:
-        return []

@@ -95,8 +95,10 @@ def check_head(address: str) -> None:
 
 def _head_down(address: str, exc: BaseException) -> str:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"no Ray cluster answers at ray.address {address} ({reason}): start it (ray start "
-            "--head) or fix the profile; nothing was started and every run stays resumable")  # fmt: skip
+    return (
+        f"no Ray cluster answers at ray.address {address} ({reason}): start it (ray start "
+        "--head) or fix the profile; nothing was started and every run stays resumable"
+    )
 
 
 def check_tracking(uri: str, address: str) -> None:

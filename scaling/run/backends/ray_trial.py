@@ -33,6 +33,7 @@ from typing import Any
 from ray import tune
 
 from scaling.plan.layout import Layout
+from scaling.run.runfile import read_run_file
 from scaling.rundir import (
     FAILURE,
     LOG,
@@ -42,7 +43,6 @@ from scaling.rundir import (
     read_metrics,
     write_json,
 )
-from scaling.sweep.spec import RunSpec
 
 CANCEL_DIR = "cancel"  # <storage>/cancel/<run_id>: asks that run's trial to stop
 POLL_SECONDS = 0.5
@@ -78,8 +78,11 @@ def trial(config: dict[str, Any], settings: Settings) -> None:
     pointer = tune.get_checkpoint()
     start = (read_json(Path(pointer.path) / "run.json") or {}).get("epoch", 0) if pointer else 0
     with _output_to(run_dir / LOG), _Reporter(run_dir, settings.storage, start) as reporter:
-        print(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
-              f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})", flush=True)  # fmt: skip
+        print(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} ray trial {run_id} "
+            f"(pid {os.getpid()}, host {socket.gethostname()}, tune epoch {start})",
+            flush=True,
+        )
         layout = _layout(run_dir)
         train = _train_ranks if layout and layout.gpus > 1 else _train_one
         state, detail = train(run_id, run_dir, settings, cancel)
@@ -97,41 +100,35 @@ def _enter(settings: Settings) -> None:
 
 def _layout(run_dir: Path) -> Layout | None:
     """The layout submission wrote into spec.json (None: one process, no accumulation)."""
-    data = read_json(run_dir / "spec.json") or {}
-    return Layout.from_dict(data["layout"]) if "layout" in data else None
-
-
-def _load(run_dir: Path) -> tuple[RunSpec, Layout | None]:
-    path = run_dir / "spec.json"
-    data = read_json(path)
-    if data is None:
-        raise FileNotFoundError(f"{path}: no run spec (scaling.run.submission writes it first)")
-    return RunSpec.from_dict(data, file=str(path)), _layout(run_dir)
+    return read_run_file(run_dir)[1]
 
 
 def _train_one(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> tuple[str, str]:
     """Train in this actor. Failures a retry cannot fix end the trial; others raise,
     and Tune retries the trial, which resumes from the run's checkpoint."""
-    from scaling.errors import RunFailed, ScalingError
+    from scaling.errors import ExitCode, RunFailed, ScalingError
+    from scaling.run.entry import train_entry
     from scaling.run.pusher import STOP_PUSH_S
-    from scaling.run.state import AlreadyRunning
-    from scaling.run.tracked import push_within, run_tracked
-    from scaling.train.trainer import Preempted
+    from scaling.run.tracked import push_within
 
-    spec, layout = _load(run_dir)
     with _watching(cancel):
         try:
-            result = run_tracked(spec, run_dir, layout, settings.tracking,
-                                 device=settings.device, threads=settings.threads)  # fmt: skip
-        except Preempted:
-            push_within(run_dir, settings.tracking, STOP_PUSH_S)
-            return "preempted", "cancelled; resumable"
-        except AlreadyRunning:
-            return "already-running", "another process is training it"
+            ending = train_entry(
+                run_dir,
+                run_dir,
+                settings.tracking,
+                device=settings.device,
+                threads=settings.threads,
+            )
         except ScalingError as exc:
             kind = exc.kind if isinstance(exc, RunFailed) else "error"
             return "failed", f"{kind}: {exc}"
-    return "finished", f"top-1 {result.get('top1', float('nan')):.4f}"
+    if ending.code is ExitCode.PREEMPTED:
+        push_within(run_dir, settings.tracking, STOP_PUSH_S)
+        return "preempted", "cancelled; resumable"
+    if ending.code is ExitCode.ALREADY_RUNNING:
+        return "already-running", "another process is training it"
+    return "finished", f"top-1 {(ending.result or {}).get('top1', float('nan')):.4f}"
 
 
 def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -> tuple[str, str]:
@@ -139,7 +136,7 @@ def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    _, layout = _load(run_dir)
+    layout = _layout(run_dir)
     assert layout is not None  # only multi-rank layouts come here
     cuda = settings.device == "cuda"
     per_worker: dict[str, float] = {"CPU": settings.cpus, **({"GPU": 1.0} if cuda else {})}
@@ -152,7 +149,7 @@ def _train_ranks(run_id: str, run_dir: Path, settings: Settings, cancel: Path) -
             use_gpu=cuda,
             resources_per_worker=per_worker,
             accelerator_type=settings.accelerator_type,
-        ),  # fmt: skip
+        ),
         run_config=ray.train.RunConfig(
             name=f"{run_id}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=settings.storage,
@@ -193,7 +190,7 @@ def _rank_main(config: dict[str, Any]) -> None:
     settings: Settings = config["settings"]
     run_dir = Path(config["run_dir"])
     _enter(settings)
-    spec, layout = _load(run_dir)
+    spec, layout = read_run_file(run_dir)
     options = {"device": settings.device, "threads": settings.threads}
     if ray.train.get_context().get_world_rank() != 0:
         with _output_to(run_dir / LOG):
@@ -286,6 +283,10 @@ class _Reporter:
             self.last = record
             self.storage.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.storage, prefix=".pointer-") as tmp:
-                pointer = {"run_dir": str(self.run_dir), "epoch": self.epoch, "step": record.get("step")}  # fmt: skip
+                pointer = {
+                    "run_dir": str(self.run_dir),
+                    "epoch": self.epoch,
+                    "step": record.get("step"),
+                }
                 write_json(Path(tmp) / "run.json", pointer)
                 tune.report(record, checkpoint=tune.Checkpoint.from_directory(tmp))

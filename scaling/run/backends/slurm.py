@@ -49,8 +49,8 @@ from scaling.run.backends.slurm_state import (
     check_tracking,
     current,
     histories,
+    job_log_tail,
     just_submitted,
-    log_tail,
     record_job,
     record_of,
     scheduler_failure,
@@ -60,12 +60,22 @@ from scaling.sweep.cluster import ClusterProfile, SlurmConfig
 
 # submitit parameter -> the profile field that sets it (`additional` may not set these).
 OWNED = {
-    "partition": "partition", "account": "account", "qos": "qos", "time": "time_min",
-    "nodes": "gpus_per_run", "ntasks_per_node": "gpus_per_run", "gpus_per_node": "gpus_per_node",
-    "num_gpus": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem": "mem_gb",
-    "constraint": "constraint", "exclude": "exclude", "setup": "setup",
-    "array_parallelism": "array_parallelism", "job_name": "the sweep name",
-}  # fmt: skip
+    "partition": "partition",
+    "account": "account",
+    "qos": "qos",
+    "time": "time_min",
+    "nodes": "gpus_per_run",
+    "ntasks_per_node": "gpus_per_run",
+    "gpus_per_node": "gpus_per_node",
+    "num_gpus": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem": "mem_gb",
+    "constraint": "constraint",
+    "exclude": "exclude",
+    "setup": "setup",
+    "array_parallelism": "array_parallelism",
+    "job_name": "the sweep name",
+}
 
 
 # ---------------------------------------------------------------------- parameters
@@ -78,8 +88,10 @@ def task_layout(profile: ClusterProfile, file: str | None = None) -> tuple[int, 
     if per_run % nodes:
         raise SpecError(
             f"gpus_per_run={per_run} spans {nodes} nodes of {per_node}: use a multiple of "
-            "gpus_per_node so every node runs the same number of tasks", file=file, key="gpus_per_run",
-        )  # fmt: skip
+            "gpus_per_node so every node runs the same number of tasks",
+            file=file,
+            key="gpus_per_run",
+        )
     return nodes, per_run // nodes
 
 
@@ -106,23 +118,34 @@ def executor_parameters(
     if threads:
         exports["OMP_NUM_THREADS"] = str(threads)
     params: dict[str, Any] = {
-        "job_name": f"scaling-{sweep}", "partition": cfg.partition, "account": cfg.account,
-        "qos": cfg.qos, "time": cfg.time_min, "nodes": nodes, "ntasks_per_node": tasks,
-        "gpus_per_node": tasks if device == "cuda" else None, "cpus_per_task": cfg.cpus_per_task,
+        "job_name": f"scaling-{sweep}",
+        "partition": cfg.partition,
+        "account": cfg.account,
+        "qos": cfg.qos,
+        "time": cfg.time_min,
+        "nodes": nodes,
+        "ntasks_per_node": tasks,
+        "gpus_per_node": tasks if device == "cuda" else None,
+        "cpus_per_task": cfg.cpus_per_task,
         "mem": _slurm._convert_mem(cfg.mem_gb) if cfg.mem_gb else None,
-        "constraint": cfg.constraint, "exclude": cfg.exclude,
-        "setup": [*cfg.setup, *(f"export {k}={shlex.quote(v)}" for k, v in sorted(exports.items()))],
+        "constraint": cfg.constraint,
+        "exclude": cfg.exclude,
+        "setup": [
+            *cfg.setup,
+            *(f"export {k}={shlex.quote(v)}" for k, v in sorted(exports.items())),
+        ],
         "array_parallelism": cfg.array_parallelism,
         "stderr_to_stdout": True,  # one log per task, tracebacks in place: run_dir/train.log
-    }  # fmt: skip
+    }
     valid = set(_slurm._get_default_parameters())
     unknown = sorted(set(cfg.additional) - valid)
     if unknown:
         choices = ", ".join(sorted(valid - set(OWNED)))
         raise SpecError(
             f"unknown submitit parameter(s) {', '.join(unknown)}; valid: {choices}",
-            file=file, key="slurm.additional",
-        )  # fmt: skip
+            file=file,
+            key="slurm.additional",
+        )
     owned = sorted(set(cfg.additional) & set(OWNED))
     if owned:
         fields = ", ".join(f"{k} (set by {OWNED[k]})" for k in owned)
@@ -145,16 +168,20 @@ def check_profile(profile: ClusterProfile, file: str | None = None) -> None:
     if profile.device == "auto":
         raise SpecError(
             "device: auto would be resolved on the submitting machine, not on the cluster's "
-            "nodes; set device: cuda (or cpu)", file=file, key="device",
-        )  # fmt: skip
+            "nodes; set device: cuda (or cpu)",
+            file=file,
+            key="device",
+        )
     executor_parameters(profile, profile.device, file=file)
     if "%" in str(Path(profile.workdir).absolute()):
         # sbatch reads every % of --output as a pattern (%j, %t, %%), while submitit
         # reads the same folder literally: no escaping keeps both in one place.
         raise SpecError(
             f"{Path(profile.workdir).absolute()} has a '%', which Slurm reads as a filename "
-            "pattern (%j, %t, ...): choose a workdir without one", file=file, key="workdir",
-        )  # fmt: skip
+            "pattern (%j, %t, ...): choose a workdir without one",
+            file=file,
+            key="workdir",
+        )
 
 
 def submitit_folder(ctx: Context) -> Path:
@@ -179,8 +206,9 @@ def sbatch_script(ctx: Context, runs: int, chunks: int = 1, python: str | None =
 def max_array_size() -> int:
     """The cluster's MaxArraySize (array indices run from 0 to MaxArraySize - 1)."""
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
-                             timeout=60, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise SubmissionError(
             f"cannot read the Slurm configuration (scontrol show config): {exc}"
@@ -249,7 +277,11 @@ class SlurmBackend:
                 if len(submitted) == 1
                 else f"{first} .. {last}, {min(parallel, len(group))} at once"
             )
-            print(f"slurm: {len(group)} runs queued as job {span}; logs in {folder.parent}", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"slurm: {len(group)} runs queued as job {span}; logs in {folder.parent}",
+                file=sys.stderr,
+                flush=True,
+            )
         return outcomes
 
     def reconcile(self, jobs: Sequence[Job], ctx: Context) -> dict[str, str]:
@@ -282,7 +314,7 @@ class SlurmBackend:
             if state in FAILED_FOR_GOOD:
                 run_dir = next(j.run_dir for j in jobs if j.run_id == run_id)
                 folder = Path(record_of(run_dir).get("folder", ""))
-                tail = "\n".join(log_tail(folder, job_id))
+                tail = "\n".join(job_log_tail(folder, job_id))
                 out[run_id] = f"{state} (exit {code}, job {job_id})" + (f"\n{tail}" if tail else "")
             else:
                 out[run_id] = f"{state} (job {job_id})"

@@ -21,7 +21,6 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from scaling.rundir import LOG, SPEC
 
-EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75  # as `scaling train`
 USR_SIGNAL_GRACE_S = 5.0  # after SIGTERM, how long to wait for a preemption's USR2
 
 
@@ -32,8 +31,9 @@ class TrainCall(Checkpointable):
     the run directory holds the state, so `checkpoint()` resubmits the same call.
     """
 
-    def __init__(self, run_dir: str, tracking: tuple[str, str] | None, device: str,
-                 threads: int | None) -> None:  # fmt: skip
+    def __init__(
+        self, run_dir: str, tracking: tuple[str, str] | None, device: str, threads: int | None
+    ) -> None:
         self.run_dir = run_dir
         self.tracking = tracking
         self.device = device
@@ -44,42 +44,37 @@ class TrainCall(Checkpointable):
         return DelayedSubmission(TrainCall(self.run_dir, self.tracking, self.device, self.threads))
 
     def __call__(self) -> dict[str, Any] | None:
-        import json
-
-        from scaling.plan.layout import Layout
+        from scaling.errors import ExitCode
+        from scaling.run.entry import train_entry
         from scaling.run.pusher import STOP_PUSH_S
-        from scaling.run.state import AlreadyRunning
-        from scaling.run.tracked import push_within, run_tracked
-        from scaling.sweep.spec import RunSpec
+        from scaling.run.tracked import push_within
         from scaling.train import distributed
-        from scaling.train.trainer import Preempted
 
         run_dir = Path(self.run_dir)
-        data = json.loads((run_dir / SPEC).read_text())
-        spec = RunSpec.from_dict(data, file=str(run_dir / SPEC))
-        layout = Layout.from_dict(data["layout"]) if "layout" in data else None
         rank = distributed.detect_env().rank
         if rank == 0:
             _link_log(run_dir)
-        options: dict[str, Any] = {"device": self.device, "threads": self.threads}
         usr_sig = submitit.JobEnvironment._usr_sig()
         preemption = _Preemption(signal.getsignal(usr_sig))
         previous = signal.signal(usr_sig, preemption.handle)
         try:  # every task: rank 0 alone takes the run's lock and mirrors to MLflow
-            return run_tracked(spec, run_dir, layout, self.tracking, **options) or None
-        except Preempted as exc:
-            print(f"{exc}", flush=True)
-            # Requeue first (Slurm's signal lead time is for that), then a time-boxed
-            # push: a slow tracking server must not turn a requeue into a TIMEOUT.
-            try:
-                if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
-                    preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
-            finally:
-                push_within(run_dir, self.tracking, STOP_PUSH_S)
-            raise SystemExit(EXIT_PREEMPTED) from None
-        except AlreadyRunning as exc:
-            print(f"{exc}", file=sys.stderr, flush=True)
-            raise SystemExit(EXIT_ALREADY_RUNNING) from None
+            ending = train_entry(
+                run_dir / SPEC, run_dir, self.tracking, device=self.device, threads=self.threads
+            )
+            if ending.code is ExitCode.PREEMPTED:
+                print(ending.message, flush=True)
+                # Requeue first (Slurm's signal lead time is for that), then a time-boxed
+                # push: a slow tracking server must not turn a requeue into a TIMEOUT.
+                try:
+                    if rank == 0 and preemption.wait(USR_SIGNAL_GRACE_S):
+                        preemption.requeue()  # submitit: checkpoint(), scontrol requeue, exit
+                finally:
+                    push_within(run_dir, self.tracking, STOP_PUSH_S)
+            elif ending.code is ExitCode.ALREADY_RUNNING:
+                print(ending.message, file=sys.stderr, flush=True)
+            if ending.code is not ExitCode.OK:
+                raise SystemExit(ending.code)
+            return ending.result or None
         finally:
             signal.signal(usr_sig, previous)
             distributed.cleanup()

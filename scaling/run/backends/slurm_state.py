@@ -21,16 +21,30 @@ from submitit.core.utils import JobPaths
 from submitit.slurm import slurm as _slurm
 
 from scaling.errors import SubmissionError
-from scaling.rundir import read_json, write_json
+from scaling.rundir import log_tail, read_json, write_json
 
 RECORD = "slurm.json"  # per run: the Slurm job ids that trained it, newest last
 RECORD_LOCK = ".slurm.lock"
 LOG_TAIL_LINES = 5
 RECENT_S = 300  # a job sacct does not know yet, queued this recently, counts as pending
-ACTIVE = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
-                    "SUSPENDED", "CONFIGURING", "COMPLETING", "STAGE_OUT", "SIGNALING"})  # fmt: skip
-FAILED_FOR_GOOD = frozenset({"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-                             "DEADLINE", "PREEMPTED"})  # fmt: skip
+ACTIVE = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "SUSPENDED",
+        "CONFIGURING",
+        "COMPLETING",
+        "STAGE_OUT",
+        "SIGNALING",
+    }
+)
+FAILED_FOR_GOOD = frozenset(
+    {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+)
 
 
 def scheduler_failure(state: str, job_id: str, exit_code: str) -> dict[str, Any] | None:
@@ -63,10 +77,11 @@ def check_tracking(uri: str, partition: str | None) -> None:
     if elsewhere:
         raise SubmissionError(
             f"tracking.uri is SQLite ({db}), which only one machine can write, and the Slurm "
-            f"partition runs on other nodes ({', '.join(elsewhere[:3])}{' ...' if len(elsewhere) > 3 else ''}): "
+            f"partition runs on other nodes ({', '.join(elsewhere[:3])}"
+            f"{' ...' if len(elsewhere) > 3 else ''}): "
             f"start an MLflow server (mlflow server --backend-store-uri {uri} --host 0.0.0.0) "
             "and set tracking.uri: http://<this host>:5000 in the cluster profile"
-        )  # fmt: skip
+        )
 
 
 def _partition_nodes(partition: str | None) -> list[str]:
@@ -130,13 +145,21 @@ def job_ids(run_dir: Path) -> list[str]:
 
 def record_job(run_dir: Path, job_id: str, folder: Path) -> None:
     """Add a job to slurm.json, under a lock: two submits never lose each other's job."""
-    from scaling.run.tracking import _flock
+    from scaling.run.locks import file_lock
 
-    with _flock(run_dir / RECORD_LOCK, 60.0):
+    with file_lock(run_dir / RECORD_LOCK, 60.0):
         old = record_of(run_dir)
         previous = job_ids(run_dir)
-        write_json(run_dir / RECORD, {**old, "job_id": job_id, "folder": str(folder),
-                                      "submitted": time.time(), "previous": previous})  # fmt: skip
+        write_json(
+            run_dir / RECORD,
+            {
+                **old,
+                "job_id": job_id,
+                "folder": str(folder),
+                "submitted": time.time(),
+                "previous": previous,
+            },
+        )
 
 
 def just_submitted(run_dir: Path) -> bool:
@@ -146,15 +169,10 @@ def just_submitted(run_dir: Path) -> bool:
     return isinstance(submitted, (int, float)) and time.time() - submitted < RECENT_S
 
 
-def log_tail(folder: Path, job_id: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+def job_log_tail(folder: Path, job_id: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     """The last non-empty lines of task 0's log (stderr first when kept apart)."""
     paths = JobPaths(folder, job_id=job_id, task_id=0)
     for path in (paths.stderr, paths.stdout):
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        kept = [ln for ln in text.splitlines() if ln.strip()]
-        if kept:
-            return kept[-lines:]
+        if kept := log_tail(path, lines):
+            return kept
     return []

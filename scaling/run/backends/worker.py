@@ -8,7 +8,8 @@ one line, the exit code, on the stdout it was started with.
 
 Between runs everything a run may leave behind that could change the next one is put
 back as a fresh process has it (`Fresh`). Signals act as on `scaling train`: SIGTERM
-while training checkpoints and answers 143, and the worker waits for the next run;
+while training checkpoints and answers ExitCode.PREEMPTED (143), and the worker waits
+for the next run;
 SIGTERM or SIGKILL at any other moment ends the worker, and the parent handles its run
 as it handles a killed `scaling train`. End of stdin (the parent closed it, or died)
 ends the worker between runs.
@@ -29,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EXIT_PREEMPTED, EXIT_ALREADY_RUNNING = 143, 75  # as `scaling train` (scaling.cli.train)
-
 
 class Worker:
     """The parent's end of one `scaling worker`: send it a run, then poll for its answer."""
@@ -39,9 +38,13 @@ class Worker:
         # A session of its own, as a `scaling train` child: Ctrl-C in the terminal
         # reaches only `submit`, which then SIGTERMs the worker so that its run checkpoints.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scaling", "worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "scaling", "worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._stdin, self._stdout = self.proc.stdin, self.proc.stdout
         os.set_blocking(self._stdout.fileno(), False)
@@ -114,28 +117,26 @@ def serve() -> None:
 def train_one(request: dict[str, Any]) -> int:
     """One run, as `scaling train SPEC --run-dir DIR` (without tracking) would train it;
     its exit code."""
-    from scaling.errors import ScalingError
-    from scaling.run.state import AlreadyRunning
-    from scaling.run.tracked import read_run_file, run_tracked
-    from scaling.train.trainer import Preempted
+    from scaling.errors import ExitCode, ScalingError
+    from scaling.run.entry import train_entry
 
     try:
-        spec, layout = read_run_file(Path(request["spec"]))
-        run_tracked(spec, Path(request["run_dir"]), layout, None, device=request["device"],
-                    threads=request["threads"])  # fmt: skip
-    except Preempted as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_PREEMPTED
-    except AlreadyRunning as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_ALREADY_RUNNING
+        ending = train_entry(
+            Path(request["spec"]),
+            Path(request["run_dir"]),
+            None,
+            device=request["device"],
+            threads=request["threads"],
+        )
     except ScalingError as exc:  # what `scaling train` prints as one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     except Exception:
         traceback.print_exc()
-        return 1
-    return 0
+        return ExitCode.FAILED
+    if ending.message:
+        print(ending.message, file=sys.stderr)
+    return ending.code
 
 
 @contextlib.contextmanager
@@ -186,9 +187,15 @@ class Fresh:
         # sight, a full collection between runs scans only what a run made (ms, not 0.35 s).
         gc.collect()
         gc.freeze()
-        return cls(dict(os.environ), torch.initial_seed(), torch.get_rng_state(),
-                   random.getstate(), np.random.get_state(), torch.get_num_threads(),
-                   _flags())  # fmt: skip
+        return cls(
+            dict(os.environ),
+            torch.initial_seed(),
+            torch.get_rng_state(),
+            random.getstate(),
+            np.random.get_state(),
+            torch.get_num_threads(),
+            _flags(),
+        )
 
     def restore(self) -> None:
         import numpy as np

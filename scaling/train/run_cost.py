@@ -31,9 +31,17 @@ def measured_throughput(
         device = throughput.cpu_device_name(torch.get_num_threads())
     per_image = cost_figures(spec, layout, 1)["train_flops"]
     return throughput.Measurement(
-        spec.run_id, device, arch_args(spec), layout.micro_batch, layout.accum_steps,
-        layout.gpus, precision, per_image, images, seconds,
-    )  # fmt: skip
+        spec.run_id,
+        device,
+        arch_args(spec),
+        layout.micro_batch,
+        layout.accum_steps,
+        layout.gpus,
+        precision,
+        per_image,
+        images,
+        seconds,
+    )
 
 
 def cost_figures(spec: RunSpec, layout: Layout, images: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The plan: every run of a sweep with its layout, memory and cost, before launch.
+"""The planner: every run of a sweep with its layout, memory and cost, before launch.
 
 One row per run. The cost of each distinct architecture is computed once on the meta
 device (scaling.plan.costs) and shared by every run that uses it, so a 100,000-run grid
@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import SpecError
 from scaling.plan import checks
+from scaling.plan.accelerator import GB, Accelerator, resolve_accelerator
 from scaling.plan.data_info import folder_problem
 from scaling.plan.layout import (
     Layout,
     bn_batch_of,
-    derive,
     resolve_precision,
     test_size,
     train_size,
@@ -31,19 +30,6 @@ from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
 from scaling.sweep.spec import RunSpec, Sweep
-
-GB = 1e9
-
-
-@dataclass(frozen=True)
-class Accelerator:
-    """The resolved device of one run: what the planner sizes micro-batches for."""
-
-    device: str
-    name: str
-    memory_gb: float
-    peak_tflops: float
-    utilization: float
 
 
 @dataclass(frozen=True)
@@ -61,30 +47,57 @@ class PlannedRun:
     cost_source: str = "model"  # measured | scaled | model (scaling.plan.throughput)
 
     def row(self) -> dict[str, Any]:
-        spec = self.spec
-        n_train = train_size(spec.dataset, spec.method) or 0
-        layout = self.layout
-        lr = derive(spec.config, layout, n_train, spec.method).lr if layout else float("nan")
-        row = spec.flat()
-        row.update(
-            lr=lr,
-            micro_batch=layout.micro_batch if layout else 0,
-            accum_steps=layout.accum_steps if layout else 0,
-            gpus=layout.gpus if layout else 0,
-            nodes=layout.nodes if layout else 0,
-            bn_batch=layout.bn_batch if layout else 0,
-            precision=layout.precision if layout else "",
-            encoder_params=self.encoder_params,
-            flops_per_image=self.flops_per_image,
-            peak_memory_gb=self.peak_memory_gb,
-            gpu_hours=self.gpu_hours,
-            predicted_train_s=self.predicted_train_s,
-            cost_source=self.cost_source,
-            feasible=self.feasible,
-            reason=self.reason,
-            warnings="; ".join(self.warnings),
-        )
+        """The run's row of the plan: its spec's columns (RunSpec.flat), then PLAN_COLUMNS."""
+        row = self.spec.flat()
+        row.update((name, value(self, {})) for name, value in PLAN_COLUMNS)
         return row
+
+
+def _lr(run: PlannedRun, cache: dict[tuple[Any, ...], float]) -> float:
+    """The scaled learning rate (NaN without a layout), memoised per (rule, base, batch)."""
+    if run.layout is None:
+        return float("nan")
+    config = run.spec.config
+    key = (config["lr_rule"], config.get("base_lr"), config["batch_size"])
+    if key not in cache:
+        cache[key] = lr_for_batch(
+            config["lr_rule"], int(config["batch_size"]), config.get("base_lr")
+        )
+    return cache[key]
+
+
+def _layout_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
+    return lambda run, _: getattr(run.layout, name) if run.layout else 0
+
+
+def _run_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
+    return lambda run, _: getattr(run, name)
+
+
+#: The plan's columns after the spec's own: (name, value of a run given a shared cache),
+#: the one list `PlannedRun.row` and `Plan.table` both follow.
+PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...] = (
+    ("lr", _lr),
+    *(
+        (name, _layout_field(name))
+        for name in ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch")
+    ),
+    ("precision", lambda run, _: run.layout.precision if run.layout else ""),
+    *(
+        (name, _run_field(name))
+        for name in (
+            "encoder_params",
+            "flops_per_image",
+            "peak_memory_gb",
+            "gpu_hours",
+            "predicted_train_s",
+            "cost_source",
+            "feasible",
+            "reason",
+        )
+    ),
+    ("warnings", lambda run, _: "; ".join(run.warnings)),
+)
 
 
 @dataclass(frozen=True)
@@ -120,23 +133,9 @@ class Plan:
                 columns[key] = [r.spec.config.get(key) for r in runs]
             else:
                 columns[f"{key}_{sub}"] = [(r.spec.config.get(key) or {}).get(sub) for r in runs]
-        lrs: dict[tuple[Any, ...], float] = {}
-        columns["lr"] = [_lr(r, lrs) for r in runs]
-        for name in ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"):
-            columns[name] = [getattr(r.layout, name) if r.layout else 0 for r in runs]
-        columns["precision"] = [r.layout.precision if r.layout else "" for r in runs]
-        for name in (
-            "encoder_params",
-            "flops_per_image",
-            "peak_memory_gb",
-            "gpu_hours",
-            "predicted_train_s",
-            "cost_source",
-            "feasible",
-            "reason",
-        ):
-            columns[name] = [getattr(r, name) for r in runs]
-        columns["warnings"] = ["; ".join(r.warnings) for r in runs]
+        cache: dict[Any, Any] = {}
+        for name, value in PLAN_COLUMNS:
+            columns[name] = [value(r, cache) for r in runs]
         return pa.table({k: _arrow_column(v) for k, v in columns.items()})
 
 
@@ -153,18 +152,6 @@ def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, str | None]]:
     return list(keys)
 
 
-def _lr(run: PlannedRun, cache: dict[tuple[Any, ...], float]) -> float:
-    if run.layout is None:
-        return float("nan")
-    config = run.spec.config
-    key = (config["lr_rule"], config.get("base_lr"), config["batch_size"])
-    if key not in cache:
-        cache[key] = lr_for_batch(
-            config["lr_rule"], int(config["batch_size"]), config.get("base_lr")
-        )
-    return cache[key]
-
-
 def _arrow_column(values: list[Any]) -> Any:
     import pyarrow as pa
 
@@ -176,66 +163,17 @@ def _arrow_column(values: list[Any]) -> Any:
     return pa.array(values)
 
 
-def resolve_accelerator(profile: ClusterProfile) -> Accelerator:
-    """Fill the profile's null accelerator fields from this machine (local backend)."""
-    acc = profile.accelerator
-    device = profile.device
-    if device == "auto":
-        device = "cuda" if _cuda_available() else "cpu"
-    name, memory_gb, peak = acc.name, acc.memory_gb, acc.peak_tflops
-    if device == "cuda" and _cuda_available() and (memory_gb is None or name is None):
-        import torch
-
-        props = torch.cuda.get_device_properties(0)
-        name = name or props.name
-        memory_gb = memory_gb or props.total_memory / GB
-    if device == "cpu":
-        from scaling.plan.costcache import machine_figure
-        from scaling.plan.throughput import cpu_device_name
-        from scaling.sweep.cluster import parallel_runs, threads_per_run, total_memory_gb
-
-        parallel = parallel_runs(profile, device)
-        name = name or cpu_device_name(threads_per_run(profile, parallel))
-        memory_gb = memory_gb or total_memory_gb() / parallel
-        # Measured once per machine (a re-measurement on every plan moved 10x with the load).
-        peak = peak or machine_figure("cpu_matmul_tflops", _cpu_tflops) / parallel
-    if memory_gb is None or peak is None:
-        raise SpecError(
-            "accelerator.memory_gb and accelerator.peak_tflops are needed for a "
-            f"{device} device that this machine cannot measure; set them in the cluster profile",
-            key="accelerator",
-        )
-    return Accelerator(device, name or device, float(memory_gb), float(peak), acc.utilization)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
-def _cpu_tflops() -> float:
-    """Measured fp32 matmul throughput of this CPU: the best of 5 ~0.05 s tries (the best
-    is the least disturbed by other work on the machine)."""
-    import torch
-
-    a = torch.randn(512, 512)
-    a @ a  # warm-up
-    best, reps = 0.0, 4
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ a
-        best = max(best, 2 * 512**3 * reps / (time.perf_counter() - start) / 1e12)
-    return best
-
-
 def _check_folders(sweep: Sweep) -> None:
     """An image folder that is there but wrong (no class folders, an empty class, classes
     that differ between train/ and val/, an unreadable image) is a SpecError now, not a
     failed run later. One that is not there may be mounted on the cluster only: no error."""
-    for root in sorted({str(s.dataset.get("root")) for s in sweep.runs
-                        if s.dataset["name"] == "imagefolder" and s.dataset.get("root")}):  # fmt: skip
+    for root in sorted(
+        {
+            str(s.dataset.get("root"))
+            for s in sweep.runs
+            if s.dataset["name"] == "imagefolder" and s.dataset.get("root")
+        }
+    ):
         path = Path(root).expanduser()
         problem = folder_problem(path) if path.is_dir() else None
         if problem:
@@ -345,8 +283,9 @@ def _time_cost(
     cached = info.cached_accumulation and layout is not None and layout.accum_steps > 1
     per_image = costs.train_flops(cost.flops_per_image, 1, 1, info.views, cached)
     n_test = test_size(spec.dataset) or 0
-    eval_flops = costs.eval_flops(cost.flops_per_image, n_train, n_test, spec.method,
-                                  spec.config.get("eval"))  # fmt: skip
+    eval_flops = costs.eval_flops(
+        cost.flops_per_image, n_train, n_test, spec.method, spec.config.get("eval")
+    )
     every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
     if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
         subset = min(n_train, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
@@ -391,7 +330,3 @@ def totals(plan: Plan) -> dict[str, Any]:
         "reasons": reasons,
         "warnings": warnings,
     }
-
-
-def iter_feasible(plan: Plan) -> Iterable[PlannedRun]:
-    return (r for r in plan.runs if r.feasible)
