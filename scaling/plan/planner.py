@@ -237,6 +237,11 @@ def make_plan(
             reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
+        elif layout.bn_batch < 2:
+            reason = (
+                f"batch norm would normalise over {layout.bn_batch} image per view (the "
+                f"micro-batch that fits is {layout.micro_batch}); it needs at least 2"
+            )
         micro = layout.micro_batch if layout else 1
         hours, train_s, source = _time_cost(spec, layout, cost, n_train, acc, calibration)
         planned.append(

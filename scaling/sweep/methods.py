@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 
 from scaling.enums import StrEnum
 from scaling.sweep.config import StrictModel
@@ -96,6 +103,16 @@ class MethodConfig(StrictModel):
     # Smallest area of the random resized crop (paper: 0.08). Tiny images trained for a
     # few epochs (the quickstart's 16 px digits) learn faster with milder crops.
     crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _two_per_batch(cls, batch: int) -> int:
+        if batch < 2:
+            raise ValueError(
+                f"must be at least 2: batch norm normalises over the images of a batch and "
+                f"cannot train on one (got {batch})"
+            )
+        return batch
 
 
 class SimCLRConfig(MethodConfig):
