@@ -197,3 +197,18 @@ def test_a_run_spec_out_of_bounds_is_refused_where_it_is_read() -> None:
         RunSpec.from_dict({**spec, "seed": 2**70})
     with pytest.raises(SpecError, match="image_size"):
         RunSpec.from_dict({**spec, "dataset": {**spec["dataset"], "image_size": 4}})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_describe_and_state_no_results(path: Path) -> None:
+    """A description says what a sweep runs and asks; its results are the report's (a
+    description that quoted a measured gap went stale when the code changed)."""
+    import re
+
+    text = load_sweep(path).description + " " + path.read_text().split("\nname:")[0]
+    stated = re.search(
+        r"\b(measured|shrinks from|closes at|points? \(|\d+(\.\d+)? points)\b|\d+(\.\d+)?%",
+        text.replace("the paper's", ""),
+    )
+    own = stated and "paper" not in text[max(0, stated.start() - 60) : stated.start()]
+    assert not own, stated

@@ -261,6 +261,7 @@ STATUS_COLUMNS = (
     "epoch",
     "loss",
     "top-1",
+    "converged",
     "train (plan / took)",
     "mlflow",
 )
@@ -274,7 +275,8 @@ def _status_view(view: SweepStatus) -> Group:
     table = Table(title=view.title, title_justify="left")
     for col in STATUS_COLUMNS + (("scheduler",) if view.has_scheduler else ()):
         table.add_column(col, no_wrap=True)
-    problems = []
+    problems: list[str] = []
+    unconverged: list[str] = []
     for row in view.rows:
         spec = row.planned.spec
         colour = STATE_COLOURS.get(row.state, "white")
@@ -291,6 +293,7 @@ def _status_view(view: SweepStatus) -> Group:
             f"{row.epoch}/{spec.config['epochs']}",
             "-" if row.loss is None else f"{row.loss:.4f}",
             "-" if row.top1 is None else f"{row.top1:.4f}",
+            _converged(row),
             _train_time(row.planned_train_s, row.train_s),
             link,
         ]
@@ -300,11 +303,30 @@ def _status_view(view: SweepStatus) -> Group:
         if row.problem:
             head, lines = row.problem
             problems.append(f"[red]{head}[/red]" + "".join(f"\n    {ln}" for ln in lines))
+        if row.convergence is not None and not row.convergence.converged:
+            unconverged.append(
+                f"{spec.run_id} ({spec.method}, width {spec.model['width']}, "
+                f"{spec.config['epochs']} epochs): {row.convergence.describe()}"
+            )
     summary = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()))
     if view.unsynced:
         summary += f"; {view.unsynced} not yet in MLflow ({view.uri}"
         summary += " unreachable: `scaling sync` uploads them)" if view.outage else ")"
+    if unconverged:
+        problems.insert(
+            0,
+            f"[yellow]not converged ({len(unconverged)}):[/yellow] judged from each "
+            "training curve; a gap to such a baseline cannot be judged"
+            + "".join(f"\n    {line}" for line in unconverged),
+        )
     return Group(table, f"states: {summary}", *problems)
+
+
+def _converged(row: Any) -> str:
+    """A finished run's verdict: yes, or no in yellow (why: below the table)."""
+    if row.convergence is None:
+        return "-"
+    return "yes" if row.convergence.converged else "[yellow]no[/yellow]"
 
 
 def _train_time(predicted: float, measured: float | None) -> str:

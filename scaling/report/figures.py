@@ -9,7 +9,10 @@
 - compute: top-1 vs training FLOPs with the compute-frontier fits.
 
 Points are means over seeds with +-1 standard deviation bars. Every function takes the
-results DataFrame (gaps.frame) and returns the files it wrote.
+results DataFrame (gaps.frame) and returns the files it wrote. A figure (or a panel of
+one) is drawn only where the data fill it: at least two values on each of its axes
+(MIN_VALUES); otherwise it is left out and `make_all` says in one line why (the report
+shows the line where the figure would be).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
 OTHER_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 MAX_PANELS = 4
+MIN_VALUES = 2  # values an axis needs before a figure or panel is drawn on it
 #: The paper's ImageNet points (Chen et al. 2020, Table 6 and Table B.3; parameter counts
 #: of ResNet-50 1x/2x/4x without classifier): (params, top-1, label).
 PAPER_FIG7 = (
@@ -107,6 +111,7 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     """Top-1 vs encoder parameters per domain: points, fitted curves, bands."""
     plt, paths = _plt(), []
     domains = {tuple(f.domain.items()): f.domain for f in fits.params}
+    domains = {k: d for k, d in domains.items() if _sizes(df, d) >= MIN_VALUES}
     for n, domain in enumerate(domains.values()):
         fig, ax = plt.subplots(figsize=(7, 4.8))
         mine = [f for f in fits.params if f.domain == domain]
@@ -160,8 +165,24 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     return paths
 
 
-def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """Up to MAX_PANELS SimCLR architectures with the most (batch, epochs) cells."""
+def _sizes(df: pd.DataFrame, domain: dict[str, Any]) -> int:
+    """Distinct model sizes with a finished run in a domain."""
+    done = df[(df["state"] == "finished") & df["top1"].notna()]
+    mask = np.logical_and.reduce([done[k] == v for k, v in domain.items()]) if domain else True
+    return int(done[mask]["encoder_params"].nunique())
+
+
+def _filled(runs: pd.DataFrame, axes: tuple[str, ...]) -> bool:
+    """Whether finished SimCLR runs give every axis at least MIN_VALUES values."""
+    sim = runs[(runs["method"] != REFERENCE) & (runs["state"] == "finished")]
+    return all(sim[a].nunique() >= MIN_VALUES for a in axes)
+
+
+def _panels(
+    df: pd.DataFrame, axes: tuple[str, ...] = ("epochs",)
+) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Up to MAX_PANELS SimCLR architectures with the most (batch, epochs) cells, each
+    with at least MIN_VALUES values on every one of `axes`."""
     sim = df[(df["method"] != REFERENCE) & (df["state"] == "finished")]
     if sim.empty:
         return []
@@ -170,13 +191,14 @@ def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
         cells=("epochs", lambda s: len(set(zip(sim.loc[s.index, "batch_size"], s, strict=True)))),
         params=("encoder_params", "max"),
     )
-    ranked = ranked.sort_values(["cells", "params"], ascending=False).head(MAX_PANELS)
+    ranked = ranked.sort_values(["cells", "params"], ascending=False)
     out = []
     for key in ranked.index:
         arch = dict(zip(keys, key, strict=True))
         mask = np.logical_and.reduce([df[k] == v for k, v in arch.items()])
-        out.append((arch, df[mask]))
-    return out
+        if _filled(df[mask], axes):
+            out.append((arch, df[mask]))
+    return out[:MAX_PANELS]
 
 
 def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
@@ -250,9 +272,7 @@ def _other_axes(sim: pd.DataFrame) -> list[str]:
 
 def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Mean SimCLR top-1 over batch size x epochs (best over other recipe axes)."""
-    panels = [
-        (a, r) for a, r in _panels(df) if r["batch_size"].nunique() * r["epochs"].nunique() > 1
-    ]
+    panels = _panels(df, ("batch_size", "epochs"))
     if not panels:
         return []
     plt = _plt()
@@ -264,8 +284,8 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         grid = grid.reindex(
             index=sorted(sim["batch_size"].unique()), columns=sorted(sim["epochs"].unique())
         )
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("#e4e4e4")  # a cell without a finished run: grey, not the page's white
+        # a cell without a finished run: grey, not the page's white
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#e4e4e4")
         values = grid.to_numpy(float)
         im = ax.imshow(values, cmap=cmap, aspect="auto", origin="lower")
         for (i, j), v in np.ndenumerate(values):
@@ -295,7 +315,8 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
     """Measured gaps (headline recipe, and the best recipe per architecture) and the
     fitted gap curve: solid over the data, dashed beyond it (an extrapolation)."""
     plt, paths = _plt(), []
-    for n, g in enumerate([g for g in fits.gaps if g.headline]):
+    heads = [g for g in fits.gaps if g.headline and _sizes(df, g.domain) >= MIN_VALUES]
+    for n, g in enumerate(heads):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows = gap_df[np.logical_and.reduce([gap_df[k] == v for k, v in g.domain.items()])]
         label = recipe_label(g.recipe)
@@ -367,7 +388,12 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
 
 def compute_figure(df: pd.DataFrame, fits: FitSet, out_dir: Path) -> list[Path]:
     """Top-1 vs training FLOPs: every (architecture, recipe) cell, and the frontier fits."""
-    if not fits.compute:
+    done = (
+        df[(df["state"] == "finished") & df["train_flops"].notna()]
+        if "train_flops" in df
+        else df[:0]
+    )
+    if not fits.compute or done["train_flops"].nunique() < MIN_VALUES:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -412,9 +438,14 @@ def _cell_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def make_all(
-    df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Path
+    df: pd.DataFrame,
+    gap_df: pd.DataFrame,
+    fits: FitSet,
+    out_dir: Path,
+    omitted: dict[str, str] | None = None,
 ) -> dict[str, list[Path]]:
-    """Every figure; name -> [png, svg] (a figure with nothing to show is skipped)."""
+    """Every figure the data fill; name -> [png, svg]. A figure left out gets one line in
+    `omitted` (name -> why), for the report to show where it would be."""
     figs = {
         "fig7": fig7(df, fits, out_dir),
         "fig9": fig9(df, out_dir),
@@ -422,4 +453,43 @@ def make_all(
         "heatmap": heatmap(df, out_dir),
         "compute": compute_figure(df, fits, out_dir),
     }
+    if omitted is not None:
+        omitted.update({k: why_omitted(k, df) for k, v in figs.items() if not v})
     return {k: v for k, v in figs.items() if v}
+
+
+#: what each figure puts on its axes, for the line that says why it was left out
+FIGURE_AXES = {
+    "fig7": ("Top-1 vs parameters (Fig. 7)", ("encoder_params",), "model sizes"),
+    "gap": ("The gap vs parameters", ("encoder_params",), "model sizes"),
+    "fig9": ("SimCLR top-1 vs epochs (Fig. 9)", ("epochs",), "epoch counts"),
+    "heatmap": (
+        "SimCLR top-1 over batch x epochs",
+        ("batch_size", "epochs"),
+        "batch sizes and epoch counts",
+    ),
+    "compute": ("Top-1 vs training compute", ("train_flops",), "training budgets"),
+}
+
+
+def why_omitted(name: str, df: pd.DataFrame) -> str:
+    """One line: which figure is not drawn, and the values its axes would have had."""
+    title, axes, what = FIGURE_AXES[name]
+    runs = df[(df["state"] == "finished") & df["top1"].notna()]
+    if name in ("fig9", "heatmap"):
+        runs = runs[runs["method"] != REFERENCE]
+    counts = []
+    for axis in axes:
+        values = sorted(runs[axis].dropna().unique()) if axis in runs else []
+        label = {"encoder_params": "size", "batch_size": "batch size", "epochs": "epoch count"}
+        shown = ", ".join(
+            human(v) if axis in ("encoder_params", "train_flops") else f"{v:g}" for v in values[:4]
+        )
+        noun = label.get(axis, "value")
+        counts.append(
+            f"{len(values)} {noun}{'s' * (len(values) != 1)}" + (f" ({shown})" if values else "")
+        )
+    return (
+        f"{title} is not drawn: it needs at least {MIN_VALUES} {what} with finished runs, "
+        f"and this sweep has {' and '.join(counts)}."
+    )

@@ -17,7 +17,8 @@ before it keep their history, tagged `scaling.superseded_run_id` instead of the 
 Logged: params = RunSpec.flat() + layout (+ `derived.*` from result.json), each only
 when missing (MLflow rejects a changed param: a requeue with a new layout updates the
 `scaling.<key>` tags instead); tags `scaling.<field>` for every spec field (the grid
-coordinates), sweep, layout, git commit; per-epoch metrics as `train/<key>`, step =
+coordinates), sweep, layout, git commit, and a finished run's convergence verdict
+(`scaling.converged` true/false, `scaling.convergence` why); per-epoch metrics as `train/<key>`, step =
 epoch (`train/top1` is the training accuracy); final top1, top5, knn_top1, wall_time_s,
 images_seen, train_flops at step = epochs; artifacts; status FINISHED, FAILED (tag
 `scaling.failure_kind`) or RUNNING. MLflow is imported inside functions only.
@@ -65,6 +66,8 @@ STATE, LOCK = "mlflow.json", ".mlflow.lock"
 EPOCHS_TAG = "scaling.epochs_pushed"
 SUPERSEDED_TAG = "scaling.superseded_run_id"  # an earlier attempt at a forced rerun
 GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
+#: a finished run's convergence verdict (true | false) and why (scaling.train.convergence)
+CONVERGED_TAG, CONVERGENCE_TAG = "scaling.converged", "scaling.convergence"
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
 LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
@@ -193,8 +196,9 @@ def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerp
     if state is None or state.get("mlflow_run_id") != run.info.run_id:
         _write_state(run_dir, target, pending=True, **ids)  # remember it before logging
     result = read_json(run_dir / RESULT)
-    _log_params_and_tags(client, run, spec, result)
-    epochs = _log_epochs(client, run, list(read_metrics(run_dir / METRICS)))
+    records = list(read_metrics(run_dir / METRICS))
+    _log_params_and_tags(client, run, spec, result, records)
+    epochs = _log_epochs(client, run, records)
     status = _log_status(client, run, run_dir, result, epochs)
     _write_state(
         run_dir,
@@ -268,11 +272,17 @@ def _supersede(client: MlflowClient, run: Run, run_id: str) -> None:
 
 
 def _log_params_and_tags(
-    client: MlflowClient, run: Run, spec: Mapping[str, Any], result: Mapping[str, Any] | None
+    client: MlflowClient,
+    run: Run,
+    spec: Mapping[str, Any],
+    result: Mapping[str, Any] | None,
+    records: list[dict[str, Any]],
 ) -> None:
     from mlflow.entities import Param, RunTag
 
+    from scaling.sweep.methods import get_method
     from scaling.sweep.spec import RunSpec
+    from scaling.train.convergence import of_result
 
     run_spec = RunSpec.from_dict(spec, file=SPEC)
     flat = run_spec.flat()
@@ -287,6 +297,10 @@ def _log_params_and_tags(
     tags = {f"scaling.{k}": str(v) for k, v in {**flat, **layout}.items()}
     tags["scaling.sweep"] = str(spec.get("sweep", ""))
     tags[GROUP_TAG] = run_spec.group_id()  # the same run but its seed
+    verdict = of_result(result, records, get_method(run_spec.method).accuracy_plateaus)
+    if verdict is not None:  # the trainer's verdict on its curve (a finished run's)
+        tags[CONVERGED_TAG] = str(verdict.converged).lower()
+        tags[CONVERGENCE_TAG] = verdict.describe()
     code = dict(spec.get("code") or {})
     if code.get("commit"):
         tags.update(

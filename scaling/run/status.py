@@ -2,7 +2,8 @@
 
 Each row joins what the run directory says (scaling.run.state), what MLflow knows of the
 run (its page or id), whether a mirror is behind it ("pending sync"), the scheduler's
-view (Slurm, Ray) and the plan's training time beside the measured one. Runs whose
+view (Slurm, Ray), the plan's training time beside the measured one and a finished
+run's convergence verdict (scaling.train.convergence). Runs whose
 mirrors lag behind them (an outage, a killed submit) are pushed first, in the
 background, for at most STATUS_PUSH_S.
 """
@@ -21,6 +22,7 @@ from scaling.run.pusher import Pusher
 from scaling.run.state import State, run_state
 from scaling.run.tracking import find_runs, redact, run_url
 from scaling.rundir import LOG, log_tail
+from scaling.train.convergence import Convergence
 
 STATUS_PUSH_S = 30.0  # how long `status` waits for its pushes of runs MLflow lags behind
 FAILURE_TAIL_LINES = 5
@@ -40,6 +42,7 @@ class StatusRow:
     scheduler: str | None = None  # the backend's state line (Slurm, Ray)
     # why it failed: "failed (kind): message" or the scheduler's line, with log lines
     problem: tuple[str, tuple[str, ...]] | None = None
+    convergence: Convergence | None = None  # a finished run's verdict on its curve
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> 
                 pending_sync=behind,
                 scheduler=state_line,
                 problem=problem,
+                convergence=st.convergence,
             )
         )
     outage = pusher.mirrors.where_down() or None

@@ -143,6 +143,9 @@ class MethodInfo:
     unlabelled: whether it trains on a data set's unlabelled images too (STL-10's
     100,000: `train+unlabeled`); it never reads their labels.
     reference: the baseline every other method's gap is measured against (one method).
+    accuracy_plateaus: whether its training accuracy is a classifier's, which levels off
+    as the run converges (scaling.train.convergence judges it with the loss); a
+    contrastive objective's "accuracy" (the positive among 2N - 1 views) is not.
     """
 
     name: str
@@ -157,6 +160,7 @@ class MethodInfo:
     cached_accumulation: bool
     unlabelled: bool = False
     reference: bool = False
+    accuracy_plateaus: bool = False
 
     def monitor_every(self, config: Mapping[str, Any]) -> int:
         """Epochs between two runs of the online kNN monitor (0: never)."""
@@ -217,6 +221,7 @@ register(
         views=1,
         cached_accumulation=False,
         reference=True,
+        accuracy_plateaus=True,
     )
 )
 

@@ -31,6 +31,7 @@ from scaling.rundir import (
     append_jsonl,
     git_version,
     read_json,
+    read_metrics,
     truncate_metrics,
     write_json,
 )
@@ -39,6 +40,7 @@ from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
+from scaling.train.convergence import judge
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
@@ -400,6 +402,11 @@ def _train(
     # ------------------------------------------------------------------ evaluate
     result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
     if main:
+        # Judged from the whole curve (earlier attempts' epochs included): the one verdict
+        # status, MLflow and the report read (scaling.train.convergence).
+        verdict = judge(
+            list(read_metrics(run_dir / METRICS)), method.accuracy_plateaus, train.num_classes
+        )
         speed = measured_throughput(
             spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
         )
@@ -414,10 +421,15 @@ def _train(
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
             throughput=speed.to_dict(),
+            convergence=verdict.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
         throughput.record(speed)  # for the plans of later runs on this device
-        print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
+        print(
+            f"result {spec.run_id}: top-1 {result['top1']:.4f}; {verdict.label} "
+            f"({verdict.describe()})",
+            flush=True,
+        )
     if env.world_size > 1:
         torch.distributed.barrier()
     return result
