@@ -50,7 +50,7 @@ def submit(
     from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
     from scaling.run.pusher import STOP_PUSH_S, Pusher
-    from scaling.run.submission import Action, context_of, decide, scheduled
+    from scaling.run.submission import Action, Reason, context_of, decide, scheduled
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
@@ -82,6 +82,32 @@ def submit(
     _where_to_look(console, sweep, cluster)
     if counts.get("failed"):
         raise typer.Exit(1)
+    held = [d.run_dir for d in decisions if d.reason is Reason.RUNNING]
+    if held or counts.get("already-running"):
+        _held_elsewhere(console, held, counts.get("already-running", 0))
+
+
+def _held_elsewhere(console: Console, held: list[Path], lost_race: int) -> None:
+    """Runs another live process holds are not done: say which and by whom, and end
+    with ALREADY_RUNNING, never as if the sweep were finished."""
+    from scaling.errors import ExitCode
+    from scaling.run.locks import holder_text
+
+    for run_dir in held:
+        console.print(
+            f"[yellow]not done:[/yellow] {run_dir.name} is being trained by "
+            f"{holder_text(run_dir)} (run directory {run_dir})",
+            soft_wrap=True,
+        )
+    count = len(held) + lost_race
+    console.print(
+        f"{count} run{'s are' if count != 1 else ' is'} held by another live process and "
+        "left alone: not finished by this submit; `scaling submit` again once "
+        f"{'they end' if count != 1 else 'it ends'} (it resumes nothing twice), or "
+        "`scaling cancel` to stop them",
+        soft_wrap=True,
+    )
+    raise typer.Exit(ExitCode.ALREADY_RUNNING)
 
 
 def _prepare(
