@@ -60,3 +60,28 @@ def test_status_flags_a_run_that_has_not_converged_with_why(study: Path) -> None
         in out
     )
     assert "training accuracy still rising" in out and b["run_id"] + " (" not in out
+
+
+@pytest.mark.slow
+def test_a_cut_metrics_file_is_flagged_in_status_and_put_back_by_submit(study: Path) -> None:
+    """A finished run's metrics.jsonl cut to its first epoch and half a line: status says
+    which epochs are missing (not "epoch 1/2" silently), and a plain submit puts them
+    back from the checkpoint, which keeps every epoch's line."""
+    write(
+        study / "sweep.yaml",
+        SWEEP.replace("width: [0.25, 0.5]", "width: 0.25").replace("epochs: 10", "epochs: 2"),
+    )
+    args = ["sweep.yaml", "--cluster", "local.yaml"]
+    first = CliRunner().invoke(app, ["submit", *args])
+    assert first.exit_code == 0 and "1 finished" in first.output, first.output
+    (spec,) = load_sweep(study / "sweep.yaml").runs
+    metrics = study / "runs" / "st" / spec.run_id / METRICS
+    whole = metrics.read_text()
+    lines = whole.splitlines(keepends=True)
+    metrics.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # cut mid-line
+    status = CliRunner().invoke(app, ["status", *args])
+    out = " ".join(status.output.split())
+    assert "lacks 1 of its 2 epochs (epoch 2)" in out and "scaling submit" in out, out
+    again = CliRunner().invoke(app, ["submit", *args])
+    assert again.exit_code == 0 and "1 epochs from its checkpoint" in again.output
+    assert metrics.read_text() == whole

@@ -50,7 +50,14 @@ def submit(
     from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
     from scaling.run.pusher import STOP_PUSH_S, Pusher
-    from scaling.run.submission import Action, Reason, context_of, decide, scheduled
+    from scaling.run.submission import (
+        Action,
+        Reason,
+        context_of,
+        decide,
+        repair_cut_metrics,
+        scheduled,
+    )
 
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
@@ -67,6 +74,14 @@ def submit(
     _print_decisions(console, decisions, verbose=dry_run)
     if dry_run:
         return
+    for run_dir, restored in repair_cut_metrics(decisions):
+        console.print(
+            f"repaired {run_dir / 'metrics.jsonl'}: {restored} epochs from its checkpoint"
+            if restored
+            else f"[yellow]warning:[/yellow] {run_dir / 'metrics.jsonl'} lacks epochs and no "
+            "checkpoint holds them (a run from before checkpoints kept them)",
+            soft_wrap=True,
+        )
     # One mirror thread for the whole command, told of an outage found above: a hung
     # server costs one time-out, not one per run.
     pusher = Pusher(ctx.tracking_uri, ctx.experiment, outage=tracked is None)
@@ -158,11 +173,13 @@ def _launch(
 
 
 def _close_pusher(pusher: Pusher, console: Console, timeout: float | None) -> None:
-    from scaling.run.pusher import pending_note
+    from scaling.run.pusher import broken_notes, pending_note
 
     left = pusher.close(timeout)
     if left:
         console.print(f"[yellow]warning:[/yellow] {pending_note(len(left), redact(pusher.uri))}")
+    for note in broken_notes(pusher.broken):
+        console.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -298,6 +315,8 @@ def _status_view(view: SweepStatus) -> Group:
     from rich.console import Group
     from rich.table import Table
 
+    from scaling.run.pusher import broken_notes
+
     table = Table(title=view.title, title_justify="left")
     for col in STATUS_COLUMNS + (("scheduler",) if view.has_scheduler else ()):
         table.add_column(col, no_wrap=True)
@@ -338,6 +357,7 @@ def _status_view(view: SweepStatus) -> Group:
     if view.unsynced:
         summary += f"; {view.unsynced} not yet in MLflow ({view.uri}"
         summary += " unreachable: `scaling sync` uploads them)" if view.outage else ")"
+    problems += [f"[red]{note}[/red]" for note in broken_notes(view.broken)]
     if unconverged:
         problems.insert(
             0,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scaling.errors import ScalingError
+from scaling.errors import BadRunDir, ScalingError, SpecError
 from scaling.run.locks import file_lock
 from scaling.run.tracking import (
     LOCK_TIMEOUT_S,
@@ -103,12 +103,16 @@ class Target:
 
 def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False) -> str | None:
     """Make MLflow reflect `run_dir`; the MLflow run id, "" while the run has not started
-    training (nothing to mirror yet), or None when tracking failed.
+    training (nothing to mirror yet), or None when tracking failed (or the run directory
+    cannot be read: warned with its path).
 
     Cheap when nothing changed: mlflow.json remembers the files' sizes and times, and
     then MLflow is not contacted (`force` checks against MLflow anyway).
     """
-    return push_to(Path(run_dir), Target(uri, experiment), force)
+    try:
+        return push_to(Path(run_dir), Target(uri, experiment), force)
+    except BadRunDir:
+        return None
 
 
 def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
@@ -128,13 +132,18 @@ def sync(run_dirs: Iterable[str | Path], uri: str, experiment: str) -> tuple[int
     target, pushed, failed = Target(uri, experiment), 0, 0
     for run_dir in map(Path, run_dirs):
         if (run_dir / SPEC).is_file():  # else not a run (yet)
-            ok = push_to(run_dir, target, False) is not None
+            try:
+                ok = push_to(run_dir, target, False) is not None
+            except BadRunDir:  # that run's own problem (warned): the others go on
+                ok = False
             pushed, failed = pushed + ok, failed + (not ok)
     return pushed, failed
 
 
 def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
-    """`push` to a Target that a whole command shares (one connection)."""
+    """`push` to a Target that a whole command shares (one connection). A run directory
+    that cannot be read raises BadRunDir (warned with its path): the store is fine and
+    the other runs' pushes go on."""
     if not (run_dir / SPEC).is_file():
         log.warning("not pushing %s to MLflow: it has no %s", run_dir, SPEC)
         return None
@@ -149,6 +158,9 @@ def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
             except Exception as exc:
                 _write_pending(run_dir, target, exc)
                 raise
+    except BadRunDir as exc:
+        log.warning("not mirrored to MLflow: %s (the other runs are)", exc)
+        raise
     except Exception as exc:
         log.warning(
             "MLflow push of %s to %s failed (%s: %s); the run directory keeps everything "
@@ -185,8 +197,8 @@ def _push_locked(run_dir: Path, target: Target, force: bool) -> str:
 
 
 def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
+    spec = readable_spec(run_dir)  # the run's own files first: never blamed on the store
     client, experiment_id = target.connect()
-    spec = read_json(run_dir / SPEC) or {}
     # A new MLflow run starts when the run first started training (spec.json's
     # started_at, kept across resumes), so Duration and the timeline are the run's own.
     started = _number(spec.get("started_at"))
@@ -210,6 +222,21 @@ def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerp
         **ids,
     )
     return str(run.info.run_id)
+
+
+def readable_spec(run_dir: Path) -> dict[str, Any]:
+    """spec.json as a valid run spec, or BadRunDir naming the file and what is wrong."""
+    from scaling.sweep.spec import RunSpec
+
+    path = run_dir / SPEC
+    spec = read_json(path)
+    if spec is None:
+        raise BadRunDir(f"{path}: not a JSON object (garbled or cut); the run directory's spec")
+    try:
+        RunSpec.from_dict(spec, file=str(path))
+    except SpecError as exc:
+        raise BadRunDir(str(exc)) from None
+    return spec
 
 
 def _find_or_create(

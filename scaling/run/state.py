@@ -21,6 +21,7 @@ from scaling.rundir import (
     FAILURE,
     METRICS,
     RESULT,
+    metrics_gap,
     read_json,
     read_metrics,
     read_result,
@@ -49,6 +50,15 @@ class RunState:
     failure: dict[str, Any] | None = None
     records: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # metrics.jsonl
     exists: bool = False  # the run directory holds anything at all
+
+    @property
+    def metrics_cut(self) -> list[int]:
+        """A finished run's epochs that metrics.jsonl lacks (a kill mid-write, a full
+        disk): `scaling submit` puts them back from the checkpoint; status says so."""
+        if self.result is None:
+            return []
+        epochs = self.result.get("epochs")
+        return metrics_gap(list(self.records), epochs) if isinstance(epochs, int) else []
 
     @property
     def convergence(self) -> Convergence | None:

@@ -9,6 +9,7 @@ newest valid checkpoint and ends with the same result, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -101,6 +102,15 @@ def run(
     except torch.OutOfMemoryError as exc:
         _record_failure(run_dir, "oom", str(exc).splitlines()[0], None)
         raise RunFailed(f"out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
+            raise
+        # The device, not the run: a plain resubmit retries it from its checkpoint once
+        # there is room (RunFailed.RETRIED_KINDS).
+        message = f"no space left on the device ({exc}); free some and submit again"
+        _record_failure(run_dir, "disk", message, None)
+        raise RunFailed(message, kind="disk") from exc
     except Exception as exc:
         _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
         raise
@@ -109,19 +119,20 @@ def run(
 
 
 def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:
+    """failure.json, when it can be written (on a full disk it may not: the run then
+    reads as resumable, which a plain resubmit also retries)."""
     import traceback
 
     if dist.rank() == 0:
-        write_json(
-            run_dir / FAILURE,
-            {
-                "kind": kind,
-                "message": message,
-                "step": step,
-                "traceback": traceback.format_exc(),
-                "time": time.time(),
-            },
-        )
+        record = {
+            "kind": kind,
+            "message": message,
+            "step": step,
+            "traceback": traceback.format_exc(),
+            "time": time.time(),
+        }
+        with contextlib.suppress(OSError):
+            write_json(run_dir / FAILURE, record)
 
 
 def _train(
@@ -281,8 +292,15 @@ def _train(
                 f"resumed from step {global_step} (epoch {start_epoch}, step {start_step})",
                 flush=True,
             )
+    history: list[dict[str, Any]] = []  # the metrics lines so far, kept in checkpoints
     if main:
         truncate_metrics(run_dir / METRICS, start_epoch)
+        # Lines a kill mid-write or a full disk cut from metrics.jsonl come back from
+        # the checkpoint, which holds every epoch's line up to it.
+        restored = checkpoint.repair_metrics(run_dir, (state or {}).get("history") or [])
+        if restored:
+            print(f"repaired metrics.jsonl: {restored} epochs from the checkpoint", flush=True)
+        history = list(read_metrics(run_dir / METRICS))
 
     # ------------------------------------------------------------------ train
     stop = StopFlag()
@@ -358,6 +376,7 @@ def _train(
                         main,
                         elapsed_s=spent(),
                         run_id=spec.run_id,
+                        history=history,
                     )
                     saved_at = time.monotonic()
                     if stopping:
@@ -376,6 +395,7 @@ def _train(
             state = None
             if main:
                 append_jsonl(run_dir / METRICS, record)
+                history.append(record)
                 print(format_epoch(record), flush=True)
                 if on_epoch is not None:
                     on_epoch(record)
@@ -391,6 +411,7 @@ def _train(
                 main,
                 elapsed_s=spent(),
                 run_id=spec.run_id,
+                history=history,
             )
             saved_at = time.monotonic()
         # A stop that came after the last step's check (the final epoch's record, the kNN

@@ -30,7 +30,7 @@ from scaling.errors import ExitCode
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.worker import Worker
 from scaling.run.processes import children_env
-from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
+from scaling.run.pusher import STOP_PUSH_S, Pusher, broken_notes, pending_note
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, log_tail, read_json
 
 GRACE_SECONDS = 120  # how long a SIGTERMed child may take to write its checkpoint
@@ -181,6 +181,8 @@ def _finish_pushes(pusher: Pusher, ctx: Context, view: Any, timeout: float | Non
     left = pusher.close(timeout)
     if left:
         view.note(pending_note(len(left), ctx.tracking_uri))
+    for note in broken_notes(pusher.broken):
+        view.note(note)
 
 
 def _slots(ctx: Context) -> list[_Slot]:
