@@ -297,7 +297,8 @@ def _train(
         truncate_metrics(run_dir / METRICS, start_epoch)
         # Lines a kill mid-write or a full disk cut from metrics.jsonl come back from
         # the checkpoint, which holds every epoch's line up to it.
-        restored = checkpoint.repair_metrics(run_dir, (state or {}).get("history") or [])
+        done = [r for r in (state or {}).get("history") or [] if r.get("epoch", 0) <= start_epoch]
+        restored = checkpoint.repair_metrics(run_dir, done)
         if restored:
             print(f"repaired metrics.jsonl: {restored} epochs from the checkpoint", flush=True)
         history = list(read_metrics(run_dir / METRICS))

@@ -137,27 +137,13 @@ def _stop_when_stdin_closes() -> Iterator[None]:
     it as SIGTERM would: a checkpoint after the current step, then the answer PREEMPTED.
     The parent writes nothing while a run trains, so this never takes a request."""
     import select
-    import threading
 
-    from scaling.train.signals import EXTERNAL_STOP
+    from scaling.train.signals import stop_when
 
-    done = threading.Event()
-
-    def watch() -> None:
-        poll = select.poll()
-        poll.register(sys.stdin.fileno(), select.POLLHUP | select.POLLERR)
-        while not done.is_set():
-            if poll.poll(500):
-                EXTERNAL_STOP.set()
-                return
-
-    watcher = threading.Thread(target=watch, name="scaling-stdin-watch", daemon=True)
-    watcher.start()
-    try:
+    poll = select.poll()
+    poll.register(sys.stdin.fileno(), select.POLLHUP | select.POLLERR)
+    with stop_when(lambda: bool(poll.poll(0)), 0.5, "scaling-stdin-watch"):
         yield
-    finally:
-        done.set()
-        watcher.join()
 
 
 def train_one(request: dict[str, Any]) -> int:
