@@ -1,14 +1,14 @@
 """Plans beyond the measured networks: predicted vs measured training time, 10x and 100x out.
 
-    .venv/bin/python benchmarks/bench_extrapolation.py [--measured 0.0625 0.09] [--targets 0.28 0.9]
+    .venv/bin/python benchmarks/bench_extrapolation.py [--measured 0.0625 0.125] [--targets 0.4 1.25]
 
 In a fresh temporary workdir and cost cache, through the real CLI: `scaling submit` of
 two small digits networks (8 px, ResNet-10 at the `--measured` widths, supervised), then
 `scaling plan` of networks about 10x and 100x their FLOPs per image (`--targets`), then
 `scaling submit` of those. For each target it prints its FLOPs per image as a multiple
 of the largest measured network's and the training time measured beside three
-predictions: the plan's (`scaled` within 10x, `calibrated` beyond: the FLOP model at the
-nearest measured network's FLOP rate), the previous rule (the measured networks' curve
+predictions: the plan's (`scaled` within 10x, `calibrated` beyond: the nearest measured
+network's time plus the FLOPs beyond it at the FLOP model's rate), the previous rule (the measured networks' curve
 extrapolated: the geometric mean of the power law and the line through the two nearest,
 scaling.plan.throughput._interpolate) and the plain FLOP model (peak x utilisation,
 nothing measured).
@@ -41,15 +41,21 @@ def scaling(*args: str, cwd: Path, env: dict[str, str]) -> str:
 
 
 def plan(sweep: Path, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
-    rows = json.loads(scaling("plan", str(sweep), "--format", "json", cwd=cwd, env=env))
+    args = ("plan", str(sweep), "--cluster", str(cwd / PROFILE), "--format", "json")
+    rows = json.loads(scaling(*args, cwd=cwd, env=env))
     return {r["run_id"]: r for r in rows}
+
+
+#: one run at a time with every core: the device the plan sizes for is the one measured
+#: ("<CPU> (N threads)"), for the calibration runs and the targets alike
+PROFILE = "one-at-a-time.yaml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measured", type=float, nargs="+", default=[0.0625, 0.09])
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.28, 0.9])
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--measured", type=float, nargs="+", default=[0.0625, 0.125])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.4, 1.25])
+    parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
     from scaling.plan import throughput
 
@@ -57,21 +63,25 @@ def main() -> None:
         root = Path(tmp)
         env = {**os.environ, "SCALING_CACHE_DIR": str(root / "cache")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        (root / PROFILE).write_text("backend: local\ndevice: cpu\nmax_parallel: 1\n")
+        cluster = ("--cluster", str(root / PROFILE))
         base = root / "measured.yaml"
         base.write_text(SWEEP.format(widths=list(args.measured), epochs=args.epochs))
         target = root / "targets.yaml"
         target.write_text(SWEEP.format(widths=list(args.targets), epochs=args.epochs))
         flop_model = plan(target, root, env)  # nothing measured yet: the FLOP model
-        scaling("submit", str(base), "--max-parallel", "1", cwd=root, env=env)
+        scaling("submit", str(base), *cluster, cwd=root, env=env)
         measured = plan(base, root, env)
         predicted = plan(target, root, env)
         files = sorted((root / "cache" / "throughput").glob("*/*.json"))
         ms = [throughput.Measurement.from_dict(json.loads(p.read_text())) for p in files]
         device = ms[0].device
         points = throughput._per_arch(ms)
-        scaling("submit", str(target), "--max-parallel", "1", cwd=root, env=env)
+        scaling("submit", str(target), *cluster, cwd=root, env=env)
         largest = max(r["flops_per_image"] for r in measured.values())
         print(f"measured networks: widths {args.measured}, {len(ms)} runs on {device}")
+        for f, t in points:
+            print(f"  {f:.3g} training FLOPs per image: {1e3 * t:.3f} ms per image")
         print(
             f"{'width':>6} {'FLOPs x':>8} {'took s':>8} {'plan s':>8} {'source':>11} {'err':>6} "
             f"{'previous s':>10} {'err':>6} {'FLOP model s':>12} {'err':>6}"

@@ -82,23 +82,30 @@ def test_one_measured_architecture_scales_proportionally_and_a_run_never_predict
 
 def test_far_beyond_the_measured_networks_is_the_calibrated_flop_model_and_says_how_far() -> None:
     """Scaled along the measured curve only within SCALE_RANGE x their FLOPs per image and
-    IMAGE_RANGE x their image size; beyond, the FLOP rate of the nearest measured network
-    (its efficiency on this device), proportional to FLOPs, with the factor it extrapolates."""
-    cal = Calibration([measured("a", ARCH_A, 1e9, 0.010), measured("b", ARCH_B, 4e9, 0.030)])
+    IMAGE_RANGE x their image size; beyond, the nearest measured network's time plus the
+    FLOPs beyond it at the device's rate (the FLOP model's, or the best measured if higher),
+    with the factor it extrapolates."""
+    rate = 1e11  # the FLOP model's; b reached 4e9 / 0.030 = 1.33e11, the best
+    cal = Calibration([measured("a", ARCH_A, 1e9, 0.010), measured("b", ARCH_B, 4e9, 0.030)], rate)
+    best = 4e9 / 0.030
     near = ("simclr", 10, 2.0, "cifar", 1.0, 16, 16, 10)
     assert cal.seconds_per_image("x", near, LAYOUT, 36e9).source == "scaled"  # 9x the largest
     far = ("simclr", 18, 1.0, "imagenet", 1.0, 16, 16, 10)
     prediction = cal.seconds_per_image("x", far, LAYOUT, 2.8e14)  # 70,000x the largest
     assert prediction.source == "calibrated" and prediction.beyond == pytest.approx(7e4)
-    assert prediction.seconds == pytest.approx(0.030 * 7e4)  # b's FLOP rate
+    assert prediction.seconds == pytest.approx(0.030 + (2.8e14 - 4e9) / best)
     # within the FLOPs but at three times the image size: calibrated too
     big_images = ARCH_A[:5] + (48,) + ARCH_A[6:]
     wide = cal.seconds_per_image("x", big_images, LAYOUT, 2e9)
     assert wide.source == "calibrated" and wide.beyond == 1.0
-    assert wide.seconds == pytest.approx(0.010 * 2)  # a's rate: the nearest in FLOPs
-    # a tiny network far below: the smallest's rate, and how far below it is
+    assert wide.seconds == pytest.approx(0.010 + 1e9 / best)  # anchored on a, the nearest
+    # a tiny network far below: the smallest's time (never slower), and how far below
     tiny = cal.seconds_per_image("x", near, LAYOUT, 1e7)
     assert tiny.source == "calibrated" and tiny.beyond == pytest.approx(100)
+    assert tiny.seconds == pytest.approx(0.010)
+    # a device whose FLOP model is faster than any measured network: its rate is used
+    fast = Calibration(list(cal.measurements), 1e13).seconds_per_image("x", far, LAYOUT, 2.8e14)
+    assert fast.seconds == pytest.approx(0.030 + (2.8e14 - 4e9) / 1e13)
 
 
 def test_the_plan_says_how_much_is_measured_scaled_or_modelled(tmp_path: Path) -> None:

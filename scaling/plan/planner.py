@@ -201,7 +201,8 @@ def make_plan(
     memory_bytes = int(acc.memory_gb * GB)
     precision = resolve_precision(profile.precision, acc.device)
     if calibration is None:
-        calibration = throughput.Calibration(throughput.load(acc.name))
+        rate = acc.peak_tflops * 1e12 * acc.utilization  # the FLOP model's, per device
+        calibration = throughput.Calibration(throughput.load(acc.name), rate)
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count

@@ -14,9 +14,12 @@ run's training time from those measurements:
   the one measured architecture; only within SCALE_RANGE x of the measured networks'
   FLOPs per image and IMAGE_RANGE x of their image sizes, where that curve was checked
   against real runs (BENCHMARKS.md, "Plans beyond the measured networks");
-* calibrated: further out, the FLOP model at the FLOP rate the nearest measured network
-  reached on this device (its measured efficiency), labelled with how far it
-  extrapolates (`Prediction.beyond`: 70,000x the measured networks' FLOPs per image);
+* calibrated: further out, the FLOP model anchored on the nearest measured network: its
+  measured time per image (every overhead the device has at that size) plus the FLOPs
+  beyond it at the FLOP model's rate (peak x utilisation, or the best rate a measured
+  network reached if that is higher), labelled with how far it extrapolates
+  (`Prediction.beyond`: 70,000x the measured networks' FLOPs per image). Below the
+  smallest measured network, that network's time (a smaller one is not slower);
 * model: no measurement on this device, the FLOP model (peak x utilisation).
 
 A run's own measurement never predicts that run, so `scaling status` and `report` can
@@ -182,8 +185,12 @@ def load(device: str) -> tuple[Measurement, ...]:
 class Calibration:
     """Predicts seconds per image per device for runs on one device from its measurements."""
 
-    def __init__(self, measurements: Iterable[Measurement]) -> None:
+    def __init__(self, measurements: Iterable[Measurement], flop_rate: float = 0.0) -> None:
+        """`flop_rate`: the FLOP model's rate on this device (peak x utilisation, FLOP/s
+        per device), which `calibrated` predictions charge the FLOPs beyond the
+        measured networks at (0: the best rate a measured network reached)."""
         self.measurements = tuple(measurements)
+        self.flop_rate = flop_rate
         self._run_ids = {m.run_id for m in self.measurements}
         self._cache: dict[tuple[Any, ...], Prediction | None] = {}
 
@@ -236,9 +243,12 @@ class Calibration:
         size_off = min(max(size / s, s / size) for s in sizes)
         if beyond <= SCALE_RANGE and size_off <= IMAGE_RANGE:
             return Prediction(_interpolate(points, flops), SCALED)
-        # Out of range: the nearest measured network's FLOP rate, proportional to FLOPs.
+        # Out of range: the nearest measured network's time, plus the FLOPs beyond it at
+        # the device's FLOP rate (small networks never reach it: proportional scaling
+        # from one overhead-bound network was off by 27x at 89x its FLOPs, BENCHMARKS.md).
         f, t = min(points, key=lambda p: abs(math.log(p[0] / flops)))
-        return Prediction(t * flops / f, CALIBRATED, beyond)
+        rate = max(self.flop_rate, max(pf / pt for pf, pt in points))
+        return Prediction(t + max(0.0, flops - f) / rate, CALIBRATED, beyond)
 
 
 IMAGE_SIZE = 5  # the image size's place in an arch tuple (costcache.arch_args)
