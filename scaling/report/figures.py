@@ -168,8 +168,18 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
 def _sizes(df: pd.DataFrame, domain: dict[str, Any]) -> int:
     """Distinct model sizes with a finished run in a domain."""
     done = df[(df["state"] == "finished") & df["top1"].notna()]
-    mask = np.logical_and.reduce([done[k] == v for k, v in domain.items()]) if domain else True
-    return int(done[mask]["encoder_params"].nunique())
+    for k, v in domain.items():
+        done = done[done[k] == v]
+    return int(done["encoder_params"].nunique())
+
+
+def _judged_sizes(gap_df: pd.DataFrame, domain: dict[str, Any]) -> int:
+    """Model sizes with a measured gap in a domain (a gap that cannot be judged, against
+    a baseline that has not converged, is not one)."""
+    rows = gap_df[(gap_df["kind"] == "best") & gap_df["gap"].notna()]
+    for k, v in domain.items():
+        rows = rows[rows[k] == v]
+    return int(rows["encoder_params"].nunique())
 
 
 def _filled(runs: pd.DataFrame, axes: tuple[str, ...]) -> bool:
@@ -315,7 +325,7 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
     """Measured gaps (headline recipe, and the best recipe per architecture) and the
     fitted gap curve: solid over the data, dashed beyond it (an extrapolation)."""
     plt, paths = _plt(), []
-    heads = [g for g in fits.gaps if g.headline and _sizes(df, g.domain) >= MIN_VALUES]
+    heads = [g for g in fits.gaps if g.headline and _judged_sizes(gap_df, g.domain) >= MIN_VALUES]
     for n, g in enumerate(heads):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows = gap_df[np.logical_and.reduce([gap_df[k] == v for k, v in g.domain.items()])]
@@ -454,7 +464,7 @@ def make_all(
         "compute": compute_figure(df, fits, out_dir),
     }
     if omitted is not None:
-        omitted.update({k: why_omitted(k, df) for k, v in figs.items() if not v})
+        omitted.update({k: why_omitted(k, df, gap_df) for k, v in figs.items() if not v})
     return {k: v for k, v in figs.items() if v}
 
 
@@ -472,9 +482,18 @@ FIGURE_AXES = {
 }
 
 
-def why_omitted(name: str, df: pd.DataFrame) -> str:
+def why_omitted(name: str, df: pd.DataFrame, gap_df: pd.DataFrame | None = None) -> str:
     """One line: which figure is not drawn, and the values its axes would have had."""
     title, axes, what = FIGURE_AXES[name]
+    unjudged = gap_df is not None and bool((gap_df["judgement"].fillna("") != "").any())
+    if name == "gap" and unjudged and _sizes(df, {}) >= MIN_VALUES:
+        assert gap_df is not None
+        judged = _judged_sizes(gap_df, {})
+        return (
+            f"{title} is not drawn: it needs at least {MIN_VALUES} model sizes with a gap "
+            f"that can be judged, and {judged} {'has' if judged == 1 else 'have'} one (the "
+            f"others' {REFERENCE} baseline has not converged: see the gap table)."
+        )
     runs = df[(df["state"] == "finished") & df["top1"].notna()]
     if name in ("fig9", "heatmap"):
         runs = runs[runs["method"] != REFERENCE]
