@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scaling.report.coverage import MIN_VALUES, filled, judged_sizes, sizes, why_omitted
 from scaling.report.gapcurve import human
 from scaling.report.gaps import REFERENCE, select
 from scaling.report.laws import FitSet, SweepFit
@@ -34,7 +35,6 @@ SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
 OTHER_COLORS = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 MAX_PANELS = 4
-MIN_VALUES = 2  # values an axis needs before a figure or panel is drawn on it
 #: The paper's ImageNet points (Chen et al. 2020, Table 6 and Table B.3; parameter counts
 #: of ResNet-50 1x/2x/4x without classifier): (params, top-1, label).
 PAPER_FIG7 = (
@@ -111,7 +111,7 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     """Top-1 vs encoder parameters per domain: points, fitted curves, bands."""
     plt, paths = _plt(), []
     domains = {tuple(f.domain.items()): f.domain for f in fits.params}
-    domains = {k: d for k, d in domains.items() if _sizes(df, d) >= MIN_VALUES}
+    domains = {k: d for k, d in domains.items() if sizes(df, d) >= MIN_VALUES}
     for n, domain in enumerate(domains.values()):
         fig, ax = plt.subplots(figsize=(7, 4.8))
         mine = [f for f in fits.params if f.domain == domain]
@@ -165,29 +165,6 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     return paths
 
 
-def _sizes(df: pd.DataFrame, domain: dict[str, Any]) -> int:
-    """Distinct model sizes with a finished run in a domain."""
-    done = df[(df["state"] == "finished") & df["top1"].notna()]
-    for k, v in domain.items():
-        done = done[done[k] == v]
-    return int(done["encoder_params"].nunique())
-
-
-def _judged_sizes(gap_df: pd.DataFrame, domain: dict[str, Any]) -> int:
-    """Model sizes with a measured gap in a domain (a gap that cannot be judged, against
-    a baseline that has not converged, is not one)."""
-    rows = gap_df[(gap_df["kind"] == "best") & gap_df["gap"].notna()]
-    for k, v in domain.items():
-        rows = rows[rows[k] == v]
-    return int(rows["encoder_params"].nunique())
-
-
-def _filled(runs: pd.DataFrame, axes: tuple[str, ...]) -> bool:
-    """Whether finished SimCLR runs give every axis at least MIN_VALUES values."""
-    sim = runs[(runs["method"] != REFERENCE) & (runs["state"] == "finished")]
-    return all(sim[a].nunique() >= MIN_VALUES for a in axes)
-
-
 def _panels(
     df: pd.DataFrame, axes: tuple[str, ...] = ("epochs",)
 ) -> list[tuple[dict[str, Any], pd.DataFrame]]:
@@ -206,7 +183,7 @@ def _panels(
     for key in ranked.index:
         arch = dict(zip(keys, key, strict=True))
         mask = np.logical_and.reduce([df[k] == v for k, v in arch.items()])
-        if _filled(df[mask], axes):
+        if filled(df[mask], axes):
             out.append((arch, df[mask]))
     return out[:MAX_PANELS]
 
@@ -325,7 +302,7 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
     """Measured gaps (headline recipe, and the best recipe per architecture) and the
     fitted gap curve: solid over the data, dashed beyond it (an extrapolation)."""
     plt, paths = _plt(), []
-    heads = [g for g in fits.gaps if g.headline and _judged_sizes(gap_df, g.domain) >= MIN_VALUES]
+    heads = [g for g in fits.gaps if g.headline and judged_sizes(gap_df, g.domain) >= MIN_VALUES]
     for n, g in enumerate(heads):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows = gap_df[np.logical_and.reduce([gap_df[k] == v for k, v in g.domain.items()])]
@@ -466,49 +443,3 @@ def make_all(
     if omitted is not None:
         omitted.update({k: why_omitted(k, df, gap_df) for k, v in figs.items() if not v})
     return {k: v for k, v in figs.items() if v}
-
-
-#: what each figure puts on its axes, for the line that says why it was left out
-FIGURE_AXES = {
-    "fig7": ("Top-1 vs parameters (Fig. 7)", ("encoder_params",), "model sizes"),
-    "gap": ("The gap vs parameters", ("encoder_params",), "model sizes"),
-    "fig9": ("SimCLR top-1 vs epochs (Fig. 9)", ("epochs",), "epoch counts"),
-    "heatmap": (
-        "SimCLR top-1 over batch x epochs",
-        ("batch_size", "epochs"),
-        "batch sizes and epoch counts",
-    ),
-    "compute": ("Top-1 vs training compute", ("train_flops",), "training budgets"),
-}
-
-
-def why_omitted(name: str, df: pd.DataFrame, gap_df: pd.DataFrame | None = None) -> str:
-    """One line: which figure is not drawn, and the values its axes would have had."""
-    title, axes, what = FIGURE_AXES[name]
-    unjudged = gap_df is not None and bool((gap_df["judgement"].fillna("") != "").any())
-    if name == "gap" and unjudged and _sizes(df, {}) >= MIN_VALUES:
-        assert gap_df is not None
-        judged = _judged_sizes(gap_df, {})
-        return (
-            f"{title} is not drawn: it needs at least {MIN_VALUES} model sizes with a gap "
-            f"that can be judged, and {judged} {'has' if judged == 1 else 'have'} one (the "
-            f"others' {REFERENCE} baseline has not converged: see the gap table)."
-        )
-    runs = df[(df["state"] == "finished") & df["top1"].notna()]
-    if name in ("fig9", "heatmap"):
-        runs = runs[runs["method"] != REFERENCE]
-    counts = []
-    for axis in axes:
-        values = sorted(runs[axis].dropna().unique()) if axis in runs else []
-        label = {"encoder_params": "size", "batch_size": "batch size", "epochs": "epoch count"}
-        shown = ", ".join(
-            human(v) if axis in ("encoder_params", "train_flops") else f"{v:g}" for v in values[:4]
-        )
-        noun = label.get(axis, "value")
-        counts.append(
-            f"{len(values)} {noun}{'s' * (len(values) != 1)}" + (f" ({shown})" if values else "")
-        )
-    return (
-        f"{title} is not drawn: it needs at least {MIN_VALUES} {what} with finished runs, "
-        f"and this sweep has {' and '.join(counts)}."
-    )
