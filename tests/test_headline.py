@@ -39,7 +39,8 @@ def sweep_rows(
                         top1 + rng.normal(0, noise) * (seeds > 1),
                         seed=s,
                         val_top1=val,
-                        train_loss_trend=0.01,
+                        converged=True,
+                        convergence="train top-1 0.99, converged",
                     )
                 )
     return rows
@@ -147,14 +148,46 @@ def torch_equal(a: Any, b: Any) -> bool:
     return bool((a == b).all())
 
 
-def test_a_baseline_still_training_is_flagged() -> None:
+def test_a_baseline_that_has_not_converged_makes_no_finding() -> None:
+    """Its gaps say "cannot judge" with why, in the gap table, the display, the headline
+    and the warnings; never a number stated as a finding, and no fitted curve on it."""
     rows = sweep_rows({w: 3.0 for w in WIDTHS}, seeds=2)
     for r in rows:
         if r["method"] == "supervised" and r["width"] >= 1.0:
-            r["train_loss_trend"] = 0.4
+            r.update(converged=False, convergence="train top-1 0.35, loss still falling")
     df = to_table(rows).to_pandas()
-    warnings = checks.validity_warnings(df, gaps.gap_table(df))
-    assert any("has not converged in 4 of 10 runs (widths 1x, 2x)" in w for w in warnings)
+    g = gaps.gap_table(df)
+    best = g[g["kind"] == "best"].set_index("width")
+    why = "cannot judge: the supervised baseline has not converged (train top-1 0.35, loss still falling)"
+    assert (best.loc[[1.0, 2.0], "judgement"] == why).all()
+    assert best.loc[[1.0, 2.0], ["gap", "gap_lo", "gap_hi"]].isna().all().all()
+    assert best.loc[[0.125, 0.25, 0.5], "gap"].notna().all()
+    assert (best.loc[[0.125, 0.25, 0.5], "judgement"] == "").all()
+    shown = gaps.display_table(g).set_index("architecture")
+    assert (shown["gap"].str.contains("cannot judge")).sum() == 2
+    assert all(why in note for note in shown[shown["gap"] == "cannot judge"]["note"])
+    a = answer(rows)
+    assert "at R18 0.125x" in a.measured and "and 3.00 points" not in a.measured
+    assert "Not judged: the supervised baseline has not converged at R18 1x" in a.measured
+    assert "R18 2x" in a.measured and "loss still falling" in a.measured
+    assert a.extrapolation.startswith("No fitted curve is stated")
+    warnings = checks.validity_warnings(df, g)
+    assert any(
+        "supervised runs have not converged in 4 of 10 (widths 1x, 2x;" in w
+        and "cannot be judged" in w
+        for w in warnings
+    )
+
+
+def test_a_baseline_unconverged_at_every_size_gives_no_answer_but_why() -> None:
+    rows = sweep_rows({w: 3.0 for w in WIDTHS}, seeds=1)
+    for r in rows:
+        if r["method"] == "supervised":
+            r.update(converged=False, convergence="train top-1 0.11, one epoch: no curve to judge")
+    a = answer(rows)
+    assert a.measured.startswith("Cannot judge: the supervised baseline has not converged")
+    assert "points" not in a.measured.split("converged at")[0]
+    assert "one epoch: no curve to judge" in a.measured
 
 
 def test_a_test_set_too_small_for_the_gaps_is_flagged() -> None:
@@ -164,11 +197,3 @@ def test_a_test_set_too_small_for_the_gaps_is_flagged() -> None:
     assert any(w.startswith("the test set has 360 images") for w in warnings)
     wide = to_table(sweep_rows({w: 3.0 for w in WIDTHS}, seeds=2)).to_pandas()  # CIFAR-10's 10k
     assert not any("test set" in w for w in checks.validity_warnings(wide, gaps.gap_table(wide)))
-
-
-def test_loss_trend() -> None:
-    from scaling.report.results import loss_trend
-
-    assert loss_trend([5, 4, 3, 2, 1.0]) == pytest.approx(2 / 3)  # last 2 epochs
-    assert loss_trend([5, 1.0, 1.0, 1.0]) == pytest.approx(0.0)
-    assert loss_trend([1.0]) is None

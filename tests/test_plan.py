@@ -277,3 +277,22 @@ def test_the_augmented_linear_protocol_is_in_the_device_hours() -> None:
         extra = (b.gpu_hours - a.gpu_hours) * 3600 * throughput
         expected = 90 * 1_281_167 * b.flops_per_image if b.spec.method == "simclr" else 0
         assert extra == pytest.approx(expected, rel=1e-6, abs=1e-3)
+
+
+def test_a_layout_with_one_image_per_batch_norm_batch_is_infeasible_at_plan_time(
+    tmp_path: Path,
+) -> None:
+    """Memory for one image at a time: batch norm cannot train on it, so the plan says so
+    (the run used to pass `plan` and fail once training started)."""
+    from scaling.plan import costcache, costs
+    from scaling.plan.accelerator import GB
+
+    sweep = load_sweep(write(tmp_path / "s.yaml", BN_SWEEP))
+    spec = sweep.runs[0]
+    cost = costcache.spec_cost(spec)
+    one, two = (costs.peak_memory_bytes(cost, m, 1, precision="bf16") / GB for m in (1, 2))
+    acc = Accelerator("cuda", "small", (one + two) / 2, 312.0, 0.35)  # fits 1, not 2
+    plan = make_plan(sweep, load_profile(None), acc)
+    run = plan.runs[0]
+    assert run.layout is not None and run.layout.micro_batch == 1
+    assert not run.feasible and "batch norm would normalise over 1 image" in run.reason

@@ -257,6 +257,37 @@ def test_multinode_sbatch_script_matches_golden_file(tmp_path: Path) -> None:
     assert text == GOLDEN.read_text()
 
 
+SLURM_SYNTAX = {
+    "partition": "gpu,gpu-long",
+    "account": "lab_1.x",
+    "qos": "high",
+    "constraint": "[a100*2&ib]|h100",
+    "exclude": "node[001-004],gpu7",
+}
+
+
+@pytest.mark.parametrize("field", sorted(SLURM_SYNTAX))
+def test_slurm_fields_take_slurm_syntax_and_nothing_that_breaks_the_script(
+    tmp_path: Path, field: str
+) -> None:
+    """What Slurm allows in a field reaches the sbatch script as one #SBATCH line, and the
+    script keeps its --time and --signal lines (preemption handling); a newline or a shell
+    character is refused when the profile is read, before anything is queued."""
+    text = "backend: slurm\ndevice: cpu\nworkdir: runs\nslurm: {time_min: 60}\n"
+    good = write(tmp_path / "good.yaml", text)
+    profile = load_profile(good, [f"slurm.{field}={SLURM_SYNTAX[field]}"])
+    ctx = Context(profile, "s", tmp_path / "runs", "http://mlflow:5000", "s", "cpu", 1, 4)
+    script = slurm_backend.sbatch_script(ctx, runs=2, python="python")
+    header = script.split("# Parameters\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("#SBATCH --") for line in header), header
+    option = "--" + field.replace("_", "-") + "="
+    assert sum(option in line and SLURM_SYNTAX[field] in line for line in header) == 1, header
+    assert "#SBATCH --time=60" in header and "#SBATCH --signal=USR2@90" in header
+    for bad in ("x\nhostname", "x\r#SBATCH --time=99999", "x; touch /tmp/p", "x y", "$(id)"):
+        with pytest.raises(SpecError, match=rf"slurm\.{field}"):
+            load_profile(good, [f"slurm.{field}={json.dumps(bad)}"])
+
+
 def test_arrays_are_chunked_by_index_limit() -> None:
     items = list(range(10))
     assert [len(c) for c in slurm_backend.chunks(items, 4)] == [4, 4, 2]  # type: ignore[arg-type]

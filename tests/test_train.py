@@ -80,6 +80,11 @@ def test_a_layout_that_changes_the_bn_batch_is_refused(tmp_path: Path) -> None:
 def test_supervised_run(tmp_path: Path) -> None:
     result = run(tiny_spec("supervised", epochs=2), tmp_path, threads=1)
     assert set(result) >= {"top1", "top5"} and "knn_top1" not in result
+    # the verdict on its whole curve, recorded for every reader (scaling.train.convergence)
+    from scaling.train.convergence import judge
+
+    verdict = judge(list(read_jsonl(tmp_path / METRICS)), True, 10)
+    assert result["convergence"] == verdict.to_dict() and result["convergence"]["epochs"] == 2
 
 
 def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path: Path) -> None:

@@ -179,11 +179,18 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
             if not row["feasible"]
             else ("[yellow]warning[/yellow]" if row["warnings"] else "")
         )
-        table.add_row(*[_fmt(col, row.get(col)) for col in columns], note)
+        cells = [_fmt(col, row.get(col)) for col in columns]
+        if "cost_source" in columns and row.get("cost_source") == "calibrated":
+            cells[columns.index("cost_source")] += f" {_times(row['cost_extrapolation'])}"
+        table.add_row(*cells, note)
     console.print(table)
     t = totals(the_plan)
     per_method = ", ".join(f"{m} {n}" for m, n in t["per_method"].items())
-    console.print(f"runs: {t['runs']} ({per_method}); device-hours: {t['gpu_hours']:.3g}")
+    console.print(
+        f"runs: {t['runs']} ({per_method}); device-hours: {t['gpu_hours']:.3g}"
+        + _by_source(t["by_source"]),
+        highlight=False,
+    )
     if t["infeasible"]:
         why = "; ".join(f"{n} x {r}" for r, n in t["reasons"].items())
         console.print(f"[red]infeasible: {t['infeasible']}[/red] ({why})")
@@ -193,6 +200,42 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
 
     for warning in sweep_warnings([r.spec for r in the_plan.runs]):
         console.print(f"[yellow]warning[/yellow]: {warning}")
+
+
+#: how the totals name each cost source (scaling.plan.throughput)
+SOURCE_WORDS = {
+    "measured": "measured",
+    "scaled": "scaled from measured networks",
+    "calibrated": "FLOP model at the measured efficiency",
+    "model": "FLOP model",
+}
+
+
+def _by_source(parts: dict[str, dict[str, float]]) -> str:
+    """ " (0.02 measured, 0.3 scaled from measured networks, 5.19e+03 FLOP model at the
+    measured efficiency: 2 runs extrapolated up to 70,000x beyond the measured networks'
+    FLOPs per image)": how much of the total rests on what."""
+    if not parts:
+        return ""
+    said = []
+    for source, words in SOURCE_WORDS.items():
+        if source in parts:
+            part = parts[source]
+            text = f"{part['gpu_hours']:.3g} {words}"
+            if source == "calibrated":
+                runs = int(part["runs"])
+                text += (
+                    f" ({runs} run{'s' * (runs != 1)} extrapolated up to "
+                    f"{_times(part['beyond'])} beyond the measured networks' FLOPs per image "
+                    "or image size)"
+                )
+            said.append(text)
+    return " (" + ", ".join(said) + ")"
+
+
+def _times(factor: float) -> str:
+    """70000.0 -> "70,000x", 3.2 -> "3.2x"."""
+    return f"{factor:,.0f}x" if factor >= 10 else f"{factor:.2g}x"
 
 
 def _said(values: dict[str, Any]) -> str:

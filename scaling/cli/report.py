@@ -139,6 +139,8 @@ def print_answer(console: Console, fits_json: Path) -> None:
         console.print(f"  {a['extrapolation']}")
     for warning in summary["validity"]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    for why in (summary.get("figures_omitted") or {}).values():
+        console.print(why, soft_wrap=True)
 
 
 def print_files(console: Console, out_dir: Path, page: Path) -> None:

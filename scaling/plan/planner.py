@@ -44,7 +44,9 @@ class PlannedRun:
     reason: str
     warnings: tuple[str, ...] = ()
     predicted_train_s: float = math.nan  # wall time of the training steps (evaluation excluded)
-    cost_source: str = "model"  # measured | scaled | model (scaling.plan.throughput)
+    cost_source: str = "model"  # measured | scaled | calibrated | model (plan.throughput)
+    # how many times beyond the measured networks' FLOPs per image (1: within them)
+    cost_extrapolation: float = 1.0
 
     def row(self) -> dict[str, Any]:
         """The run's row of the plan: its spec's columns (RunSpec.flat), then PLAN_COLUMNS."""
@@ -92,6 +94,7 @@ PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...
             "gpu_hours",
             "predicted_train_s",
             "cost_source",
+            "cost_extrapolation",
             "feasible",
             "reason",
         )
@@ -198,7 +201,8 @@ def make_plan(
     memory_bytes = int(acc.memory_gb * GB)
     precision = resolve_precision(profile.precision, acc.device)
     if calibration is None:
-        calibration = throughput.Calibration(throughput.load(acc.name))
+        rate = acc.peak_tflops * 1e12 * acc.utilization  # the FLOP model's, per device
+        calibration = throughput.Calibration(throughput.load(acc.name), rate)
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
@@ -237,8 +241,13 @@ def make_plan(
             reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
+        elif layout.bn_batch < 2:
+            reason = (
+                f"batch norm would normalise over {layout.bn_batch} image per view (the "
+                f"micro-batch that fits is {layout.micro_batch}); it needs at least 2"
+            )
         micro = layout.micro_batch if layout else 1
-        hours, train_s, source = _time_cost(spec, layout, cost, n_train, acc, calibration)
+        hours, train_s, source, beyond = _time_cost(spec, layout, cost, n_train, acc, calibration)
         planned.append(
             PlannedRun(
                 spec=spec,
@@ -250,6 +259,7 @@ def make_plan(
                 gpu_hours=hours,
                 predicted_train_s=train_s,
                 cost_source=source,
+                cost_extrapolation=beyond,
                 feasible=not reason,
                 reason=reason,
                 warnings=checks.plan_warnings(spec, layout, n_train) if layout else (),
@@ -266,8 +276,9 @@ def _time_cost(
     n_train: int | None,
     acc: Accelerator,
     calibration: Calibration,
-) -> tuple[float, float, str]:
-    """(device-hours, training wall seconds, cost source) of one run.
+) -> tuple[float, float, str, float]:
+    """(device-hours, training wall seconds, cost source, times beyond the measured
+    networks' FLOPs per image) of one run.
 
     The FLOP model: FLOPs / (peak x utilisation). From measurements: seconds per image
     per device x the images the steps see (drop_last), and evaluation at the FLOP rate
@@ -276,7 +287,7 @@ def _time_cost(
     from scaling.plan import costcache, costs
 
     if not n_train:
-        return math.nan, math.nan, MODEL
+        return math.nan, math.nan, MODEL, 1.0
     info = get_method(spec.method)
     epochs = int(spec.config["epochs"])
     gpus = layout.gpus if layout else 1
@@ -299,12 +310,12 @@ def _time_cost(
     if found is None:
         rate = acc.peak_tflops * 1e12 * acc.utilization  # FLOP/s per device
         train_device_s = per_image * n_train * epochs / rate
-        return (train_device_s + eval_flops / rate) / 3600, train_device_s / gpus, MODEL
-    seconds, source = found
+        return (train_device_s + eval_flops / rate) / 3600, train_device_s / gpus, MODEL, 1.0
+    seconds, source, beyond = found
     batch = int(spec.config["batch_size"])
     train_device_s = seconds * max(1, n_train // batch) * batch * epochs
     eval_device_s = eval_flops * seconds / per_image  # at the measured FLOP rate
-    return (train_device_s + eval_device_s) / 3600, train_device_s / gpus, source
+    return (train_device_s + eval_device_s) / 3600, train_device_s / gpus, source, beyond
 
 
 def totals(plan: Plan) -> dict[str, Any]:
@@ -313,12 +324,20 @@ def totals(plan: Plan) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     warnings: dict[str, int] = {}
     hours = 0.0
+    # device-hours and runs per cost source, and how far the calibrated ones extrapolate
+    by_source: dict[str, dict[str, float]] = {}
     for run in plan.runs:
         for warning in run.warnings:
             warnings[warning] = warnings.get(warning, 0) + 1
         per_method[run.spec.method] = per_method.get(run.spec.method, 0) + 1
         if run.feasible and not math.isnan(run.gpu_hours):
             hours += run.gpu_hours
+            part = by_source.setdefault(
+                run.cost_source, {"gpu_hours": 0.0, "runs": 0, "beyond": 1.0}
+            )
+            part["gpu_hours"] += run.gpu_hours
+            part["runs"] += 1
+            part["beyond"] = max(part["beyond"], run.cost_extrapolation)
         if not run.feasible:
             key = run.reason.split(",")[0]
             reasons[key] = reasons.get(key, 0) + 1
@@ -326,6 +345,7 @@ def totals(plan: Plan) -> dict[str, Any]:
         "runs": len(plan.runs),
         "per_method": per_method,
         "gpu_hours": hours,
+        "by_source": by_source,
         "infeasible": sum(reasons.values()),
         "reasons": reasons,
         "warnings": warnings,

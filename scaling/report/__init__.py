@@ -3,7 +3,8 @@
 Holds the results table (`results`), the supervised-vs-contrastive gap table and the
 fits across sizes (`laws`), the intervals they share (`intervals`), saturating power-law fits with
 bootstrap intervals (`fit`), the gap curve between two fits (`gapcurve`), the measured
-answer (`headline`), what limits the numbers (`checks`), figures (`figures`), the
+answer (`headline`), what limits the numbers (`checks`), figures (`figures`) and which
+of them the data can fill (`coverage`), the
 self-contained HTML report (`html`) and its upload to MLflow (`publish`). Imports every
 stage before it; only `scaling.cli` imports it.
 """

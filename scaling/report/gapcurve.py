@@ -58,6 +58,9 @@ class GapCurve:
         }
 
 
+NO_CROSSING = "no crossing within the fitted range"
+
+
 def human(n: float) -> str:
     """1234567 -> '1.23M' (parameters, FLOPs)."""
     if not math.isfinite(n):
@@ -146,7 +149,7 @@ def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) ->
         iv = " (no interval: one run at some model size)"
     else:
         iv = f" ({lvl} interval {human(lo)} to " + (
-            f"{human(hi)})" if math.isfinite(hi) else f"beyond {human(c.x[-1])} or never)"
+            f"{human(hi)})" if math.isfinite(hi) else f"beyond {human(c.x[-1])}: {NO_CROSSING})"
         )
     if c.closes_at <= c.data_min:
         text = f"The fitted gap is under {t} across the whole range of models trained{iv}."
@@ -164,18 +167,17 @@ def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) ->
     else:
         a_lo, a_hi = c.asymptote_interval
         asym = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
-        where = (
-            ""
-            if math.isnan(lo)
-            else (
-                f" ({lvl} interval of where it closes: {human(lo)} parameters to "
-                + (f"{human(hi)})" if math.isfinite(hi) else "never)")
-            )
-        )
+        if math.isnan(lo):
+            where = ""
+        elif not math.isfinite(lo):  # no bootstrap replicate crosses either
+            where = f" ({lvl} interval of where it closes: {NO_CROSSING})"
+        else:
+            end = f"{human(hi)}" if math.isfinite(hi) else NO_CROSSING
+            where = f" ({lvl} interval of where it closes: {human(lo)} parameters to {end})"
         text = (
-            f"Extrapolated, the fitted gap stays above {t} up to {EXTRAPOLATE:g}x the largest "
-            f"model trained ({human(c.data_max)}){where}, beyond the data, not a measurement; "
-            f"fitted asymptotic gap {c.asymptote:.2f} points{asym}."
+            f"Extrapolated, the fitted gap stays above {t}: {NO_CROSSING} (up to "
+            f"{EXTRAPOLATE:g}x the largest model trained, {human(c.data_max)}){where}, beyond "
+            f"the data, not a measurement; fitted asymptotic gap {c.asymptote:.2f} points{asym}."
         )
     few = [f.label for f in (reference, contrastive) if f.n_x < FEW_DISTINCT_X]
     if few:

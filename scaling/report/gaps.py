@@ -19,6 +19,12 @@ on the training split less a held-out tenth and scored on that tenth; `selected_
 "validation"), and its TEST top-1 is what the gap uses. Without validation scores (older
 runs) it falls back to the test top-1 and says so (`selected_by` "test": optimistic);
 with a single recipe nothing is selected (`selected_by` "only recipe").
+
+A gap is a finding only against a baseline that converged (scaling.train.convergence,
+the results' `converged` column): where a finished supervised run of the architecture
+has not, the gap and its interval are left empty and `judgement` says why ("cannot
+judge: the supervised baseline has not converged (train top-1 0.35, loss still
+falling)"); the note repeats it wherever the table is shown.
 """
 
 from __future__ import annotations
@@ -60,8 +66,10 @@ GAP_COLUMNS = (
     "gap_hi",
     "gap_dof",
     "selected_by",
+    "judgement",
     "note",
 )
+CANNOT_JUDGE = "cannot judge"
 
 
 def frame(table: Any) -> pd.DataFrame:
@@ -103,25 +111,33 @@ def _cells(
     keys = [df[k].tolist() for k in ARCH_COLUMNS]
     recipe = [df[k].tolist() for k in cols]
     state, top1 = df["state"].tolist(), df["top1"].tolist()
-    val = df["val_top1"].tolist() if "val_top1" in df else [None] * len(df)
-    kind = df["error_kind"].tolist() if "error_kind" in df else [None] * len(df)
+    none = [None] * len(df)
+    val = df["val_top1"].tolist() if "val_top1" in df else none
+    kind = df["error_kind"].tolist() if "error_kind" in df else none
+    converged = df["converged"].tolist() if "converged" in df else none
+    why = df["convergence"].tolist() if "convergence" in df else none
     acc: dict[tuple[Any, ...], dict[tuple[Any, ...], Any]] = {}
     for i in range(len(df)):
         arch = tuple(_py(k[i]) for k in keys)
         cell = acc.setdefault(arch, {}).setdefault(
-            tuple(_py(r[i]) for r in recipe), ([], Counter(), [])
+            tuple(_py(r[i]) for r in recipe), ([], Counter(), [], [])
         )
         if state[i] == "finished" and _py(top1[i]) is not None:
             cell[0].append(100.0 * float(top1[i]))
             v = _py(val[i])
             cell[2].append(math.nan if v is None else 100.0 * float(v))
+            if _py(converged[i]) is False:  # None: no verdict (MLflow-only runs of old)
+                cell[3].append(str(_py(why[i]) or "not converged"))
         else:
             cell[1][(str(state[i]), _py(kind[i]))] += 1
     return {a: {r: _summary(*c) for r, c in cells.items()} for a, cells in acc.items()}
 
 
 def _summary(
-    values: list[float], others: Counter[tuple[str, Any]], val: list[float] | None = None
+    values: list[float],
+    others: Counter[tuple[str, Any]],
+    val: list[float] | None = None,
+    unconverged: list[str] | None = None,
 ) -> dict[str, Any]:
     per_state: dict[str, tuple[int, set[str]]] = {}
     for (state, kind), count in others.items():
@@ -139,7 +155,16 @@ def _summary(
         "missing": sum(others.values()),
         "missing_text": ", ".join(parts),
         "val": float(np.mean(val)) if val and not np.isnan(val).any() else math.nan,
+        "unconverged": len(unconverged or ()),
+        "unconverged_text": _unconverged_text(unconverged or [], len(arr)),
     }
+
+
+def _unconverged_text(whys: list[str], finished: int) -> str:
+    """ "train top-1 0.35, loss still falling", or "2 of 3 runs: ..." (the first's why)."""
+    if not whys:
+        return ""
+    return whys[0] if len(whys) == finished else f"{len(whys)} of {finished} runs: {whys[0]}"
 
 
 def _arch_order(arch: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -219,13 +244,18 @@ def _row(
     note: str = "",
 ) -> dict[str, Any]:
     nan = math.nan
-    label, c = (
-        cell if cell else ("-", {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": ""})
-    )
-    r_label, r = (
-        ref if ref else ("-", {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": ""})
-    )
+    empty = {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": "", "unconverged": 0}
+    label, c = cell if cell else ("-", empty)
+    r_label, r = ref if ref else ("-", empty)
     notes = [note] if note else []
+    judgement = ""
+    if r["n"] and r["unconverged"]:
+        judgement = (
+            f"{CANNOT_JUDGE}: the {REFERENCE} baseline has not converged ({r['unconverged_text']})"
+        )
+        notes.insert(0, judgement)
+    if cell and c["n"] and c["unconverged"]:
+        notes.append(f"{method} not converged ({c['unconverged_text']})")
     if ref is None:
         notes.append("no supervised runs for this architecture")
     elif not r["n"]:
@@ -235,7 +265,10 @@ def _row(
     if cell and c["missing"]:
         notes.append(f"{method}: {c['missing_text']}")
     se, lo, hi, dof = welch(r, c)
-    if (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
+    gap = r["top1"] - c["top1"]
+    if judgement:  # never a finding: the numbers are about the baseline's schedule
+        gap = se = lo = hi = dof = nan
+    elif (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
         notes.append(ONE_SEED)
     return {
         **base,
@@ -251,12 +284,13 @@ def _row(
         "sup_std": r["std"],
         "sup_n": r["n"],
         "sup_missing": r["missing"],
-        "gap": r["top1"] - c["top1"],
+        "gap": gap,
         "gap_se": se,
         "gap_lo": lo,
         "gap_hi": hi,
         "gap_dof": dof,
         "selected_by": "",
+        "judgement": judgement,
         "note": "; ".join(notes),
     }
 
@@ -312,13 +346,20 @@ def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
             "best recipe": f"{r.method}: {r.recipe.removeprefix('best: ')}",
             "top-1": _pm(r.top1, r.std),
             "n": str(r.n),
-            "gap": "-" if _nan(r.gap) else f"{r.gap:.2f}",
+            "gap": CANNOT_JUDGE if unjudged(r) else "-" if _nan(r.gap) else f"{r.gap:.2f}",
             f"{LEVEL:.0%} interval": "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}",
             "note": r.note,
         }
         for r in best.itertuples(index=False)
     ]
     return pd.DataFrame(rows, index=best.index)
+
+
+def unjudged(row: Any) -> bool:
+    """Whether a gap table row (a namedtuple or Series) says its gap cannot be judged
+    (its `judgement`; a gaps.csv read back gives NaN for the empty ones)."""
+    text = getattr(row, "judgement", "")
+    return isinstance(text, str) and text.startswith(CANNOT_JUDGE)
 
 
 def _nan(value: Any) -> bool:

@@ -73,17 +73,23 @@ def build_report(
     fits = fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
     said = headline.answers(gap_df, fits, threshold)
     validity = checks.validity_warnings(df, gap_df)
-    summary = {**fits.to_dict(), "answers": [a.to_dict() for a in said], "validity": validity}
+    clock.lap("fits")
+    omitted: dict[str, str] = {}
+    figs = figures.make_all(df, gap_df, fits, out / "figures", omitted)
+    clock.lap("figures")
+    summary = {
+        **fits.to_dict(),
+        "answers": [a.to_dict() for a in said],
+        "validity": validity,
+        "figures_omitted": omitted,
+    }
     atomic_write_bytes(
         out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
     )
-    clock.lap("fits")
-    figs = figures.make_all(df, gap_df, fits, out / "figures")
-    clock.lap("figures")
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
     page = render_html(
-        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity
+        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity, omitted
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -176,6 +182,7 @@ def render_html(
     orphans: list[str] | None = None,
     said: list[headline.Answer] | None = None,
     validity: list[str] | None = None,
+    omitted: Mapping[str, str] | None = None,
 ) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
@@ -191,7 +198,7 @@ def render_html(
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
     parts.append(_answer(said or []))
     parts.append(_validity(validity or []))
-    parts.append(_figures(figs, out))
+    parts.append(_figures(figs, out, omitted or {}))
     cols = [
         "dataset",
         "depth",
@@ -240,10 +247,14 @@ def render_html(
         + "</p>"
     )
     left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
-    parts.append(html_table(gap_df[gap_df["kind"] == "best"], cols, left))
+    # A gap against a baseline that has not converged is no finding: its cell says so
+    # (and the note why), never a number.
+    shown = gap_df.astype({"gap": object})
+    shown.loc[gap_df.apply(gaps.unjudged, axis=1).astype(bool), "gap"] = gaps.CANNOT_JUDGE
+    parts.append(html_table(shown[shown["kind"] == "best"], cols, left))
     parts.append(
         "<details><summary>Every recipe</summary>"
-        + html_table(gap_df[gap_df["kind"] == "recipe"], cols, left)
+        + html_table(shown[shown["kind"] == "recipe"], cols, left)
         + "</details>"
     )
     parts.append(_fits_section(fits))
@@ -318,8 +329,9 @@ def _validity(warnings: list[str]) -> str:
     return f'<div class="warn"><h2>What limits these numbers</h2><ul>{items}</ul></div>'
 
 
-def _figures(figs: Mapping[str, list[Path]], out: Path) -> str:
+def _figures(figs: Mapping[str, list[Path]], out: Path, omitted: Mapping[str, str]) -> str:
     parts = ["<h2>Figures</h2>"]
+    parts += [f'<p class="omitted">{_e(why)}</p>' for why in omitted.values()]
     for key, paths in figs.items():
         for png in [p for p in paths if p.suffix == ".png"]:
             data = base64.b64encode(png.read_bytes()).decode()

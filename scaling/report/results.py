@@ -22,12 +22,15 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
 | peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
-| cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
+| cost_source | string | what that prediction rests on: measured, scaled, calibrated or model (scaling.plan.throughput) |
+| cost_extrapolation | float64 | how many times beyond the measured networks' FLOPs per image (1: within them) |
 | state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
 | val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
-| train_loss_trend | float64 | relative fall of the training loss over the last fifth of the epochs (> 0.1: still training) |
+| converged | bool | a finished run's verdict on its training curve (scaling.train.convergence) |
+| convergence | string | what the verdict rests on: "train top-1 0.35, loss still falling" |
+| train_top1 | float64 | the last epoch's training accuracy |
 | train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
 | train_time_s | float64 | of that wall time, the training steps' (what predicted_train_s predicts) |
 | images_seen, steps, epochs_done | int64 | progress (epochs_done from metrics.jsonl while running) |
@@ -44,7 +47,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-INT, FLOAT, STR = pa.int64(), pa.float64(), pa.string()
+INT, FLOAT, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 #: The table's columns by concept, each with its Arrow type: the one definition every
 #: reader and writer of the table follows (columns not named here are typed by value).
 SPEC_TYPES = {
@@ -82,11 +85,14 @@ LAYOUT_TYPES = {
 }
 PLAN_TYPES = {
     **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
+    "cost_extrapolation": FLOAT,
     **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
     **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
 }
 METRIC_TYPES = {
-    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_loss_trend"), FLOAT),
+    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_top1"), FLOAT),
+    "converged": BOOL,
+    "convergence": STR,
     **dict.fromkeys(("train_flops", "wall_time_s", "train_time_s"), FLOAT),
     **dict.fromkeys(("images_seen", "steps", "epochs_done"), INT),
 }
@@ -166,7 +172,14 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
         return _PENDING
     out: dict[str, Any] = {"source": "rundir", "state": st.state.value, "epochs_done": st.epoch}
     if st.result is not None:
-        out.update(_result_fields(st.result), train_loss_trend=loss_trend(st.losses))
+        out.update(_result_fields(st.result))
+        verdict = st.convergence
+        if verdict is not None:
+            out.update(
+                converged=verdict.converged,
+                convergence=verdict.describe(),
+                train_top1=verdict.train_top1,
+            )
         return out
     if st.failure is not None:
         out.update(
@@ -177,16 +190,6 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
     return out
-
-
-def loss_trend(losses: Sequence[float]) -> float | None:
-    """How much the training loss (one value per epoch) still fell over the last fifth of
-    the epochs (at least the last two): (loss before - loss at the end) / loss before.
-    None: too few epochs."""
-    k = max(2, len(losses) // 5)
-    if len(losses) <= k or losses[-k - 1] <= 0:
-        return None
-    return (losses[-k - 1] - losses[-1]) / losses[-k - 1]
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,11 +240,14 @@ def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
     layout = {k: int(params[k]) for k in LAYOUT_COLUMNS if str(params.get(k, "")).isdigit()}
     if status == "FINISHED" and metrics.get("top1") is not None:
         keys = ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s", "images_seen")
+        verdict = tags.get("scaling.converged")  # scaling.run.mirror's CONVERGED_TAG
         return {
             "state": "finished",
             "source": "mlflow",
             **layout,
             **{k: metrics.get(k) for k in keys},
+            "converged": None if verdict is None else verdict == "true",
+            "convergence": tags.get("scaling.convergence"),
         }
     if status in ("FAILED", "KILLED"):
         message = tags.get("scaling.failure_message") or f"MLflow run status {status}"
@@ -319,6 +325,8 @@ def _column(name: str, values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else float(v) for v in values], FLOAT)
     if kind == STR:
         return pa.array([None if v is None else str(v) for v in values], STR)
+    if kind == BOOL:
+        return pa.array([None if v is None else bool(v) for v in values], BOOL)
     kinds = {type(v) for v in values if v is not None}
     if kinds and kinds <= {int, float} and float in kinds:
         return pa.array([None if v is None else float(v) for v in values], FLOAT)

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 
 from scaling.enums import StrEnum
 from scaling.sweep.config import StrictModel
@@ -97,6 +104,16 @@ class MethodConfig(StrictModel):
     # few epochs (the quickstart's 16 px digits) learn faster with milder crops.
     crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
 
+    @field_validator("batch_size")
+    @classmethod
+    def _two_per_batch(cls, batch: int) -> int:
+        if batch < 2:
+            raise ValueError(
+                f"must be at least 2: batch norm normalises over the images of a batch and "
+                f"cannot train on one (got {batch})"
+            )
+        return batch
+
 
 class SimCLRConfig(MethodConfig):
     temperature: PositiveFloat = 0.5
@@ -126,6 +143,9 @@ class MethodInfo:
     unlabelled: whether it trains on a data set's unlabelled images too (STL-10's
     100,000: `train+unlabeled`); it never reads their labels.
     reference: the baseline every other method's gap is measured against (one method).
+    accuracy_plateaus: whether its training accuracy is a classifier's, which levels off
+    as the run converges (scaling.train.convergence judges it with the loss); a
+    contrastive objective's "accuracy" (the positive among 2N - 1 views) is not.
     """
 
     name: str
@@ -140,6 +160,7 @@ class MethodInfo:
     cached_accumulation: bool
     unlabelled: bool = False
     reference: bool = False
+    accuracy_plateaus: bool = False
 
     def monitor_every(self, config: Mapping[str, Any]) -> int:
         """Epochs between two runs of the online kNN monitor (0: never)."""
@@ -200,6 +221,7 @@ register(
         views=1,
         cached_accumulation=False,
         reference=True,
+        accuracy_plateaus=True,
     )
 )
 

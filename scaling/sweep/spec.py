@@ -16,9 +16,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from scaling.errors import SpecError
 from scaling.sweep.config import (
@@ -41,11 +41,43 @@ class DatasetConfig(StrictModel):
     size: PositiveInt | None = None
 
 
+#: The narrowest width: scaling.models.resnet builds round(64 x width) channels in the stem
+#: (at least 1), so below 1/128 the stem and then every stage are clamped at one channel
+#: and width no longer scales every channel (width 1e-9 built a 126-parameter network).
+MIN_WIDTH = 1 / 128
+#: The widest: beyond it the widest layer's weights ((2048 x width)^2 x 9 4-byte floats)
+#: exceed what a tensor can address, and not even the plan's meta-device trace can build
+#: it. Widths below it that do not fit the accelerator are the plan's infeasible runs.
+MAX_WIDTH = 2.0**18
+#: Pixels one output pixel of the last stage covers: the CIFAR stem keeps the resolution
+#: and the stages halve it three times (8); the ImageNet stem's stride-2 conv and max-pool
+#: divide it by 4 more (32). A smaller image reaches the last stages as a single pixel.
+STEM_REDUCTION = {"cifar": 8, "imagenet": 32}
+#: Seeds torch's generators and numpy's SeedSequence both take (0 <= seed < 2^63).
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
 class ModelConfig(StrictModel):
     depth: Literal[10, 18, 34, 50, 101, 152, 200] = 18
     width: PositiveFloat = 1.0
     stem: Literal["cifar", "imagenet"] = "cifar"
     depth_multiplier: PositiveFloat = 1.0
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, width: float) -> float:
+        if width < MIN_WIDTH:
+            raise ValueError(
+                f"must be at least 1/128 = {MIN_WIDTH:g}: the stem has round(64 x width) "
+                f"channels, clamped at one below it (got {width:g})"
+            )
+        if width > MAX_WIDTH:
+            raise ValueError(
+                f"must be at most {MAX_WIDTH:g}: wider layers cannot even be allocated "
+                f"(the paper's widest network is 4x; got {width:g})"
+            )
+        return width
 
 
 class WandbConfig(StrictModel):
@@ -68,7 +100,7 @@ class SweepFile(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     dataset: dict[str, Any]
-    seeds: list[int] | int = [0]
+    seeds: list[Seed] | Seed = [0]
     model: dict[str, Any] = {}
     methods: dict[str, dict[str, Any] | None]
     tracking: TrackingConfig = TrackingConfig()
@@ -178,13 +210,18 @@ class RunSpec:
         seed = data["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise SpecError(f"must be an integer, got {seed!r}", file=file, key="seed")
+        if not 0 <= seed <= MAX_SEED:
+            raise SpecError(f"must be in 0 .. 2^63 - 1, got {seed}", file=file, key="seed")
         method = data.get("method")
         if method not in METHODS:
             raise SpecError(f"must be one of {', '.join(METHODS)}", file=file, key="method")
+        dataset = validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump()
+        model = validate(ModelConfig, data["model"], file, "model.").model_dump()
+        check_input_size(dataset, model, file)
         spec = cls(
             method=method,
-            dataset=validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump(),
-            model=validate(ModelConfig, data["model"], file, "model.").model_dump(),
+            dataset=dataset,
+            model=model,
             seed=int(data["seed"]),
             config=validate(METHODS[method].config, data["config"], file, "config.").model_dump(),
             sweep=str(data.get("sweep", "")),
@@ -211,6 +248,21 @@ class RunSpec:
             else:
                 row[key] = value
         return row
+
+
+def check_input_size(dataset: Mapping[str, Any], model: Mapping[str, Any], file: str) -> None:
+    """An image at least as large as the stem and stages reduce to one pixel (a
+    SpecError otherwise: a 1 px image trained "to chance" and entered the fits)."""
+    size, stem = int(dataset["image_size"]), str(model["stem"])
+    need = STEM_REDUCTION[stem]
+    if size < need:
+        other = " (or stem: cifar, which needs 8)" if stem == "imagenet" else ""
+        raise SpecError(
+            f"must be at least {need} with the {stem} stem, which with the stages reduces "
+            f"{need} x {need} pixels to one; use image_size >= {need}{other} (got {size})",
+            file=file,
+            key="dataset.image_size",
+        )
 
 
 def run_id_of(identity: Mapping[str, Any]) -> str:
@@ -378,6 +430,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         raise SpecError("empty list: give at least one seed", file=file, key="seeds")
     data_grid = _section_grid(top.dataset, DatasetConfig, file, "dataset.")
     model_grid = _section_grid(top.model, ModelConfig, file, "model.")
+    for dataset, model in itertools.product(data_grid.expand(), model_grid.expand()):
+        check_input_size(dataset, model, file)
     axes: dict[str, tuple[Any, ...]] = {f"dataset.{k}": v for k, v in data_grid.axes if len(v) > 1}
     axes.update({f"model.{k}": v for k, v in model_grid.axes if len(v) > 1})
     if len(seeds) > 1:

@@ -9,6 +9,7 @@ newest valid checkpoint and ends with the same result, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from scaling.rundir import (
     append_jsonl,
     git_version,
     read_json,
+    read_metrics,
     truncate_metrics,
     write_json,
 )
@@ -39,6 +41,7 @@ from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
+from scaling.train.convergence import judge
 from scaling.train.evaluate import evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
@@ -99,6 +102,15 @@ def run(
     except torch.OutOfMemoryError as exc:
         _record_failure(run_dir, "oom", str(exc).splitlines()[0], None)
         raise RunFailed(f"out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
+            raise
+        # The device, not the run: a plain resubmit retries it from its checkpoint once
+        # there is room (RunFailed.RETRIED_KINDS).
+        message = f"no space left on the device ({exc}); free some and submit again"
+        _record_failure(run_dir, "disk", message, None)
+        raise RunFailed(message, kind="disk") from exc
     except Exception as exc:
         _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
         raise
@@ -107,19 +119,20 @@ def run(
 
 
 def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:
+    """failure.json, when it can be written (on a full disk it may not: the run then
+    reads as resumable, which a plain resubmit also retries)."""
     import traceback
 
     if dist.rank() == 0:
-        write_json(
-            run_dir / FAILURE,
-            {
-                "kind": kind,
-                "message": message,
-                "step": step,
-                "traceback": traceback.format_exc(),
-                "time": time.time(),
-            },
-        )
+        record = {
+            "kind": kind,
+            "message": message,
+            "step": step,
+            "traceback": traceback.format_exc(),
+            "time": time.time(),
+        }
+        with contextlib.suppress(OSError):
+            write_json(run_dir / FAILURE, record)
 
 
 def _train(
@@ -279,8 +292,16 @@ def _train(
                 f"resumed from step {global_step} (epoch {start_epoch}, step {start_step})",
                 flush=True,
             )
+    history: list[dict[str, Any]] = []  # the metrics lines so far, kept in checkpoints
     if main:
         truncate_metrics(run_dir / METRICS, start_epoch)
+        # Lines a kill mid-write or a full disk cut from metrics.jsonl come back from
+        # the checkpoint, which holds every epoch's line up to it.
+        done = [r for r in (state or {}).get("history") or [] if r.get("epoch", 0) <= start_epoch]
+        restored = checkpoint.repair_metrics(run_dir, done)
+        if restored:
+            print(f"repaired metrics.jsonl: {restored} epochs from the checkpoint", flush=True)
+        history = list(read_metrics(run_dir / METRICS))
 
     # ------------------------------------------------------------------ train
     stop = StopFlag()
@@ -356,6 +377,7 @@ def _train(
                         main,
                         elapsed_s=spent(),
                         run_id=spec.run_id,
+                        history=history,
                     )
                     saved_at = time.monotonic()
                     if stopping:
@@ -374,6 +396,7 @@ def _train(
             state = None
             if main:
                 append_jsonl(run_dir / METRICS, record)
+                history.append(record)
                 print(format_epoch(record), flush=True)
                 if on_epoch is not None:
                     on_epoch(record)
@@ -389,6 +412,7 @@ def _train(
                 main,
                 elapsed_s=spent(),
                 run_id=spec.run_id,
+                history=history,
             )
             saved_at = time.monotonic()
         # A stop that came after the last step's check (the final epoch's record, the kNN
@@ -400,6 +424,11 @@ def _train(
     # ------------------------------------------------------------------ evaluate
     result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
     if main:
+        # Judged from the whole curve (earlier attempts' epochs included): the one verdict
+        # status, MLflow and the report read (scaling.train.convergence).
+        verdict = judge(
+            list(read_metrics(run_dir / METRICS)), method.accuracy_plateaus, train.num_classes
+        )
         speed = measured_throughput(
             spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
         )
@@ -414,10 +443,15 @@ def _train(
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
             throughput=speed.to_dict(),
+            convergence=verdict.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
         throughput.record(speed)  # for the plans of later runs on this device
-        print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
+        print(
+            f"result {spec.run_id}: top-1 {result['top1']:.4f}; {verdict.label} "
+            f"({verdict.describe()})",
+            flush=True,
+        )
     if env.world_size > 1:
         torch.distributed.barrier()
     return result
