@@ -135,6 +135,15 @@ def test_crop_boxes_per_image_sizes_equal_one_size_at_a_time() -> None:
         assert torch.equal(together[i], alone)
 
 
+def test_trying_the_first_attempts_first_changes_no_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = torch.rand(4000, official.DRAWS_PER_ATTEMPT * official.ATTEMPTS)
+    sizes = [(375, 500), (8, 8), (2, 20), (1, 20)]  # 2x20 and 1x20: many or all attempts fail
+    early = [official.crop_boxes(draws, h, w, (0.08, 1.0), RATIO) for h, w in sizes]
+    monkeypatch.setattr(official, "EARLY_ATTEMPTS", official.ATTEMPTS)
+    for (h, w), boxes in zip(sizes, early, strict=True):
+        assert torch.equal(official.crop_boxes(draws, h, w, (0.08, 1.0), RATIO), boxes)
+
+
 def test_tiny_images_as_tensorflow_crops_them() -> None:
     """What TensorFlow 2.21 returned over 200 draws each (recorded by hand): on 1x20 no
     attempt fits (a 1x1 crop is 5% of the image), so after 100 the whole image; on 1x9 a

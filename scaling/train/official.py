@@ -40,6 +40,7 @@ from scaling.train.photometric import BRIGHTNESS, CONTRAST, HUE, SATURATION, adj
 ATTEMPTS = 100  # crop_and_resize's max_attempts
 MIN_OBJECT_COVERED = 0.1  # crop_and_resize's min_object_covered: the crop covers 10% of the image
 DRAWS_PER_ATTEMPT = 4  # aspect, height, top, left
+EARLY_ATTEMPTS = 10  # tried first (see crop_boxes)
 TABLE_SIZE = 1024  # resize_bicubic_op.cc kTableSize
 KEYS_A = -0.5  # Keys' cubic, used with half_pixel_centers (GetCoeffsTable(use_keys_cubic))
 
@@ -70,13 +71,25 @@ def crop_boxes(
 
     Line by line `GenerateRandomCrop` for every attempt at once (float32 where the kernel
     uses float, lrintf as round-half-even), then the first attempt that is valid and
-    covers 10% of the image, else the whole image.
+    covers 10% of the image, else the whole image. The first EARLY_ATTEMPTS are tried
+    first; only when one image found nothing there (on a photograph about 0.05^10 of
+    the time) are all 100 computed: the same boxes in a quarter of the time.
     """
-    n, dev = draws.shape[0], draws.device
-    f32 = torch.float32
-    H = torch.as_tensor(height, device=dev).expand(n).to(f32)[:, None]
-    W = torch.as_tensor(width, device=dev).expand(n).to(f32)[:, None]
-    u = draws.reshape(n, ATTEMPTS, DRAWS_PER_ATTEMPT).to(f32)
+    n = draws.shape[0]
+    H = torch.as_tensor(height, device=draws.device).expand(n).to(torch.float32)[:, None]
+    W = torch.as_tensor(width, device=draws.device).expand(n).to(torch.float32)[:, None]
+    u = draws.reshape(n, ATTEMPTS, DRAWS_PER_ATTEMPT).to(torch.float32)
+    boxes, found = _first_crop(u[:, :EARLY_ATTEMPTS], H, W, scale, ratio)
+    if bool(found.all()):  # host sync on CUDA
+        return boxes
+    return _first_crop(u, H, W, scale, ratio)[0]
+
+
+def _first_crop(
+    u: Tensor, H: Tensor, W: Tensor, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
+    """(boxes, found) from the attempts' uniforms u (n, attempts, 4), images H x W (n, 1)."""
+    dev, f32 = u.device, torch.float32
     lo, hi = (torch.tensor(r, dtype=f32, device=dev) for r in ratio)
     aspect = u[..., 0] * (hi - lo) + lo  # random.RandFloat() * (max - min) + min
     min_area = torch.tensor(scale[0], dtype=f32, device=dev) * W * H
@@ -113,7 +126,8 @@ def crop_boxes(
         return torch.where(found, v.gather(1, first).squeeze(1), whole.squeeze(1)).long()
 
     zero = torch.zeros_like(H)
-    return torch.stack([pick(top, zero), pick(left, zero), pick(h, H), pick(w, W)], dim=1)
+    boxes = torch.stack([pick(top, zero), pick(left, zero), pick(h, H), pick(w, W)], dim=1)
+    return boxes, found
 
 
 # -- bicubic resize of crop boxes ------------------------------------------------------------
