@@ -243,7 +243,9 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
         tmp_path / "sup",
         threads=2,
     )
-    assert supervised["top1"] >= 0.85, supervised
+    # 0.822 with the official crops (seed 0; smaller on average, bicubic), the default
+    # since issue 21; torchvision's milder crops passed 0.85 here
+    assert supervised["top1"] >= 0.80, supervised
 
 
 def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path) -> None:
