@@ -69,6 +69,18 @@ CASES = [
         ["model.width", "greater than 0"],
     ),
     (
+        "unknown augmentation style",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, augment: tf}\n  sup"),
+        [],
+        ["methods.simclr.augment", "'official' or 'torchvision'", "tf"],
+    ),
+    (
+        "colour strength TensorFlow refuses",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, color_strength: 1.5}\n  sup"),
+        [],
+        ["methods.simclr.color_strength", "at most 1.25 with augment: official", "1.5"],
+    ),
+    (
         "unsupported depth",
         GOOD.replace("depth: 10", "depth: 42"),
         [],

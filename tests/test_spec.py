@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scaling.errors import SpecError
-from scaling.sweep.spec import RunSpec, load_sweep
+from scaling.sweep.spec import RunSpec, load_sweep, run_id_of
 from tests.conftest import REPO, write
 
 BASE = """
@@ -212,3 +212,28 @@ def test_shipped_sweeps_describe_and_state_no_results(path: Path) -> None:
     )
     own = stated and "paper" not in text[max(0, stated.start() - 60) : stated.start()]
     assert not own, stated
+
+
+def test_the_augmentation_style_is_part_of_the_run_identity(tmp_path: Path) -> None:
+    """`augment` (official by default, for both methods) is in every run's identity: an
+    axis over it gives two runs where there was one. A run directory written before the
+    field existed (torchvision's semantics, its run_id computed without the field) is not
+    taken for an official run."""
+    text = BASE.replace("temperature: [0.1, 0.5]", "augment: [official, torchvision]")
+    sweep = load_sweep(write(tmp_path / "s.yaml", text))
+    assert sweep.axes["methods.simclr.augment"] == ("official", "torchvision")
+    assert {r.config["augment"] for r in sweep.runs_of("supervised")} == {"official"}
+    pairs: dict[str, set[str]] = {}
+    for r in sweep.runs_of("simclr"):
+        rest = {**r.to_dict(), "config": {**r.config, "augment": None}, "run_id": None}
+        pairs.setdefault(json.dumps(rest, sort_keys=True), set()).add(r.run_id)
+    assert {len(ids) for ids in pairs.values()} == {2}
+    run = sweep.runs_of("supervised")[0]
+    saved = json.loads(json.dumps(run.to_dict()))
+    assert saved["config"]["augment"] == "official" and RunSpec.from_dict(saved) == run
+    identity = run.identity()
+    del identity["config"]["augment"]
+    old = {**saved, "run_id": run_id_of(identity)}
+    del old["config"]["augment"]
+    with pytest.raises(SpecError, match="does not match"):
+        RunSpec.from_dict(old)

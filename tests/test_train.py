@@ -248,7 +248,9 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
         tmp_path / "sup",
         threads=2,
     )
-    assert supervised["top1"] >= 0.85, supervised
+    # 0.822 with the official crops (seed 0; smaller on average, bicubic), the default
+    # since issue 21; torchvision's milder crops passed 0.85 here
+    assert supervised["top1"] >= 0.80, supervised
 
 
 def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path) -> None:
@@ -260,7 +262,7 @@ def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path
     torch.manual_seed(0)
     net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
     results = []
-    for cache in (1 << 30, 1000):  # in memory, then streamed (21 / 0.875 = 24: same sides)
+    for cache in (1 << 30, 1000):  # the files' bytes in memory, then read from disk
         train = load_dataset("imagefolder", root=tmp_path, image_size=21, max_cache_bytes=cache)
         test = load_dataset(
             "imagefolder", root=tmp_path, image_size=21, split="test", max_cache_bytes=cache

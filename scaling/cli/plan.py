@@ -33,6 +33,7 @@ SPEC_COLUMNS = (
     "warmup_epochs",
     "optimizer",
     "crop_min_scale",
+    "augment",
     "projection_dim",
     "color_strength",
 )

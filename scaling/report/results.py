@@ -72,7 +72,7 @@ SPEC_TYPES = {
     **dict.fromkeys(("width", "depth_multiplier"), FLOAT),
 }
 CONFIG_TYPES = {
-    **dict.fromkeys(("lr_rule", "optimizer", "eval_protocol"), STR),
+    **dict.fromkeys(("lr_rule", "optimizer", "augment", "eval_protocol"), STR),
     **dict.fromkeys(("batch_size", "epochs", "projection_dim", "eval_epochs"), INT),
     **dict.fromkeys(("eval_batch_size", "eval_knn_k"), INT),
     **dict.fromkeys(("base_lr", "weight_decay", "warmup_epochs", "momentum"), FLOAT),

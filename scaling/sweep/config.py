@@ -198,7 +198,7 @@ def validation_error(exc: ValidationError, file: str, prefix: str = "") -> SpecE
         msg = "must be" + msg.removeprefix("Input should be")
     elif err["type"] == "missing":
         msg = "is required"
-    elif err["type"] == "value_error":
+    elif err["type"] == "value_error":  # a validator's own message
         msg = msg.removeprefix("Value error, ")
     value = err.get("input")
     if err["type"] != "missing" and not isinstance(value, (dict, list)):

@@ -26,6 +26,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     field_validator,
 )
 
@@ -35,6 +36,9 @@ from scaling.sweep.config import StrictModel
 LrRule = Literal["linear", "sqrt"] | PositiveFloat
 #: images the online kNN monitor (EvalConfig.knn_every) scores on: training, test
 MONITOR_TRAIN, MONITOR_TEST = 10_000, 2_000
+#: colour strength s: the hue shift 0.2 s stays within half a turn; contrast and saturation
+#: factors from 1 - 0.8 s stay non-negative, which TensorFlow's ops require
+MAX_STRENGTH, OFFICIAL_MAX_STRENGTH = 2.5, 1.25
 
 
 class Head(StrEnum):
@@ -49,6 +53,16 @@ class Augmentation(StrEnum):
 
     CONTRASTIVE = "contrastive"  # crop, flip, colour jitter, grey, blur (the paper's)
     CROP_FLIP = "crop_flip"  # random resized crop and flip only
+
+
+class AugmentStyle(StrEnum):
+    """Whose semantics the crop and colour distortion follow (a config field, `augment`)."""
+
+    # google-research/simclr's TensorFlow ops: sample_distorted_bounding_box crops
+    # resized bicubically, contrast per channel, saturation in HSV (scaling.train.official)
+    OFFICIAL = "official"
+    # torchvision's RandomResizedCrop (bilinear) and ColorJitter (scaling.train.augment)
+    TORCHVISION = "torchvision"
 
 
 class Objective(StrEnum):
@@ -103,6 +117,9 @@ class MethodConfig(StrictModel):
     # Smallest area of the random resized crop (paper: 0.08). Tiny images trained for a
     # few epochs (the quickstart's 16 px digits) learn faster with milder crops.
     crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
+    # The crop (and, for SimCLR, colour distortion): the official code's TensorFlow ops,
+    # or torchvision's (this tool's semantics before issue 21).
+    augment: AugmentStyle = Field(AugmentStyle.OFFICIAL, strict=False)  # YAML gives a str
 
     @field_validator("batch_size")
     @classmethod
@@ -120,6 +137,21 @@ class SimCLRConfig(MethodConfig):
     projection_dim: PositiveInt = 128
     color_strength: PositiveFloat = 1.0
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("color_strength")
+    @classmethod
+    def _official_strength(cls, value: float, info: ValidationInfo) -> float:
+        # tf.image.random_contrast and random_saturation refuse a negative lower bound,
+        # 1 - 0.8 s: the official code runs only up to s = 1.25.
+        if info.data.get("augment") == AugmentStyle.OFFICIAL and value > OFFICIAL_MAX_STRENGTH:
+            raise ValueError(
+                f"must be at most {OFFICIAL_MAX_STRENGTH} with augment: official "
+                "(TensorFlow refuses a contrast or saturation factor below 0); "
+                "augment: torchvision allows up to 2.5"
+            )
+        if value > MAX_STRENGTH:
+            raise ValueError(f"must be at most {MAX_STRENGTH} (a hue shift of 0.2 s turns)")
+        return value
 
 
 class SupervisedConfig(MethodConfig):

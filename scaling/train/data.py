@@ -24,7 +24,7 @@ from torch import Tensor
 
 from scaling.train.imagefolder import ImageFolderSet
 
-IMAGEFOLDER_CACHE_BYTES = 8 << 30  # decode an image folder into memory up to this size
+IMAGEFOLDER_CACHE_BYTES = 8 << 30  # keep an image folder's files in memory up to this size
 
 
 @dataclass

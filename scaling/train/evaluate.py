@@ -219,7 +219,7 @@ def _frozen_encoder(
     )
     augment = None
     if cfg["protocol"] == "augmented":
-        crop_flip = CropFlipAugment(spec.dataset["image_size"])
+        crop_flip = CropFlipAugment(spec.dataset["image_size"], style=aug.style)
 
         def augment(_: Tensor, g: torch.Generator) -> Tensor:
             views = _augmented_views(train, crop_flip, g, device)
@@ -267,7 +267,7 @@ def _augmented_views(
     def views(idx: Tensor) -> Tensor:
         p = params.rows(idx.to(params.flip.device))
         if folder:
-            images = data.crops(idx, [p.crop_draws], aug.crop_ratio)[0]
+            images = data.crops(idx, [p.crop_draws], aug)[0]
         else:
             images, _ = data.batch(idx)
         return aug.apply(images.to(device), p)

@@ -92,8 +92,8 @@ def _folder_views(
         drawn = [aug.sample_params(len(idx), None, None, generator) for _ in range(views)]
         state = generator.get_state()  # before the next step draws
         local = [p.slice(rows.start, rows.stop) for p in drawn]
-        draws = [p.crop_draws.cpu() for p in local]  # a host sync on CUDA: 22 floats an image
-        crops = ahead.submit(data.crops, idx[rows], draws, aug.crop_ratio)  # type: ignore[union-attr]
+        draws = [p.crop_draws.cpu() for p in local]  # host sync on CUDA: 22 or 400 floats an image
+        crops = ahead.submit(data.crops, idx[rows], draws, aug)  # type: ignore[union-attr]
         return local, data.labels[idx[rows]], state, crops
 
     def finish(p: Pending) -> StepViews:
