@@ -278,7 +278,15 @@ def test_notebook_runs_top_to_bottom_on_the_real_results(
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert f"{trained.sweep.name}: 10 runs, 9 finished, read from {trained.sweep_dir}" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 4
+    notes = "".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
+    # every figure is drawn, or its place says why (as the report does): the fixture's
+    # 2-epoch supervised baseline has not converged, so no gap figure can be drawn
+    if name == "gap_analysis":
+        assert len(images) >= 2, notes  # the batch x epochs heatmap, the gap against epochs
+        assert "The gap vs parameters is not drawn: " in notes
+        assert "No gap to draw: no architecture has a gap that can be judged" in notes
+    else:
+        assert len(images) >= 4, notes
     for image in images:
         assert base64.b64decode(image["data"]["image/png"]).startswith(PNG)
 
