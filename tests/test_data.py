@@ -329,7 +329,7 @@ def test_training_views_reach_the_borders_of_the_original(tmp_path: Path) -> Non
     assert red.sum() > 10 and blue.sum() > 10 and ds.decoded == 1 + 200  # 1 in 8 each
     # Through the training stream (flip and normalise on the device) too.
     data = _repeat(ds, 64)
-    (step,) = train_views(
+    (step, *_) = train_views(
         data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64), views=2
     )
     v = torch.cat(step.views)

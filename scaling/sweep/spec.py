@@ -9,6 +9,7 @@ sha256 of the canonical JSON of what changes the result (not where it runs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -29,7 +30,13 @@ from scaling.sweep.config import (
     submodel,
     validate,
 )
-from scaling.sweep.methods import METHODS, MethodConfig
+from scaling.sweep.methods import METHODS, MethodConfig, get_method, resolve_config
+
+#: the share of the labelled training images held out for validation (recipe selection)
+VALIDATION_FRACTION = 0.1
+#: the official code's CIFAR stem (3x3 stride 1, no max-pool) up to this image size
+#: (run.py: `cifar_stem=FLAGS.image_size <= 32`), the ImageNet stem above it
+CIFAR_STEM_MAX_SIZE = 32
 
 
 class DatasetConfig(StrictModel):
@@ -39,13 +46,28 @@ class DatasetConfig(StrictModel):
     # Training images per epoch: how many to make for `synthetic` (test: a quarter); for
     # `imagefolder` what the planner assumes when the folder is not reachable from here.
     size: PositiveInt | None = None
+    # A fixed random share of the labelled training images held out from training, for
+    # EVERY method: SimCLR neither pretrains nor fits its probe on them, the supervised
+    # baseline never trains on them; both are scored there (val_top1), and a sweep's
+    # recipes are chosen on that score, never on the test set. 0: train on everything
+    # (then there is no validation score, and several recipes are chosen on test).
+    validation: float = Field(VALIDATION_FRACTION, ge=0.0, lt=1.0)
 
 
 class ModelConfig(StrictModel):
     depth: Literal[10, 18, 34, 50, 101, 152, 200] = 18
     width: PositiveFloat = 1.0
-    stem: Literal["cifar", "imagenet"] = "cifar"
+    # auto: the official code's rule, the CIFAR stem at 32 px and below, else ImageNet's
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
     depth_multiplier: PositiveFloat = 1.0
+
+
+def resolve_model(model: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """The model section with `stem: auto` resolved for the image size (CIFAR_STEM_MAX_SIZE)."""
+    out = dict(model)
+    if out.get("stem", "auto") == "auto":
+        out["stem"] = "cifar" if int(image_size) <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return out
 
 
 class WandbConfig(StrictModel):
@@ -93,19 +115,25 @@ class RunSpec:
     # batch (accumulation, ranks without SyncBN): BN statistics then differ, and so does
     # the result. None: BN over each view's whole batch.
     bn_batch: int | None = None
+    # How the views are grouped into batch-norm batches (methods.BNGrouping), when the
+    # layout makes it differ from the method's grouping without accumulation. None: that.
+    bn_grouping: str | None = None
     run_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_id", run_id_of(self.identity()))
 
     def identity(self) -> dict[str, Any]:
-        """What changes the result: everything but the sweep's name and data location."""
+        """What changes the result: everything but the sweep's name and data location,
+        plus how batch norm groups the images (always named: a run laid out with another
+        grouping is another run)."""
         identity = {
             "method": self.method,
             "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
             "config": identity_of_config(self.config),
+            "bn_grouping": self.bn_grouping or default_grouping(self.method),
         }
         if self.bn_batch is not None:
             identity["bn_batch"] = self.bn_batch
@@ -116,12 +144,15 @@ class RunSpec:
         `scaling.group` tag, to compare means over seeds in the UI)."""
         return run_id_of({k: v for k, v in self.identity().items() if k != "seed"})
 
-    def with_bn_batch(self, bn_batch: int) -> RunSpec:
-        """This run with batch norm over `bn_batch` images per view (a new run_id when
-        that is less than the batch; the same spec otherwise)."""
-        if bn_batch >= int(self.config["batch_size"]):
-            return self if self.bn_batch is None else replace(self, bn_batch=None)
-        return replace(self, bn_batch=int(bn_batch))
+    def with_bn_batch(self, bn_batch: int, grouping: str | None = None) -> RunSpec:
+        """This run with batch norm over `bn_batch` images per view, grouped as `grouping`
+        (None: the method's grouping over the whole batch): a new run_id when the BN batch
+        is less than the batch or the grouping is not that default; the same spec otherwise."""
+        small = int(bn_batch) if bn_batch < int(self.config["batch_size"]) else None
+        other = None if grouping in (None, default_grouping(self.method)) else str(grouping)
+        if (small, other) == (self.bn_batch, self.bn_grouping):
+            return self
+        return replace(self, bn_batch=small, bn_grouping=other)
 
     @classmethod
     def _trusted(
@@ -144,6 +175,7 @@ class RunSpec:
             ("config", config),
             ("sweep", sweep),
             ("bn_batch", None),
+            ("bn_grouping", None),
         ):
             object.__setattr__(spec, name, value)
         object.__setattr__(spec, "run_id", _hash(canonical))
@@ -159,6 +191,7 @@ class RunSpec:
             "seed": self.seed,
             "config": dict(self.config),
             **({"bn_batch": self.bn_batch} if self.bn_batch is not None else {}),
+            **({"bn_grouping": self.bn_grouping} if self.bn_grouping is not None else {}),
         }
 
     @classmethod
@@ -181,14 +214,22 @@ class RunSpec:
         method = data.get("method")
         if method not in METHODS:
             raise SpecError(f"must be one of {', '.join(METHODS)}", file=file, key="method")
+        dataset = validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump()
+        model = validate(ModelConfig, data["model"], file, "model.").model_dump()
+        config = validate(METHODS[method].config, data["config"], file, "config.").model_dump()
+        grouping = data.get("bn_grouping")
+        if grouping is not None and grouping not in get_method(method).groupings():
+            allowed = ", ".join(get_method(method).groupings())
+            raise SpecError(f"must be one of {allowed}", file=file, key="bn_grouping")
         spec = cls(
             method=method,
-            dataset=validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump(),
-            model=validate(ModelConfig, data["model"], file, "model.").model_dump(),
+            dataset=dataset,
+            model=resolve_model(model, dataset["image_size"]),
             seed=int(data["seed"]),
-            config=validate(METHODS[method].config, data["config"], file, "config.").model_dump(),
+            config=resolve_config(config, dataset["name"]),
             sweep=str(data.get("sweep", "")),
             bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
+            bn_grouping=None if grouping is None else str(grouping),
         )
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise SpecError(
@@ -211,6 +252,11 @@ class RunSpec:
             else:
                 row[key] = value
         return row
+
+
+def default_grouping(method: str) -> str:
+    """The method's batch-norm grouping when BN sees the whole batch (methods.MethodInfo)."""
+    return str(get_method(method).bn_grouping(whole_batch=True))
 
 
 def run_id_of(identity: Mapping[str, Any]) -> str:
@@ -383,6 +429,8 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     if len(seeds) > 1:
         axes["seed"] = tuple(seeds)
     runs: list[RunSpec] = []
+    datasets = _with_json(data_grid.expand(), identity_of_dataset)
+    models = list(model_grid.expand())
     for method, section in top.methods.items():
         if method not in METHODS:
             raise SpecError(
@@ -393,24 +441,36 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         config_model: type[MethodConfig] = METHODS[method].config
         grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
         axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
-        configs = [(c, _canonical(identity_of_config(c))) for c in grid.expand()]
+        raw_configs = list(grid.expand())
         method_json = _canonical(method)
-        for (dataset, d_json), (model, m_json), seed in itertools.product(
-            _with_json(data_grid.expand(), identity_of_dataset),
-            _with_json(model_grid.expand()),
-            seeds,
-        ):
-            for config, c_json in configs:
-                # The identity's canonical JSON assembled from per-part fragments: the
-                # same string json.dumps(sort_keys=True) gives, without re-encoding
-                # every part for each of (possibly) 100,000 runs.
-                canonical = (
-                    f'{{"config":{c_json},"dataset":{d_json},"method":{method_json},'
-                    f'"model":{m_json},"seed":{seed}}}'
-                )
-                runs.append(
-                    RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
-                )
+        grouping_json = _canonical(default_grouping(method))
+        # Defaults that follow the data (the probe's settings, the stem) are resolved per
+        # data set and image size, once each.
+        configs_for = functools.cache(
+            lambda name, raw=raw_configs: [
+                (c, _canonical(identity_of_config(c)))
+                for c in (resolve_config(r, name) for r in raw)
+            ]
+        )
+        models_for = functools.cache(
+            lambda size: _with_json(resolve_model(m, size) for m in models)
+        )
+        for dataset, d_json in datasets:
+            configs = configs_for(dataset["name"])
+            for (model, m_json), seed in itertools.product(
+                models_for(dataset["image_size"]), seeds
+            ):
+                for config, c_json in configs:
+                    # The identity's canonical JSON assembled from per-part fragments: the
+                    # same string json.dumps(sort_keys=True) gives, without re-encoding
+                    # every part for each of (possibly) 100,000 runs.
+                    canonical = (
+                        f'{{"bn_grouping":{grouping_json},"config":{c_json},"dataset":{d_json},'
+                        f'"method":{method_json},"model":{m_json},"seed":{seed}}}'
+                    )
+                    runs.append(
+                        RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
+                    )
     unique = tuple(_unique(runs, file))
     if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
         raise SpecError(
