@@ -56,6 +56,7 @@ from scaling.rundir import (
     atomic_write_bytes,
     read_json,
 )
+from scaling.sweep.methods import METHODS, Evaluation
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -389,6 +390,33 @@ def arch_label(depth: Any, width: Any, depth_multiplier: Any = 1) -> str:
     """The architecture as the paper names it: "R50 2x", "R18 0.5x d2" (depth multiplier 2)."""
     mult = "" if depth_multiplier in (None, 1) else f" d{float(depth_multiplier):g}"
     return f"R{int(depth)} {float(width):g}x{mult}"
+
+
+def protocol_label(row: Mapping[str, Any]) -> str:
+    """How a run's top-1 was measured (its method's registered evaluation and its eval_*
+    columns): "linear eval (crop+flip, 100 epochs, batch 512)" for the official protocol,
+    "linear eval (fixed features, ...)" for the fast one, "own classifier" for a network
+    scored by its own head; "" for a method this version does not know."""
+    info = METHODS.get(str(row.get("method")))
+    if info is None:
+        return ""
+    if info.evaluation is Evaluation.OWN_HEAD:
+        return "own classifier"
+    protocol = row.get("eval_protocol")
+    if not isinstance(protocol, str):
+        return "linear eval"
+    parts = ["crop+flip" if protocol == "augmented" else "fixed features"]
+    if row.get("eval_epochs") is not None:
+        parts.append(f"{_int(row['eval_epochs'])} epochs")
+    if row.get("eval_batch_size") is not None:
+        parts.append(f"batch {_int(row['eval_batch_size'])}")
+    if row.get("eval_standardize") is True:
+        parts.append("standardised")
+    return f"linear eval ({', '.join(parts)})"
+
+
+def _int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def recipe_label(values: Mapping[str, Any]) -> str:
