@@ -93,6 +93,8 @@ class EvalConfig(StrictModel):
     lr: PositiveFloat = 0.1
     weight_decay: NonNegativeFloat | None = None
     standardize: bool = False
+    # Smallest area of the augmented protocol's random resized crop (the official 0.08)
+    crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
     knn_k: PositiveInt = 200
     knn_temperature: PositiveFloat = 0.1
     # Online kNN monitor: kNN top-1 of the encoder on a fixed subset (up to 10k training

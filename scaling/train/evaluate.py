@@ -201,7 +201,8 @@ def _frozen_encoder(
     )
     moments = fit_f.moments(place.device) if cfg.get("standardize") else None
     if cfg["protocol"] == "augmented":
-        crop_flip = CropFlipAugment(int(fit.image_size))  # the official probe's crops
+        scale = (float(cfg["crop_min_scale"]), 1.0)  # the official probe: 0.08
+        crop_flip = CropFlipAugment(int(fit.image_size), crop_scale=scale)
         features = _augmented(encoder, fit, crop_flip, spec.seed, place)
     else:
 
