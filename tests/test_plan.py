@@ -281,3 +281,43 @@ def test_the_augmented_linear_protocol_is_in_the_device_hours() -> None:
         fitted = 1_281_167 - round(0.1 * 1_281_167)
         expected = 90 * fitted * b.flops_per_image if b.spec.method == "simclr" else 0
         assert extra == pytest.approx(expected, rel=1e-6, abs=1e-3)
+
+
+def test_the_plan_shows_every_value_the_trainer_resolves() -> None:
+    """LR, steps (the official N x E // B + 1), warmup in epochs and steps, the batch-norm
+    grouping: in the rows, --format json and the table, as the trainer derives them."""
+    from scaling.plan.layout import derive
+
+    result = CliRunner().invoke(
+        app, ["plan", str(REPO / "sweeps" / "quickstart.yaml"), "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    simclr = next(r for r in rows if r["method"] == "simclr")
+    # 1,437 digits less the held-out 144: 1,293 x 20 // 128 + 1 steps, 2 warmup epochs
+    assert simclr["steps"] == 1293 * 20 // 128 + 1 and simclr["warmup"] == 2.0
+    assert simclr["warmup_steps"] == 2 * 1293 // 128 and simclr["bn_grouping"] == "views_together"
+    plan = plan_of(REPO / "sweeps" / "quickstart.yaml")
+    for run in plan.runs:
+        d = derive(run.spec.config, run.layout, 1293, run.spec.method)
+        assert (run.row()["lr"], run.row()["steps"]) == (d.lr, d.total_steps)
+    table = CliRunner().invoke(app, ["plan", str(REPO / "sweeps" / "quickstart.yaml")])
+    assert "warmup st 20" in table.output and "BN groups views_together" in table.output
+
+
+def test_the_plan_counts_evaluation_memory_and_the_feature_store() -> None:
+    """ImageNet ResNet-50 4x's features (8,192 per image) of the 1.28M training images
+    (the test split is not counted: /datasets/imagenet is not on this machine): 42 GB in
+    fp32, 21 GB in bf16, kept on the host; on the device evaluation holds at most half of
+    what the weights and a forward leave."""
+    plan = plan_of(REPO / "sweeps" / "imagenet_depth_width.yaml", "gpus_per_run=8")
+    r50x4 = next(
+        r
+        for r in plan.runs
+        if r.spec.method == "simclr" and (r.spec.model["depth"], r.spec.model["width"]) == (50, 4.0)
+    )
+    rows = 1_281_167
+    assert r50x4.features_gb == pytest.approx(rows * 8192 * 2 / 1e9, rel=1e-6)  # bf16 on CUDA
+    assert r50x4.eval_memory_gb < A100.memory_gb and r50x4.peak_memory_gb >= r50x4.eval_memory_gb
+    supervised = next(r for r in plan.runs if r.spec.method == "supervised")
+    assert supervised.features_gb == 0.0  # scored by its own head: nothing stored

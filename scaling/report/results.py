@@ -17,16 +17,19 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | lr | float64 | the scaled learning rate actually used (result.json derived.lr, or the plan's) |
 | micro_batch, accum_steps, gpus, nodes | int64 | layout (result.json or spec.json, or the plan's) |
 | bn_batch | int64 | images batch norm normalised over, per view (micro-batch x SyncBN ranks) |
+| bn_grouping | string | which images shared a BN batch: views_together (the official) or second_view_shuffled (shuffle-BN) |
 | precision | string | bf16 or fp32 (auto before a run resolves it on its device) |
 | warnings | string | the plan's validity warnings, `; `-separated (scaling.plan.checks) |
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
-| peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
+| peak_memory_gb, gpu_hours | float64 | the plan's estimates, evaluation included (null without a plan) |
+| warmup, warmup_steps | float64, int64 | the plan's resolved warmup in epochs and steps |
+| eval_memory_gb, features_gb | float64 | evaluation's device peak and host feature store (the plan's) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
 | cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
 | state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
-| val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
+| val_top1 | float64 | top-1 on the held-out tenth of the labelled training images no method trained on (recipe selection) |
 | train_loss_trend | float64 | relative fall of the training loss over the last fifth of the epochs (> 0.1: still training) |
 | train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
 | train_time_s | float64 | of that wall time, the training steps' (what predicted_train_s predicts) |
@@ -79,10 +82,12 @@ CONFIG_TYPES = {
 }
 LAYOUT_TYPES = {
     **dict.fromkeys(("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"), INT),
-    "precision": STR,
+    **dict.fromkeys(("bn_grouping", "precision"), STR),
 }
 PLAN_TYPES = {
     **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
+    **dict.fromkeys(("warmup", "eval_memory_gb", "features_gb"), FLOAT),
+    "warmup_steps": INT,  # and `steps`, the outcome's column (planned, then as taken)
     **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
     **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
 }

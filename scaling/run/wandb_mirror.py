@@ -181,5 +181,6 @@ def _config(spec: dict[str, Any]) -> dict[str, Any]:
             "layout",
             "code",
             "bn_batch",
+            "bn_grouping",
         )
     }
