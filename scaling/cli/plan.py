@@ -35,8 +35,11 @@ SPEC_COLUMNS = (
     "projection_dim",
     "color_strength",
 )
-#: what the trainer will use, resolved (plan.layout.derive): the warmup in epochs and steps
-DERIVED_COLUMNS = ("lr", "steps", "warmup", "warmup_steps")
+#: what the trainer will use, resolved (plan.layout.derive): the LR, the steps, the warmup
+#: in epochs; the warmup in steps, which follows from them, is said when every run shares
+#: it (else --wide, --format json)
+DERIVED_COLUMNS = ("lr", "steps", "warmup")
+SAID_ONCE = ("warmup_steps",)
 LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "bn_batch", "bn_grouping", "precision")
 #: where the time comes from (measured | scaled | model): a column when it varies
 SOURCE_COLUMNS = ("cost_source",)
@@ -49,6 +52,7 @@ WIDE_COLUMNS = (
     "method",
     *SPEC_COLUMNS,
     *DERIVED_COLUMNS,
+    *SAID_ONCE,
     *LAYOUT_COLUMNS,
     "nodes",
     *SOURCE_COLUMNS,
@@ -135,9 +139,12 @@ def table_columns(
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     shown, common = ["run_id", "method"], {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for col in (*SPEC_COLUMNS, *DERIVED_COLUMNS, *LAYOUT_COLUMNS, *SOURCE_COLUMNS, *COST_COLUMNS):
+    candidates = (*SPEC_COLUMNS, *DERIVED_COLUMNS, *SAID_ONCE, *LAYOUT_COLUMNS)
+    for col in (*candidates, *SOURCE_COLUMNS, *COST_COLUMNS):
         values = {m: {_fmt(col, r.get(col)) for r in rs} for m, rs in by_method.items()}
         everywhere = set().union(*values.values())
+        if col in SAID_ONCE and any(len(v) > 1 for v in values.values()):
+            continue
         if col in COST_COLUMNS or any(len(v) > 1 for v in values.values()):
             shown.append(col)
         elif len(everywhere) == 1:

@@ -175,12 +175,15 @@ def _compute_fit(
     seed: int,
 ) -> SweepFit:
     """Error vs training FLOPs on the compute frontier: the (architecture, recipe) cells
-    whose mean error beats every cell that used less compute. The frontier is chosen
-    once on all runs; its selection is not redone per bootstrap replicate."""
+    whose mean error beats every cell that used less compute, the error on validation
+    (the test set's only when runs have no validation score); the fit is of their test
+    error. The frontier is chosen once on all runs; its selection is not redone per
+    bootstrap replicate."""
     runs = runs[runs["train_flops"].notna() & (runs["train_flops"] > 0)]
     keys = [c for c in (*ARCH_COLUMNS, *cols) if c in runs.columns]
+    by_val = "val_top1" in runs and bool(runs["val_top1"].notna().all()) and len(runs) > 0
     cells = runs.groupby(keys, dropna=False).agg(
-        flops=("train_flops", "median"), err=("top1", "mean")
+        flops=("train_flops", "median"), err=("val_top1" if by_val else "top1", "mean")
     )
     cells["err"] = 1 - cells["err"]
     cells = cells.sort_values("flops")

@@ -121,6 +121,10 @@ class RunSpec:
     run_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Always fully resolved (stem auto, the probe's data-set defaults), however built.
+        size = int(self.dataset.get("image_size", 32))
+        object.__setattr__(self, "model", resolve_model(self.model, size))
+        object.__setattr__(self, "config", resolve_config(self.config, self.dataset["name"]))
         object.__setattr__(self, "run_id", run_id_of(self.identity()))
 
     def identity(self) -> dict[str, Any]:
@@ -224,9 +228,9 @@ class RunSpec:
         spec = cls(
             method=method,
             dataset=dataset,
-            model=resolve_model(model, dataset["image_size"]),
+            model=model,
             seed=int(data["seed"]),
-            config=resolve_config(config, dataset["name"]),
+            config=config,
             sweep=str(data.get("sweep", "")),
             bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
             bn_grouping=None if grouping is None else str(grouping),

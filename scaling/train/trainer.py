@@ -413,6 +413,8 @@ def _train(
             raise Preempted(f"stopped by signal after step {global_step}; checkpoint written")
 
     # ------------------------------------------------------------------ evaluate
+    # Images one training forward held graphs for (cached accumulation: one view's chunk).
+    live_views = 1 if method.cached_accumulation and layout.accum_steps > 1 else method.views
     opt.zero_grad(set_to_none=True)  # evaluation needs neither gradients nor momenta
     opt.state.clear()
     if dev.type == "cuda":
@@ -425,7 +427,7 @@ def _train(
         aug,
         val=val,
         run_dir=run_dir,
-        batch=layout.micro_batch * method.views,  # a forward the training step fitted
+        batch=layout.micro_batch * live_views,  # a forward the training step fitted
         precision=precision,
         token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
     )
