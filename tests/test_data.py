@@ -357,7 +357,7 @@ def test_training_views_reach_the_borders_of_the_original(
     assert red.sum() > 10 and blue.sum() > 10 and ds.decoded == 1 + 200  # 1 in 8 each
     # Through the training stream (flip and normalise on the device) too.
     data = _repeat(ds, 64)
-    (step,) = train_views(
+    (step, *_) = train_views(
         data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64), views=2
     )
     v = torch.cat(step.views)
@@ -589,3 +589,24 @@ def test_a_file_corrupt_mid_run_fails_with_its_path(tmp_path: Path) -> None:
         ds.crops(torch.arange(4), draws, aug)
     with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
         list(batches(ds, 4, seed=0, epoch=0))
+
+
+@pytest.mark.parametrize("n", [2, 10, 1437, 5000])
+def test_the_validation_share_is_held_out_of_training_for_every_method(n: int) -> None:
+    """A fixed tenth of the labelled training images is held out; the rest, unlabelled
+    images included (STL-10's train+unlabeled: the labelled rows first, in the order of
+    `train`), is kept; the split of `train` and of `train+unlabeled` holds out the same
+    images, so SimCLR and the supervised baseline are scored on the same ones."""
+    from scaling.plan.data_info import held_out
+    from scaling.train.data import validation_rows
+
+    labels = torch.arange(n) % 10
+    kept, held = validation_rows(labels, 0.1)
+    assert set(kept.tolist()).isdisjoint(held.tolist())
+    assert sorted(kept.tolist() + held.tolist()) == list(range(n))
+    assert len(held) == held_out(n, 0.1) == min(n - 1, max(1, round(0.1 * n)))
+    assert torch.equal(validation_rows(labels, 0.1)[1], held)  # the same images every run
+    with_unlabelled = torch.cat([labels, torch.full((3 * n,), -1)])
+    kept_u, held_u = validation_rows(with_unlabelled, 0.1)
+    assert torch.equal(held_u, held) and len(kept_u) == len(kept) + 3 * n
+    assert len(validation_rows(labels, 0.0)[1]) == 0

@@ -301,7 +301,17 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
     root = study(tmp_path, profile=profile)
     monkeypatch.chdir(root)
     (job,), ctx = jobs_of(root, "method=simclr")
-    assert job.layout == Layout(micro_batch=16, accum_steps=1, gpus=2, nodes=1, precision="fp32")
+    # CPU ranks have no SyncBN: BN sees each rank's 16 images, so the second view comes
+    # from the shuffled batch (shuffle-BN), as in one process with two micro-batches
+    assert job.layout == Layout(
+        micro_batch=16,
+        accum_steps=1,
+        gpus=2,
+        nodes=1,
+        precision="fp32",
+        bn_batch=16,
+        bn_grouping="second_view_shuffled",
+    )
     (outcome,) = ray_backend.RayBackend().submit([job], ctx)
     assert outcome.state == "finished", outcome
 

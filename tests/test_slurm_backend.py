@@ -573,7 +573,8 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
 
     Equal to one process with two cached micro-batches of the per-rank size: same
     views (every rank draws the global batch's augmentations), same global negatives,
-    same per-micro-batch batch-norm statistics, averaged gradients: the same weights
+    same per-micro-batch batch-norm statistics (the second view of the shuffled batch,
+    one permutation for both ranks), averaged gradients: the same weights
     and the same epoch losses. What differs: BN *running* statistics (each rank tracks
     its own half, rank 0's are saved; one process tracks all four chunks), hence
     eval-mode numbers, and the logged top-1 (each rank ranks its positives among its
@@ -599,7 +600,9 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
     cancel_leftovers.append(tmp_path / "runs")
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
     # Two CPU ranks without SyncBN normalise BN over each rank's 16 images: in the identity.
-    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0].with_bn_batch(16)
+    # ... and the second view cut from the shuffled batch (shuffle-BN): in the identity too.
+    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0]
+    spec = spec.with_bn_batch(16, "second_view_shuffled")
     run_dir = tmp_path / "runs" / "ranks" / spec.run_id
     assert read_json(run_dir / "spec.json")["layout"] == {
         "micro_batch": 16,
@@ -608,6 +611,7 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
         "nodes": 1,
         "precision": "fp32",
         "bn_batch": 16,
+        "bn_grouping": "second_view_shuffled",
     }
     run(spec, tmp_path / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
     wait_for(lambda: (run_dir / RESULT).exists(), "result")

@@ -237,3 +237,57 @@ def test_the_augmentation_style_is_part_of_the_run_identity(tmp_path: Path) -> N
     del old["config"]["augment"]
     with pytest.raises(SpecError, match="does not match"):
         RunSpec.from_dict(old)
+
+
+def test_stem_auto_follows_the_image_size(tmp_path: Path) -> None:
+    """The official code's rule (run.py: `cifar_stem=FLAGS.image_size <= 32`): the CIFAR
+    stem at 32 px and below, the ImageNet stem above; auto resolves in the run spec, so
+    it has the id of the stem it resolves to."""
+    path = write(
+        tmp_path / "s.yaml",
+        "name: s\ndataset: {name: synthetic, image_size: [32, 33, 224]}\n"
+        "model: {depth: 10, width: 0.25}\nmethods: {supervised: {epochs: 1}}\n",
+    )
+    stems = {r.dataset["image_size"]: r.model["stem"] for r in load_sweep(path).runs}
+    assert stems == {32: "cifar", 33: "imagenet", 224: "imagenet"}
+    explicit = load_sweep(path, ["model.stem=cifar", "dataset.image_size=32"]).runs[0]
+    auto = next(r for r in load_sweep(path).runs if r.dataset["image_size"] == 32)
+    assert explicit.run_id == auto.run_id
+
+
+def test_the_linear_evaluation_defaults_follow_the_data_set(tmp_path: Path) -> None:
+    """The official probe's batch, epochs and weight decay per data set (README: ImageNet
+    4096 / 90 / 1e-6, CIFAR-10 512 / 100 / 0), resolved into the run spec; what a sweep
+    sets wins."""
+    text = (
+        "name: e\ndataset: {{name: {name}, image_size: 32, root: /data, size: 1000}}\n"
+        "model: {{depth: 10, width: 0.25}}\nmethods: {{simclr: {{eval: {eval}}}}}\n"
+    )
+    runs = {}
+    for name in ("cifar10", "imagefolder"):
+        path = write(tmp_path / f"{name}.yaml", text.format(name=name, eval="{}"))
+        runs[name] = load_sweep(path).runs[0].config["eval"]
+    official = {"protocol": "augmented", "batch_size": 512, "epochs": 100, "weight_decay": 0.0}
+    official |= {"standardize": False, "lr": 0.1}
+    assert {k: runs["cifar10"][k] for k in official} == official
+    assert (runs["imagefolder"]["batch_size"], runs["imagefolder"]["epochs"]) == (4096, 90)
+    assert runs["imagefolder"]["weight_decay"] == 1e-6
+    path = write(tmp_path / "own.yaml", text.format(name="cifar10", eval="{epochs: 7}"))
+    assert load_sweep(path).runs[0].config["eval"]["epochs"] == 7
+
+
+def test_the_validation_share_and_the_bn_grouping_are_in_the_identity(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "v.yaml",
+        "name: v\ndataset: {name: digits, image_size: 8, validation: [0.1, 0.0]}\n"
+        "model: {depth: 10, width: 0.25}\nmethods: {simclr: {batch_size: 64}}\n",
+    )
+    tenth, none = load_sweep(path).runs
+    assert tenth.run_id != none.run_id and tenth.identity()["dataset"]["validation"] == 0.1
+    assert tenth.identity()["bn_grouping"] == "views_together"  # always named
+    shuffled = tenth.with_bn_batch(16, "second_view_shuffled")
+    assert shuffled.run_id not in (tenth.run_id, tenth.with_bn_batch(16).run_id)
+    assert RunSpec.from_dict(shuffled.to_dict()) == shuffled
+    assert tenth.with_bn_batch(64, "views_together") is tenth  # nothing changes
+    with pytest.raises(SpecError, match="bn_grouping"):
+        RunSpec.from_dict({**tenth.to_dict(), "bn_grouping": "one_view"})

@@ -355,7 +355,8 @@ def test_two_rank_run_through_torchrun_matches_one_process_with_cached_micro_bat
     sweep = load_sweep(study / "sweep.yaml")
     spec = next(
         r for r in sweep.runs_of("simclr") if r.model["width"] == 0.125 and r.config["epochs"] == 2
-    ).with_bn_batch(16)  # 2 CPU ranks without SyncBN: BN over each rank's 16, in the identity
+    ).with_bn_batch(16, "second_view_shuffled")  # 2 CPU ranks, no SyncBN: BN over each
+    # rank's 16, the second view from the shuffled batch (shuffle-BN): in the identity
     run_dir = study / "runs" / "tiny" / spec.run_id
     assert read_json(run_dir / "spec.json")["layout"]["gpus"] == 2
 

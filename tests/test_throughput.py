@@ -198,7 +198,7 @@ def test_a_finished_run_records_its_speed_and_the_next_plan_learns_from_it(
     lines = list(read_jsonl(run_dir_of("runs", "learn", first.spec.run_id) / METRICS))
     assert speed["train_time_s"] == pytest.approx(sum(r["seconds"] for r in lines))
     assert speed["train_time_s"] < result["wall_time_s"]  # evaluation is not in it
-    assert speed["images"] == result["images_seen"] == 2 * (192 // 32) * 32
+    assert speed["images"] == result["images_seen"] == (2 * 173 // 32 + 1) * 32  # 19 held out
     assert speed["device"] == throughput.cpu_device_name(1) and speed["arch"][2] == 0.25
     assert throughput.load(speed["device"])[0].to_dict() == speed
 

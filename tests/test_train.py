@@ -54,7 +54,10 @@ def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None
     assert {"loss", "lr", "top1", "images_per_s", "peak_memory_mb"} <= set(lines[0])
     assert read_json(tmp_path / RESULT) == json.loads(json.dumps(result, default=str))
     assert 0 <= result["top1"] <= 1 and 0 <= result["knn_top1"] <= 1
-    assert result["steps"] == 2 * (192 // 32) and result["images_seen"] == result["steps"] * 32
+    # the official count over the 173 images trained on (192 less the held-out 19): 2 x 173
+    # // 32 + 1 steps; the held-out ones scored (val_top1), never trained on
+    assert result["steps"] == 2 * 173 // 32 + 1 and result["images_seen"] == result["steps"] * 32
+    assert 0 <= result["val_top1"] <= 1 and result["layout"]["bn_grouping"] == "views_together"
     assert result["train_flops"] > 0
     assert checkpoint.restore(tmp_path)["global_step"] == result["steps"]
     spec_json = read_json(tmp_path / "spec.json")
@@ -63,18 +66,22 @@ def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None
 
 def test_cached_accumulation_run_matches_plain_run_without_bn_effects(tmp_path: Path) -> None:
     """With accumulation the run uses gradient caching; it must train and log the layout."""
-    spec = tiny_spec(epochs=1).with_bn_batch(8)  # as the planner marks it
+    spec = tiny_spec(epochs=1).with_bn_batch(8, "second_view_shuffled")  # as the planner
     result = run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
-    assert result["layout"]["accum_steps"] == 4 and result["steps"] == 6
+    assert result["layout"]["accum_steps"] == 4 and result["steps"] == 173 // 32 + 1
     assert result["layout"]["bn_batch"] == 8
+    assert result["layout"]["bn_grouping"] == "second_view_shuffled"
 
 
 def test_a_layout_that_changes_the_bn_batch_is_refused(tmp_path: Path) -> None:
     """The BN batch is in the run's identity: a spec planned for BN over the whole batch
     does not silently train with BN over a micro-batch (another result, same run_id)."""
     spec = tiny_spec(epochs=1)
-    with pytest.raises(RunFailed, match="batch norm over 32 images per view; this layout gives 8"):
+    with pytest.raises(RunFailed, match=r"over 32 images per view \(the whole batch\); this"):
         run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
+    # the BN batch alone is not enough: the grouping (shuffle-BN) is in the identity too
+    with pytest.raises(RunFailed, match="second_view_shuffled, micro-batch 8"):
+        run(spec.with_bn_batch(8), tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
 
 
 def test_supervised_run(tmp_path: Path) -> None:
@@ -218,7 +225,7 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
             "warmup_epochs": 1.0,
             "projection_dim": 64,
             "color_strength": 0.5,
-            "eval": {"epochs": 100},
+            "eval": {"protocol": "features", "epochs": 100},  # the fast probe: a CPU test
         },
     }
     spec = RunSpec.from_dict(data)
@@ -237,7 +244,7 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
                 "method": "supervised",
                 "config": {
                     "batch_size": 128,
-                    "epochs": 8,
+                    "epochs": 10,  # 102 steps on the 1,293 images not held out
                     "lr_rule": "linear",
                     "base_lr": 0.4,
                     "crop_min_scale": 0.35,

@@ -30,26 +30,35 @@ SPEC_COLUMNS = (
     "lr_rule",
     "base_lr",
     "weight_decay",
-    "warmup_epochs",
     "optimizer",
     "crop_min_scale",
     "augment",
     "projection_dim",
     "color_strength",
 )
-LAYOUT_COLUMNS = ("lr", "micro_batch", "accum_steps", "gpus", "bn_batch", "precision")
+#: what the trainer will use, resolved (plan.layout.derive): the LR, the steps, the warmup
+#: in epochs; the warmup in steps, which follows from them, is said when every run shares
+#: it (else --wide, --format json)
+DERIVED_COLUMNS = ("lr", "steps", "warmup")
+SAID_ONCE = ("warmup_steps",)
+LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "bn_batch", "bn_grouping", "precision")
 #: where the time comes from (measured | scaled | model): a column when it varies
 SOURCE_COLUMNS = ("cost_source",)
 COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours", "predicted_train_s")
+#: --wide: evaluation's share of the memory (device peak, feature store on the host)
+EVAL_COLUMNS = ("eval_memory_gb", "features_gb")
 #: --wide: every column of the earlier table and of the layout
 WIDE_COLUMNS = (
     "run_id",
     "method",
     *SPEC_COLUMNS,
+    *DERIVED_COLUMNS,
+    *SAID_ONCE,
     *LAYOUT_COLUMNS,
     "nodes",
     *SOURCE_COLUMNS,
     *COST_COLUMNS,
+    *EVAL_COLUMNS,
 )
 HEADERS = {
     "batch_size": "batch",
@@ -57,7 +66,9 @@ HEADERS = {
     "image_size": "px",
     "temperature": "tau",
     "weight_decay": "wd",
-    "warmup_epochs": "warmup",
+    "warmup": "warmup ep",
+    "warmup_steps": "warmup st",
+    "bn_grouping": "BN groups",
     "crop_min_scale": "crop",
     "micro_batch": "micro",
     "accum_steps": "accum",
@@ -69,6 +80,8 @@ HEADERS = {
     "color_strength": "colour",
     "cost_source": "cost from",
     "predicted_train_s": "train s",
+    "eval_memory_gb": "eval GB",
+    "features_gb": "features GB",
 }
 WIDTH = 120  # the default table fits an ordinary terminal
 
@@ -127,9 +140,12 @@ def table_columns(
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     shown, common = ["run_id", "method"], {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for col in (*SPEC_COLUMNS, *LAYOUT_COLUMNS, *SOURCE_COLUMNS, *COST_COLUMNS):
+    candidates = (*SPEC_COLUMNS, *DERIVED_COLUMNS, *SAID_ONCE, *LAYOUT_COLUMNS)
+    for col in (*candidates, *SOURCE_COLUMNS, *COST_COLUMNS):
         values = {m: {_fmt(col, r.get(col)) for r in rs} for m, rs in by_method.items()}
         everywhere = set().union(*values.values())
+        if col in SAID_ONCE and any(len(v) > 1 for v in values.values()):
+            continue
         if col in COST_COLUMNS or any(len(v) > 1 for v in values.values()):
             shown.append(col)
         elif len(everywhere) == 1:
@@ -249,8 +265,12 @@ def _fmt(col: str, value: Any) -> str:
         return "-"
     if col == "encoder_params":
         return f"{value / 1e6:.2f}M"
-    if col == "lr":
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if col in ("lr", "warmup"):
         return f"{value:.3g}"
-    if col in ("peak_memory_gb", "gpu_hours", "predicted_train_s"):
-        return "-" if isinstance(value, float) and math.isnan(value) else f"{value:.3g}"
+    if col in ("steps", "warmup_steps"):
+        return str(int(value))
+    if col in ("peak_memory_gb", "gpu_hours", "predicted_train_s", *EVAL_COLUMNS):
+        return f"{value:.3g}"
     return str(value)

@@ -29,7 +29,7 @@ from scaling.report.coverage import MIN_VALUES, filled, judged_sizes, sizes, why
 from scaling.report.gapcurve import human
 from scaling.report.gaps import REFERENCE, select
 from scaling.report.laws import FitSet, SweepFit
-from scaling.report.results import arch_label, recipe_label
+from scaling.report.results import arch_label, protocol_label, recipe_label
 
 SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
@@ -125,8 +125,11 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
         )[:5]
         for i, f in enumerate(shown):
             style = _style(f, i)
-            cells = _means(select(df, f.domain, f.method, f.recipe), ["encoder_params"])
+            runs = select(df, f.domain, f.method, f.recipe)
+            cells = _means(runs, ["encoder_params"])
             label = f.fit.label + ("" if f.fit.ok else " (too few sizes for a curve)")
+            scored = _scored(runs)  # how its top-1 was measured
+            label += f"; {scored}" if scored else ""
             ax.errorbar(
                 cells["encoder_params"],
                 cells["mean"],
@@ -244,11 +247,19 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     other = _other_axes(df[df["method"] != REFERENCE])
+    scored = _scored(df[df["method"] != REFERENCE])
     fig.suptitle(
         "SimCLR linear evaluation vs epochs and batch size (Fig. 9)"
         + (f"; best over {', '.join(other)}" if other else "")
+        + (f"\n{scored}" if scored else "")
     )
     return save(fig, out_dir, "fig9_epochs")
+
+
+def _scored(runs: pd.DataFrame) -> str:
+    """How the runs' top-1 was measured (`results.protocol_label`), when they agree."""
+    labels = {protocol_label(r) for r in runs.to_dict("records")} - {""}
+    return labels.pop() if len(labels) == 1 else ""
 
 
 def _other_axes(sim: pd.DataFrame) -> list[str]:
@@ -291,9 +302,11 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set(xlabel="epochs", ylabel="batch size", title=_arch_title(arch))
         fig.colorbar(im, ax=ax, label="top-1 (%)")
     other = _other_axes(df[df["method"] != REFERENCE])
+    scored = _scored(df[df["method"] != REFERENCE])
     fig.suptitle(
         "SimCLR top-1 over batch size x epochs (n/a: no finished run)"
         + (f"; best over {', '.join(other)}" if other else "")
+        + (f"\n{scored}" if scored else "")
     )
     return save(fig, out_dir, "heatmap_batch_epochs")
 

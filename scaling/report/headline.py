@@ -103,6 +103,15 @@ def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str
         which = "best SimCLR recipe per size, chosen on a held-out validation split"
     else:
         which = "best SimCLR recipe per size, chosen on the test set: optimistic"
+    if "sup_selected_by" in rows and (rows["sup_selected_by"] == "test").any():
+        which += f"; {REFERENCE} recipe chosen on the test set: optimistic"
+    scored = [
+        f"{who} top-1 by {', '.join(sorted(set(rows[col]) - {''}))}"
+        for who, col in (("SimCLR", "protocol"), (REFERENCE, "sup_protocol"))
+        if col in rows and set(rows[col]) - {""}
+    ]
+    if scored:
+        which += "; " + ", ".join(scored)
     head = f"Measured ({which}): the gap to supervised is "
     if len(rows) == 1:
         text = head + f"{_gap_text(first)} at {_size(first)}, the only size trained: no trend."

@@ -208,11 +208,13 @@ def render_html(
         "encoder_params",
         "method",
         "recipe",
+        "protocol",
         "top1",
         "std",
         "n",
         "missing",
         "sup_recipe",
+        "sup_protocol",
         "sup_top1",
         "sup_std",
         "sup_n",
@@ -222,6 +224,7 @@ def render_html(
         "gap_hi",
         "gap_se",
         "selected_by",
+        "sup_selected_by",
         "note",
     ]
     common = _common(
@@ -233,20 +236,25 @@ def render_html(
             "depth_multiplier",
             "method",
             "sup_recipe",
+            "protocol",
+            "sup_protocol",
+            "sup_selected_by",
             "missing",
             "sup_missing",
         ),
     )
     cols = [c for c in cols if c not in common]
     parts.append(
-        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture (selected_by: validation, a "
-        "held-out tenth of the training set; test: optimistic; only recipe: none to choose); "
+        "<h2>Gap table</h2><p>Best recipe per architecture (selected_by, sup_selected_by: "
+        "validation, a held-out tenth of the labelled training images no method trained on; "
+        "test: optimistic; only recipe: none to choose); protocol, sup_protocol: how each "
+        "top-1 was measured; "
         "points; std over seeds; gap_lo to gap_hi: 90% Welch interval of the difference of means (none with one seed); gap_se: "
         "its standard error. All recipes below and in gaps.csv."
         + (" Every row: " + _e(_common_text(common)) + "." if common else "")
         + "</p>"
     )
-    left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
+    left = ("dataset", "stem", "method", "recipe", "protocol", "sup_recipe", "sup_protocol", "note")
     # A gap against a baseline that has not converged is no finding: its cell says so
     # (and the note why), never a number.
     shown = gap_df.astype({"gap": object})

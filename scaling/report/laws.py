@@ -88,7 +88,8 @@ def fit_sweep(
     threshold: float = 1.0,
 ) -> FitSet:
     """Every fit the report shows. The supervised reference and the headline SimCLR
-    recipe of each domain (most model sizes, then highest mean top-1) get `n_boot`
+    recipe of each domain (most model sizes, ties broken by the highest mean validation
+    top-1, never the test set's unless no run has a validation score) get `n_boot`
     replicates; the other recipes `n_boot_other` (they are drawn, not quoted)."""
     df = frame(table)
     df = df[(df["state"] == "finished") & df["top1"].notna()]
@@ -98,12 +99,10 @@ def fit_sweep(
         fits: list[SweepFit] = []
         for method in sorted(runs["method"].unique()):
             groups = list(by_values(runs[runs["method"] == method], recipes[method]))
+            score = _selection_score(g for _, g in groups)
             top = max(
                 range(len(groups)),
-                key=lambda i: (
-                    groups[i][1]["encoder_params"].nunique(),
-                    groups[i][1]["top1"].mean(),
-                ),
+                key=lambda i: (groups[i][1]["encoder_params"].nunique(), score(groups[i][1])),
             )
             for i, (values, sub) in enumerate(groups):
                 role = "" if i != top else ("reference" if method == REFERENCE else "headline")
@@ -132,6 +131,15 @@ def fit_sweep(
         out.params.extend(fits)
         out.gaps.extend(_gaps(domain, fits, threshold))
     return out
+
+
+def _selection_score(groups: Any) -> Any:
+    """What ranks a method's recipes: mean val_top1 when every recipe has one, else (runs
+    without validation scores) mean top-1."""
+    groups = list(groups)
+    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in groups)
+    column = "val_top1" if by_val else "top1"
+    return lambda g: g[column].mean()
 
 
 def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> list[SweepGap]:
@@ -167,12 +175,15 @@ def _compute_fit(
     seed: int,
 ) -> SweepFit:
     """Error vs training FLOPs on the compute frontier: the (architecture, recipe) cells
-    whose mean error beats every cell that used less compute. The frontier is chosen
-    once on all runs; its selection is not redone per bootstrap replicate."""
+    whose mean error beats every cell that used less compute, the error on validation
+    (the test set's only when runs have no validation score); the fit is of their test
+    error. The frontier is chosen once on all runs; its selection is not redone per
+    bootstrap replicate."""
     runs = runs[runs["train_flops"].notna() & (runs["train_flops"] > 0)]
     keys = [c for c in (*ARCH_COLUMNS, *cols) if c in runs.columns]
+    by_val = "val_top1" in runs and bool(runs["val_top1"].notna().all()) and len(runs) > 0
     cells = runs.groupby(keys, dropna=False).agg(
-        flops=("train_flops", "median"), err=("top1", "mean")
+        flops=("train_flops", "median"), err=("val_top1" if by_val else "top1", "mean")
     )
     cells["err"] = 1 - cells["err"]
     cells = cells.sort_values("flops")

@@ -17,17 +17,20 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | lr | float64 | the scaled learning rate actually used (result.json derived.lr, or the plan's) |
 | micro_batch, accum_steps, gpus, nodes | int64 | layout (result.json or spec.json, or the plan's) |
 | bn_batch | int64 | images batch norm normalised over, per view (micro-batch x SyncBN ranks) |
+| bn_grouping | string | which images shared a BN batch: views_together (the official) or second_view_shuffled (shuffle-BN) |
 | precision | string | bf16 or fp32 (auto before a run resolves it on its device) |
 | warnings | string | the plan's validity warnings, `; `-separated (scaling.plan.checks) |
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
-| peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
+| peak_memory_gb, gpu_hours | float64 | the plan's estimates, evaluation included (null without a plan) |
+| warmup, warmup_steps | float64, int64 | the plan's resolved warmup in epochs and steps |
+| eval_memory_gb, features_gb | float64 | evaluation's device peak and host feature store (the plan's) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
 | cost_source | string | what that prediction rests on: measured, scaled, calibrated or model (scaling.plan.throughput) |
 | cost_extrapolation | float64 | how many times beyond the measured networks' FLOPs per image (1: within them) |
 | state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
-| val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
+| val_top1 | float64 | top-1 on the held-out tenth of the labelled training images no method trained on (recipe selection) |
 | converged | bool | a finished run's verdict on its training curve (scaling.train.convergence) |
 | convergence | string | what the verdict rests on: "train top-1 0.35, loss still falling" |
 | train_top1 | float64 | the last epoch's training accuracy |
@@ -59,6 +62,7 @@ from scaling.rundir import (
     atomic_write_bytes,
     read_json,
 )
+from scaling.sweep.methods import METHODS, Evaluation
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -81,11 +85,13 @@ CONFIG_TYPES = {
 }
 LAYOUT_TYPES = {
     **dict.fromkeys(("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"), INT),
-    "precision": STR,
+    **dict.fromkeys(("bn_grouping", "precision"), STR),
 }
 PLAN_TYPES = {
     **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
     "cost_extrapolation": FLOAT,
+    **dict.fromkeys(("warmup", "eval_memory_gb", "features_gb"), FLOAT),
+    "warmup_steps": INT,  # and `steps`, the outcome's column (planned, then as taken)
     **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
     **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
 }
@@ -397,6 +403,33 @@ def arch_label(depth: Any, width: Any, depth_multiplier: Any = 1) -> str:
     """The architecture as the paper names it: "R50 2x", "R18 0.5x d2" (depth multiplier 2)."""
     mult = "" if depth_multiplier in (None, 1) else f" d{float(depth_multiplier):g}"
     return f"R{int(depth)} {float(width):g}x{mult}"
+
+
+def protocol_label(row: Mapping[str, Any]) -> str:
+    """How a run's top-1 was measured (its method's registered evaluation and its eval_*
+    columns): "linear eval (crop+flip, 100 epochs, batch 512)" for the official protocol,
+    "linear eval (fixed features, ...)" for the fast one, "own classifier" for a network
+    scored by its own head; "" for a method this version does not know."""
+    info = METHODS.get(str(row.get("method")))
+    if info is None:
+        return ""
+    if info.evaluation is Evaluation.OWN_HEAD:
+        return "own classifier"
+    protocol = row.get("eval_protocol")
+    if not isinstance(protocol, str):
+        return "linear eval"
+    parts = ["crop+flip" if protocol == "augmented" else "fixed features"]
+    if row.get("eval_epochs") is not None:
+        parts.append(f"{_int(row['eval_epochs'])} epochs")
+    if row.get("eval_batch_size") is not None:
+        parts.append(f"batch {_int(row['eval_batch_size'])}")
+    if row.get("eval_standardize") is True:
+        parts.append("standardised")
+    return f"linear eval ({', '.join(parts)})"
+
+
+def _int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def recipe_label(values: Mapping[str, Any]) -> str:

@@ -70,7 +70,15 @@ GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it i
 CONVERGED_TAG, CONVERGENCE_TAG = "scaling.converged", "scaling.convergence"
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
-LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
+LAYOUT_KEYS = (
+    "micro_batch",
+    "accum_steps",
+    "gpus",
+    "nodes",
+    "bn_batch",
+    "bn_grouping",
+    "precision",
+)
 ARTIFACTS = {"FINISHED": (SPEC, RESULT, METRICS, LOG), "FAILED": (SPEC, FAILURE, METRICS, LOG)}
 METRICS_PER_REQUEST = 900  # MLflow caps one log_batch at 1,000 entities
 ATTEMPTS = 3  # whole-push retries when SQLite says "database is locked"; pushes are idempotent

@@ -185,5 +185,6 @@ def _config(spec: dict[str, Any]) -> dict[str, Any]:
             "layout",
             "code",
             "bn_batch",
+            "bn_grouping",
         )
     }

@@ -23,7 +23,18 @@ import torch
 from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
-from scaling.train.data import IMAGEFOLDER_CACHE_BYTES, DataSet, ImageSet, LoadRequest, resize_uint8
+from scaling.plan import data_info
+from scaling.plan.layout import validation_fraction
+from scaling.sweep.spec import RunSpec
+from scaling.train.data import (
+    IMAGEFOLDER_CACHE_BYTES,
+    DataSet,
+    ImageSet,
+    LoadRequest,
+    resize_uint8,
+    subset,
+    validation_rows,
+)
 from scaling.train.imagefolder import ImageFolderSet, scan_folder
 
 SPLITS = ("train", "test")
@@ -262,3 +273,20 @@ def _load_imagefolder(req: LoadRequest) -> DataSet:
     return ImageFolderSet(
         paths, label_tensor, num_classes, req.image_size, workers, req.max_cache_bytes
     )
+
+
+def run_splits(
+    spec: RunSpec, device: torch.device, workers: int
+) -> tuple[DataSet, DataSet, DataSet]:
+    """(train, validation, test) of a run, on `device`. The held-out validation share of
+    the labelled training split: no method trains (or fits a probe) on it; every run of
+    the sweep is scored there (val_top1), so recipes are chosen without the test set."""
+    name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
+    common = {"root": root, "image_size": size, "seed": 0, "num_images": spec.dataset.get("size")}
+    split = data_info.train_split(name, spec.method)
+    labelled = load_dataset(name, split=split, workers=workers, **common)
+    kept, held = validation_rows(labelled.labels, validation_fraction(spec.dataset))
+    train = subset(labelled, kept).to(device) if len(held) else labelled.to(device)
+    val = subset(labelled, held).to(device)
+    test = load_dataset(name, split="test", workers=workers, **common).to(device)
+    return train, val, test
