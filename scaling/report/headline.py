@@ -31,6 +31,7 @@ class Answer:
     method: str
     measured: str  # what the runs show, with intervals where seeds allow
     extrapolation: str  # the fitted curve's statement, or why it is not stated
+    compute: str = ""  # the joint laws' gap at equal compute and at equal size (fitted)
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -38,6 +39,7 @@ class Answer:
             "method": self.method,
             "measured": self.measured,
             "extrapolation": self.extrapolation,
+            "compute": self.compute,
         }
 
 
@@ -49,9 +51,16 @@ def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) ->
         rows = rows.sort_values("encoder_params")
         recipes = gap_df[(gap_df["kind"] == "recipe") & (gap_df["method"] == method)]
         measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
-        out.append(
-            Answer(str(dataset), str(method), measured, _extrapolation(fits, str(dataset), closed))
+        compute = next(
+            (
+                f.frontier.summary
+                for f in fits.frontiers
+                if f.method == method and f.domain.get("dataset") == dataset
+            ),
+            "",
         )
+        extrapolation = _extrapolation(fits, str(dataset), closed)
+        out.append(Answer(str(dataset), str(method), measured, extrapolation, compute))
     return out
 
 

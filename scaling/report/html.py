@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.report import checks, figures, gaps, headline, results
+from scaling.report import checks, figures, gaps, headline, lawfigures, results
 from scaling.report.gaps import REFERENCE
 from scaling.report.laws import FitSet, fit_sweep
 from scaling.rundir import atomic_write_bytes
@@ -47,6 +47,7 @@ CAPTIONS = {
     "(the paper's Fig. 9).",
     "heatmap": "SimCLR top-1 over batch size x epochs.",
     "compute": "Top-1 vs training compute; curves fitted to the compute frontier.",
+    **lawfigures.CAPTIONS,
 }
 
 
@@ -78,7 +79,10 @@ def build_report(
         out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
     )
     clock.lap("fits")
-    figs = figures.make_all(df, gap_df, fits, out / "figures")
+    figs = {
+        **figures.make_all(df, gap_df, fits, out / "figures"),
+        **lawfigures.make_all(df, fits, out / "figures"),
+    }
     clock.lap("figures")
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
@@ -246,7 +250,9 @@ def render_html(
         + html_table(gap_df[gap_df["kind"] == "recipe"], cols, left)
         + "</details>"
     )
-    parts.append(_fits_section(fits))
+    from scaling.report import lawhtml  # it renders with this module's tables
+
+    parts.append(lawhtml.sections(fits))
     parts.append(_missing_section(missing, orphans or []))
     parts.append(_spec_section(sweep))
     parts.append("</body></html>")
@@ -305,7 +311,9 @@ def _answer(said: list[headline.Answer]) -> str:
         )
     items = "".join(
         f"<li><b>{_e(a.dataset)}, {_e(a.method)}</b>: {_e(a.measured)}"
-        f"<br><i>{_e(a.extrapolation)}</i></li>"
+        f"<br><i>{_e(a.extrapolation)}</i>"
+        + (f"<br><i>{_e(a.compute)}</i>" if a.compute else "")
+        + "</li>"
         for a in said
     )
     return f'<div class="answer"><h2>Does the gap close?</h2><ul>{items}</ul></div>'
@@ -329,48 +337,6 @@ def _figures(figs: Mapping[str, list[Path]], out: Path) -> str:
                 f"<figcaption>{_e(CAPTIONS.get(key, ''))} (vector: {_e(svg)})</figcaption></figure>"
             )
     return "\n".join(parts)
-
-
-def _fits_section(fits: FitSet) -> str:
-    rows = []
-    for f in [*fits.params, *fits.compute]:
-        d = f.fit.to_dict()
-        p, iv = d.get("params", {}), d.get("intervals", {})
-        rows.append(
-            {
-                "fit": d["label"],
-                "x": d["x"],
-                "role": f.role,
-                "status": d["status"],
-                "runs": d["n_runs"],
-                "sizes": d["n_distinct_x"],
-                **{k: _param(p, iv, k) for k in ("E", "A", "alpha")},
-                "notes": d["message"] or "; ".join(d["notes"]),
-            }
-        )
-    level = f"{fits.params[0].fit.level:.0%}" if fits.params else "90%"
-    frame = pd.DataFrame(
-        rows, columns=["fit", "x", "role", "status", "runs", "sizes", "E", "A", "alpha", "notes"]
-    )
-    statements = "".join(
-        f"<li>{_e(results.recipe_label(g.recipe))}: {_e(g.statement)}</li>" for g in fits.gaps
-    )
-    return (
-        f"<h2>Fits</h2><p>err = E + A x<sup>-alpha</sup> with err = 1 - top-1, Huber loss on log "
-        f"residuals from a grid of starts; brackets: {level} percentile bootstrap intervals "
-        "over runs (seeds included). A fit needs at least 4 distinct model sizes.</p>"
-        + html_table(frame, frame.columns, ("fit", "x", "role", "status", "notes"))
-        + (f"<h3>Gap curves</h3><ul>{statements}</ul>" if statements else "")
-    )
-
-
-def _param(point: Mapping[str, float], intervals: Mapping[str, Any], key: str) -> str:
-    if key not in point:
-        return "-"
-    if key not in intervals:
-        return f"{point[key]:.4g}"
-    # A no-break space inside the brackets: a narrow cell wraps before the interval only.
-    return f"{point[key]:.4g} [{intervals[key][0]:.4g},\u00a0{intervals[key][1]:.4g}]"
 
 
 def _missing_section(missing: pd.DataFrame, orphans: list[str]) -> str:
