@@ -66,7 +66,7 @@ def main() -> None:
         for design in designs:
             t = time.perf_counter()
             rows.append(C.measure(design, method=method, reps=args.reps, n_boot=args.n_boot))
-            print(f"{design} [{method}] {time.perf_counter() - t:.1f} s", flush=True)
+            print(f"{time.perf_counter() - t:.1f} s {rows[-1].row()}", flush=True)
     text = C.table(rows) + "\n\n" + summary(rows)
     text += f"\n\n{time.perf_counter() - start:.0f} s in all, load {os.getloadavg()[0]:.2f} at the end\n"
     print(text)

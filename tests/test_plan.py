@@ -215,7 +215,13 @@ def test_stl10_simclr_is_planned_on_train_plus_unlabeled(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "sweep", ["quickstart.yaml", "imagenet_depth_width.yaml", "cifar10_batch_epochs.yaml"]
+    "sweep",
+    [
+        "quickstart.yaml",
+        "digits_width_epochs.yaml",
+        "imagenet_depth_width.yaml",
+        "cifar10_batch_epochs.yaml",
+    ],
 )
 def test_plan_table_fits_120_columns(sweep: str) -> None:
     """Grid axes and the cost columns, one line per run; what every run shares goes into

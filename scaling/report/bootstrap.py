@@ -35,6 +35,9 @@ from scaling.report.solver import Design, design, fit_starts, solve
 
 #: errors are clipped here before the log: a perfect score would otherwise be -inf.
 ERR_FLOOR = 1e-4
+#: residual degrees of freedom below which no interval method covered its level (the
+#: calibration's 4 sizes x 1 seed): such a fit gets no replicates
+MIN_DOF = 3
 #: relative loss change at which a replicate's refit stops (a percentile needs no more)
 REFIT_TOL = 1e-7
 #: an error floor E at or below this is at its bound (the data show no saturation)
@@ -113,7 +116,7 @@ def fit_batch(
     sigma = np.sqrt(rss / dof) if dof > 0 else np.full(len(theta), math.nan)
     rng = np.random.default_rng(seed)
     dropped = None
-    if n_boot <= 0 or dof <= 0:
+    if n_boot <= 0 or dof < MIN_DOF:
         boot, noise = np.empty((len(theta), 0, form.n_params)), np.empty((len(theta), 0))
     elif resampling is Resampling.PARAMETRIC:
         boot, noise = _parametric(form, d, x, theta, deltas, sigma, dof, n_boot, rng, ref, extra)

@@ -38,21 +38,29 @@ from typing import Any
 import numpy as np
 
 from scaling.report import backtest as bt
-from scaling.report.bootstrap import FormFit, Resampling, fit_batch, percentile_band
+from scaling.report.bootstrap import MIN_DOF, FormFit, Resampling, fit_batch, percentile_band
 from scaling.report.forms import ONE_D, SATURATING, Form, FormName
 
-__all__ = ["FormFit", "LawFit", "fit_power_law", "fit_runs", "percentile_band", "reliable"]
+__all__ = [
+    "MIN_DOF",
+    "FormFit",
+    "LawFit",
+    "fit_power_law",
+    "fit_runs",
+    "percentile_band",
+    "reliable",
+]
 
 #: 3 parameters need at least 4 distinct x values to leave one degree of freedom.
 MIN_DISTINCT_X = 4
 #: below this many distinct x values a fit is flagged: its intervals are fragile.
 FEW_DISTINCT_X = 6
-#: residual degrees of freedom below which no interval method covered (calibration)
-MIN_DOF = 3
 #: bands and extrapolations reach this many times the largest size trained, no further
 REACH = 10.0
 #: why a fit has no interval
-NO_INTERVAL = "too few runs to estimate the noise (no residual degrees of freedom): no interval"
+NO_INTERVAL = (
+    "no bootstrap replicates (none asked for, or one run per size to resample): no interval"
+)
 UNRELIABLE = (
     "{dof} residual degree(s) of freedom ({runs} runs, {p} parameters): on simulated data of "
     "this design no interval method covered its nominal level, so no interval is drawn"
@@ -172,42 +180,13 @@ class LawFit:
         return out
 
 
-def fit_power_law(
-    x: Any,
-    err: Any,
-    *,
-    label: str = "",
-    x_name: str = "x",
-    n_boot: int = 1000,
-    level: float = 0.9,
-    seed: int = 0,
-    delta: float | None = None,
-    forms: Sequence[Form] = ONE_D,
-    resampling: Resampling = Resampling.PARAMETRIC,
-    backtest: bool = True,
-    extra: Any = None,
-) -> LawFit:
-    """The law of err against x (one point per run); see the module's docstring.
-    `extra`: x of hypothetical runs (one per run) that join every parametric replicate,
-    so that the intervals are those the sweep would have with them (the point fit, the
-    back-test and the choice of form rest on the real runs alone)."""
+def fit_power_law(x: Any, err: Any, **options: Any) -> LawFit:
+    """The law of err against x (one point per run; runs with a missing or non-positive
+    x or a missing error are left out); `options` as `fit_runs`'s."""
     x = np.asarray(x, float)
     err = np.asarray(err, float)
     keep = np.isfinite(x) & (x > 0) & np.isfinite(err)
-    return fit_runs(
-        x[keep],
-        err[keep][None],
-        label=label,
-        x_name=x_name,
-        n_boot=n_boot,
-        level=level,
-        seed=seed,
-        delta=delta,
-        forms=forms,
-        resampling=resampling,
-        backtest=backtest,
-        extra=extra,
-    )[0]
+    return fit_runs(x[keep], err[keep][None], **options)[0]
 
 
 def fit_runs(
@@ -225,7 +204,12 @@ def fit_runs(
     backtest: bool = True,
     extra: Any = None,
 ) -> list[LawFit]:
-    """`fit_power_law` for R data sets err (R, n) at the same runs x (n,)."""
+    """The law of each of R data sets err (R, n) at the same runs x (n,); see the
+    module's docstring. `forms`: the candidates; `resampling`: how replicates are made;
+    `backtest` False: the first form that fits, untested. `extra`: x of hypothetical runs
+    (one per run) that join every parametric replicate, so that the intervals are those
+    the sweep would have with them (the point fit, the back-test and the choice of form
+    rest on the real runs alone)."""
     x = np.asarray(x, float).ravel()
     err = np.atleast_2d(np.asarray(err, float))
     xs = np.unique(x)
@@ -306,10 +290,10 @@ def _with_notes(fit: LawFit) -> LawFit:
             f"only {fit.n_x} distinct {fit.x_name} values: the curve and its band "
             "rest on very few points"
         )
-    if c.dof <= 0 or not len(c.boot):
-        notes.append(NO_INTERVAL)
-    elif not fit.reliable:
+    if not fit.reliable:
         notes.append(UNRELIABLE.format(dof=c.dof, runs=fit.n_runs, p=c.form.n_params))
+    elif not len(c.boot):
+        notes.append(NO_INTERVAL)
     if c.floor_at_bound:
         notes.append(f"E at its lower bound, the data show no saturation: {NOT_MEASURABLE}")
     elif fit.has_interval and "E" in fit.intervals() and fit.intervals()["E"] is None:

@@ -32,7 +32,7 @@ from scipy.optimize import minimize_scalar
 
 from scaling.report import backtest as bt
 from scaling.report.bootstrap import fit_batch
-from scaling.report.fit import MIN_DOF, UNRELIABLE, FormFit, stream
+from scaling.report.fit import UNRELIABLE, FormFit, reliable, stream
 from scaling.report.forms import JOINT
 from scaling.report.numbers import human
 
@@ -253,8 +253,7 @@ def fit_joint(
         notes.append("no training FLOPs in the results: no compute-optimal frontier")
     if test is None:
         notes.append("no back-test: it needs three sizes and six cells without the largest")
-    reliable = fit.dof >= MIN_DOF
-    if not reliable:
+    if not reliable(fit):
         notes.append(UNRELIABLE.format(dof=fit.dof, runs=len(runs), p=JOINT.n_params))
     return JointLaw(
         status="ok",
@@ -263,7 +262,7 @@ def fit_joint(
         cost=cost,
         backtest=test,
         withheld=withheld,
-        reliable=reliable,
+        reliable=reliable(fit),
         notes=tuple(notes),
         **base,  # type: ignore[arg-type]
     )
