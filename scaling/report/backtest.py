@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from scaling.report.bootstrap import Batch, FormFit, fit_batch
+from scaling.report.bootstrap import MIN_DOF, Batch, FormFit, fit_batch
 from scaling.report.forms import SATURATING, Form, FormName
 from scaling.report.numbers import human
 
@@ -161,12 +161,18 @@ def choose(
 ) -> tuple[tuple[FormFit, ...], str, str]:
     """(members: the chosen form first, then those not told apart from it; why; why the
     extrapolation is withheld, "" when it is not)."""
-    if not tests:
-        default = next(f for f in order if f.name in fits)
+    default = next(f for f in order if f.name in fits)
+    if default.name not in tests:
+        # Forms are compared only against the default: a simpler form is never chosen
+        # because it alone had enough runs to be tested.
         why = (
             f"{default.name} (the default): no back-test, which needs {MIN_SIZES} sizes "
-            "(the law is fitted without the largest and must predict it)"
+            "and, without the largest, runs enough to leave the fit "
+            f"{MIN_DOF} residual degrees of freedom"
         )
+        failed = [str(t.form) for t in tests.values() if not t.passed]
+        if failed:
+            why += f" ({', '.join(failed)} failed its own)"
         return (fits[default.name],), why, ""
     ranked = sorted(tests.values(), key=lambda t: (not t.passed, t.error))
     best = ranked[0]
