@@ -174,7 +174,9 @@ def choose(
         if failed:
             why += f" ({', '.join(failed)} failed its own)"
         return (fits[default.name],), why, ""
-    ranked = sorted(tests.values(), key=lambda t: (not t.passed, t.error))
+    # ties (a saturating fit whose floor went to 0 is the pure law) go to the default
+    rank = {f.name: i for i, f in enumerate(order)}
+    ranked = sorted(tests.values(), key=lambda t: (not t.passed, round(t.error, 6), rank[t.form]))
     best = ranked[0]
     scores = ", ".join(
         f"{t.form} {t.error:.2f}" + ("" if t.passed else " (failed)") for t in ranked

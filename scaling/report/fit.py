@@ -296,7 +296,7 @@ def _with_notes(fit: LawFit) -> LawFit:
         notes.append(NO_INTERVAL)
     if c.floor_at_bound:
         notes.append(f"E at its lower bound, the data show no saturation: {NOT_MEASURABLE}")
-    elif fit.has_interval and "E" in fit.intervals() and fit.intervals()["E"] is None:
+    elif "log_E" in c.form.params and fit.has_interval and fit.intervals().get("E", 0) is None:
         upper = 100 * c.floor_upper(fit.level)
         notes.append(
             f"E's {fit.level:.0%} interval reaches 0 (at most {upper:.2f} points): {NOT_MEASURABLE}"

@@ -40,7 +40,7 @@ FILES = ("results.parquet", "gaps.csv", "fits.json", "report.html")
 MAX_LISTED = 500  # missing/failed runs listed in the HTML (all of them are in the parquet)
 CAPTIONS = {
     "fig7": "Top-1 vs encoder parameters (the paper's Fig. 7): means over seeds with +-1 std; "
-    "curves are fitted saturating power laws with their bootstrap bands.",
+    "curves are the fitted laws (each in the form its back-test chose) with their 90% bands.",
     "gap": "Supervised minus SimCLR top-1 in points. Shaded: the range of models trained; "
     "dashed: the fitted gap extrapolated beyond it.",
     "fig9": "SimCLR linear evaluation vs training epochs, one line per batch size "
