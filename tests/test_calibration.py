@@ -42,9 +42,14 @@ def test_one_seed_on_four_sizes_draws_no_band() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("design", C.FAST, ids=str)
 def test_coverage_with_back_tests_and_forms(design: C.Design) -> None:
-    """The whole code path (three forms, back-tests, envelopes) on designs with a
-    back-test; a correct law fails its back-test about 10% of the time at most."""
+    """The whole code path (three forms, back-tests, pooled bands) on designs with a
+    back-test: each law's band covers 85-95% (60 data sets: 83-98% allowed); the gap's
+    interval covers at least that (pooling the forms two laws could not rule out makes
+    it conservative at 10x: 95-99% in BENCHMARKS.md); a correct law fails its back-test
+    about 5% of the time."""
     c = C.measure(design, reps=60, n_boot=200)
-    for value in (c.at_max, c.at_reach, c.gap_at_max, c.gap_at_reach):
+    for value in (c.at_max, c.at_reach):
         assert 0.83 <= value <= 0.98, c.row()
-    assert c.withheld <= 0.15
+    for value in (c.gap_at_max, c.gap_at_reach):
+        assert value >= 0.83, c.row()
+    assert c.withheld <= 0.1

@@ -13,6 +13,9 @@ often the stated band holds the true error:
 - how often the back-test withheld the extrapolation, and how often the interval was
   declared unreliable (those draw no band and are not counted in the coverage).
 
+`measure_joint` does the same for the joint law over size and training length (its band
+at the largest cell and at 10x both, and the compute-optimal size at a budget).
+
 `Method.AFTER` is the report's method (parametric bootstrap, forms chosen by back-test);
 `Method.BEFORE` the one it replaced (the saturating law, runs resampled with replacement,
 no back-test). tests/test_calibration.py runs a fixed-seed few designs in the suite;
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from scaling.enums import StrEnum
 from scaling.report.bootstrap import Resampling
@@ -219,6 +223,66 @@ FAST = (
     Design(4, 3, 1.0, True),
     Design(6, 2, 3.0, False),
 )
+
+
+#: The joint law measured: err = E + A N^-alpha + B D^-beta over 5 sizes x 4 lengths
+#: (images seen, 7,040 to 56,320: the digits sweep's range), FLOPs = 6 N D.
+JOINT_TRUTH = {"E": 0.02, "A": 3.0, "alpha": 0.35, "B": 8.0, "beta": 0.5}
+JOINT_SIZES = X_MIN * RATIO ** np.arange(5)
+JOINT_LENGTHS = 7_040 * 2.0 ** np.arange(4)
+
+
+def joint_err(n: Any, d: Any) -> np.ndarray:
+    t = JOINT_TRUTH
+    return (
+        t["E"]
+        + t["A"] * np.asarray(n, float) ** -t["alpha"]
+        + t["B"] * np.asarray(d, float) ** -t["beta"]
+    )
+
+
+def joint_optimum(budget: float) -> float:
+    """The true compute-optimal N for FLOPs = 6 N D (Hoffmann et al.'s closed form)."""
+    t = JOINT_TRUTH
+    a, b = t["alpha"], t["beta"]
+    return (a * t["A"] / (b * t["B"])) ** (1 / (a + b)) * (budget / 6) ** (b / (a + b))
+
+
+def measure_joint(
+    noise: float, *, seeds: int = 3, reps: int = 100, n_boot: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """Coverage of the joint law's band at the largest (N, D) trained and at 10x both, of
+    the compute-optimal N at the largest run's FLOPs, and its back-test's failure rate,
+    over `reps` data sets fitted by the report's code path (scaling.report.joint)."""
+    from scaling.report.joint import fit_joint
+
+    rng = np.random.default_rng([seed, seeds, int(noise * 10)])
+    n, d = np.meshgrid(JOINT_SIZES, JOINT_LENGTHS, indexing="ij")
+    n, d = np.repeat(n.ravel(), seeds), np.repeat(d.ravel(), seeds)
+    at = [(n.max(), d.max()), (REACH * n.max(), REACH * d.max())]
+    budget = 6 * n.max() * d.max()
+    hits: dict[str, list[bool]] = {"largest": [], "10x": [], "optimal N": []}
+    failed = 0
+    for i in range(reps):
+        err = joint_err(n, d) + rng.normal(0, noise / 100, len(n))
+        runs = pd.DataFrame(
+            {"encoder_params": n, "images_seen": d, "top1": 1 - err, "train_flops": 6 * n * d}
+        )
+        law = fit_joint(runs, method="m", label="m", n_boot=n_boot, seed=seed + i)
+        failed += bool(law.withheld)
+        if not law.has_interval:
+            continue
+        for name, (nn, dd) in zip(("largest", "10x"), at, strict=True):
+            lo, hi = np.quantile(law.draws(nn, dd)[:, 0], [0.05, 0.95])
+            hits[name].append(bool(lo <= joint_err(nn, dd) <= hi))
+        opt = law.optimum(budget)
+        if "N_interval" in opt:
+            lo, hi = opt["N_interval"]
+            hits["optimal N"].append(bool(lo <= joint_optimum(budget) <= hi))
+    out: dict[str, Any] = {"design": f"5 sizes x 4 lengths x {seeds} seeds, {noise:g} pt"}
+    out.update({k: round(100 * float(np.mean(v)), 1) if v else None for k, v in hits.items()})
+    out["back-test failed"] = round(100 * failed / reps, 1)
+    return out
 
 
 def table(rows: Iterable[Coverage]) -> str:

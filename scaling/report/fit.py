@@ -6,9 +6,10 @@ saturating E + A x^-alpha, pure A x^-alpha, a broken power law) is fitted with a
 loss in log space (scaling.report.solver) and gets parametric-bootstrap replicates
 (scaling.report.bootstrap), is back-tested on the largest size(s) it did not see
 (scaling.report.backtest), and the form with the smallest held-out error among those
-that passed is chosen. Forms the back-test cannot tell apart that predict differently
-at REACH x the largest size are all kept (`members`): the band is the envelope of
-theirs, and the choice says so.
+that passed gives the curve. Every form that passed is kept (`members`): the band pools
+their replicates (each form equally), so that a form the back-test could not rule out
+is never left out of the interval, and the choice says when they predict differently
+at REACH x the largest size.
 
 What the numbers rest on (measured by scaling.report.calibration; the table is in
 BENCHMARKS.md, "Interval coverage"):
@@ -87,7 +88,7 @@ class LawFit:
     x_min: float
     x_max: float
     level: float = 0.9
-    members: tuple[FormFit, ...] = ()  # the chosen form first, then those not told apart
+    members: tuple[FormFit, ...] = ()  # the chosen form first, then the others that passed
     backtests: dict[FormName, bt.Backtest] = field(default_factory=dict)
     choice: str = ""  # which form and why
     withheld: str = ""  # why the extrapolation past the data is not shown ("" when it is)
@@ -120,14 +121,17 @@ class LawFit:
     def predict(self, x: Any) -> np.ndarray:
         return self.chosen.predict(x)
 
+    def draws(self, x: Any) -> np.ndarray:
+        """The replicates of every member form at x, pooled (each form equally): (B', m)."""
+        return np.concatenate([m.draws(x) for m in self.members])
+
     def band(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Envelope of the members' percentile bands at x (NaN without an interval)."""
+        """The percentile band of the pooled replicates at x (NaN without an interval)."""
         x = np.atleast_1d(np.asarray(x, float))
         if not self.has_interval:
             nan = np.full(len(x), math.nan)
             return nan, nan
-        bands = [m.band(x, self.level) for m in self.members]
-        return np.min([b[0] for b in bands], axis=0), np.max([b[1] for b in bands], axis=0)
+        return percentile_band(self.draws(x), self.level)
 
     def params(self) -> dict[str, float]:
         return self.chosen.params()
@@ -247,9 +251,7 @@ def fit_runs(
         for f in candidates
     }
     tests = (
-        bt.backtests(
-            candidates, x, err, level=level, seed=stream(seed, label, "backtest"), x_name=x_name
-        )
+        bt.backtests(candidates, x, err, seed=stream(seed, label, "backtest"), x_name=x_name)
         if h
         else {}
     )

@@ -241,7 +241,7 @@ def fit_joint(
     flops = runs["train_flops"].to_numpy(float)
     ok = np.isfinite(flops) & (flops > 0)
     cost = CostModel.fit(n[ok], flops[ok] / d[ok]) if len(set(n[ok])) >= 2 else None
-    test = _backtest(x, err, level, stream(seed, label, "joint backtest"))
+    test = _backtest(x, err, stream(seed, label, "joint backtest"))
     withheld = ""
     if test is not None and not test.passed:
         withheld = (
@@ -268,7 +268,7 @@ def fit_joint(
     )
 
 
-def _backtest(x: np.ndarray, err: np.ndarray, level: float, seed: int) -> bt.Backtest | None:
+def _backtest(x: np.ndarray, err: np.ndarray, seed: int) -> bt.Backtest | None:
     """Fit without the largest size (all its lengths), predict each held-out cell."""
     n_max = x[:, 0].max()
     train = x[:, 0] < n_max
@@ -282,7 +282,7 @@ def _backtest(x: np.ndarray, err: np.ndarray, level: float, seed: int) -> bt.Bac
     b = fit_batch(JOINT, x[train], err[train][None], n_boot=bt.BACKTEST_BOOT, seed=seed)
     if not b.boot.shape[1]:
         return None
-    each = 1 - (1 - level) / len(held)
+    each = 1 - (1 - bt.BACKTEST_LEVEL) / len(held)
     pred, lo, hi = bt.predictive(b, held, runs, each, rng)
     where = tuple(f"N {human(h[0])}, D {human(h[1])}" for h in held)
     return bt.Backtest(JOINT.name, held, runs, measured, pred[0], lo[0], hi[0], each, where)

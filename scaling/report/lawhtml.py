@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaling.report.backtest import BACKTEST_LEVEL, level_text
 from scaling.report.calibration import Design
 from scaling.report.fit import MIN_DOF, REACH
 from scaling.report.html import _e, html_table
@@ -100,9 +101,10 @@ def fits_section(fits: FitSet) -> str:
         '<h2 id="fits">Fits</h2>'
         "<p>err = 1 - top-1, fitted in three forms (saturating E + A "
         "x<sup>-alpha</sup>, pure A x<sup>-alpha</sup>, and a broken power law where there "
-        "are 7 or more sizes) with a Huber loss on log residuals; the form is the one whose "
-        "back-test (fitted without the largest size, predicting it) erred least, among those "
-        f"that passed. Brackets: {level} intervals. "
+        "are 7 or more sizes) with a Huber loss on log residuals; the curve is the form whose "
+        "back-test (fitted without the largest size, predicting it) erred least among those "
+        "that passed, and the band pools the replicates of every form that passed. "
+        f"Brackets: {level} intervals of the chosen form. "
         + _e(COVERAGE.format(example=example, reach=REACH, dof=MIN_DOF))
         + " A fit needs at least 4 distinct model sizes; a back-test needs 5.</p>"
         + html_table(frame, frame.columns, ("fit", "x", "role", "form", "back-test", "notes"))
@@ -161,10 +163,13 @@ def backtest_section(fits: FitSet) -> str:
         '<h2 id="back-tests">Back-tests</h2>'
         "<p>Each law refitted without its largest size (the largest two "
         "from 7 sizes; a joint law without its largest size at every training length), "
-        "predicting the held-out mean error over seeds (percent). Interval: the prediction "
-        "interval of that mean (the fit's band plus the seeds' noise), each held-out point "
-        "an equal share of the level. A law whose interval misses a measurement failed: its "
-        "extrapolation is withheld.</p>"
+        "predicting the held-out mean error over seeds (percent). Interval: the "
+        f"{level_text(BACKTEST_LEVEL)} prediction interval of that mean (the fit's band plus "
+        "the seeds' noise), the held-out points sharing that level equally, so that a "
+        f"correct law fails at most {level_text(1 - BACKTEST_LEVEL)} of the time. A law "
+        "whose interval misses a measurement failed: its extrapolation is withheld. The "
+        "form chosen is the one that erred least among those that passed; the bands pool "
+        "every form that passed.</p>"
         + html_table(frame, frame.columns, ("law", "form", "held out", "covered"))
         + (f"<p>Withheld:</p><ul>{''.join(withheld)}</ul>" if withheld else "")
     )
