@@ -162,6 +162,15 @@ def predictive(
     return b.predict(held), np.quantile(draws, q[0], axis=1), np.quantile(draws, q[1], axis=1)
 
 
+def needed(order: Sequence[Form], tests: Mapping[FormName, Backtest | None]) -> frozenset[FormName]:
+    """The forms `choose` will look at for these back-tests."""
+    mine = [t for t in tests.values() if t is not None]
+    if order[0].name not in {t.form for t in mine}:
+        return frozenset({order[0].name})
+    passed = {t.form for t in mine if t.passed}
+    return frozenset(passed or {min(mine, key=lambda t: t.error).form})
+
+
 def choose(
     fits: Mapping[FormName, FormFit],
     tests: Mapping[FormName, Backtest],
@@ -172,7 +181,7 @@ def choose(
 ) -> tuple[tuple[FormFit, ...], str, str]:
     """(members: the chosen form first, then those not told apart from it; why; why the
     extrapolation is withheld, "" when it is not)."""
-    default = next(f for f in order if f.name in fits)
+    default = order[0]
     if default.name not in tests:
         # Forms are compared only against the default: a simpler form is never chosen
         # because it alone had enough runs to be tested.
@@ -207,9 +216,9 @@ def choose(
     lo, hi = chosen.band([x_far], level)
     point = float(chosen.predict([x_far])[0])
     for t in ranked[1:]:
-        other = fits[t.form]
-        if not t.passed or not len(other.draws([x_far])):
+        if not t.passed or not len(fits[t.form].draws([x_far])):
             continue
+        other = fits[t.form]
         members.append(other)
         o_lo, o_hi = other.band([x_far], level)
         o_point = float(other.predict([x_far])[0])

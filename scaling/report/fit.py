@@ -237,6 +237,22 @@ def fit_runs(
     candidates = [f for f in forms if len(xs) - h >= f.min_points]
     if not h or not candidates:  # nothing to judge forms by: the first that fits
         candidates = [next((f for f in forms if len(xs) >= f.min_points), SATURATING)]
+    tests = (
+        bt.backtests(
+            candidates,
+            x,
+            err,
+            seed=stream(seed, label, "backtest"),
+            x_name=x_name,
+            n_boot=min(bt.BACKTEST_BOOT, max(n_boot, 200)),  # fewer for laws only drawn
+        )
+        if h
+        else {}
+    )
+    # Replicates only of the forms some data set keeps (those that passed, the best of
+    # those that failed, the default when it was not tested): a failed form is not drawn.
+    needed = {bt.needed(candidates, {k: t[i] for k, t in tests.items()}) for i in range(len(err))}
+    names = {name for row in needed for name in row}
     batches = {
         f.name: fit_batch(
             f,
@@ -249,17 +265,15 @@ def fit_runs(
             extra=None if extra is None else np.asarray(extra, float).reshape(-1, 1),
         )
         for f in candidates
+        if f.name in names
     }
-    tests = (
-        bt.backtests(candidates, x, err, seed=stream(seed, label, "backtest"), x_name=x_name)
-        if h
-        else {}
-    )
     out = []
     for i in range(len(err)):
         fits = {name: FormFit.of(b, i) for name, b in batches.items()}
         mine = {name: t[i] for name, t in tests.items() if t[i] is not None}
         members, choice, withheld = bt.choose(fits, mine, xs[-1] * REACH, level, candidates, x_name)
+        if not backtest:
+            choice = f"{members[0].form.name} (the default): no back-test asked for"
         dropped = batches[members[0].form.name].dropped
         fit = LawFit(
             status="ok",

@@ -127,7 +127,8 @@ def fit_sweep(
 ) -> FitSet:
     """Every law the report shows. The supervised reference and the headline SimCLR
     recipe of each domain (most model sizes, then highest mean top-1) get `n_boot`
-    replicates; the other recipes `n_boot_other` (they are drawn, not quoted)."""
+    replicates, their forms chosen by back-test; the other recipes `n_boot_other` in the
+    default form, untested (they are drawn, not quoted)."""
     df = frame(table)
     df = df[(df["state"] == "finished") & df["top1"].notna()]
     out = FitSet()
@@ -150,6 +151,7 @@ def fit_sweep(
                     level=level,
                     seed=seed,
                     n_boot=n_boot if role else n_boot_other,
+                    backtest=bool(role),
                 )
                 fits.append(SweepFit(domain, method, values, "encoder_params", fit, role))
             out.compute.append(

@@ -36,8 +36,11 @@ CHUNK = 1_000_000
 
 
 def huber(r: np.ndarray, delta: float | np.ndarray) -> np.ndarray:
+    """0.5 r^2 inside delta, delta (|r| - delta / 2) outside (as m (|r| - m / 2), m the
+    smaller of |r| and delta: one expression for both sides)."""
     a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+    m = np.minimum(a, delta)
+    return m * (a - 0.5 * m)
 
 
 class Design(NamedTuple):
@@ -69,28 +72,41 @@ def _residuals(form: Form, theta: np.ndarray, d: Design, logy: np.ndarray) -> np
     return form.log_pred(theta, d.u)[:, d.idx] - logy
 
 
+def _loss(r: np.ndarray, w: np.ndarray | None, delta: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        h = huber(r, delta[:, None])
+        out = (h if w is None else w * h).sum(axis=1)
+    return np.where(np.isfinite(out), out, np.inf)
+
+
 def loss(
-    form: Form, theta: np.ndarray, d: Design, logy: np.ndarray, w: np.ndarray, delta: np.ndarray
+    form: Form,
+    theta: np.ndarray,
+    d: Design,
+    logy: np.ndarray,
+    w: np.ndarray | None,
+    delta: np.ndarray,
 ) -> np.ndarray:
     with np.errstate(all="ignore"):
-        out = (w * huber(_residuals(form, theta, d, logy), delta[:, None])).sum(axis=1)
-    return np.where(np.isfinite(out), out, np.inf)
+        return _loss(_residuals(form, theta, d, logy), w, delta)
 
 
 def _lm_step(
     form: Form,
     theta: np.ndarray,
     d: Design,
-    logy: np.ndarray,
-    w: np.ndarray,
+    r: np.ndarray,
+    w: np.ndarray | None,
     delta: np.ndarray,
     lam: np.ndarray,
     bounds: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """One damped Gauss-Newton step on the IRLS (reweighted least squares) model."""
+    """One damped Gauss-Newton step on the IRLS (reweighted least squares) model, from
+    the residuals r (K, n) at theta."""
     lp = form.log_pred(theta, d.u)
-    r = lp[:, d.idx] - logy
-    omega = w * np.minimum(1.0, delta[:, None] / np.maximum(np.abs(r), 1e-300))
+    omega = np.minimum(1.0, delta[:, None] / np.maximum(np.abs(r), 1e-300))
+    if w is not None:
+        omega = w * omega
     omega_x = np.add.reduceat(omega, d.starts, axis=1)  # (K, m)
     resid_x = np.add.reduceat(omega * r, d.starts, axis=1)
     jac = form.jacobian(theta, d.u, lp)  # (K, m, p)
@@ -123,16 +139,14 @@ def solve(
     less than `tol` of its loss."""
     k = len(theta0)
     logy = np.broadcast_to(logy, (k, d.n_runs))
-    w = np.ones((1, d.n_runs)) if w is None else w
-    w = np.broadcast_to(w, (k, d.n_runs))
+    w = None if w is None else np.broadcast_to(w, (k, d.n_runs))
     delta = np.broadcast_to(np.asarray(delta, float), (k,))
     size = max(1, CHUNK // max(1, d.n_runs))
     parts = []
     for i in range(0, k, size):
-        chunk = slice(i, i + size)
-        parts.append(
-            _solve(form, theta0[chunk], d, logy[chunk], w[chunk], delta[chunk], iters, tol)
-        )
+        c = slice(i, i + size)
+        wc = None if w is None else w[c]
+        parts.append(_solve(form, theta0[c], d, logy[c], wc, delta[c], iters, tol))
     if not parts:
         return np.empty((0, form.n_params)), np.empty(0)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -143,32 +157,48 @@ def _solve(
     theta0: np.ndarray,
     d: Design,
     logy: np.ndarray,
-    w: np.ndarray,
+    w: np.ndarray | None,
     delta: np.ndarray,
     iters: int,
     tol: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     bounds = form.bounds(d.u)
-    theta = np.clip(theta0.astype(float), *bounds)
-    best = loss(form, theta, d, logy, w, delta)
+    out = np.clip(theta0.astype(float), *bounds)
+    out_loss = np.empty(len(out))
+    # The working set: problems still moving. Indexing a (K, n) array every step would
+    # copy it every step, so finished rows idle until a quarter of the set has finished,
+    # and then the set is compacted.
+    rows = np.arange(len(out))
+    theta, y, dl = out.copy(), np.array(logy), delta.copy()
+    wk = None if w is None else np.array(w)
+    with np.errstate(all="ignore"):
+        r = _residuals(form, theta, d, y)  # kept: a step starts from the last residuals
+    best = _loss(r, wk, dl)
     lam = np.full(len(theta), 1e-2)
-    active = np.ones(len(theta), bool)
+    finished = np.zeros(len(theta), bool)
     for _ in range(iters):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
+        if finished.all():
             break
         with np.errstate(all="ignore"):
-            cand = _lm_step(form, theta[idx], d, logy[idx], w[idx], delta[idx], lam[idx], bounds)
-            new = loss(form, cand, d, logy[idx], w[idx], delta[idx])
-        ok = new <= best[idx]
-        moved = np.abs(cand - theta[idx]).max(axis=1)
-        gain = best[idx] - new
-        theta[idx[ok]] = cand[ok]
-        best[idx[ok]] = new[ok]
-        lam[idx] = np.where(ok, lam[idx] / 3, lam[idx] * 4)
-        done = (ok & ((moved < 1e-7) | (gain <= tol * best[idx]))) | (lam[idx] > 1e8)
-        active[idx[done]] = False
-    return theta, best
+            cand = _lm_step(form, theta, d, r, wk, dl, lam, bounds)
+            r_cand = _residuals(form, cand, d, y)
+        new = _loss(r_cand, wk, dl)
+        ok = (new <= best) & ~finished
+        moved = np.abs(cand - theta).max(axis=1)
+        gain = best - new
+        theta[ok], best[ok], r[ok] = cand[ok], new[ok], r_cand[ok]
+        lam = np.where(ok, lam / 3, lam * 4)
+        done = ~finished & ((ok & ((moved < 1e-7) | (gain <= tol * best))) | (lam > 1e8))
+        out[rows[done]], out_loss[rows[done]] = theta[done], best[done]
+        finished |= done
+        if finished.sum() >= 0.25 * len(rows):
+            keep = ~finished
+            rows, theta, best, lam = rows[keep], theta[keep], best[keep], lam[keep]
+            r, y, dl, finished = r[keep], y[keep], dl[keep], finished[keep]
+            wk = None if wk is None else wk[keep]
+    left = ~finished  # those that ran out of iterations
+    out[rows[left]], out_loss[rows[left]] = theta[left], best[left]
+    return out, out_loss
 
 
 def fit_starts(
