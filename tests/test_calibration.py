@@ -34,7 +34,7 @@ def test_the_new_intervals_cover_where_the_old_ones_did_not() -> None:
 
 
 def test_one_seed_on_four_sizes_draws_no_band() -> None:
-    """1 residual degree of freedom: no method covered, so nothing is drawn."""
+    """1 residual degree of freedom: no interval was calibrated, so nothing is drawn."""
     c = C.measure(C.Design(4, 1, 1.0, True), reps=10, n_boot=50)
     assert c.drawn == 0.0 and np.isnan(c.at_max)
 

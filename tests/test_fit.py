@@ -135,12 +135,12 @@ def test_bad_values_are_dropped_and_perfect_scores_are_floored() -> None:
 
 
 def test_too_few_residual_degrees_of_freedom_draw_no_interval_and_say_why() -> None:
-    """4 sizes x 1 seed: 1 degree of freedom, where no interval method covered."""
+    """4 sizes x 1 seed: 1 degree of freedom, where no interval was calibrated."""
     xs = 5e3 * 4.0 ** np.arange(4)
     x, y = draw(0, xs, 1, 1.0)
     one = F.fit_power_law(x, y, n_boot=200)
     assert one.ok and not one.reliable and not one.has_interval and one.intervals() == {}
-    assert any("no interval method covered" in n for n in one.notes)
+    assert any("the interval is unreliable" in n for n in one.notes)
     lo, hi = one.band(np.array([1e5]))
     assert np.isnan(lo).all() and np.isnan(hi).all()  # nothing to draw
     x3, y3 = draw(0, xs, 3, 1.0)

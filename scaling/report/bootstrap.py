@@ -35,8 +35,8 @@ from scaling.report.solver import Design, design, fit_starts, solve
 
 #: errors are clipped here before the log: a perfect score would otherwise be -inf.
 ERR_FLOOR = 1e-4
-#: residual degrees of freedom below which no interval method covered its level (the
-#: calibration's 4 sizes x 1 seed): such a fit gets no replicates
+#: residual degrees of freedom below which no interval was calibrated (4 or 5 sizes x 1
+#: seed: the gap's nominal 90% covered 98-100%): such a fit gets no replicates
 MIN_DOF = 3
 #: relative loss change at which a replicate's refit stops (a percentile needs no more)
 REFIT_TOL = 1e-7

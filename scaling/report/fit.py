@@ -15,9 +15,11 @@ What the numbers rest on (measured by scaling.report.calibration; the table is i
 BENCHMARKS.md, "Interval coverage"):
 
 - Bands and intervals are percentiles of the replicates at `level`. A nominal 90%
-  covers 85-95% of the truth at the largest size and at 10x with 4-8 sizes when the
-  residuals have at least MIN_DOF degrees of freedom; with fewer (4 sizes x 1 seed)
-  `reliable` is False and the report says the interval is unreliable instead of drawing it.
+  covers about 85-95% of the truth at the largest size and at 10x with 4-8 sizes when
+  the residuals have at least MIN_DOF degrees of freedom; with fewer (4 or 5 sizes x 1
+  seed) the noise level is too poorly known for any calibration (the gap's interval
+  covered 98-100%): `reliable` is False and the report says the interval is unreliable
+  instead of drawing it.
 - Extrapolation is only drawn to REACH x the largest size: coverage was measured there
   and nowhere further.
 - A parameter pinned at its bound in every replicate has no interval (None): E at 0 means
@@ -63,8 +65,9 @@ NO_INTERVAL = (
     "no bootstrap replicates (none asked for, or one run per size to resample): no interval"
 )
 UNRELIABLE = (
-    "{dof} residual degree(s) of freedom ({runs} runs, {p} parameters): on simulated data of "
-    "this design no interval method covered its nominal level, so no interval is drawn"
+    "{dof} residual degree(s) of freedom ({runs} runs, {p} parameters): the interval is "
+    "unreliable, so none is drawn (the noise level is too poorly known: on simulated data "
+    "of such designs a nominal 90% covered 98-100% of gaps, not 90%)"
 )
 NOT_MEASURABLE = "the asymptote is not measurable from these sizes"
 

@@ -29,7 +29,8 @@ COVERAGE = (
     "designs like this one ({example}, 4-8 sizes, 1-5 seeds, 0.5-3 points of noise), a "
     "nominal 90% covered the truth at the largest size and at {reach:g}x it in about 85-95% "
     "of data sets (BENCHMARKS.md, 'Interval coverage'); with fewer than {dof} residual "
-    "degrees of freedom no method covered, and no interval is drawn."
+    "degrees of freedom the noise level is too poorly known for a calibrated interval, and "
+    "none is drawn."
 )
 
 
