@@ -169,8 +169,8 @@ def test_fit_sweep_roles_and_gap_curves() -> None:
         and head[0].curve is not None
         and head[0].recipe == {"batch_size": 256, "epochs": 400}
     )
-    assert {len(f.fit.boot) for f in fits.params if f.role} == {100}
-    assert {len(f.fit.boot) for f in fits.params if not f.role} == {50}
+    assert {len(f.fit.chosen.boot) for f in fits.params if f.role} == {100}
+    assert {len(f.fit.chosen.boot) for f in fits.params if not f.role} == {50}
     assert fits.to_dict()["gaps"][0]["statement"]
 
 

@@ -99,20 +99,22 @@ def test_a_fit_that_contradicts_the_measurements_is_not_stated() -> None:
 
     x = np.geomspace(1e5, 1e9, 5)
     curve = GapCurve(
-        "c",
-        1.0,
-        0.9,
-        x,
-        np.full(5, 3.9),
-        x,
-        x,
-        1e5,
-        1e6,
-        math.inf,
-        (math.nan, math.nan),
-        3.9,
-        (math.nan, math.nan),
-        "does not close",
+        label="c",
+        threshold=1.0,
+        level=0.9,
+        x=x,
+        gap=np.full(5, 3.9),
+        lo=x,
+        hi=x,
+        data_min=1e5,
+        data_max=1e6,
+        reach=10.0,
+        closes_at=math.inf,
+        closes_interval=(math.nan, math.nan),
+        asymptote=3.9,
+        asymptote_interval=(math.nan, math.nan),
+        withheld="",
+        statement="does not close",
     )
     fits = FitSet(gaps=[SweepGap({"dataset": "cifar10"}, {}, curve, curve.statement, True)])
     rows = sweep_rows({0.125: 4.17, 0.25: -1.11, 0.5: 0.0, 1.0: 0.83, 2.0: 0.5}, seeds=1)

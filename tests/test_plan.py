@@ -128,7 +128,7 @@ def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:
     as_json = runner.invoke(app, ["plan", sweep, "--format", "json", "--only", "method=supervised"])
     assert as_json.exit_code == 0, as_json.output
     rows = json.loads(as_json.output)
-    assert len(rows) == 12 and all(r["method"] == "supervised" for r in rows)
+    assert len(rows) == 15 and all(r["method"] == "supervised" for r in rows)
     required = {
         "run_id",
         "method",
@@ -157,11 +157,11 @@ def test_plan_cli_formats_and_parquet(tmp_path: Path) -> None:
     }
     assert required <= set(rows[0])
     as_csv = runner.invoke(app, ["plan", sweep, "--format", "csv"])
-    assert as_csv.exit_code == 0 and as_csv.output.count("\n") == 25
+    assert as_csv.exit_code == 0 and as_csv.output.count("\n") == 31
     out = tmp_path / "plan.parquet"
     table = runner.invoke(app, ["plan", sweep, "--out", str(out)])
-    assert table.exit_code == 0 and "runs: 24 (simclr 12, supervised 12)" in table.output
-    assert pq.read_table(out).num_rows == 24
+    assert table.exit_code == 0 and "runs: 30 (simclr 15, supervised 15)" in table.output
+    assert pq.read_table(out).num_rows == 30
 
 
 BN_SWEEP = """
@@ -228,7 +228,13 @@ def test_stl10_simclr_is_planned_on_train_plus_unlabeled(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "sweep", ["quickstart.yaml", "imagenet_depth_width.yaml", "cifar10_batch_epochs.yaml"]
+    "sweep",
+    [
+        "quickstart.yaml",
+        "digits_width_epochs.yaml",
+        "imagenet_depth_width.yaml",
+        "cifar10_batch_epochs.yaml",
+    ],
 )
 def test_plan_table_fits_120_columns(sweep: str) -> None:
     """Grid axes and the cost columns, one line per run; what every run shares goes into

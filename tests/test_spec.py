@@ -115,7 +115,9 @@ def test_overrides_are_validated(tmp_path: Path) -> None:
         load_sweep(path, ["methods.simclr.epochs=-1"])
 
 
-@pytest.mark.parametrize("name", ["quickstart", "cifar10_batch_epochs", "imagenet_depth_width"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "digits_width_epochs", "cifar10_batch_epochs", "imagenet_depth_width"]
+)
 def test_shipped_sweeps_load(name: str) -> None:
     sweep = load_sweep(REPO / "sweeps" / f"{name}.yaml")
     assert sweep.runs and sweep.description
@@ -124,9 +126,19 @@ def test_shipped_sweeps_load(name: str) -> None:
 def test_quickstart_is_a_real_study() -> None:
     sweep = load_sweep(REPO / "sweeps" / "quickstart.yaml")
     assert {r.method for r in sweep.runs} == {"simclr", "supervised"}
-    # the width trend with intervals: four sizes (enough for a fit), three seeds each
-    assert len({r.model["width"] for r in sweep.runs}) >= 4
+    # the width trend with intervals: five sizes (a fit and its back-test), three seeds each
+    assert len({r.model["width"] for r in sweep.runs}) >= 5
     assert len({r.seed for r in sweep.runs}) >= 3
+
+
+def test_the_widths_by_epochs_sweep_gives_each_method_a_joint_law() -> None:
+    """Both methods over five widths (a back-test) x three lengths, three seeds."""
+    sweep = load_sweep(REPO / "sweeps" / "digits_width_epochs.yaml")
+    for method in ("simclr", "supervised"):
+        runs = [r for r in sweep.runs if r.method == method]
+        assert len({r.model["width"] for r in runs}) >= 5
+        assert len({r.config["epochs"] for r in runs}) >= 3
+    assert len({r.seed for r in sweep.runs}) == 3 and len(sweep.runs) == 90
 
 
 def test_an_image_folder_root_is_part_of_the_run_identity(tmp_path: Path) -> None:

@@ -142,6 +142,8 @@ def print_answer(console: Console, fits_json: Path) -> None:
     for a in summary["answers"]:
         console.print(f"[bold]{a['dataset']}, {a['method']}:[/bold] {a['measured']}")
         console.print(f"  {a['extrapolation']}")
+        if a.get("compute"):
+            console.print(f"  {a['compute']}")
     for warning in summary["validity"]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     for why in (summary.get("figures_omitted") or {}).values():

@@ -352,6 +352,8 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
             ax.fill_between(
                 c.x, c.lo, c.hi, color="tab:red", alpha=0.12, lw=0, label=f"{c.level:.0%} band"
             )
+            if c.withheld:  # a law failed its back-test: the curve stops at the data
+                ax.plot([], [], " ", label="no extrapolation: a law failed its back-test")
             if math.isfinite(c.closes_at):
                 where = "" if c.closes_at <= c.data_max else " (extrapolated)"
                 ax.axvline(

@@ -1,10 +1,16 @@
-"""The gap between two fitted power laws: where it closes, and how far that is from the data.
+"""The gap between two fitted laws: where it closes, and how far that is from the data.
 
-`gap_curve(reference, contrastive)` takes the supervised and the SimCLR fits of error
+`gap_curve(reference, contrastive)` takes the supervised and the SimCLR laws of error
 against the same x (parameters, FLOPs) and gives the fitted gap in points on a log grid
-reaching EXTRAPOLATE x past the largest model trained, with its bootstrap band, the x
-from which it stays under a threshold, and a plain sentence that labels anything beyond
-the data as an extrapolation.
+over the data and, where both laws passed their back-tests, REACH x past the largest
+model trained (no further: coverage is measured to there, scaling.report.calibration),
+with its band, the x from which it stays under a threshold, and a plain sentence that
+labels anything beyond the data as an extrapolation. Where a law failed its back-test
+the curve stops at the data and the sentence says why; where an interval is unreliable
+it is not drawn; an asymptote whose floor is 0 in every replicate is "not measurable".
+
+`gap_band(reference, contrastive, x)`: the gap and its band at x, over the pooled
+replicates of the forms each law kept (the coverage harness measures this one).
 """
 
 from __future__ import annotations
@@ -15,18 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from scaling.report.fit import FEW_DISTINCT_X, PowerLawFit
+from scaling.report.fit import FEW_DISTINCT_X, NOT_MEASURABLE, REACH, LawFit, percentile_band
+from scaling.report.forms import FormName
+from scaling.report.numbers import human
 
-#: The gap curve is drawn (and its closing point sought) up to this many times the
-#: largest model trained; anything beyond the data is labelled an extrapolation.
-EXTRAPOLATE = 1000.0
+__all__ = ["GapCurve", "gap_band", "gap_curve", "gap_draws", "human"]
 
 
 @dataclass(frozen=True)
 class GapCurve:
     """The fitted gap in points, 100 x (err_contrastive - err_reference) (supervised
-    top-1 minus SimCLR top-1), on a log grid of x reaching EXTRAPOLATE x past the data,
-    with its bootstrap band and the x from which it stays under `threshold`."""
+    top-1 minus SimCLR top-1), on a log grid of x to `reach` x past the data, with its
+    band and the x from which it stays under `threshold`."""
 
     label: str
     threshold: float
@@ -37,10 +43,12 @@ class GapCurve:
     hi: np.ndarray = field(repr=False)
     data_min: float
     data_max: float
-    closes_at: float  # inf: not within EXTRAPOLATE x data_max; <= data_min: closed everywhere
+    reach: float  # the curve ends at reach x data_max (1: at the data)
+    closes_at: float  # inf: not within the curve; <= data_min: closed everywhere
     closes_interval: tuple[float, float]
-    asymptote: float  # 100 x (E_contrastive - E_reference)
+    asymptote: float  # 100 x (E_contrastive - E_reference); NaN: not measurable
     asymptote_interval: tuple[float, float]
+    withheld: str  # why the curve stops at the data ("" when it reaches further)
     statement: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,25 +58,14 @@ class GapCurve:
             "threshold_points": self.threshold,
             "level": self.level,
             "data_range": [self.data_min, self.data_max],
+            "reach": self.reach,
             "closes_at": fin(self.closes_at),
             "closes_interval": [fin(v) for v in self.closes_interval],
-            "asymptotic_gap_points": self.asymptote,
+            "asymptotic_gap_points": fin(self.asymptote),
             "asymptotic_gap_interval": [fin(v) for v in self.asymptote_interval],
+            "extrapolation_withheld": self.withheld or None,
             "statement": self.statement,
         }
-
-
-NO_CROSSING = "no crossing within the fitted range"
-
-
-def human(n: float) -> str:
-    """1234567 -> '1.23M' (parameters, FLOPs)."""
-    if not math.isfinite(n):
-        return "inf"
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
 
 
 def _closing(x: np.ndarray, gaps: np.ndarray, threshold: float) -> np.ndarray:
@@ -87,70 +84,122 @@ def _closing(x: np.ndarray, gaps: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
+def gap_draws(reference: LawFit, contrastive: LawFit, x: Any) -> np.ndarray:
+    """Replicates of the gap in points at x, (B, m): the two laws' pooled replicates are
+    independent, so pairing them by index (shuffled, so that pooled forms mix) draws
+    the difference. Empty without an interval."""
+    if not (reference.has_interval and contrastive.has_interval):
+        return np.empty((0, 0))
+    dr, dc = reference.draws(x), contrastive.draws(x)
+    rng = np.random.default_rng(0)
+    dr, dc = dr[rng.permutation(len(dr))], dc[rng.permutation(len(dc))]
+    n = min(len(dr), len(dc))
+    return 100 * (dc[:n] - dr[:n])
+
+
+def gap_band(
+    reference: LawFit, contrastive: LawFit, x: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gap, lo, hi) in points at x; lo/hi NaN without an interval."""
+    x = np.atleast_1d(np.asarray(x, float))
+    gap = 100 * (contrastive.predict(x) - reference.predict(x))
+    draws = gap_draws(reference, contrastive, x)
+    if not draws.size:
+        nan = np.full(len(x), math.nan)
+        return gap, nan, nan
+    lo, hi = percentile_band(draws, reference.level)
+    return gap, lo, hi
+
+
 def gap_curve(
-    reference: PowerLawFit,
-    contrastive: PowerLawFit,
+    reference: LawFit,
+    contrastive: LawFit,
     *,
     threshold: float = 1.0,
     label: str = "",
     points: int = 400,
 ) -> GapCurve | None:
-    """The gap from two fits vs the same x, or None when either fit has no curve."""
+    """The gap from two laws vs the same x, or None when either has no curve."""
     if not (reference.ok and contrastive.ok):
         return None
     lo_x = min(reference.x_min, contrastive.x_min)
     hi_x = max(reference.x_max, contrastive.x_max)
-    x = np.geomspace(lo_x, hi_x * EXTRAPOLATE, points)
-    gap = 100 * (contrastive.predict(x) - reference.predict(x))
-    rb = reference.boot if reference.boot is not None else np.empty((0, 3))
-    cb = contrastive.boot if contrastive.boot is not None else np.empty((0, 3))
-    r = min(len(rb), len(cb))
+    withheld = "; ".join(f"{f.label}: {f.withheld}" for f in (reference, contrastive) if f.withheld)
+    reach = 1.0 if withheld else REACH
+    x = np.geomspace(lo_x, hi_x * reach, points)
+    gap, lo, hi = gap_band(reference, contrastive, x)
     q = ((1 - reference.level) / 2, (1 + reference.level) / 2)
     nan2 = (math.nan, math.nan)
-    if r:
-        boot_gap = 100 * (contrastive.predict(x, cb[:r]) - reference.predict(x, rb[:r]))
-        band = np.quantile(boot_gap, q[0], axis=0), np.quantile(boot_gap, q[1], axis=0)
-        close = _closing(x, boot_gap, threshold)
+    draws = gap_draws(reference, contrastive, x)
+    if draws.size:
+        close = _closing(x, draws, threshold)
         close_iv = (
             float(np.quantile(close, q[0], method="lower")),
             float(np.quantile(close, q[1], method="higher")),
         )
-        asym = 100 * (np.exp(cb[:r, 0]) - np.exp(rb[:r, 0]))
-        asym_iv = (float(np.quantile(asym, q[0])), float(np.quantile(asym, q[1])))
     else:
-        band, close_iv, asym_iv = (np.full_like(x, np.nan),) * 2, nan2, nan2
+        close_iv = nan2
     closes = float(_closing(x, gap[None], threshold)[0])
-    asym_pt = 100 * (contrastive.params()["E"] - reference.params()["E"])
+    asym, asym_iv = _asymptote(reference, contrastive)
     curve = GapCurve(
         label,
         threshold,
         reference.level,
         x,
         gap,
-        band[0],
-        band[1],
+        lo,
+        hi,
         lo_x,
         hi_x,
+        reach,
         closes,
         close_iv,
-        asym_pt,
+        asym,
         asym_iv,
+        withheld,
         "",
     )
     return replace(curve, statement=_statement(curve, reference, contrastive))
 
 
-def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) -> str:
+def _asymptote(reference: LawFit, contrastive: LawFit) -> tuple[float, tuple[float, float]]:
+    """100 x (E_c - E_r) and its interval; NaN where either floor is not measurable
+    (a form without one, or E at 0 in every replicate)."""
+    nan = (math.nan, (math.nan, math.nan))
+    fits = (reference, contrastive)
+    if any(f.form is not FormName.SATURATING or len(f.members) > 1 for f in fits):
+        return nan
+    point = 100 * (contrastive.params()["E"] - reference.params()["E"])
+    ivs = [f.intervals() for f in fits]
+    if not all(ivs):
+        return point, (math.nan, math.nan)
+    if any(iv.get("E") is None for iv in ivs):
+        return nan
+    r = reference.chosen.boot[np.isfinite(reference.chosen.boot).all(axis=1)]
+    c = contrastive.chosen.boot[np.isfinite(contrastive.chosen.boot).all(axis=1)]
+    n = min(len(r), len(c))
+    diff = 100 * (np.exp(c[:n, 0]) - np.exp(r[:n, 0]))
+    q = ((1 - reference.level) / 2, (1 + reference.level) / 2)
+    return point, (float(np.quantile(diff, q[0])), float(np.quantile(diff, q[1])))
+
+
+def _statement(c: GapCurve, reference: LawFit, contrastive: LawFit) -> str:
     """A plain sentence on where the FITTED gap closes, labelled as the fit's (and as an
-    extrapolation beyond the data); intervals only where the bootstrap had replicates."""
+    extrapolation beyond the data); intervals only where they are reliable."""
     t, lvl = f"{c.threshold:g} point", f"{reference.level:.0%}"
     lo, hi = c.closes_interval
+    unreliable = [f.label for f in (reference, contrastive) if not f.has_interval]
     if math.isnan(lo):
-        iv = " (no interval: one run at some model size)"
+        iv = " (no interval: " + (
+            f"{' and '.join(unreliable)} ha(s) none)" if unreliable else "none)"
+        )
     else:
         iv = f" ({lvl} interval {human(lo)} to " + (
-            f"{human(hi)})" if math.isfinite(hi) else f"beyond {human(c.x[-1])}: {NO_CROSSING})"
+            f"{human(hi)})"
+            if math.isfinite(hi)
+            else f"beyond {human(c.x[-1])}, where the fit is not trusted)"
         )
+    end = f"{c.reach:g}x the largest model trained ({human(c.data_max)})"
     if c.closes_at <= c.data_min:
         text = f"The fitted gap is under {t} across the whole range of models trained{iv}."
     elif c.closes_at <= c.data_max:
@@ -164,22 +213,26 @@ def _statement(c: GapCurve, reference: PowerLawFit, contrastive: PowerLawFit) ->
             f"parameters{iv}: {c.closes_at / c.data_max:.3g}x the largest model trained "
             f"({human(c.data_max)}), beyond the data, not a measurement."
         )
-    else:
-        a_lo, a_hi = c.asymptote_interval
-        asym = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
-        if math.isnan(lo):
-            where = ""
-        elif not math.isfinite(lo):  # no bootstrap replicate crosses either
-            where = f" ({lvl} interval of where it closes: {NO_CROSSING})"
-        else:
-            end = f"{human(hi)}" if math.isfinite(hi) else NO_CROSSING
-            where = f" ({lvl} interval of where it closes: {human(lo)} parameters to {end})"
+    elif c.withheld:
         text = (
-            f"Extrapolated, the fitted gap stays above {t}: {NO_CROSSING} (up to "
-            f"{EXTRAPOLATE:g}x the largest model trained, {human(c.data_max)}){where}, beyond "
-            f"the data, not a measurement; fitted asymptotic gap {c.asymptote:.2f} points{asym}."
+            f"The fitted gap stays above {t} across the models trained; where it closes is "
+            f"not extrapolated: {c.withheld}."
+        )
+    else:
+        text = (
+            f"Extrapolated, the fitted gap stays above {t} up to {end} (the furthest the fit's "
+            "coverage was checked by simulation), beyond the data, not a measurement; "
+            + _asymptote_text(c, lvl)
         )
     few = [f.label for f in (reference, contrastive) if f.n_x < FEW_DISTINCT_X]
     if few:
         text += f" Caution: {' and '.join(few)} rest(s) on fewer than {FEW_DISTINCT_X} model sizes."
     return text
+
+
+def _asymptote_text(c: GapCurve, lvl: str) -> str:
+    if math.isnan(c.asymptote):
+        return f"{NOT_MEASURABLE} (the error floor of at least one law is 0 or not fitted)."
+    a_lo, a_hi = c.asymptote_interval
+    iv = "" if math.isnan(a_lo) else f" ({lvl} interval {a_lo:.2f} to {a_hi:.2f})"
+    return f"fitted asymptotic gap {c.asymptote:.2f} points{iv}."

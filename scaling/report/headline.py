@@ -33,6 +33,7 @@ class Answer:
     method: str
     measured: str  # what the runs show, with intervals where seeds allow
     extrapolation: str  # the fitted curve's statement, or why it is not stated
+    compute: str = ""  # the joint laws' gap at equal compute and at equal size (fitted)
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -40,6 +41,7 @@ class Answer:
             "method": self.method,
             "measured": self.measured,
             "extrapolation": self.extrapolation,
+            "compute": self.compute,
         }
 
 
@@ -59,13 +61,22 @@ def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) ->
             measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
             if len(skipped):
                 measured += f" Not judged: {_not_converged(skipped)}"
+        compute = next(
+            (
+                f.frontier.summary
+                for f in fits.frontiers
+                if f.method == method and f.domain.get("dataset") == dataset
+            ),
+            "",
+        )
         extrapolation = _extrapolation(fits, str(dataset), closed)
         if len(skipped):  # the fits include the unconverged baseline's runs
             extrapolation = (
                 f"No fitted curve is stated: it rests on a {REFERENCE} baseline that has not "
                 "converged."
             )
-        out.append(Answer(str(dataset), str(method), measured, extrapolation))
+            compute = ""  # the gap at equal compute rests on the same fits
+        out.append(Answer(str(dataset), str(method), measured, extrapolation, compute))
     return out
 
 

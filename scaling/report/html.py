@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.report import checks, figures, gaps, headline, results
+from scaling.report import checks, figures, gaps, headline, lawfigures, results
 from scaling.report.gaps import REFERENCE
 from scaling.report.laws import FitSet, fit_sweep
 from scaling.rundir import atomic_write_bytes
@@ -40,13 +40,14 @@ FILES = ("results.parquet", "gaps.csv", "fits.json", "report.html")
 MAX_LISTED = 500  # missing/failed runs listed in the HTML (all of them are in the parquet)
 CAPTIONS = {
     "fig7": "Top-1 vs encoder parameters (the paper's Fig. 7): means over seeds with +-1 std; "
-    "curves are fitted saturating power laws with their bootstrap bands.",
+    "curves are the fitted laws (each in the form its back-test chose) with their 90% bands.",
     "gap": "Supervised minus SimCLR top-1 in points. Shaded: the range of models trained; "
     "dashed: the fitted gap extrapolated beyond it.",
     "fig9": "SimCLR linear evaluation vs training epochs, one line per batch size "
     "(the paper's Fig. 9).",
     "heatmap": "SimCLR top-1 over batch size x epochs.",
     "compute": "Top-1 vs training compute; curves fitted to the compute frontier.",
+    **lawfigures.CAPTIONS,
 }
 
 
@@ -75,7 +76,10 @@ def build_report(
     validity = checks.validity_warnings(df, gap_df)
     clock.lap("fits")
     omitted: dict[str, str] = {}
-    figs = figures.make_all(df, gap_df, fits, out / "figures", omitted)
+    figs = {
+        **figures.make_all(df, gap_df, fits, out / "figures", omitted),
+        **lawfigures.make_all(df, fits, out / "figures"),
+    }
     clock.lap("figures")
     summary = {
         **fits.to_dict(),
@@ -265,7 +269,9 @@ def render_html(
         + html_table(shown[shown["kind"] == "recipe"], cols, left)
         + "</details>"
     )
-    parts.append(_fits_section(fits))
+    from scaling.report import lawhtml  # it renders with this module's tables
+
+    parts.append(lawhtml.sections(fits))
     parts.append(_missing_section(missing, orphans or []))
     parts.append(_spec_section(sweep))
     parts.append("</body></html>")
@@ -324,7 +330,9 @@ def _answer(said: list[headline.Answer]) -> str:
         )
     items = "".join(
         f"<li><b>{_e(a.dataset)}, {_e(a.method)}</b>: {_e(a.measured)}"
-        f"<br><i>{_e(a.extrapolation)}</i></li>"
+        f"<br><i>{_e(a.extrapolation)}</i>"
+        + (f"<br><i>{_e(a.compute)}</i>" if a.compute else "")
+        + "</li>"
         for a in said
     )
     return f'<div class="answer"><h2>Does the gap close?</h2><ul>{items}</ul></div>'
@@ -349,48 +357,6 @@ def _figures(figs: Mapping[str, list[Path]], out: Path, omitted: Mapping[str, st
                 f"<figcaption>{_e(CAPTIONS.get(key, ''))} (vector: {_e(svg)})</figcaption></figure>"
             )
     return "\n".join(parts)
-
-
-def _fits_section(fits: FitSet) -> str:
-    rows = []
-    for f in [*fits.params, *fits.compute]:
-        d = f.fit.to_dict()
-        p, iv = d.get("params", {}), d.get("intervals", {})
-        rows.append(
-            {
-                "fit": d["label"],
-                "x": d["x"],
-                "role": f.role,
-                "status": d["status"],
-                "runs": d["n_runs"],
-                "sizes": d["n_distinct_x"],
-                **{k: _param(p, iv, k) for k in ("E", "A", "alpha")},
-                "notes": d["message"] or "; ".join(d["notes"]),
-            }
-        )
-    level = f"{fits.params[0].fit.level:.0%}" if fits.params else "90%"
-    frame = pd.DataFrame(
-        rows, columns=["fit", "x", "role", "status", "runs", "sizes", "E", "A", "alpha", "notes"]
-    )
-    statements = "".join(
-        f"<li>{_e(results.recipe_label(g.recipe))}: {_e(g.statement)}</li>" for g in fits.gaps
-    )
-    return (
-        f"<h2>Fits</h2><p>err = E + A x<sup>-alpha</sup> with err = 1 - top-1, Huber loss on log "
-        f"residuals from a grid of starts; brackets: {level} percentile bootstrap intervals "
-        "over runs (seeds included). A fit needs at least 4 distinct model sizes.</p>"
-        + html_table(frame, frame.columns, ("fit", "x", "role", "status", "notes"))
-        + (f"<h3>Gap curves</h3><ul>{statements}</ul>" if statements else "")
-    )
-
-
-def _param(point: Mapping[str, float], intervals: Mapping[str, Any], key: str) -> str:
-    if key not in point:
-        return "-"
-    if key not in intervals:
-        return f"{point[key]:.4g}"
-    # A no-break space inside the brackets: a narrow cell wraps before the interval only.
-    return f"{point[key]:.4g} [{intervals[key][0]:.4g},\u00a0{intervals[key][1]:.4g}]"
 
 
 def _missing_section(missing: pd.DataFrame, orphans: list[str]) -> str:

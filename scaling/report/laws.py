@@ -1,9 +1,17 @@
-"""Scaling laws fitted across a sweep's sizes, and the gap curves between them.
+"""Scaling laws fitted across a sweep's sizes, and what they say about the gap.
 
-`fit_sweep`: error vs encoder parameters per (method, recipe), error vs training compute
-per method (on the compute frontier), and the gap curve of each SimCLR recipe against the
-supervised reference, with bootstrap intervals (scaling.report.fit). The measured gaps
-they sit beside are `scaling.report.gaps`.
+`fit_sweep` gives every law the report shows:
+
+- error vs encoder parameters per (method, recipe), each with its form chosen by
+  back-test (scaling.report.fit), and the gap curve of each SimCLR recipe against the
+  supervised reference (scaling.report.gapcurve);
+- error vs training FLOPs per method, on the compute frontier;
+- where a method's runs vary both size and training length, its joint law err = E +
+  A N^-alpha + B D^-beta (scaling.report.joint), and from the reference's and each other
+  method's joint laws the compute-optimal points and the gap at equal compute beside the
+  gap at equal size (scaling.report.frontier).
+
+The measured gaps they sit beside are `scaling.report.gaps`.
 """
 
 from __future__ import annotations
@@ -14,22 +22,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scaling.report.fit import PowerLawFit, fit_power_law
+from scaling.report.fit import LawFit, fit_power_law
+from scaling.report.frontier import Frontier, compare
 from scaling.report.gapcurve import GapCurve, gap_curve
 from scaling.report.gaps import DOMAIN_COLUMNS, REFERENCE, by_values, frame
+from scaling.report.joint import JointLaw, fit_joint
 from scaling.report.results import ARCH_COLUMNS, recipe_columns, recipe_label
+
+#: the recipe axis a joint law turns into its second variable
+LENGTH_AXIS = "epochs"
 
 
 @dataclass(frozen=True)
 class SweepFit:
-    """A fit with what it was fitted to: domain (dataset, image size, stem), method,
+    """A law with what it was fitted to: domain (dataset, image size, stem), method,
     recipe values, and the x column (encoder_params or train_flops)."""
 
     domain: dict[str, Any]
     method: str
     recipe: dict[str, Any]
     x: str
-    fit: PowerLawFit
+    fit: LawFit
     role: str = ""  # "reference" (supervised), "headline" (best-covered SimCLR recipe)
 
 
@@ -43,10 +56,27 @@ class SweepGap:
 
 
 @dataclass(frozen=True)
+class SweepJoint:
+    domain: dict[str, Any]
+    method: str
+    recipe: dict[str, Any]  # the other recipe axes, held fixed
+    law: JointLaw
+
+
+@dataclass(frozen=True)
+class SweepFrontier:
+    domain: dict[str, Any]
+    method: str
+    frontier: Frontier
+
+
+@dataclass(frozen=True)
 class FitSet:
     params: list[SweepFit] = field(default_factory=list)
     compute: list[SweepFit] = field(default_factory=list)
     gaps: list[SweepGap] = field(default_factory=list)
+    joint: list[SweepJoint] = field(default_factory=list)
+    frontiers: list[SweepFrontier] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """What fits.json holds (JSON types only)."""
@@ -61,8 +91,9 @@ class FitSet:
             }
 
         return {
-            "model": "err = E + A * x^(-alpha), err = 1 - top1; Huber loss on log residuals; "
-            "percentile bootstrap over runs",
+            "model": "err = 1 - top1; forms: saturating E + A x^-alpha, pure A x^-alpha, broken "
+            "power law, chosen by back-test; Huber loss on log residuals; parametric "
+            "bootstrap (Gaussian noise, its sd drawn from its chi-square distribution)",
             "vs_params": [fit_dict(f) for f in self.params],
             "vs_compute": [fit_dict(f) for f in self.compute],
             "gaps": [
@@ -74,6 +105,13 @@ class FitSet:
                     **(g.curve.to_dict() if g.curve else {}),
                 }
                 for g in self.gaps
+            ],
+            "joint": [
+                {"domain": j.domain, "recipe": j.recipe, **j.law.to_dict()} for j in self.joint
+            ],
+            "equal_compute": [
+                {"domain": f.domain, "method": f.method, **f.frontier.to_dict()}
+                for f in self.frontiers
             ],
         }
 
@@ -87,23 +125,22 @@ def fit_sweep(
     seed: int = 0,
     threshold: float = 1.0,
 ) -> FitSet:
-    """Every fit the report shows. The supervised reference and the headline SimCLR
-    recipe of each domain (most model sizes, ties broken by the highest mean validation
-    top-1, never the test set's unless no run has a validation score) get `n_boot`
-    replicates; the other recipes `n_boot_other` (they are drawn, not quoted)."""
+    """Every law the report shows. The supervised reference and the headline SimCLR
+    recipe of each domain (`top_group`: most model sizes, ties broken by the highest mean
+    validation top-1, never the test set's unless no run has a validation score) get
+    `n_boot` replicates, their forms chosen by back-test; the other recipes `n_boot_other`
+    in the default form, untested (they are drawn, not quoted)."""
     df = frame(table)
     df = df[(df["state"] == "finished") & df["top1"].notna()]
     out = FitSet()
     recipes = {m: recipe_columns(df[df["method"] == m]) for m in df["method"].unique()}
     for domain, runs in by_values(df, list(DOMAIN_COLUMNS)):
         fits: list[SweepFit] = []
+        joints: dict[str, SweepJoint] = {}
         for method in sorted(runs["method"].unique()):
-            groups = list(by_values(runs[runs["method"] == method], recipes[method]))
-            score = _selection_score(g for _, g in groups)
-            top = max(
-                range(len(groups)),
-                key=lambda i: (groups[i][1]["encoder_params"].nunique(), score(groups[i][1])),
-            )
+            mine = runs[runs["method"] == method]
+            groups = list(by_values(mine, recipes[method]))
+            top = top_group(groups)
             for i, (values, sub) in enumerate(groups):
                 role = "" if i != top else ("reference" if method == REFERENCE else "headline")
                 label = f"{method} ({recipe_label(values)})" if values else method
@@ -115,31 +152,33 @@ def fit_sweep(
                     level=level,
                     seed=seed,
                     n_boot=n_boot if role else n_boot_other,
+                    backtest=bool(role),
                 )
                 fits.append(SweepFit(domain, method, values, "encoder_params", fit, role))
             out.compute.append(
-                _compute_fit(
-                    domain,
-                    method,
-                    runs[runs["method"] == method],
-                    recipes[method],
-                    n_boot,
-                    level,
-                    seed,
-                )
+                _compute_fit(domain, method, mine, recipes[method], n_boot, level, seed)
             )
+            joint = _joint(domain, method, mine, recipes[method], n_boot, level, seed)
+            if joint is not None:
+                joints[method] = joint
+                out.joint.append(joint)
         out.params.extend(fits)
         out.gaps.extend(_gaps(domain, fits, threshold))
+        out.frontiers.extend(_frontiers(domain, runs, joints))
     return out
 
 
-def _selection_score(groups: Any) -> Any:
-    """What ranks a method's recipes: mean val_top1 when every recipe has one, else (runs
-    without validation scores) mean top-1."""
-    groups = list(groups)
-    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in groups)
+def top_group(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> int:
+    """The recipe a method is judged by (the reference for supervised, the headline for
+    SimCLR): the most model sizes, then the highest mean val_top1 when every recipe has
+    one, else (runs without validation scores) the highest mean top-1."""
+    frames = [g for _, g in groups]
+    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in frames)
     column = "val_top1" if by_val else "top1"
-    return lambda g: g[column].mean()
+    return max(
+        range(len(frames)),
+        key=lambda i: (frames[i]["encoder_params"].nunique(), frames[i][column].mean()),
+    )
 
 
 def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> list[SweepGap]:
@@ -163,6 +202,57 @@ def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> lis
             statement = f"No gap curve: {why}."
         gaps.append(SweepGap(domain, f.recipe, curve, statement, f.role == "headline"))
     return gaps
+
+
+def _joint(
+    domain: dict[str, Any],
+    method: str,
+    runs: pd.DataFrame,
+    cols: list[str],
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> SweepJoint | None:
+    group = joint_group(runs, cols)
+    if group is None:
+        return None
+    values, sub = group
+    label = f"{method} ({recipe_label(values)})" if values else method
+    law = fit_joint(sub, method=method, label=label, n_boot=n_boot, level=level, seed=seed)
+    return SweepJoint(domain, method, values, law)
+
+
+def joint_group(runs: pd.DataFrame, cols: list[str]) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """One method's runs a joint law is fitted to: the group of the other recipe axes
+    with the most (size, length) cells, then the highest mean top-1; None when its
+    training length does not vary."""
+    if LENGTH_AXIS not in cols or "images_seen" not in runs or runs[LENGTH_AXIS].nunique() < 2:
+        return None
+    groups = list(by_values(runs, [c for c in cols if c != LENGTH_AXIS]))
+    return max(
+        groups,
+        key=lambda g: (
+            len(g[1][["encoder_params", "images_seen"]].drop_duplicates()),
+            g[1]["top1"].mean(),
+        ),
+    )
+
+
+def _frontiers(
+    domain: dict[str, Any], runs: pd.DataFrame, joints: dict[str, SweepJoint]
+) -> list[SweepFrontier]:
+    ref = joints.get(REFERENCE)
+    if ref is None:
+        return []
+    flops = runs.groupby("method")["train_flops"].max().to_dict()
+    out = []
+    for method, j in joints.items():
+        if method == REFERENCE or method not in flops:
+            continue
+        f = compare(ref.law, j.law, flops, label=j.law.label)
+        if f is not None:
+            out.append(SweepFrontier(domain, method, f))
+    return out
 
 
 def _compute_fit(
