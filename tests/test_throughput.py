@@ -120,7 +120,7 @@ def test_the_plan_says_how_much_is_measured_scaled_or_modelled(tmp_path: Path) -
     digits = load_sweep(
         write(
             tmp_path / "d.yaml",
-            "name: d\ndataset: {name: digits, image_size: 32}\nmodel: {depth: 10, width: 0.5}\n"
+            "name: d\ndataset: {name: digits, image_size: 32}\nmodel: {depth: 10, width: 0.5, stem: imagenet}\n"
             "methods: {supervised: {batch_size: 128, epochs: 10}}\n",
         )
     ).runs[0]
