@@ -7,6 +7,7 @@ start, the planner shows them, and nothing else recomputes them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -186,6 +187,16 @@ class Derived:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def labelled_recipe(config: Mapping[str, Any], n_full: int, n_subset: int) -> dict[str, Any]:
+    """The recipe of a run trained on labels with `n_subset` of its `n_full` labelled
+    images (a label fraction): the same batch and as many steps as on every label
+    (`epochs` x n_full / n_subset epochs, rounded up), so that it converges on a small
+    subset as it does on the whole set, at the same cost (warmup and decay follow)."""
+    if n_subset >= n_full or n_subset <= 0:
+        return dict(config)
+    return {**config, "epochs": math.ceil(int(config["epochs"]) * n_full / n_subset)}
 
 
 def derive(config: Mapping[str, Any], layout: Layout, n_train: int, method: str) -> Derived:

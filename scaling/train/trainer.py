@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -22,7 +21,7 @@ import torch
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
 from scaling.plan import data_info, throughput
-from scaling.plan.layout import Layout, derive, validation_fraction
+from scaling.plan.layout import Layout, derive, labelled_recipe, validation_fraction
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
     FAILURE,
@@ -35,13 +34,13 @@ from scaling.rundir import (
     truncate_metrics,
     write_json,
 )
-from scaling.sweep.methods import BNGrouping, get_method
+from scaling.sweep.methods import BNGrouping, Labels, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
-from scaling.train.data import subset, validation_rows
-from scaling.train.evaluate import EVAL_FOLDER, evaluate_run, knn_monitor
+from scaling.train.data import labelled_subset, subset, validation_rows
+from scaling.train.evaluate import clean, evaluate_run, knn_monitor, primary
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import DATASETS, load_dataset
@@ -205,6 +204,13 @@ def _train(
     kept, held = validation_rows(labelled.labels, validation_fraction(spec.dataset))
     train = subset(labelled, kept).to(dev) if len(held) else labelled.to(dev)
     val = subset(labelled, held).to(dev)
+    if method.labels is Labels.TRAINING and spec.label_fraction < 1.0:
+        # Trained on labels: on the class-balanced fraction of them (drawn from the seed,
+        # the images every other method's evaluation at this fraction fits on), as long
+        # in steps as on every label (labelled_recipe).
+        full = len(train)
+        train = subset(train, labelled_subset(train.labels, spec.label_fraction, spec.seed))
+        config = labelled_recipe(config, full, len(train))
     test = load_dataset(
         name,
         root=root,
@@ -419,7 +425,7 @@ def _train(
     opt.state.clear()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    result = evaluate_run(  # every rank: sharded features; resumable (run_dir/eval)
+    evaluations = evaluate_run(  # every rank: sharded features; each resumable (run_dir/evals)
         spec,
         net,
         train,
@@ -431,6 +437,7 @@ def _train(
         precision=precision,
         token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
     )
+    result = {**primary(evaluations), "evaluations": evaluations}
     if main:
         speed = measured_throughput(
             spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
@@ -448,7 +455,7 @@ def _train(
             throughput=speed.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
-        shutil.rmtree(run_dir / EVAL_FOLDER, ignore_errors=True)  # stored features: done
+        clean(run_dir)  # the evaluations' stores and checkpoints: done with
         throughput.record(speed)  # for the plans of later runs on this device
         print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
     if env.world_size > 1:
