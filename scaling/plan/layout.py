@@ -189,6 +189,12 @@ class Derived:
         return asdict(self)
 
 
+def labelled_share(n_labelled: int, fraction: float) -> int:
+    """About how many images a label fraction keeps (train.data.labelled_subset draws
+    round(fraction x n_c) of each class, at least one)."""
+    return n_labelled if fraction >= 1.0 else max(1, round(n_labelled * fraction))
+
+
 def labelled_recipe(config: Mapping[str, Any], n_full: int, n_subset: int) -> dict[str, Any]:
     """The recipe of a run trained on labels with `n_subset` of its `n_full` labelled
     images (a label fraction): the same batch and as many steps as on every label

@@ -24,6 +24,8 @@ from scaling.plan.layout import (
     bn_batch_of,
     bn_grouping_of,
     derive,
+    labelled_recipe,
+    labelled_share,
     labelled_size,
     resolve_precision,
     test_size,
@@ -32,7 +34,7 @@ from scaling.plan.layout import (
 )
 from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, Labels, get_method
 from scaling.sweep.spec import RunSpec, Sweep
 
 
@@ -73,6 +75,18 @@ def _run_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
     return lambda run, _: getattr(run, name)
 
 
+def _labels(run: PlannedRun, _: dict[Any, Any]) -> str | None:
+    """The labels a run uses: the fraction it trains on (a method trained on labels), or
+    its evaluations, protocol and fraction each (one pretrained without them); None for
+    one evaluation on every label (nothing to say)."""
+    evaluations = run.spec.evaluations()
+    if len(evaluations) == 1 and evaluations[0]["label_fraction"] == 1.0:
+        return None
+    if get_method(run.spec.method).labels is Labels.TRAINING:
+        return f"{run.spec.label_fraction:g}"
+    return ", ".join(f"{e['protocol']} {e['label_fraction']:g}" for e in evaluations)
+
+
 #: The plan's columns after the spec's own: (name, value of a run given a shared cache),
 #: the one list `PlannedRun.row` and `Plan.table` both follow.
 PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...] = (
@@ -102,6 +116,7 @@ PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...
         )
     ),
     ("warnings", lambda run, _: "; ".join(run.warnings)),
+    ("labels", _labels),
 )
 
 
@@ -245,7 +260,12 @@ def make_plan(
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
         micro = layout.micro_batch if layout else 1
-        derived = derive(spec.config, layout, n_train, spec.method) if layout and n_train else None
+        config = spec.config
+        if n_train and get_method(spec.method).labels is Labels.TRAINING:
+            # trained on a label fraction: its subset, as many steps as on every label
+            share = labelled_share(n_train, spec.label_fraction)
+            config, n_train = labelled_recipe(config, n_train, share), share
+        derived = derive(config, layout, n_train, spec.method) if layout and n_train else None
         hours, train_s, source = _time_cost(spec, derived, layout, cost, acc, calibration)
         train_peak = costs.peak_memory_bytes(cost, micro, live_views, precision=precision)
         eval_peak, store = _eval_memory(spec, cost, micro * live_views, memory_bytes, precision)
@@ -313,8 +333,9 @@ def _time_cost(
     n_test = test_size(spec.dataset) or 0
     n_fit = train_size(spec.dataset) or 0  # the labelled images the run trains on
     images = (n_fit, validation_size(spec.dataset), n_test)
-    eval_flops = costs.eval_flops(
-        cost.flops_per_image, images, spec.method, spec.config.get("eval")
+    eval_flops = sum(  # each of the run's evaluations (protocol x label fraction)
+        costs.eval_flops(cost.flops_per_image, images, spec.method, item)
+        for item in spec.evaluations()
     )
     every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
     if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
