@@ -264,7 +264,8 @@ def make_plan(
         if n_train and get_method(spec.method).labels is Labels.TRAINING:
             # trained on a label fraction: its subset, as many steps as on every label
             share = labelled_share(n_train, spec.label_fraction)
-            config, n_train = labelled_recipe(config, n_train, share), share
+            config, repeats = labelled_recipe(config, n_train, share)
+            n_train = share * repeats
         derived = derive(config, layout, n_train, spec.method) if layout and n_train else None
         hours, train_s, source = _time_cost(spec, derived, layout, cost, acc, calibration)
         train_peak = costs.peak_memory_bytes(cost, micro, live_views, precision=precision)

@@ -142,6 +142,11 @@ class RunSpec:
         size = int(self.dataset.get("image_size", 32))
         object.__setattr__(self, "model", resolve_model(self.model, size))
         object.__setattr__(self, "config", resolve_config(self.config, self.dataset["name"]))
+        object.__setattr__(
+            self,
+            "evals",
+            tuple(resolve_config({"eval": e}, self.dataset["name"])["eval"] for e in self.evals),
+        )
         object.__setattr__(self, "run_id", run_id_of(self.identity()))
 
     def identity(self) -> dict[str, Any]:

@@ -208,9 +208,9 @@ def _train(
         # Trained on labels: on the class-balanced fraction of them (drawn from the seed,
         # the images every other method's evaluation at this fraction fits on), as long
         # in steps as on every label (labelled_recipe).
-        full = len(train)
-        train = subset(train, labelled_subset(train.labels, spec.label_fraction, spec.seed))
-        config = labelled_recipe(config, full, len(train))
+        rows = labelled_subset(train.labels, spec.label_fraction, spec.seed)
+        config, repeats = labelled_recipe(config, len(train), len(rows))
+        train = subset(train, rows.repeat(repeats))
     test = load_dataset(
         name,
         root=root,
