@@ -4,6 +4,7 @@ paper's B.5 recipe), resumable on their own, and never a second pretraining."""
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -325,3 +327,104 @@ def test_supervised_trains_on_its_fraction_and_added_evaluations_never_retrain(
 
 def _plain(evaluation: dict) -> dict:
     return {k: v for k, v in evaluation.items() if k != "eval_id"}
+
+
+# -- the report --------------------------------------------------------------------------------
+
+
+def _row(i: int, method: str, width: float, seed: int, fraction: float, top1: float) -> dict:
+    return {
+        "run_id": f"{method}-{width}-{seed}-{fraction}",
+        "sweep": "t",
+        "method": method,
+        "dataset": "digits",
+        "image_size": 8,
+        "stem": "cifar",
+        "depth": 10,
+        "width": width,
+        "depth_multiplier": 1.0,
+        "seed": seed,
+        "batch_size": 128,
+        "epochs": 20,
+        "encoder_params": int(1e5 * width * width),
+        "train_flops": 1e12 * width,
+        "state": "finished",
+        "top1": top1,
+        "val_top1": top1,
+        "label_fraction": fraction,
+        "eval_protocol": "finetune" if method == "simclr" else "own_head",
+    }
+
+
+def _sweep_rows(change: float, noise: float, rng: np.random.Generator) -> list[dict]:
+    """Supervised 0.9 with every label, 0.5 at 1%; SimCLR 0.85 with every label, and at
+    1% 0.55 at width 0.25 rising by `change` points at width 1 (the truth), 3 seeds."""
+    rows = []
+    for width, share in ((0.25, 0.0), (0.5, 0.5), (1.0, 1.0)):
+        for seed in range(3):
+            for fraction, sup, sim in ((1.0, 0.9, 0.85), (0.01, 0.5, 0.55 + share * change / 100)):
+                draw = rng.normal(0, noise / 100, 2)
+                rows.append(_row(0, "supervised", width, seed, fraction, sup + draw[0]))
+                rows.append(_row(0, "simclr", width, seed, fraction, sim + draw[1]))
+    return rows
+
+
+def test_per_fraction_gaps_and_the_trend_on_synthetic_runs() -> None:
+    from scaling.report import gaps, labels
+    from scaling.report.results import to_table
+
+    rows = _sweep_rows(change=8.0, noise=0.0, rng=np.random.default_rng(0))
+    rows = [{**r, "top1": r["top1"] + 0.001 * r["seed"]} for r in rows]  # a spread
+    gap = gaps.gap_table(to_table(rows))
+    best = gap[gap["kind"] == "best"].set_index(["label_fraction", "width"])
+    assert best.loc[(1.0, 0.25), "gap"] == pytest.approx(5.0)  # 90 - 85 with every label
+    assert best.loc[(0.01, 0.25), "gap"] == pytest.approx(-5.0)  # SimCLR wins at 1%
+    assert best.loc[(0.01, 1.0), "gap"] == pytest.approx(-13.0)
+    (trend,) = labels.trends(gap)
+    assert (trend.fraction, trend.change, trend.verdict) == (
+        0.01,
+        pytest.approx(8.0),
+        "grows with size",
+    )
+    assert "At 1% of the labels, measured" in labels.answers(gap)[0]
+
+
+@pytest.mark.slow
+def test_the_report_answers_the_label_question_with_its_figure(tmp_path: Path) -> None:
+    from scaling.report import gaps, labels
+    from scaling.report.html import build_report
+    from scaling.report.results import to_table
+
+    rows = _sweep_rows(change=8.0, noise=0.0, rng=np.random.default_rng(0))
+    rows = [{**r, "top1": r["top1"] + 0.001 * r["seed"]} for r in rows]
+    gap = gaps.gap_table(to_table(rows))
+    page = build_report(None, to_table(rows), tmp_path, n_boot=20)
+    html = page.read_text()
+    assert "Label efficiency" in html and "grows with size" in html
+    assert (tmp_path / "figures" / "label_efficiency.png").exists()
+    summary = json.loads((tmp_path / "fits.json").read_text())
+    assert summary["label_efficiency"] == labels.answers(gap)
+    assert set(summary["label_fraction_fits"]) == {"0.01"}
+    assert not labels.reproduces_paper(gaps.frame(to_table(rows)))  # no overlay on digits
+
+
+@pytest.mark.slow
+def test_the_trend_verdict_holds_its_level_by_simulation() -> None:
+    """No true change: 'grows' or 'shrinks' in about 10% of sweeps (a 90% interval); a
+    true change of 6 points with 1.5 points of noise per run: 'grows' in most."""
+    from scaling.report import gaps, labels
+    from scaling.report.results import to_table
+
+    rng = np.random.default_rng(1)
+
+    def verdicts(change: float, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            gap = gaps.gap_table(to_table(_sweep_rows(change, 1.5, rng)))
+            out.append(labels.trends(gap)[0].verdict)
+        return out
+
+    null = verdicts(0.0, 100)
+    wrong = sum(v in ("grows with size", "shrinks with size") for v in null) / len(null)
+    assert wrong < 0.2  # nominal 0.10; 100 draws: binomial sd 0.03
+    assert sum(v == "grows with size" for v in verdicts(6.0, 30)) >= 22

@@ -135,7 +135,10 @@ def print_answer(console: Console, fits_json: Path) -> None:
     """What was measured (gaps at the smallest and largest model, with intervals), the
     fitted curve's extrapolation second, then what limits the numbers."""
     summary = json.loads(fits_json.read_text())
-    if not summary["answers"]:
+    efficiency = summary.get("label_efficiency") or []
+    for line in efficiency:  # the label-efficiency question, measured
+        console.print(f"[bold]labels:[/bold] {line}", soft_wrap=True)
+    if not summary["answers"] and not efficiency:
         console.print(
             "No answer yet: needs finished supervised and SimCLR runs of the same architectures."
         )

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.report import checks, figures, gaps, headline, results
+from scaling.report import checks, figures, gaps, headline, labels, results
 from scaling.report.gaps import REFERENCE
 from scaling.report.laws import FitSet, fit_sweep
 from scaling.rundir import atomic_write_bytes
@@ -47,6 +47,9 @@ CAPTIONS = {
     "(the paper's Fig. 9).",
     "heatmap": "SimCLR top-1 over batch size x epochs.",
     "compute": "Top-1 vs training compute; curves fitted to the compute frontier.",
+    "labels": "Improvement over supervised training on the same labels (points, > 0 where "
+    "SimCLR wins) vs encoder parameters, one line per label fraction, with 90% Welch "
+    "intervals (SimCLRv2's Fig. 1).",
 }
 
 
@@ -66,24 +69,48 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     results.write(table, out / "results.parquet")
-    df = gaps.frame(table)
-    gap_df = gaps.gap_table(df)
-    atomic_write_bytes(out / "gaps.csv", gap_df.to_csv(index=False).encode())
+    every = gaps.frame(table)
+    gap_all = gaps.gap_table(every)  # per label fraction
+    atomic_write_bytes(out / "gaps.csv", gap_all.to_csv(index=False).encode())
+    # The full-label study (laws, headline, figures) reads the rows with every label.
+    df, gap_df = gaps.every_label(every), gap_all[gap_all["label_fraction"] == 1.0]
     clock.lap("table")
-    fits = fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
+    options = {"n_boot": n_boot, "level": level, "seed": seed, "threshold": threshold}
+    fits = fit_sweep(df, **options)
     said = headline.answers(gap_df, fits, threshold)
+    efficiency = labels.answers(gap_all)  # measured first: the advantage per fraction
+    per_fraction = labels.fraction_fits(every, **options)
     validity = checks.validity_warnings(df, gap_df)
-    summary = {**fits.to_dict(), "answers": [a.to_dict() for a in said], "validity": validity}
+    summary = {
+        **fits.to_dict(),
+        "answers": [a.to_dict() for a in said],
+        "label_efficiency": efficiency,
+        "label_fraction_fits": {f"{f:g}": fs.to_dict() for f, fs in per_fraction.items()},
+        "validity": validity,
+    }
     atomic_write_bytes(
         out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
     )
     clock.lap("fits")
     figs = figures.make_all(df, gap_df, fits, out / "figures")
+    efficiency_figure = labels.figure(every, gap_all, out / "figures")
+    if efficiency_figure:
+        figs = {**figs, "labels": efficiency_figure}
     clock.lap("figures")
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
     page = render_html(
-        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity
+        sweep,
+        df,
+        gap_df,
+        gaps.missing_runs(every),
+        fits,
+        figs,
+        out,
+        orphans,
+        said,
+        validity,
+        labels.section(gap_all, efficiency),
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -176,6 +203,7 @@ def render_html(
     orphans: list[str] | None = None,
     said: list[headline.Answer] | None = None,
     validity: list[str] | None = None,
+    efficiency: str = "",
 ) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
@@ -190,6 +218,7 @@ def render_html(
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
     parts.append(_answer(said or []))
+    parts.append(efficiency)  # the label-efficiency answer and gaps per fraction
     parts.append(_validity(validity or []))
     parts.append(_figures(figs, out))
     cols = [

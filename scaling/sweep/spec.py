@@ -298,12 +298,21 @@ class RunSpec:
         row["image_size"] = self.dataset["image_size"]
         row.update(self.model)
         row["seed"] = self.seed
-        for key, value in self.config.items():
-            if isinstance(value, Mapping):
-                row.update({f"{key}_{k}": v for k, v in value.items()})
-            else:
-                row[key] = value
+        row.update(flat_config(self.config))
+        if get_method(self.method).labels is Labels.TRAINING:
+            row["label_fraction"] = self.label_fraction
         return row
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as flat columns: {"eval": {"finetune": {"lr": 0.05}}} -> eval_finetune_lr."""
+    row: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            row.update(flat_config(value, f"{prefix}{key}_"))
+        else:
+            row[f"{prefix}{key}"] = value
+    return row
 
 
 def _with_json(
