@@ -84,7 +84,10 @@ def _labels(run: PlannedRun, _: dict[Any, Any]) -> str | None:
         return None
     if get_method(run.spec.method).labels is Labels.TRAINING:
         return f"{run.spec.label_fraction:g}"
-    return ", ".join(f"{e['protocol']} {e['label_fraction']:g}" for e in evaluations)
+    by_protocol: dict[str, list[str]] = {}
+    for e in evaluations:
+        by_protocol.setdefault(str(e["protocol"]), []).append(f"{e['label_fraction']:g}")
+    return ", ".join(f"{p} {'/'.join(fs)}" for p, fs in by_protocol.items())
 
 
 #: The plan's columns after the spec's own: (name, value of a run given a shared cache),
