@@ -16,7 +16,6 @@ the whole batch (the same numbers as one process; ranks do not speed it up).
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,10 +27,10 @@ from torch import Tensor, nn
 
 from scaling.plan.layout import total_steps
 from scaling.plan.schedule import warmup_cosine
-from scaling.rundir import atomic_write_bytes
 from scaling.sweep.methods import FinetuneConfig
 from scaling.train.augment import CropFlipAugment
 from scaling.train.data import stream_batches
+from scaling.train.probe import restore_fit, save_fit
 
 STATE = "finetune.pt"
 
@@ -101,7 +100,8 @@ def finetune(
     crop_flip = CropFlipAugment(size, crop_scale=(tune.crop_min_scale, 1.0))
     folder_images = getattr(fit, "decodes_on_cpu", False)
     state = None if folder is None else Path(folder) / STATE
-    start = _restore(state, token, model, opt)
+    parts = {"model": model, "optimizer": opt}
+    start = restore_fit(state, token, parts)
     every = max(1, math.ceil(n / batch))  # about once per pass over the subset
     model.train()
     steps = range(start, total)
@@ -120,36 +120,10 @@ def finetune(
         loss.backward()
         opt.step()
         if state is not None and save and ((step + 1) % every == 0 or step + 1 == total):
-            _save(state, token, step + 1, model, opt)
+            save_fit(state, token, step + 1, parts)
     return model.eval()
 
 
 def _tune_seed(seed: int, step: int) -> int:
     """The crops of a fine-tuning step depend on (seed, step) alone (resumable)."""
     return (seed * 1_000_003 + step * 7919 + 611_953) % (2**63)
-
-
-def _restore(state: Path | None, token: str, model: nn.Module, opt: torch.optim.Optimizer) -> int:
-    if state is None or not state.is_file():
-        return 0
-    try:
-        saved = torch.load(state, map_location="cpu", weights_only=True)
-    except Exception:  # a torn file from a kill: fine-tune again from the start
-        return 0
-    if saved.get("token") != token:
-        return 0
-    model.load_state_dict(saved["model"])
-    opt.load_state_dict(saved["optimizer"])
-    return int(saved["step"])
-
-
-def _save(state: Path, token: str, step: int, model: nn.Module, opt: torch.optim.Optimizer) -> None:
-    buffer = io.BytesIO()
-    payload = {
-        "token": token,
-        "step": step,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-    }
-    torch.save(payload, buffer)
-    atomic_write_bytes(state, buffer.getvalue())
