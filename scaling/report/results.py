@@ -59,8 +59,9 @@ from scaling.rundir import (
     atomic_write_bytes,
     read_json,
 )
+from scaling.sweep.config import flat_config
 from scaling.sweep.methods import METHODS, Evaluation, Protocol
-from scaling.sweep.spec import RunSpec, Sweep, flat_config
+from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 

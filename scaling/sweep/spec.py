@@ -24,6 +24,7 @@ from scaling.sweep.config import (
     StrictModel,
     apply_overrides,
     check_keys,
+    flat_config,
     read_yaml,
     submodel,
     validate,
@@ -302,17 +303,6 @@ class RunSpec:
         if get_method(self.method).labels is Labels.TRAINING:
             row["label_fraction"] = self.label_fraction
         return row
-
-
-def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config as flat columns: {"eval": {"finetune": {"lr": 0.05}}} -> eval_finetune_lr."""
-    row: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            row.update(flat_config(value, f"{prefix}{key}_"))
-        else:
-            row[f"{prefix}{key}"] = value
-    return row
 
 
 def _with_json(
