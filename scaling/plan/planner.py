@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,28 +151,42 @@ class Plan:
         model_keys = dict.fromkeys(k for r in runs[:1] for k in r.spec.model)
         columns.update({k: [r.spec.model.get(k) for r in runs] for k in model_keys})
         columns["seed"] = [r.spec.seed for r in runs]
-        for key, sub in _config_keys(runs):
-            if sub is None:
-                columns[key] = [r.spec.config.get(key) for r in runs]
-            else:
-                columns[f"{key}_{sub}"] = [(r.spec.config.get(key) or {}).get(sub) for r in runs]
+        for path in _config_keys(runs):
+            columns["_".join(path)] = [_at(r.spec.config, path) for r in runs]
+        if any(get_method(m).labels is Labels.TRAINING for m in {r.spec.method for r in runs}):
+            columns["label_fraction"] = [
+                r.spec.label_fraction
+                if get_method(r.spec.method).labels is Labels.TRAINING
+                else None
+                for r in runs
+            ]
         cache: dict[Any, Any] = {}
         for name, value in PLAN_COLUMNS:
             columns[name] = [value(r, cache) for r in runs]
         return pa.table({k: _arrow_column(v) for k, v in columns.items()})
 
 
-def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, str | None]]:
-    """(key, None) for scalar config fields, (key, sub) for nested ones, in first-seen order."""
-    keys: dict[tuple[str, str | None], None] = {}
-    for method in dict.fromkeys(r.spec.method for r in runs):
-        config = next(r.spec.config for r in runs if r.spec.method == method)
+def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, ...]]:
+    """The path of every config field (nested ones: section, field, ...), in first-seen
+    order: the columns `RunSpec.flat` names `section_field`."""
+    keys: dict[tuple[str, ...], None] = {}
+
+    def walk(config: Mapping[str, Any], path: tuple[str, ...]) -> None:
         for key, value in config.items():
-            if isinstance(value, dict):
-                keys.update({(key, sub): None for sub in value})
+            if isinstance(value, Mapping):
+                walk(value, (*path, key))
             else:
-                keys[(key, None)] = None
+                keys[(*path, key)] = None
+
+    for method in dict.fromkeys(r.spec.method for r in runs):
+        walk(next(r.spec.config for r in runs if r.spec.method == method), ())
     return list(keys)
+
+
+def _at(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        config = config.get(key) if isinstance(config, Mapping) else None  # type: ignore[assignment]
+    return config
 
 
 def _arrow_column(values: list[Any]) -> Any:

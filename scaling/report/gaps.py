@@ -355,7 +355,8 @@ def missing_runs(table: Any) -> pd.DataFrame:
         "seed",
         "epochs_done",
     ]
-    out = df[df["state"] != "finished"].reindex(columns=cols)
+    # one row per run (a run's evaluations share its state, but for one still to make)
+    out = df[df["state"] != "finished"].drop_duplicates("run_id").reindex(columns=cols)
     order = {state: i for i, state in enumerate(MISSING_ORDER)}
     return out.sort_values(
         ["state", "method", "run_id"], key=lambda s: s.map(order) if s.name == "state" else s

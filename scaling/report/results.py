@@ -402,10 +402,14 @@ def prediction_errors(table: pa.Table) -> dict[str, Any]:
     and the median of |predicted / measured - 1|, overall and per cost source."""
     import statistics
 
-    wanted = ("state", "predicted_train_s", "train_time_s", "cost_source")
+    wanted = ("run_id", "state", "predicted_train_s", "train_time_s", "cost_source")
     rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
     errors: dict[str, list[float]] = {}
+    seen: set[Any] = set()
     for r in rows:
+        if r.get("run_id") is not None and r["run_id"] in seen:
+            continue  # a run's other evaluations: trained once
+        seen.add(r.get("run_id"))
         predicted, measured = r.get("predicted_train_s"), r.get("train_time_s")
         if r.get("state") == "finished" and predicted and measured and not math.isnan(predicted):
             errors.setdefault(str(r.get("cost_source")), []).append(abs(predicted / measured - 1))
@@ -423,7 +427,12 @@ def prediction_errors(table: pa.Table) -> dict[str, Any]:
 def recipe_columns(frame: Any) -> list[str]:
     """Config columns that vary among `frame`'s rows (a pandas DataFrame of one method);
     batch_size and epochs always come first, so labels read like the paper's."""
-    cols = [c for c in frame.columns if c not in NOT_RECIPE and frame[c].nunique(dropna=False) > 1]
+    # An evaluation's setting that another protocol lacks (null there) is not an axis.
+    cols = [
+        c
+        for c in frame.columns
+        if c not in NOT_RECIPE and frame[c].nunique(dropna=c.startswith("eval_")) > 1
+    ]
     head = [c for c in ("batch_size", "epochs") if c in frame.columns]
     return head + [c for c in cols if c not in head]
 
