@@ -21,7 +21,7 @@ from scaling.sweep.spec import RunSpec
 from scaling.train import distributed
 from scaling.train.augment import SimCLRAugment
 from scaling.train.data import stream_batches
-from scaling.train.evaluate import data_features, evaluate_run
+from scaling.train.evaluate import EVAL_FOLDER, data_features, evaluate_run, primary
 from scaling.train.features import CHUNK_ROWS
 from scaling.train.probe import fit_probe, topk_accuracy
 from scaling.train.readers import load_dataset
@@ -152,13 +152,13 @@ def test_features_over_the_device_budget_stream_and_give_the_same_result(tmp_pat
             folder = tmp_path / f"{images}-{budget}"
             parts = (spec, net, train, test, SimCLRAugment(SMALL))
             results[images, budget], peaks[images, budget] = _peak_bytes(
-                lambda p=parts, v=val, f=folder, b=budget: evaluate_run(
-                    *p, val=v, run_dir=f, batch=64, budget_bytes=b
+                lambda p=parts, v=val, f=folder, b=budget: primary(
+                    evaluate_run(*p, val=v, run_dir=f, batch=64, budget_bytes=b)
                 )
             )
         assert results[images, 64 << 10] == results[images, 1 << 30]
         assert {"top1", "top5", "knn_top1", "val_top1"} <= set(results[images, 1 << 30])
-        stored = folder / "eval" / "train.part0of1.npy"
+        stored = _eval_folder(folder, spec) / "train.part0of1.npy"
         assert stored.stat().st_size >= images * int(net.encoder.num_features) * 4
     extra = IMAGES * int(net.encoder.num_features) * 4  # the larger set's extra features
     assert peaks[2 * IMAGES, 1 << 30] - peaks[IMAGES, 1 << 30] >= extra  # a copy on the device
@@ -168,7 +168,11 @@ def test_features_over_the_device_budget_stream_and_give_the_same_result(tmp_pat
 # -- killed during evaluation -----------------------------------------------------------------
 
 
-def _evaluate_in(folder: str) -> dict:
+def _eval_folder(run_dir: Path, spec: RunSpec) -> Path:
+    return run_dir / EVAL_FOLDER / spec.evaluations()[0]["eval_id"]
+
+
+def _evaluate_in(folder: str) -> list[dict]:
     torch.set_num_threads(1)
     net, train, val, test = _budget_parts()
     spec = _budget_spec("augmented", epochs=6)
@@ -190,14 +194,15 @@ def test_an_evaluation_killed_half_way_resumes_where_it_stopped(tmp_path: Path) 
         target=_evaluate_child, args=(str(tmp_path / "killed"),)
     )
     child.start()
-    probe = tmp_path / "killed" / "eval" / "probe.pt"
+    folder = _eval_folder(tmp_path / "killed", _budget_spec("augmented", epochs=6))
+    probe = folder / "probe.pt"
     deadline = time.monotonic() + 300
     while not probe.exists() and child.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert child.is_alive(), "the evaluation ended before it could be killed"
     os.kill(child.pid, signal.SIGKILL)
     child.join()
-    stored = {p: p.stat().st_mtime_ns for p in (tmp_path / "killed" / "eval").glob("*.npy")}
+    stored = {p: p.stat().st_mtime_ns for p in folder.glob("*.npy")}
     step = torch.load(probe, weights_only=True)["step"]
     assert stored and step > 0
     resumed = _evaluate_in(str(tmp_path / "killed"))
@@ -237,7 +242,7 @@ def _evaluate(root: Path, out: Path) -> dict:
     )
     train = load_dataset("imagefolder", root=root, image_size=SIZE, max_cache_bytes=0)
     test = load_dataset("imagefolder", root=root, image_size=SIZE, split="test")
-    result = evaluate_run(_spec(root), net, train, test, aug, run_dir=out)
+    result = primary(evaluate_run(_spec(root), net, train, test, aug, run_dir=out))
     return {"feats": feats, "labels": labels, "result": result, "decoded": train.decoded}
 
 

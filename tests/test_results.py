@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from scaling.errors import ScalingError
-from scaling.report import results
+from scaling.report import checks, results
 from scaling.sweep.spec import Sweep, load_sweep
 
 SWEEP = """
@@ -346,8 +346,8 @@ def test_prediction_errors_compare_the_plan_with_finished_runs_by_source() -> No
             "cost_source": "model",
         },
     ]
-    errors = results.prediction_errors(results.to_table(rows))
+    errors = checks.prediction_errors(results.to_table(rows))
     assert errors["runs"] == 3 and errors["median_error"] == pytest.approx(0.2)
     assert errors["by_source"]["scaled"] == {"runs": 2, "median_error": pytest.approx(0.15)}
     assert errors["by_source"]["model"] == {"runs": 1, "median_error": pytest.approx(2.0)}
-    assert results.prediction_errors(results.to_table([{"state": "pending"}]))["runs"] == 0
+    assert checks.prediction_errors(results.to_table([{"state": "pending"}]))["runs"] == 0

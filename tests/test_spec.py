@@ -39,11 +39,16 @@ def test_expansion_is_method_aware(tmp_path: Path) -> None:
     assert sweep.axes["model.width"] == (0.25, 0.5, 1.0)
 
 
-def test_nested_eval_field_is_an_axis(tmp_path: Path) -> None:
+def test_nested_eval_field_is_an_axis_of_evaluations(tmp_path: Path) -> None:
+    """An eval axis of a method pretrained without labels: evaluations of one pretraining
+    run each, never another pretraining (tests/test_labels.py for label fractions)."""
     text = BASE.replace("temperature: [0.1, 0.5]", "eval: {epochs: [10, 50]}")
     sweep = load_sweep(write(tmp_path / "s.yaml", text))
     assert sweep.axes["methods.simclr.eval.epochs"] == (10, 50)
-    assert {r.config["eval"]["epochs"] for r in sweep.runs_of("simclr")} == {10, 50}
+    runs = sweep.runs_of("simclr")
+    assert len(runs) == 2 * 3 * 2 * (3 * 2)  # not x 2 probe recipes
+    assert all([e["epochs"] for e in r.evaluations()] == [10, 50] for r in runs)
+    assert len({e["eval_id"] for e in runs[0].evaluations()}) == 2
 
 
 def test_run_ids_are_unique_and_stable_across_processes(tmp_path: Path) -> None:

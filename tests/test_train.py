@@ -20,7 +20,7 @@ from scaling.rundir import FAILURE, METRICS, RESULT, read_json, read_jsonl
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train.augment import SimCLRAugment
-from scaling.train.evaluate import evaluate_run
+from scaling.train.evaluate import evaluate_run, primary
 from scaling.train.readers import load_dataset
 from scaling.train.trainer import run
 from tests.conftest import REPO
@@ -122,7 +122,7 @@ def test_linear_evaluation_leaves_the_encoder_untouched() -> None:
     test = load_dataset("synthetic", image_size=16, split="test", num_images=64)
     net.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    result = evaluate_run(spec, net, train, test, SimCLRAugment(16))
+    result = primary(evaluate_run(spec, net, train, test, SimCLRAugment(16)))
     after = net.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "evaluation changed the encoder"
     assert 0 <= result["top1"] <= 1
@@ -233,7 +233,7 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
     net = build_network("simclr", depth=10, width=0.5, stem="cifar", projection_dim=64)
     train = load_dataset("digits", image_size=16, split="train")
     test = load_dataset("digits", image_size=16, split="test")
-    baseline = evaluate_run(spec, net, train, test, SimCLRAugment(16, 0.5))
+    baseline = primary(evaluate_run(spec, net, train, test, SimCLRAugment(16, 0.5)))
     trained = run(spec, tmp_path, threads=2)
     assert trained["top1"] >= baseline["top1"] + 0.10, (baseline, trained)
     assert trained["knn_top1"] >= baseline["knn_top1"] + 0.15, (baseline, trained)
@@ -274,7 +274,7 @@ def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path
         test = load_dataset(
             "imagefolder", root=tmp_path, image_size=21, split="test", max_cache_bytes=cache
         )
-        results.append(evaluate_run(spec, net, train, test, SimCLRAugment(21)))
+        results.append(primary(evaluate_run(spec, net, train, test, SimCLRAugment(21))))
     assert train._cache is None
     assert results[0] == results[1]
 

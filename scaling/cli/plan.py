@@ -26,6 +26,7 @@ SPEC_COLUMNS = (
     "batch_size",
     "epochs",
     "seed",
+    "labels",
     "temperature",
     "lr_rule",
     "base_lr",

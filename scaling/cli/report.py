@@ -41,7 +41,7 @@ def report(
 ) -> None:
     """Collect SWEEP's results; write gaps, fits, figures and report.html; log them to MLflow."""
     from scaling.plan.planner import make_plan
-    from scaling.report import gaps, results
+    from scaling.report import checks, gaps, results
     from scaling.report.html import build_report
     from scaling.report.publish import publish
     from scaling.run import tracking
@@ -67,7 +67,7 @@ def report(
     page = build_report(the_sweep, table, out_dir)
     print_gaps(console, gaps.gap_table(table), the_sweep.name)
     print_answer(console, out_dir / "fits.json")
-    print_cost_check(console, results.prediction_errors(table))
+    print_cost_check(console, checks.prediction_errors(table))
     print_files(console, out_dir, page)
     where = publish(uri, tracking.experiment_name(the_sweep), out_dir, the_sweep, states)
     if where:
@@ -135,7 +135,10 @@ def print_answer(console: Console, fits_json: Path) -> None:
     """What was measured (gaps at the smallest and largest model, with intervals), the
     fitted curve's extrapolation second, then what limits the numbers."""
     summary = json.loads(fits_json.read_text())
-    if not summary["answers"]:
+    efficiency = summary.get("label_efficiency") or []
+    for line in efficiency:  # the label-efficiency question, measured
+        console.print(f"[bold]labels:[/bold] {line}", soft_wrap=True)
+    if not summary["answers"] and not efficiency:
         console.print(
             "No answer yet: needs finished supervised and SimCLR runs of the same architectures."
         )

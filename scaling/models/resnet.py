@@ -207,6 +207,10 @@ class ProjectionHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.bn2(self.fc2(self.act(self.bn1(self.fc1(h)))))
 
+    def first_layer(self) -> nn.Sequential:
+        """Its first layer (linear, BN, ReLU): where SimCLRv2 fine-tunes from."""
+        return nn.Sequential(self.fc1, self.bn1, nn.ReLU())
+
 
 class SimCLRNet(nn.Module):
     """Encoder f(.) then projection head g(.); forward gives projections z."""

@@ -7,6 +7,7 @@ start, the planner shows them, and nothing else recomputes them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -186,6 +187,28 @@ class Derived:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def labelled_share(n_labelled: int, fraction: float) -> int:
+    """About how many images a label fraction keeps (train.data.labelled_subset draws
+    round(fraction x n_c) of each class, at least one)."""
+    return n_labelled if fraction >= 1.0 else max(1, round(n_labelled * fraction))
+
+
+def labelled_recipe(
+    config: Mapping[str, Any], n_full: int, n_subset: int
+) -> tuple[dict[str, Any], int]:
+    """(recipe, repeats) of a run trained on labels with `n_subset` of its `n_full`
+    labelled images (a label fraction): the subset repeated until it fills a batch (each
+    repeat a fresh augmentation; every epoch then has a step), the same batch, and as
+    many steps as on every label (`epochs` x n_full / (repeats x n_subset) epochs, rounded
+    up), so that it converges on a small subset as on the whole set, at the same cost
+    (warmup and decay follow)."""
+    if n_subset >= n_full or n_subset <= 0:
+        return dict(config), 1
+    repeats = max(1, math.ceil(int(config["batch_size"]) / n_subset))
+    epochs = math.ceil(int(config["epochs"]) * n_full / (repeats * n_subset))
+    return {**config, "epochs": epochs}, repeats
 
 
 def derive(config: Mapping[str, Any], layout: Layout, n_train: int, method: str) -> Derived:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from scaling.plan.layout import (
     bn_batch_of,
     bn_grouping_of,
     derive,
+    labelled_recipe,
+    labelled_share,
     labelled_size,
     resolve_precision,
     test_size,
@@ -32,7 +34,7 @@ from scaling.plan.layout import (
 )
 from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, Labels, get_method
 from scaling.sweep.spec import RunSpec, Sweep
 
 
@@ -75,6 +77,21 @@ def _run_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
     return lambda run, _: getattr(run, name)
 
 
+def _labels(run: PlannedRun, _: dict[Any, Any]) -> str | None:
+    """The labels a run uses: the fraction it trains on (a method trained on labels), or
+    its evaluations, protocol and fraction each (one pretrained without them); None for
+    one evaluation on every label (nothing to say)."""
+    evaluations = run.spec.evaluations()
+    if len(evaluations) == 1 and evaluations[0]["label_fraction"] == 1.0:
+        return None
+    if get_method(run.spec.method).labels is Labels.TRAINING:
+        return f"{run.spec.label_fraction:g}"
+    by_protocol: dict[str, list[str]] = {}
+    for e in evaluations:
+        by_protocol.setdefault(str(e["protocol"]), []).append(f"{e['label_fraction']:g}")
+    return ", ".join(f"{p} {'/'.join(fs)}" for p, fs in by_protocol.items())
+
+
 #: The plan's columns after the spec's own: (name, value of a run given a shared cache),
 #: the one list `PlannedRun.row` and `Plan.table` both follow.
 PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...] = (
@@ -105,6 +122,7 @@ PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...
         )
     ),
     ("warnings", lambda run, _: "; ".join(run.warnings)),
+    ("labels", _labels),
 )
 
 
@@ -136,28 +154,42 @@ class Plan:
         model_keys = dict.fromkeys(k for r in runs[:1] for k in r.spec.model)
         columns.update({k: [r.spec.model.get(k) for r in runs] for k in model_keys})
         columns["seed"] = [r.spec.seed for r in runs]
-        for key, sub in _config_keys(runs):
-            if sub is None:
-                columns[key] = [r.spec.config.get(key) for r in runs]
-            else:
-                columns[f"{key}_{sub}"] = [(r.spec.config.get(key) or {}).get(sub) for r in runs]
+        for path in _config_keys(runs):
+            columns["_".join(path)] = [_at(r.spec.config, path) for r in runs]
+        if any(get_method(m).labels is Labels.TRAINING for m in {r.spec.method for r in runs}):
+            columns["label_fraction"] = [
+                r.spec.label_fraction
+                if get_method(r.spec.method).labels is Labels.TRAINING
+                else None
+                for r in runs
+            ]
         cache: dict[Any, Any] = {}
         for name, value in PLAN_COLUMNS:
             columns[name] = [value(r, cache) for r in runs]
         return pa.table({k: _arrow_column(v) for k, v in columns.items()})
 
 
-def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, str | None]]:
-    """(key, None) for scalar config fields, (key, sub) for nested ones, in first-seen order."""
-    keys: dict[tuple[str, str | None], None] = {}
-    for method in dict.fromkeys(r.spec.method for r in runs):
-        config = next(r.spec.config for r in runs if r.spec.method == method)
+def _config_keys(runs: tuple[PlannedRun, ...]) -> list[tuple[str, ...]]:
+    """The path of every config field (nested ones: section, field, ...), in first-seen
+    order: the columns `RunSpec.flat` names `section_field`."""
+    keys: dict[tuple[str, ...], None] = {}
+
+    def walk(config: Mapping[str, Any], path: tuple[str, ...]) -> None:
         for key, value in config.items():
-            if isinstance(value, dict):
-                keys.update({(key, sub): None for sub in value})
+            if isinstance(value, Mapping):
+                walk(value, (*path, key))
             else:
-                keys[(key, None)] = None
+                keys[(*path, key)] = None
+
+    for method in dict.fromkeys(r.spec.method for r in runs):
+        walk(next(r.spec.config for r in runs if r.spec.method == method), ())
     return list(keys)
+
+
+def _at(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        config = config.get(key) if isinstance(config, Mapping) else None  # type: ignore[assignment]
+    return config
 
 
 def _arrow_column(values: list[Any]) -> Any:
@@ -254,7 +286,13 @@ def make_plan(
                 f"micro-batch that fits is {layout.micro_batch}); it needs at least 2"
             )
         micro = layout.micro_batch if layout else 1
-        derived = derive(spec.config, layout, n_train, spec.method) if layout and n_train else None
+        config = spec.config
+        if n_train and get_method(spec.method).labels is Labels.TRAINING:
+            # trained on a label fraction: its subset, as many steps as on every label
+            share = labelled_share(n_train, spec.label_fraction)
+            config, repeats = labelled_recipe(config, n_train, share)
+            n_train = share * repeats
+        derived = derive(config, layout, n_train, spec.method) if layout and n_train else None
         hours, train_s, source, beyond = _time_cost(spec, derived, layout, cost, acc, calibration)
         train_peak = costs.peak_memory_bytes(cost, micro, live_views, precision=precision)
         eval_peak, store = _eval_memory(spec, cost, micro * live_views, memory_bytes, precision)
@@ -324,8 +362,9 @@ def _time_cost(
     n_test = test_size(spec.dataset) or 0
     n_fit = train_size(spec.dataset) or 0  # the labelled images the run trains on
     images = (n_fit, validation_size(spec.dataset), n_test)
-    eval_flops = costs.eval_flops(
-        cost.flops_per_image, images, spec.method, spec.config.get("eval")
+    eval_flops = sum(  # each of the run's evaluations (protocol x label fraction)
+        costs.eval_flops(cost.flops_per_image, images, spec.method, item)
+        for item in spec.evaluations()
     )
     every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
     if every:  # the online kNN monitor: a forward of its subsets every `every` epochs

@@ -7,9 +7,13 @@ Each is one line that says what to change. The report shows them above the figur
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import Counter
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from scaling.plan.checks import binomial_half_width
 from scaling.plan.layout import test_size
@@ -91,3 +95,28 @@ def _test_set(done: pd.DataFrame, gap_df: pd.DataFrame) -> list[str]:
         f"top-1 has a 90% binomial interval of +-{half:.2f} points, more than the smallest "
         f"gap reported ({smallest:.2f}); read gaps that small as ties"
     ]
+
+
+def prediction_errors(table: pa.Table) -> dict[str, Any]:
+    """How the plan's training time compared with what the finished runs took: the runs
+    and the median of |predicted / measured - 1|, overall and per cost source."""
+    wanted = ("run_id", "state", "predicted_train_s", "train_time_s", "cost_source")
+    rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
+    errors: dict[str, list[float]] = {}
+    seen: set[Any] = set()
+    for r in rows:
+        if r.get("run_id") is not None and r["run_id"] in seen:
+            continue  # a run's other evaluations: trained once
+        seen.add(r.get("run_id"))
+        predicted, measured = r.get("predicted_train_s"), r.get("train_time_s")
+        if r.get("state") == "finished" and predicted and measured and not math.isnan(predicted):
+            errors.setdefault(str(r.get("cost_source")), []).append(abs(predicted / measured - 1))
+    every = [e for v in errors.values() for e in v]
+    return {
+        "runs": len(every),
+        "median_error": statistics.median(every) if every else None,
+        "by_source": {
+            k: {"runs": len(v), "median_error": statistics.median(v)}
+            for k, v in sorted(errors.items())
+        },
+    }

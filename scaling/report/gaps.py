@@ -55,6 +55,7 @@ LEVEL = 0.9  # the gap intervals' confidence, as the fits' bootstrap intervals
 ONE_SEED = "one seed: no interval"
 DOMAIN_COLUMNS = ("dataset", "image_size", "stem")
 GAP_COLUMNS = (
+    "label_fraction",
     *ARCH_COLUMNS,
     "encoder_params",
     "method",
@@ -188,9 +189,37 @@ def _arch_order(arch: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def gap_table(table: Any) -> pd.DataFrame:
-    """Rows per (architecture, method, recipe) plus one `kind == "best"` row per
-    (architecture, method); columns GAP_COLUMNS."""
-    df = frame(table)
+    """Rows per (label fraction, architecture, method, recipe) plus one `kind == "best"`
+    row per (label fraction, architecture, method); columns GAP_COLUMNS. At each label
+    fraction the supervised runs trained on that share of the labels are the reference
+    of the evaluations at that fraction (every label first; a table without the column:
+    every label)."""
+    df = labelled(frame(table))
+    parts = [
+        _gaps_at(df[df["label_fraction"] == f]).assign(label_fraction=f)
+        for f in sorted(df["label_fraction"].unique(), reverse=True)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=list(GAP_COLUMNS))
+    return pd.concat(parts, ignore_index=True)[list(GAP_COLUMNS)]
+
+
+def labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with a label_fraction on every row (1: every label, where none is said)."""
+    if "label_fraction" not in df:
+        return df.assign(label_fraction=1.0)
+    return df.assign(label_fraction=df["label_fraction"].fillna(1.0).astype(float))
+
+
+def every_label(table: Any) -> pd.DataFrame:
+    """The rows measured with every label (the paper's Fig. 7 question): what the laws,
+    the headline and the figures of the full-label study read."""
+    df = labelled(frame(table))
+    return df[df["label_fraction"] == 1.0]
+
+
+def _gaps_at(df: pd.DataFrame) -> pd.DataFrame:
+    """gap_table at one label fraction."""
     methods = sorted(str(m) for m in df["method"].unique())
     recipes = {m: recipe_columns(df[df["method"] == m]) for m in methods}
     cells = {m: _cells(df[df["method"] == m], recipes[m]) for m in methods}
@@ -369,7 +398,8 @@ def missing_runs(table: Any) -> pd.DataFrame:
         "seed",
         "epochs_done",
     ]
-    out = df[df["state"] != "finished"].reindex(columns=cols)
+    # one row per run (a run's evaluations share its state, but for one still to make)
+    out = df[df["state"] != "finished"].drop_duplicates("run_id").reindex(columns=cols)
     order = {state: i for i, state in enumerate(MISSING_ORDER)}
     return out.sort_values(
         ["state", "method", "run_id"], key=lambda s: s.map(order) if s.name == "state" else s
@@ -383,8 +413,10 @@ def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
     how each was measured, the gap and its interval, notes. One row per `kind == "best"`
     row, same index."""
     best = gap_df[gap_df["kind"] == "best"]
+    several = "label_fraction" in best and best["label_fraction"].nunique() > 1
     rows = [
         {
+            **({"labels": f"{r.label_fraction:.0%}"} if several else {}),
             "architecture": " ".join(
                 (r.dataset, arch_label(r.depth, r.width, r.depth_multiplier), r.stem)
             ),

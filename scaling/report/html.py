@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from scaling.report import checks, figures, gaps, headline, lawfigures, results
+from scaling.report import checks, figures, gaps, headline, labels, lawfigures, results
 from scaling.report.gaps import REFERENCE
 from scaling.report.laws import FitSet, fit_sweep
 from scaling.rundir import atomic_write_bytes
@@ -48,6 +48,9 @@ CAPTIONS = {
     "heatmap": "SimCLR top-1 over batch size x epochs.",
     "compute": "Top-1 vs training compute; curves fitted to the compute frontier.",
     **lawfigures.CAPTIONS,
+    "labels": "Improvement over supervised training on the same labels (points, > 0 where "
+    "SimCLR wins) vs encoder parameters, one line per label fraction, with 90% Welch "
+    "intervals (SimCLRv2's Fig. 1).",
 }
 
 
@@ -67,12 +70,17 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     results.write(table, out / "results.parquet")
-    df = gaps.frame(table)
-    gap_df = gaps.gap_table(df)
-    atomic_write_bytes(out / "gaps.csv", gap_df.to_csv(index=False).encode())
+    every = gaps.frame(table)
+    gap_all = gaps.gap_table(every)  # per label fraction
+    atomic_write_bytes(out / "gaps.csv", gap_all.to_csv(index=False).encode())
+    # The full-label study (laws, headline, figures) reads the rows with every label.
+    df, gap_df = gaps.every_label(every), gap_all[gap_all["label_fraction"] == 1.0]
     clock.lap("table")
-    fits = fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
+    options = {"n_boot": n_boot, "level": level, "seed": seed, "threshold": threshold}
+    fits = fit_sweep(df, **options)
     said = headline.answers(gap_df, fits, threshold)
+    efficiency = labels.answers(gap_all)  # measured first: the advantage per fraction
+    per_fraction = labels.fraction_fits(every, **options)
     validity = checks.validity_warnings(df, gap_df)
     clock.lap("fits")
     omitted: dict[str, str] = {}
@@ -80,10 +88,15 @@ def build_report(
         **figures.make_all(df, gap_df, fits, out / "figures", omitted),
         **lawfigures.make_all(df, fits, out / "figures"),
     }
+    efficiency_figure = labels.figure(every, gap_all, out / "figures")
+    if efficiency_figure:
+        figs["labels"] = efficiency_figure
     clock.lap("figures")
     summary = {
         **fits.to_dict(),
         "answers": [a.to_dict() for a in said],
+        "label_efficiency": efficiency,
+        "label_fraction_fits": {f"{f:g}": fs.to_dict() for f, fs in per_fraction.items()},
         "validity": validity,
         "figures_omitted": omitted,
     }
@@ -93,7 +106,18 @@ def build_report(
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
     page = render_html(
-        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity, omitted
+        sweep,
+        df,
+        gap_df,
+        gaps.missing_runs(every),
+        fits,
+        figs,
+        out,
+        orphans,
+        said,
+        validity,
+        omitted,
+        labels.section(gap_all, efficiency),
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -187,6 +211,7 @@ def render_html(
     said: list[headline.Answer] | None = None,
     validity: list[str] | None = None,
     omitted: Mapping[str, str] | None = None,
+    efficiency: str = "",
 ) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
@@ -201,6 +226,7 @@ def render_html(
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
     parts.append(_answer(said or []))
+    parts.append(efficiency)  # the label-efficiency answer and gaps per fraction
     parts.append(_validity(validity or []))
     parts.append(_figures(figs, out, omitted or {}))
     cols = [

@@ -62,7 +62,8 @@ from scaling.rundir import (
     atomic_write_bytes,
     read_json,
 )
-from scaling.sweep.methods import METHODS, Evaluation
+from scaling.sweep.config import flat_config
+from scaling.sweep.methods import METHODS, Evaluation, Protocol
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ SPEC_TYPES = {
 }
 CONFIG_TYPES = {
     **dict.fromkeys(("lr_rule", "optimizer", "augment", "eval_protocol"), STR),
+    "label_fraction": FLOAT,
     **dict.fromkeys(("batch_size", "epochs", "projection_dim", "eval_epochs"), INT),
     **dict.fromkeys(("eval_batch_size", "eval_knn_k"), INT),
     **dict.fromkeys(("base_lr", "weight_decay", "warmup_epochs", "momentum"), FLOAT),
@@ -93,7 +95,7 @@ PLAN_TYPES = {
     **dict.fromkeys(("warmup", "eval_memory_gb", "features_gb"), FLOAT),
     "warmup_steps": INT,  # and `steps`, the outcome's column (planned, then as taken)
     **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
-    **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
+    **dict.fromkeys(("cost_source", "reason", "warnings", "labels"), STR),
 }
 METRIC_TYPES = {
     **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_top1"), FLOAT),
@@ -104,6 +106,7 @@ METRIC_TYPES = {
 }
 OUTCOME_TYPES = {
     "state": STR,
+    **dict.fromkeys(("eval_id", "protocol"), STR),
     **METRIC_TYPES,
     **dict.fromkeys(("error_kind", "error_message", "source", "mlflow_run_id"), STR),
 }
@@ -116,6 +119,7 @@ LAYOUT_COLUMNS = tuple(LAYOUT_TYPES)
 #: outcome): every other spec column that varies is a recipe axis (batch, epochs, ...).
 NOT_RECIPE = {
     "run_id",
+    "label_fraction",  # a dimension of its own: a gap per fraction
     "sweep",
     "method",
     "seed",
@@ -149,14 +153,17 @@ def collect(
     for spec in runs:
         row = dict(planned.get(spec.run_id) or spec.flat())
         row["sweep"] = sweep.name
-        row.update(_from_dir(sweep_dir / spec.run_id) if spec.run_id in present else _PENDING)
+        found = _from_dir(sweep_dir / spec.run_id) if spec.run_id in present else _PENDING
+        result = found.pop("_result", None)
+        row.update(found)
         mlflow_run = tracked.get(spec.run_id)
         if mlflow_run:
             row["mlflow_run_id"] = mlflow_run.get("mlflow_run_id")
             if row["state"] in ("pending", "running"):
                 row.update(_from_mlflow(mlflow_run, row["state"]))
-        rows.append(row)
-        specs.append(spec)
+        for evaluated in evaluation_rows(spec, row, result):
+            rows.append(evaluated)
+            specs.append(spec)
     _fill_costs(rows, specs)
     orphans = sorted(present - {s.run_id for s in runs} - {"report"})
     orphans = [o for o in orphans if not o.startswith(".") and (sweep_dir / o / SPEC).exists()]
@@ -186,7 +193,7 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
                 convergence=verdict.describe(),
                 train_top1=verdict.train_top1,
             )
-        return out
+        return {**out, "_result": st.result}
     if st.failure is not None:
         out.update(
             error_kind=str(st.failure.get("kind", "error")),
@@ -195,6 +202,36 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     spec = read_json(run_dir / SPEC)
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
+    return out
+
+
+#: what an evaluation measured (the rest of a row is its run's)
+EVAL_METRICS = ("top1", "top5", "knn_top1", "val_top1")
+
+
+def evaluation_rows(
+    spec: RunSpec, row: Mapping[str, Any], result: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """One row per evaluation of the run (`RunSpec.evaluations`: protocol x label
+    fraction): its eval_id, protocol, label_fraction and eval_* recipe, and its metrics
+    from the run's result (a finished run that has not made an evaluation added to its
+    sweep since: `resumable` without metrics, which `submit` evaluates)."""
+    listed = None if result is None else result.get("evaluations")
+    by_id = {e.get("eval_id"): e for e in listed or []}
+    evaluations = spec.evaluations()
+    out = []
+    for i, item in enumerate(evaluations):
+        ev = {k: v for k, v in row.items() if not k.startswith("eval_")}
+        recipe = {k: v for k, v in item.items() if k not in ("label_fraction", "eval_id")}
+        ev.update(flat_config(recipe, "eval_"))
+        ev.update(eval_id=item["eval_id"], label_fraction=item["label_fraction"])
+        ev["protocol"] = item["protocol"]
+        if listed is not None or (result is not None and i > 0):
+            done = by_id.get(item["eval_id"])
+            ev.update({k: (done or {}).get(k) for k in EVAL_METRICS})
+            if done is None and ev.get("state") == "finished":
+                ev["state"] = "resumable"
+        out.append(ev)
     return out
 
 
@@ -368,33 +405,15 @@ def load(path: str | Path) -> pa.Table:
     )
 
 
-def prediction_errors(table: pa.Table) -> dict[str, Any]:
-    """How the plan's training time compared with what the finished runs took: the runs
-    and the median of |predicted / measured - 1|, overall and per cost source."""
-    import statistics
-
-    wanted = ("state", "predicted_train_s", "train_time_s", "cost_source")
-    rows = table.select([c for c in wanted if c in table.column_names]).to_pylist()
-    errors: dict[str, list[float]] = {}
-    for r in rows:
-        predicted, measured = r.get("predicted_train_s"), r.get("train_time_s")
-        if r.get("state") == "finished" and predicted and measured and not math.isnan(predicted):
-            errors.setdefault(str(r.get("cost_source")), []).append(abs(predicted / measured - 1))
-    every = [e for v in errors.values() for e in v]
-    return {
-        "runs": len(every),
-        "median_error": statistics.median(every) if every else None,
-        "by_source": {
-            k: {"runs": len(v), "median_error": statistics.median(v)}
-            for k, v in sorted(errors.items())
-        },
-    }
-
-
 def recipe_columns(frame: Any) -> list[str]:
     """Config columns that vary among `frame`'s rows (a pandas DataFrame of one method);
     batch_size and epochs always come first, so labels read like the paper's."""
-    cols = [c for c in frame.columns if c not in NOT_RECIPE and frame[c].nunique(dropna=False) > 1]
+    # An evaluation's setting that another protocol lacks (null there) is not an axis.
+    cols = [
+        c
+        for c in frame.columns
+        if c not in NOT_RECIPE and frame[c].nunique(dropna=c.startswith("eval_")) > 1
+    ]
     head = [c for c in ("batch_size", "epochs") if c in frame.columns]
     return head + [c for c in cols if c not in head]
 
@@ -418,6 +437,10 @@ def protocol_label(row: Mapping[str, Any]) -> str:
     protocol = row.get("eval_protocol")
     if not isinstance(protocol, str):
         return "linear eval"
+    if protocol == Protocol.FINETUNE:
+        epochs = row.get("eval_finetune_epochs")
+        said = "60 epochs at 1%, 30 above" if _missing(epochs) else f"{_int(epochs)} epochs"
+        return f"fine-tuned ({said}, batch {_int(row.get('eval_finetune_batch_size'))})"
     parts = ["crop+flip" if protocol == "augmented" else "fixed features"]
     if row.get("eval_epochs") is not None:
         parts.append(f"{_int(row['eval_epochs'])} epochs")
@@ -426,6 +449,10 @@ def protocol_label(row: Mapping[str, Any]) -> str:
     if row.get("eval_standardize") is True:
         parts.append("standardised")
     return f"linear eval ({', '.join(parts)})"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _int(value: Any) -> Any:

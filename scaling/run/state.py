@@ -10,6 +10,7 @@ directory listing, then only the files that are there are read: fast on 100,000 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from scaling.rundir import (
     read_result,
 )
 from scaling.sweep.methods import METHODS
+from scaling.sweep.spec import RunSpec
 from scaling.train.convergence import Convergence, of_result
 
 
@@ -92,3 +94,22 @@ def run_state(run_dir: Path) -> RunState:
     if CHECKPOINTS in names and checkpoints.is_dir() and any(checkpoints.iterdir()):
         return RunState(State.RESUMABLE, **seen)
     return RunState(State.PENDING, **seen)
+
+
+def missing_evaluations(spec: RunSpec, result: Mapping[str, Any] | None) -> list[str]:
+    """The eval_ids of the spec's evaluations a finished run's result does not hold (a
+    label fraction or protocol added to its sweep later): such a run is one to evaluate,
+    from its final checkpoint, never to train again. A result from before evaluations
+    were listed holds the one evaluation a single-evaluation spec names."""
+    wanted = [e["eval_id"] for e in spec.evaluations()]
+    if result is None:
+        return wanted
+    listed = result.get("evaluations")
+    if listed is None:
+        return wanted[1:]
+    done = {e.get("eval_id") for e in listed}
+    return [e for e in wanted if e not in done]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

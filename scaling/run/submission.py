@@ -21,7 +21,7 @@ from scaling.enums import StrEnum
 from scaling.errors import RunFailed
 from scaling.plan.planner import Plan, PlannedRun
 from scaling.run.backends.base import Context, Job
-from scaling.run.state import RunState, State, run_state
+from scaling.run.state import RunState, State, missing_evaluations, run_state
 from scaling.rundir import FAILURE, SPEC, git_version, read_json, write_json
 from scaling.sweep.cluster import ClusterProfile, parallel_runs, threads_per_run, train_env
 from scaling.sweep.spec import Sweep
@@ -44,6 +44,7 @@ class Reason(StrEnum):
     RERUN = "rerun"
     RETRY = "retry"  # a failure from outside the run (a full disk): retried unasked
     FINISHED = "finished"
+    EVALUATE = "evaluate"  # finished, with evaluations its sweep added since
     FAILED = "failed"
     RUNNING = "running"
     QUEUED = "queued"
@@ -142,6 +143,9 @@ def _action(
     if force:
         return Action.RUN, Reason.FORCED, "forced: from scratch"
     if state.state is State.FINISHED:
+        missing = missing_evaluations(planned.spec, state.result)
+        if missing:
+            return Action.RESUME, Reason.EVALUATE, f"finished; {len(missing)} evaluations to run"
         return Action.SKIP, Reason.FINISHED, "finished"
     if state.state is State.PENDING and mlflow_status == "FINISHED":
         return Action.SKIP, Reason.FINISHED, "finished (recorded in MLflow; no local run directory)"

@@ -17,6 +17,7 @@ from scaling.plan.layout import Layout
 from scaling.run.locks import run_lock
 from scaling.run.mirror import STATE as MLFLOW_STATE
 from scaling.run.mirrors import Mirrors
+from scaling.run.state import missing_evaluations
 from scaling.run.wandb_mirror import forget_progress
 from scaling.rundir import (
     CHECKPOINTS,
@@ -64,7 +65,7 @@ def run_tracked(
 
     with run_lock(run_dir) if main else contextlib.nullcontext():
         done = read_result(run_dir)  # every rank reads it: all skip, or none does
-        if done is not None and not force:
+        if done is not None and not force and not missing_evaluations(spec, done):
             if main:
                 print(
                     f"run {spec.run_id} already finished (top-1 {done['top1']:.4f}); "

@@ -214,3 +214,14 @@ def _is_union_branch(part: Any) -> bool:
         or part in {"int", "float", "str", "bool", "none", "list"}
         or part.startswith("constrained-")
     )
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config as flat columns: {"eval": {"finetune": {"lr": 0.05}}} -> eval_finetune_lr."""
+    row: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            row.update(flat_config(value, f"{prefix}{key}_"))
+        else:
+            row[f"{prefix}{key}"] = value
+    return row

@@ -94,6 +94,55 @@ class Evaluation(StrEnum):
     OWN_HEAD = "own_head"  # the trained classifier itself, top-k on the test split
 
 
+class Labels(StrEnum):
+    """Where a method uses the labels, and so what a label fraction (the labelled share of
+    the training images, a sweep's `label_fraction` axis) is to it."""
+
+    # It trains on them: the fraction is part of the run (one run per fraction, trained on
+    # that class-balanced subset).
+    TRAINING = "training"
+    # It pretrains without them: one pretraining run, evaluated at every fraction (each
+    # evaluation fits on that subset), never trained again for another fraction.
+    EVALUATION = "evaluation"
+
+
+class Protocol(StrEnum):
+    """How an evaluation of a pretrained encoder fits on the labelled subset."""
+
+    FEATURES = "features"  # a linear probe on features extracted once (encoder frozen)
+    AUGMENTED = "augmented"  # a linear probe on crop + flip views every step (frozen)
+    FINETUNE = "finetune"  # the whole encoder and a linear head trained (paper B.5)
+
+
+#: protocols whose encoder stays frozen (a linear probe; kNN top-1 beside it)
+FROZEN_PROTOCOLS = (Protocol.FEATURES, Protocol.AUGMENTED)
+
+
+class FinetuneConfig(StrictModel):
+    """The fine-tuning protocol (`eval.protocol: finetune`), by default the paper's
+    Appendix B.5: the whole encoder and a zero-initialised linear head, Nesterov momentum
+    0.9, batch 4096 (capped at the labelled subset), LR `lr` x B/256 (0.05) without
+    warmup or decay, no weight decay or other regularisation, crop + flip only; 60 epochs
+    at 1% of the labels or less, 30 above (`epochs` replaces the rule).
+    `from_projection`: start from the projection head's first layer as SimCLRv2 does
+    (its linear layer, BN and ReLU on the encoder; the head fits on its output)."""
+
+    batch_size: PositiveInt = 4096
+    lr: PositiveFloat = 0.05
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    weight_decay: NonNegativeFloat = 0.0
+    epochs: PositiveInt | None = None
+    crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
+    from_projection: bool = False
+
+    def epochs_at(self, fraction: float) -> int:
+        """The paper's rule: 60 epochs at 1% of the labels or less, 30 above."""
+        if self.epochs is not None:
+            return int(self.epochs)
+        return 60 if fraction <= 0.01 else 30
+
+
 class EvalConfig(StrictModel):
     """Linear evaluation of a frozen encoder (and kNN top-1 as a cheap extra), by default
     the official code's (README, "Finetuning the linear head"; model.py with
@@ -108,7 +157,7 @@ class EvalConfig(StrictModel):
     parameters (the training features' mean and std) in front of the classifier.
     """
 
-    protocol: Literal["features", "augmented"] = "augmented"
+    protocol: Literal["features", "augmented", "finetune"] = "augmented"
     epochs: PositiveInt | None = None
     batch_size: PositiveInt | None = None
     lr: PositiveFloat = 0.1
@@ -122,6 +171,7 @@ class EvalConfig(StrictModel):
     # and 2k test images) after every N-th epoch, logged as monitor/knn_top1. 0: off.
     # It never changes training (no RNG draw, BN in eval mode), so it is not in run_id.
     knn_every: NonNegativeInt = 0
+    finetune: FinetuneConfig = FinetuneConfig()
 
 
 @dataclass(frozen=True)
@@ -231,6 +281,8 @@ class MethodInfo:
     accuracy_plateaus: whether its training accuracy is a classifier's, which levels off
     as the run converges (scaling.train.convergence judges it with the loss); a
     contrastive objective's "accuracy" (the positive among 2N - 1 views) is not.
+    labels: whether it trains on labels (a label fraction is part of the run) or
+    pretrains without them (each fraction, and each protocol, an evaluation of one run).
     """
 
     name: str
@@ -243,6 +295,7 @@ class MethodInfo:
     evaluation: Evaluation
     views: int
     cached_accumulation: bool
+    labels: Labels = Labels.TRAINING
     unlabelled: bool = False
     reference: bool = False
     accuracy_plateaus: bool = False
@@ -266,19 +319,26 @@ class MethodInfo:
             return 0
         return int((config.get("eval") or {}).get("knn_every") or 0)
 
-    def eval_passes(self, eval_config: Mapping[str, Any] | None) -> tuple[int, int, int]:
+    def eval_passes(self, eval_config: Mapping[str, Any] | None) -> tuple[float, int, int]:
         """Forwards of every image its evaluation makes, of (the training images it fits
-        a probe on, the held-out validation images, the test images), given the config's
-        `eval` section: a frozen encoder's features of each of them once, and the
-        augmented protocol's fresh crops of the fitted images every probe epoch; a
-        network's own head, the held-out and the test images once. The online kNN monitor
-        is counted by the planner."""
+        on, the held-out validation images, the test images), given one evaluation's
+        config (`eval`, with its `label_fraction`): a frozen encoder's features of the
+        labelled subset, the held-out and the test images once, and the augmented
+        protocol's fresh crops of the subset every probe epoch; fine-tuning a forward and
+        a backward (3 forwards) of the subset every epoch; a network's own head, the
+        held-out and the test images once. The online kNN monitor is counted by the
+        planner."""
         if self.evaluation is Evaluation.OWN_HEAD:
             return 0, 1, 1
         eval_config = eval_config or {}
-        augmented = eval_config.get("protocol") == "augmented"
+        fraction = float(eval_config.get("label_fraction", 1.0))
+        protocol = eval_config.get("protocol")
+        if protocol == Protocol.FINETUNE:
+            tune = FinetuneConfig(**(eval_config.get("finetune") or {}))
+            return 3 * tune.epochs_at(fraction) * fraction, 1, 1
+        augmented = protocol == Protocol.AUGMENTED
         epochs = int(eval_config.get("epochs") or PROBE_DEFAULT.epochs) if augmented else 0
-        return 1 + epochs, 1, 1
+        return (1 + epochs) * fraction, 1, 1
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -305,6 +365,7 @@ register(
         evaluation=Evaluation.FROZEN_ENCODER,
         views=2,
         cached_accumulation=True,
+        labels=Labels.EVALUATION,
         unlabelled=True,  # pretrains on STL-10's train+unlabeled, as the paper and peers
     )
 )

@@ -10,10 +10,8 @@ sha256 of the canonical JSON of what changes the result (not where it runs).
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import itertools
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +23,25 @@ from scaling.errors import SpecError
 from scaling.sweep.config import (
     StrictModel,
     apply_overrides,
+    flat_config,
     read_yaml,
     validate,
 )
 from scaling.sweep.grid import section_grid
-from scaling.sweep.methods import METHODS, MethodConfig, get_method, resolve_config
+from scaling.sweep.identity import (
+    _canonical,
+    _evaluation,
+    _hash,
+    _runs_of_configs,
+    _unique,
+    check_fraction,
+    default_grouping,
+    eval_identity,
+    identity_of_config,
+    identity_of_dataset,
+    run_id_of,
+)
+from scaling.sweep.methods import METHODS, Labels, MethodConfig, get_method, resolve_config
 
 #: the share of the labelled training images held out for validation (recipe selection)
 VALIDATION_FRACTION = 0.1
@@ -124,12 +136,11 @@ class SweepFile(StrictModel):
     seeds: list[Seed] | Seed = [0]
     model: dict[str, Any] = {}
     methods: dict[str, dict[str, Any] | None]
+    # The labelled share of the training images (class-balanced, drawn from the seed): a
+    # method trained on labels has one run per fraction, one pretrained without them one
+    # run evaluated at every fraction (methods.Labels).
+    label_fraction: list[float] | float = 1.0
     tracking: TrackingConfig = TrackingConfig()
-
-
-_IDENTITY_EXCLUDED = {("dataset", "root")}
-#: config fields that never change a run's result (monitoring), left out of run_id
-_CONFIG_NOT_IDENTITY = {("eval", "knn_every")}
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,13 @@ class RunSpec:
     # How the views are grouped into batch-norm batches (methods.BNGrouping), when the
     # layout makes it differ from the method's grouping without accumulation. None: that.
     bn_grouping: str | None = None
+    # The labelled share of the training images a method trained on labels trains on
+    # (Labels.TRAINING: part of the identity below 1).
+    label_fraction: float = 1.0
+    # A method pretrained without labels (Labels.EVALUATION): its evaluations, each an
+    # `eval` section with its `label_fraction`, never part of the pretraining's identity
+    # (adding one later never trains again). Empty: the config's `eval` on every label.
+    evals: tuple[Mapping[str, Any], ...] = ()
     run_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -156,6 +174,11 @@ class RunSpec:
         size = int(self.dataset.get("image_size", 32))
         object.__setattr__(self, "model", resolve_model(self.model, size))
         object.__setattr__(self, "config", resolve_config(self.config, self.dataset["name"]))
+        object.__setattr__(
+            self,
+            "evals",
+            tuple(resolve_config({"eval": e}, self.dataset["name"])["eval"] for e in self.evals),
+        )
         object.__setattr__(self, "run_id", run_id_of(self.identity()))
 
     def identity(self) -> dict[str, Any]:
@@ -167,12 +190,28 @@ class RunSpec:
             "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
-            "config": identity_of_config(self.config),
+            "config": identity_of_config(self.config, self.method),
             "bn_grouping": self.bn_grouping or default_grouping(self.method),
         }
         if self.bn_batch is not None:
             identity["bn_batch"] = self.bn_batch
+        if self.label_fraction != 1.0:
+            identity["label_fraction"] = self.label_fraction
         return identity
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The run's evaluations, each with its `eval_id` (unique within the run), its
+        `protocol` and `label_fraction`: a method trained on labels, its own head on its
+        fraction; one pretrained without them, each of `evals` (or the config's `eval` on
+        every label)."""
+        info = get_method(self.method)
+        if info.labels is Labels.TRAINING:
+            items = [{"protocol": str(info.evaluation), "label_fraction": self.label_fraction}]
+        else:
+            items = [dict(e) for e in self.evals] or [
+                {**eval_identity(self.config.get("eval") or {}), "label_fraction": 1.0}
+            ]
+        return [{**item, "eval_id": run_id_of(item)} for item in items]
 
     def group_id(self) -> str:
         """The identity without the seed: the same for every seed of this run (MLflow's
@@ -211,6 +250,8 @@ class RunSpec:
             ("sweep", sweep),
             ("bn_batch", None),
             ("bn_grouping", None),
+            ("label_fraction", 1.0),
+            ("evals", ()),
         ):
             object.__setattr__(spec, name, value)
         object.__setattr__(spec, "run_id", _hash(canonical))
@@ -227,6 +268,8 @@ class RunSpec:
             "config": dict(self.config),
             **({"bn_batch": self.bn_batch} if self.bn_batch is not None else {}),
             **({"bn_grouping": self.bn_grouping} if self.bn_grouping is not None else {}),
+            **({"label_fraction": self.label_fraction} if self.label_fraction != 1.0 else {}),
+            **({"evals": [dict(e) for e in self.evals]} if self.evals else {}),
         }
 
     @classmethod
@@ -259,6 +302,10 @@ class RunSpec:
         if grouping is not None and grouping not in get_method(method).groupings():
             allowed = ", ".join(get_method(method).groupings())
             raise SpecError(f"must be one of {allowed}", file=file, key="bn_grouping")
+        fraction = check_fraction(data.get("label_fraction", 1.0), file, "label_fraction")
+        evals = data.get("evals") or []
+        if not isinstance(evals, list):
+            raise SpecError("must be a list of evaluations", file=file, key="evals")
         spec = cls(
             method=method,
             dataset=dataset,
@@ -268,6 +315,8 @@ class RunSpec:
             sweep=str(data.get("sweep", "")),
             bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
             bn_grouping=None if grouping is None else str(grouping),
+            label_fraction=fraction,
+            evals=tuple(_evaluation(e, file, f"evals.{i}") for i, e in enumerate(evals)),
         )
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise SpecError(
@@ -284,11 +333,9 @@ class RunSpec:
         row["image_size"] = self.dataset["image_size"]
         row.update(self.model)
         row["seed"] = self.seed
-        for key, value in self.config.items():
-            if isinstance(value, Mapping):
-                row.update({f"{key}_{k}": v for k, v in value.items()})
-            else:
-                row[key] = value
+        row.update(flat_config(self.config))
+        if get_method(self.method).labels is Labels.TRAINING:
+            row["label_fraction"] = self.label_fraction
         return row
 
 
@@ -306,60 +353,6 @@ def check_input_size(dataset: Mapping[str, Any], model: Mapping[str, Any], file:
             file=file,
             key="dataset.image_size",
         )
-
-
-def default_grouping(method: str) -> str:
-    """The method's batch-norm grouping when BN sees the whole batch (methods.MethodInfo)."""
-    return str(get_method(method).bn_grouping(whole_batch=True))
-
-
-def run_id_of(identity: Mapping[str, Any]) -> str:
-    return _hash(_canonical(identity))
-
-
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def _hash(canonical: str) -> str:
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def identity_of_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config without the fields that never change the result (the kNN monitor)."""
-    out = dict(config)
-    for section, key in _CONFIG_NOT_IDENTITY:
-        if isinstance(out.get(section), Mapping) and key in out[section]:
-            out[section] = {k: v for k, v in out[section].items() if k != key}
-    return out
-
-
-def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """The data set's identity: its root is where a published data set lives (not part of
-    the result), except for an image folder, whose root IS the data."""
-    if dataset.get("name") == "imagefolder":
-        return dict(dataset)
-    return {k: v for k, v in dataset.items() if ("dataset", k) not in _IDENTITY_EXCLUDED}
-
-
-def _unique(runs: list[RunSpec], file: str) -> list[RunSpec]:
-    """Runs by run_id; two different specs with one id (they differ only where the
-    identity does not look, e.g. a CIFAR root axis) are an error, never a silent drop."""
-    out: dict[str, RunSpec] = {}
-    for r in runs:
-        seen = out.setdefault(r.run_id, r)
-        if seen is not r and seen.to_dict() != r.to_dict():
-            diff = sorted(
-                k for k in ("dataset", "model", "config") if getattr(seen, k) != getattr(r, k)
-            )
-            raise SpecError(
-                f"two runs share run_id {r.run_id}: they differ only in {', '.join(diff)} "
-                "fields that do not change a result (dataset.root of a published data set); "
-                "make those a single value",
-                file=file,
-                key=diff[0] if diff else None,
-            )
-    return list(out.values())
 
 
 def _with_json(
@@ -404,6 +397,16 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     axes.update({f"model.{k}": v for k, v in model_grid.axes if len(v) > 1})
     if len(seeds) > 1:
         axes["seed"] = tuple(seeds)
+    raw_fractions = (
+        top.label_fraction if isinstance(top.label_fraction, list) else [top.label_fraction]
+    )
+    if not raw_fractions:
+        raise SpecError("empty list: give at least one fraction", file=file, key="label_fraction")
+    fractions = tuple(
+        dict.fromkeys(check_fraction(f, file, "label_fraction") for f in raw_fractions)
+    )
+    if len(fractions) > 1:
+        axes["label_fraction"] = fractions
     runs: list[RunSpec] = []
     datasets = _with_json(data_grid.expand(), identity_of_dataset)
     models = list(model_grid.expand())
@@ -418,15 +421,17 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         grid = section_grid(section or {}, config_model, file, f"methods.{method}.")
         axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
         raw_configs = list(grid.expand())
+        info = METHODS[method]
         method_json = _canonical(method)
         grouping_json = _canonical(default_grouping(method))
+        by_labels = info.labels is Labels.TRAINING
         # Defaults that follow the data (the probe's settings, the stem) are resolved per
-        # data set and image size, once each.
+        # data set and image size, once each. A method pretrained without labels: one run
+        # per pretraining, owning an evaluation per (eval section x label fraction).
         configs_for = functools.cache(
-            lambda name, raw=raw_configs: [
-                (c, _canonical(identity_of_config(c)))
-                for c in (resolve_config(r, name) for r in raw)
-            ]
+            lambda name, raw=raw_configs, evaluated=not by_labels, m=method: _runs_of_configs(
+                [resolve_config(r, name) for r in raw], m, fractions if evaluated else ()
+            )
         )
         models_for = functools.cache(
             lambda size: _with_json(resolve_model(m, size) for m in models)
@@ -436,17 +441,23 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
             for (model, m_json), seed in itertools.product(
                 models_for(dataset["image_size"]), seeds
             ):
-                for config, c_json in configs:
-                    # The identity's canonical JSON assembled from per-part fragments: the
-                    # same string json.dumps(sort_keys=True) gives, without re-encoding
-                    # every part for each of (possibly) 100,000 runs.
-                    canonical = (
-                        f'{{"bn_grouping":{grouping_json},"config":{c_json},"dataset":{d_json},'
-                        f'"method":{method_json},"model":{m_json},"seed":{seed}}}'
-                    )
-                    runs.append(
-                        RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
-                    )
+                for config, c_json, evals in configs:
+                    for fraction in fractions if by_labels else (1.0,):
+                        # The identity's canonical JSON assembled from per-part fragments:
+                        # the same string json.dumps(sort_keys=True) gives, without
+                        # re-encoding every part for each of (possibly) 100,000 runs.
+                        share = f'"label_fraction":{fraction!r},' if fraction != 1.0 else ""
+                        canonical = (
+                            f'{{"bn_grouping":{grouping_json},"config":{c_json},'
+                            f'"dataset":{d_json},{share}"method":{method_json},'
+                            f'"model":{m_json},"seed":{seed}}}'
+                        )
+                        spec = RunSpec._trusted(
+                            method, dataset, model, seed, config, top.name, canonical
+                        )
+                        object.__setattr__(spec, "label_fraction", fraction)
+                        object.__setattr__(spec, "evals", evals)
+                        runs.append(spec)
     unique = tuple(_unique(runs, file))
     if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
         raise SpecError(

@@ -123,6 +123,31 @@ def validation_rows(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
     return keep.nonzero().squeeze(1), held
 
 
+SUBSET_TAG = 0x1AB  # the label subsets' generator stream, apart from every other draw
+
+
+def labelled_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Row indices (sorted) of the class-balanced share `fraction` of the labelled rows of
+    `labels` (label >= 0): round(fraction x n_c) of each class's n_c rows, at least one,
+    so each class keeps its share (the official ImageNet 1% and 10% lists: 12,811 and
+    128,116 images). Drawn from `seed` alone (one permutation per class, the same for every
+    method, rank and fraction, so a smaller fraction's subset lies inside a larger one's).
+    Give it the rows a run may train on (after `validation_rows`): never the held-out
+    share, never the test split."""
+    labels = labels.cpu()
+    if fraction >= 1.0:
+        return (labels >= 0).nonzero().squeeze(1)
+    state = np.random.SeedSequence([SUBSET_TAG, int(seed)]).generate_state(1, dtype=np.uint64)
+    gen = torch.Generator().manual_seed(int(state[0]))
+    picked = []
+    for c in torch.unique(labels[labels >= 0]).tolist():
+        rows = (labels == c).nonzero().squeeze(1)
+        order = torch.randperm(len(rows), generator=gen)
+        k = min(len(rows), max(1, round(fraction * len(rows))))
+        picked.append(rows[order[:k]])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """What a loader is asked for (every loader gets all of it and uses what applies)."""

@@ -19,6 +19,7 @@ stores and the probe's checkpoint are kept until the result is written.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -28,12 +29,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
+from scaling.rundir import RESULT, read_json, write_json
+from scaling.sweep.methods import (
+    MONITOR_TEST,
+    MONITOR_TRAIN,
+    Evaluation,
+    Protocol,
+    get_method,
+)
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
-from scaling.train.data import shard_range, subset
+from scaling.train.data import labelled_subset, shard_range, subset
 from scaling.train.features import DeviceBudget, FeatureReader, FeatureStore, knn_top1
+from scaling.train.finetune import finetune
 from scaling.train.probe import Features, Probe, fit_probe, topk_counts
 
 Transform = Callable[[Tensor], Tensor]
@@ -81,31 +90,64 @@ def evaluate_run(
     budget_bytes: int | None = None,
     precision: str = "fp32",
     token: str = "",
-) -> dict[str, Any]:
-    """The evaluation the run's method names (EVALUATIONS): top1 and top5, val_top1 on
-    the held-out `val` images (when given), and what else that evaluation measures.
+) -> list[dict[str, Any]]:
+    """Every evaluation of the run (`RunSpec.evaluations`: protocol x label fraction),
+    each by the evaluation its method names (EVALUATIONS): top1 and top5, val_top1 on the
+    held-out `val` images (when given), and what else that evaluation measures, with its
+    `eval_id`, `protocol` and `label_fraction`.
 
     `train`, `val` and `test` are in-memory or image-folder data sets (anything with
     `batch(indices)`, `labels` and `len`): images are read `batch` at a time. Every rank
-    of a multi-rank run calls it: each extracts its share of the features. Stores and the
-    probe's state go to `run_dir/eval/` (a temporary folder without a run directory).
+    of a multi-rank run calls it: each extracts its share of the features. Each
+    evaluation works in `run_dir/evals/<eval_id>/` (stores, the probe's or fine-tune's
+    checkpoint) and leaves its result.json there: one done before for this network
+    (`token`) is read back, never made again, so adding an evaluation to a finished run
+    makes only that one (a temporary folder without a run directory).
     """
     device = next(net.parameters()).device
     budget = DeviceBudget(default_budget(device) if budget_bytes is None else budget_bytes)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     evaluation = EVALUATIONS[get_method(spec.method).evaluation]
+    results = []
     with contextlib.ExitStack() as stack:
         if run_dir is None:
             if dist.world_size() > 1:
                 raise ValueError("a multi-rank evaluation needs a run directory its ranks share")
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eval-")))
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eval-")))
         else:
-            folder = Path(run_dir) / EVAL_FOLDER
-        place = EvalPlace(folder, device, batch, budget, dtype, token)
-        return evaluation(spec, net, train, val, test, aug, place)
+            base = Path(run_dir) / EVAL_FOLDER
+        for item in spec.evaluations():
+            folder = base / item["eval_id"]
+            done = read_json(folder / RESULT)
+            if done is not None and done.get("token") == token:
+                results.append({k: v for k, v in done.items() if k != "token"})
+                continue
+            place = EvalPlace(folder, device, batch, budget, dtype, token)
+            scores = evaluation(spec, net, train, val, test, aug, place, item)
+            out = {k: item[k] for k in ("eval_id", "protocol", "label_fraction")} | scores
+            if dist.is_main():
+                write_json(folder / RESULT, {**out, "token": token})
+            dist.barrier()
+            results.append(out)
+    return results
 
 
-EVAL_FOLDER = "eval"
+EVAL_FOLDER = "evals"
+
+
+def clean(run_dir: Path) -> None:
+    """Remove what the run's evaluations kept to resume (feature stores, checkpoints),
+    leaving each evaluation's result.json: once the run's result is written."""
+    for folder in (Path(run_dir) / EVAL_FOLDER).glob("*"):
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.name != RESULT:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def primary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation a run's result.json shows at its top level: the first on every
+    label (the config's own `eval`), else the first."""
+    return next((r for r in results if r["label_fraction"] == 1.0), results[0])
 
 
 @contextlib.contextmanager
@@ -146,8 +188,10 @@ def _own_head(
     test: Any,
     aug: SimCLRAugment,
     place: EvalPlace,
+    item: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Top-1/top-5 of the trained classifier on the test split, top-1 on the held-out share."""
+    """Top-1/top-5 of the trained classifier on the test split, top-1 on the held-out share
+    (it trained on its label fraction: `item` names it)."""
     acc = _scores(net, test, aug.eval_transform, place)
     result = {"top1": acc[1], "top5": acc[5]}
     if val is not None and len(val):
@@ -177,13 +221,20 @@ def _frozen_encoder(
     test: Any,
     aug: SimCLRAugment,
     place: EvalPlace,
+    item: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Linear evaluation (top-1/top-5, EvalConfig), kNN top-1 and, on the held-out share,
-    the probe's top-1 for recipe selection, of the frozen encoder (`net.encoder`)."""
-    cfg = spec.config["eval"]
+    """One evaluation of the pretrained encoder (`net.encoder`) on the class-balanced
+    `label_fraction` of the labelled training images (`data.labelled_subset`): a linear
+    probe on the frozen encoder (EvalConfig: features or augmented) with kNN top-1, or the
+    encoder fine-tuned (`scaling.train.finetune`); top-1 on the held-out share for recipe
+    selection."""
+    cfg = item
+    fraction = float(item["label_fraction"])
+    rows = labelled_subset(train.labels, fraction, spec.seed)
+    fit = train if len(rows) == len(train) else subset(train, rows)
+    if cfg["protocol"] == Protocol.FINETUNE:
+        return _finetuned(spec, net, fit, val, test, aug, place, cfg, fraction)
     encoder = net.encoder
-    labels = train.labels.cpu()
-    fit = train if bool((labels >= 0).all()) else subset(train, (labels >= 0).nonzero()[:, 0])
     fit_y = fit.labels.cpu()
     fit_f = _stored("train", encoder, fit, aug.eval_transform, place)
     test_f = _stored("test", encoder, test, aug.eval_transform, place)
@@ -200,7 +251,7 @@ def _frozen_encoder(
         place.budget,
     )
     moments = fit_f.moments(place.device) if cfg.get("standardize") else None
-    if cfg["protocol"] == "augmented":
+    if cfg["protocol"] == Protocol.AUGMENTED:
         scale = (float(cfg["crop_min_scale"]), 1.0)  # the official probe: 0.08
         crop_flip = CropFlipAugment(int(fit.image_size), crop_scale=scale, style=aug.style)
         features = _augmented(encoder, fit, crop_flip, spec.seed, place)
@@ -223,10 +274,41 @@ def _frozen_encoder(
         save=dist.is_main(),
     )
     acc = _probe_scores(probe, test_f, test.labels.cpu(), place)
-    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
+    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn, "fit_images": len(fit)}
     if val is not None and len(val):
         val_f = _stored("val", encoder, val, aug.eval_transform, place)
         result["val_top1"] = _probe_scores(probe, val_f, val.labels.cpu(), place)[1]
+    return result
+
+
+def _finetuned(
+    spec: RunSpec,
+    net: nn.Module,
+    fit: Any,
+    val: Any,
+    test: Any,
+    aug: SimCLRAugment,
+    place: EvalPlace,
+    cfg: Mapping[str, Any],
+    fraction: float,
+) -> dict[str, Any]:
+    """The encoder fine-tuned on `fit` (`scaling.train.finetune`), scored like a trained
+    classifier: top-1/top-5 on the test split, top-1 on the held-out share."""
+    tuned = finetune(
+        net,
+        fit,
+        cfg,
+        fraction,
+        spec.seed,
+        place.device,
+        folder=place.folder,
+        token=place.token,
+        save=dist.is_main(),
+    )
+    acc = _scores(tuned, test, aug.eval_transform, place)
+    result = {"top1": acc[1], "top5": acc[5], "fit_images": len(fit)}
+    if val is not None and len(val):
+        result["val_top1"] = _scores(tuned, val, aug.eval_transform, place)[1]
     return result
 
 
@@ -311,7 +393,10 @@ def knn_monitor(
 #: how a trained network is scored, for each evaluation a method names
 EVALUATIONS: dict[
     Evaluation,
-    Callable[[RunSpec, nn.Module, Any, Any, Any, SimCLRAugment, EvalPlace], dict[str, Any]],
+    Callable[
+        [RunSpec, nn.Module, Any, Any, Any, SimCLRAugment, EvalPlace, Mapping[str, Any]],
+        dict[str, Any],
+    ],
 ] = {
     Evaluation.FROZEN_ENCODER: _frozen_encoder,
     Evaluation.OWN_HEAD: _own_head,

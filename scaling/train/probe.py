@@ -89,7 +89,8 @@ def fit_probe(
         nesterov=True,
         weight_decay=float(config["weight_decay"]),
     )
-    start = _restore(state, token, probe, opt)
+    parts = {"probe": probe, "optimizer": opt}
+    start = restore_fit(state, token, parts)
     dist.barrier()  # every rank has read the checkpoint before rank 0 writes the next
     every = max(1, math.ceil(n / batch))  # about once per pass over the images
     labels = labels.to(device)
@@ -102,7 +103,7 @@ def fit_probe(
         loss.backward()
         opt.step()
         if state is not None and save and ((step + 1) % every == 0 or step + 1 == total):
-            _save(state, token, step + 1, probe, opt)
+            save_fit(state, token, step + 1, parts)
     return probe
 
 
@@ -110,7 +111,9 @@ def _steps(n: int, batch: int, seed: int, steps: range) -> Iterator[tuple[int, T
     return zip(steps, stream_batches(n, batch, seed, steps), strict=True)
 
 
-def _restore(state: Path | None, token: str, probe: Probe, opt: torch.optim.Optimizer) -> int:
+def restore_fit(state: Path | None, token: str, parts: Mapping[str, Any]) -> int:
+    """The step a fit checkpointed at `state` (0: none, a torn file, another network's
+    `token`), loading each of `parts` (name -> module or optimizer) from it."""
     if state is None or not state.is_file():
         return 0
     try:
@@ -119,26 +122,21 @@ def _restore(state: Path | None, token: str, probe: Probe, opt: torch.optim.Opti
         return 0
     if saved.get("token") != token:
         return 0
-    probe.load_state_dict(saved["probe"])
-    opt.load_state_dict(saved["optimizer"])
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
     return int(saved["step"])
 
 
-def _save(state: Path, token: str, step: int, probe: Probe, opt: torch.optim.Optimizer) -> None:
+def save_fit(state: Path, token: str, step: int, parts: Mapping[str, Any]) -> None:
+    """Checkpoint a fit at `step` (atomically): each of `parts`' state by its name."""
     import io
 
     buffer = io.BytesIO()
-    payload = {
-        "token": token,
-        "step": step,
-        "probe": probe.state_dict(),
-        "optimizer": opt.state_dict(),
-    }
+    payload = {"token": token, "step": step, **{k: p.state_dict() for k, p in parts.items()}}
     torch.save(payload, buffer)
     atomic_write_bytes(state, buffer.getvalue())
 
 
-@torch.no_grad()
 def topk_counts(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, int]:
     """How many rows have their label among the k highest logits (k capped at classes)."""
     out = {}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,7 +22,7 @@ import torch
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
 from scaling.plan import throughput
-from scaling.plan.layout import Layout, derive
+from scaling.plan.layout import Layout, derive, labelled_recipe
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
     FAILURE,
@@ -37,13 +36,14 @@ from scaling.rundir import (
     truncate_metrics,
     write_json,
 )
-from scaling.sweep.methods import BNGrouping, get_method
+from scaling.sweep.methods import BNGrouping, Labels, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
 from scaling.train.convergence import judge
-from scaling.train.evaluate import EVAL_FOLDER, evaluate_run, knn_monitor
+from scaling.train.data import labelled_subset, subset
+from scaling.train.evaluate import clean, evaluate_run, knn_monitor, primary
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
 from scaling.train.readers import DATASETS, run_splits
@@ -202,6 +202,13 @@ def _train(
 
     # ------------------------------------------------------------------ data
     train, val, test = run_splits(spec, dev, workers)
+    if method.labels is Labels.TRAINING and spec.label_fraction < 1.0:
+        # Trained on labels: on the class-balanced fraction of them (drawn from the seed,
+        # the images every other method's evaluation at this fraction fits on), as long
+        # in steps as on every label (labelled_recipe).
+        rows = labelled_subset(train.labels, spec.label_fraction, spec.seed)
+        config, repeats = labelled_recipe(config, len(train), len(rows))
+        train = subset(train, rows.repeat(repeats))
     size = spec.dataset["image_size"]
     test_crop = DATASETS[spec.dataset["name"]].test_crop  # STL-10 (folders crop when decoding)
     aug = AUGMENTATIONS[method.augmentation](size, config, test_crop)
@@ -419,7 +426,7 @@ def _train(
     opt.state.clear()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    result = evaluate_run(  # every rank: sharded features; resumable (run_dir/eval)
+    evaluations = evaluate_run(  # every rank: sharded features; each resumable (run_dir/evals)
         spec,
         net,
         train,
@@ -431,6 +438,7 @@ def _train(
         precision=precision,
         token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
     )
+    result = {**primary(evaluations), "evaluations": evaluations}
     if main:
         # Judged from the whole curve (earlier attempts' epochs included): the one verdict
         # status, MLflow and the report read (scaling.train.convergence).
@@ -454,7 +462,7 @@ def _train(
             convergence=verdict.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
-        shutil.rmtree(run_dir / EVAL_FOLDER, ignore_errors=True)  # stored features: done
+        clean(run_dir)  # the evaluations' stores and checkpoints: done with
         throughput.record(speed)  # for the plans of later runs on this device
         print(
             f"result {spec.run_id}: top-1 {result['top1']:.4f}; {verdict.label} "
