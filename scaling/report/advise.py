@@ -1,0 +1,429 @@
+"""Which runs to buy next: the candidates that narrow a question's interval most per
+device-hour.
+
+The candidates are runs the sweep could contain: its own grid's runs not finished yet,
+plus the sizes between its widths (geometric midpoints), the lengths between its epochs
+(when epochs is an axis) and two more seeds (`extended`). Each costs what the plan says
+(device-hours, scaling.plan.planner.make_plan), never a separate estimate.
+
+Expected narrowing (`rank`): the interval the sweep would give with a candidate added is
+scaling.report.questions.answer(..., hypothetical=[run]): every parametric replicate of
+the current fit also simulates the candidate from the fitted law at its noise (and counts
+its residual degree of freedom) and is refitted. The replicates of every candidate share
+their random numbers with the current answer's (common random numbers), so the
+difference of two widths is the candidate's effect, not bootstrap noise; a narrowing
+under NOISE of the width counts as none. tests/test_advise.py checks this expected width
+against a brute-force Monte Carlo (outcomes drawn from the fit's predictive
+distribution, added as if run, the law refitted each time).
+
+Seeds of one (method, size, length) are exchangeable for the laws, so each such group is
+evaluated once, at its lowest unbought seed. While a law has no interval at all (too few
+sizes, or too few residual degrees of freedom to know its noise) nothing can be narrowed:
+the cheapest runs that add what it lacks come first. With no finished runs: `first_design`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scaling.enums import StrEnum
+from scaling.errors import SpecError
+from scaling.plan.layout import train_size
+from scaling.plan.planner import Plan, PlannedRun, make_plan
+from scaling.report.bootstrap import MIN_DOF
+from scaling.report.fit import MIN_DISTINCT_X
+from scaling.report.gaps import REFERENCE, frame
+from scaling.report.questions import (
+    ComputeOptimal,
+    Estimate,
+    GapAt,
+    GapCloses,
+    Question,
+    Run,
+    answer,
+)
+from scaling.sweep.cluster import ClusterProfile
+from scaling.sweep.config import apply_overrides, read_yaml
+from scaling.sweep.spec import Sweep, load_sweep
+
+#: A narrowing smaller than this fraction of the current width is none: what is left of
+#: the bootstrap's noise once the replicates are coupled (candidates far from the question
+#: moved 400-replicate widths by -1.3% to +1.5% on the quickstart's synthetic twin).
+NOISE = 0.03
+#: Seeds beyond the sweep's that a candidate may use.
+MORE_SEEDS = 2
+#: Laws the questions fit: 3 parameters in size (gap at, where it closes), 5 joint.
+PARAMS = {False: 3, True: 5}
+FIRST_SIZES = 5
+
+
+class QuestionKind(StrEnum):
+    GAP_AT = "gap-at"
+    CLOSES = "closes"
+    FRONTIER = "frontier"
+
+
+def make_question(
+    kind: QuestionKind | None,
+    *,
+    params: float | None,
+    threshold: float,
+    flops: float | None,
+    largest: float,
+) -> Question:
+    """The question asked (`largest`: the biggest encoder the sweep may train, the
+    default question's size: the gap at the largest model)."""
+    if kind is None or kind is QuestionKind.GAP_AT:
+        n = largest if params is None else params
+        if not n > 0:
+            raise SpecError(f"--params must be a positive number of parameters, got {n}")
+        return GapAt(params=float(n))
+    if kind is QuestionKind.CLOSES:
+        if not threshold > 0:
+            raise SpecError(f"--threshold must be a positive number of points, got {threshold}")
+        return GapCloses(threshold=threshold)
+    if flops is None or not flops > 0:
+        raise SpecError("--question frontier needs --flops C (training FLOPs, positive)")
+    return ComputeOptimal(flops=float(flops))
+
+
+def describe(q: Question) -> str:
+    if isinstance(q, GapAt):
+        return f"the gap at {q.params:.3g} parameters"
+    if isinstance(q, GapCloses):
+        return f"where the gap falls under {q.threshold:g} points"
+    return f"the gap at equal compute, {q.flops:.3g} FLOPs"
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The runs the sweep could contain: `sweep` (its grid extended), their plan (aligned
+    with sweep.runs), the overrides that extend it and which runs are in the grid asked."""
+
+    sweep: Sweep
+    plan: Plan
+    overrides: tuple[str, ...]
+    in_grid: frozenset[str]  # sweep-level run_ids of the sweep as written
+
+    def sweep_id(self, planned: PlannedRun) -> str:
+        """The sweep-level run_id (the plan's adds the BN batch where the layout needs)."""
+        return self.sweep.runs[self.plan.runs.index(planned)].run_id
+
+
+def extended(path: str | Path, overrides: Sequence[str], profile: ClusterProfile) -> Pool:
+    """The sweep at `path` with its widths, lengths and seeds extended (see the module)."""
+    base = load_sweep(path, overrides)
+    raw = apply_overrides(read_yaml(path), list(overrides), str(path))
+    more: list[str] = []
+    model = raw.get("model") or {}
+    widths = model.get("width")
+    if isinstance(widths, list) and len(widths) > 1:
+        w = sorted(float(v) for v in widths)
+        mids = [float(f"{math.sqrt(a * b):.4g}") for a, b in zip(w, w[1:], strict=False)]
+        more.append(f"model.width={json.dumps(sorted(set(w + mids)))}")
+    seeds = raw.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    top = max(seeds)
+    more.append(f"seeds={json.dumps(seeds + [top + i + 1 for i in range(MORE_SEEDS)])}")
+    for method, section in (raw.get("methods") or {}).items():
+        epochs = (section or {}).get("epochs")
+        if isinstance(epochs, list) and len(epochs) > 1:
+            e = sorted(int(v) for v in epochs)
+            mids = {round(math.sqrt(a * b)) for a, b in zip(e, e[1:], strict=False)}
+            more.append(f"methods.{method}.epochs={json.dumps(sorted(set(e) | mids))}")
+    more = [m for m in more if m]
+    sweep = load_sweep(path, [*overrides, *more])
+    return Pool(
+        sweep, make_plan(sweep, profile), tuple(more), frozenset(r.run_id for r in base.runs)
+    )
+
+
+def run_of(planned: PlannedRun) -> Run:
+    """A planned run as the questions API's hypothetical run."""
+    spec = planned.spec
+    n = train_size(spec.dataset, spec.method)
+    images = None if n is None else float(n * int(spec.config["epochs"]))
+    return Run(spec.method, float(planned.encoder_params), images, 1)
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+@dataclass(frozen=True)
+class Advice:
+    planned: PlannedRun
+    hours: float
+    width: float  # expected interval width with it (NaN: not computed, see why)
+    narrowing: float  # expected narrowing per device-hour (0: none)
+    why: str
+
+    @property
+    def useful(self) -> bool:
+        return self.narrowing > 0
+
+
+@dataclass(frozen=True)
+class Ranking:
+    question: Question
+    now: Estimate | None  # None: no finished runs of both methods
+    rows: tuple[Advice, ...]  # best first
+    batch: tuple[Advice, ...]  # what to buy now (greedy, as many as asked)
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rank(
+    table: Any,
+    candidates: Sequence[PlannedRun],
+    question: Question,
+    *,
+    batch: int = 1,
+    budget: float = math.inf,
+    n_boot: int = 400,
+    seed: int = 0,
+) -> Ranking:
+    """Rank `candidates` (planned runs not run yet) for `question` given the finished runs
+    of `table`; `batch`: how many to buy now, within `budget` device-hours."""
+    df = _finished(table)
+    cands = [p for p in candidates if p.feasible and math.isfinite(p.gpu_hours)]
+    methods = set(df["method"]) if len(df) else set()
+    if REFERENCE not in methods or len(methods) < 2:
+        return _first(question, cands, batch, budget)
+    now = answer(df, question, n_boot=n_boot, seed=seed)
+    joint = isinstance(question, ComputeOptimal)
+    reps = _representatives(cands)
+    lacking = _lacking(df, joint)
+    if lacking:
+        rows = _unlock(reps, lacking)
+        chosen = _greedy_cheap(cands, lacking, batch, budget)
+        note = "; ".join(f"{m}: {why}" for m, why in lacking.items())
+        return Ranking(question, now, tuple(rows), tuple(chosen), note)
+    if not now.reliable:
+        return Ranking(question, now, (), (), f"no interval to narrow: {now.why}")
+    rows = _evaluate(df, reps, question, now.width, [], n_boot, seed)
+    chosen: list[Advice] = []
+    spent = 0.0
+    pending = list(rows)
+    while pending and len(chosen) < batch:
+        best = next((a for a in pending if a.useful and spent + a.hours <= budget), None)
+        if best is None:
+            break
+        chosen.append(best)
+        spent += best.hours
+        if len(chosen) == batch:
+            break
+        taken = {c.planned.spec.run_id for c in chosen}
+        left = _representatives([p for p in cands if p.spec.run_id not in taken])
+        pending = _evaluate(
+            df, left, question, best.width, [run_of(c.planned) for c in chosen], n_boot, seed
+        )
+    return Ranking(question, now, tuple(rows), tuple(chosen))
+
+
+def _finished(table: Any) -> pd.DataFrame:
+    df = frame(table)
+    if not len(df):
+        return df
+    return df[(df["state"] == "finished") & df["top1"].notna()]
+
+
+def _key(p: PlannedRun) -> tuple[Any, ...]:
+    """What a law sees of a run: everything but its seed."""
+    s = p.spec
+    return (s.method, json.dumps(s.identity() | {"seed": None}, sort_keys=True, default=str))
+
+
+def _representatives(cands: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """One candidate per group of exchangeable runs: the lowest seed."""
+    reps: dict[tuple[Any, ...], PlannedRun] = {}
+    for p in sorted(cands, key=lambda p: p.spec.seed):
+        reps.setdefault(_key(p), p)
+    return list(reps.values())
+
+
+def _evaluate(
+    df: pd.DataFrame,
+    reps: Sequence[PlannedRun],
+    question: Question,
+    width: float,
+    bought: list[Run],
+    n_boot: int,
+    seed: int,
+) -> list[Advice]:
+    rows = []
+    for p in reps:
+        est = answer(df, question, hypothetical=[*bought, run_of(p)], n_boot=n_boot, seed=seed)
+        after = est.width if est.reliable else math.nan
+        gain = width - after if math.isfinite(after) else 0.0
+        if gain <= NOISE * width:
+            why = "no narrowing beyond the bootstrap's noise"
+            rows.append(Advice(p, p.gpu_hours, after, 0.0, why))
+            continue
+        why = f"{100 * gain / width:.1f}% narrower"
+        rows.append(Advice(p, p.gpu_hours, after, gain / p.gpu_hours, why))
+    return sorted(rows, key=lambda a: (-a.narrowing, a.hours))
+
+
+def _lacking(df: pd.DataFrame, joint: bool) -> dict[str, str]:
+    """What keeps each method's law from an interval: too few sizes, too few runs."""
+    out = {}
+    p = PARAMS[joint]
+    for method in sorted(df["method"].unique()):
+        sub = df[df["method"] == method]
+        sizes = sub["encoder_params"].nunique()
+        if sizes < MIN_DISTINCT_X:
+            out[method] = f"{sizes} sizes; a law needs {MIN_DISTINCT_X}"
+        elif len(sub) - p < MIN_DOF:
+            out[method] = (
+                f"{len(sub)} runs leave {len(sub) - p} residual degrees of freedom; an "
+                f"interval needs {MIN_DOF}"
+            )
+    return out
+
+
+def _unlock(reps: Sequence[PlannedRun], lacking: dict[str, str]) -> list[Advice]:
+    rows = [
+        Advice(p, p.gpu_hours, math.nan, 1.0 / max(p.gpu_hours, 1e-12), f"cheapest: {why}")
+        for p in reps
+        for m, why in lacking.items()
+        if p.spec.method == m
+    ]
+    return sorted(rows, key=lambda a: a.hours)
+
+
+def _greedy_cheap(
+    cands: Sequence[PlannedRun], lacking: dict[str, str], batch: int, budget: float
+) -> list[Advice]:
+    """The cheapest runs of the laws that lack an interval, new sizes first where a law
+    lacks sizes, alternating between methods."""
+    per: dict[str, list[PlannedRun]] = {m: [] for m in lacking}
+    for p in sorted(cands, key=lambda p: (p.gpu_hours, p.spec.seed)):
+        if p.spec.method in per:
+            per[p.spec.method].append(p)
+    chosen: list[Advice] = []
+    spent = 0.0
+    sizes: dict[str, set[float]] = {m: set() for m in lacking}
+    while len(chosen) < batch and any(per.values()):
+        for m in list(per):
+            if not per[m] or len(chosen) >= batch:
+                continue
+            needs_size = "sizes" in lacking[m].split(";")[0]
+            pick = next(
+                (p for p in per[m] if not needs_size or p.encoder_params not in sizes[m]),
+                per[m][0],
+            )
+            per[m].remove(pick)
+            if spent + pick.gpu_hours > budget:
+                continue
+            sizes[m].add(pick.encoder_params)
+            spent += pick.gpu_hours
+            chosen.append(Advice(pick, pick.gpu_hours, math.nan, 0.0, lacking[m]))
+    return chosen
+
+
+def first_design(cands: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """A cheap, well-spread first design: per method, its cheapest recipe's shortest
+    length, the lowest seed, up to FIRST_SIZES sizes spread over the range (ends in)."""
+    out = []
+    for method in sorted({p.spec.method for p in cands}):
+        mine = [p for p in cands if p.spec.method == method]
+        seed = min(p.spec.seed for p in mine)
+        cost = {}
+        for p in mine:
+            if p.spec.seed == seed:
+                key = json.dumps(dict(p.spec.config), sort_keys=True, default=str)
+                cost.setdefault(key, []).append(p)
+        cheapest = min(cost.values(), key=lambda ps: sum(p.gpu_hours for p in ps))
+        by_size = {p.encoder_params: p for p in sorted(cheapest, key=lambda p: -p.gpu_hours)}
+        sizes = sorted(by_size)
+        pick = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(FIRST_SIZES, len(sizes)))))
+        out += [by_size[sizes[int(i)]] for i in pick]
+    return out
+
+
+def _first(question: Question, cands: Sequence[PlannedRun], batch: int, budget: float) -> Ranking:
+    design = first_design(cands)
+    rows = [Advice(p, p.gpu_hours, math.nan, 0.0, "first design: cheap, spread") for p in design]
+    chosen, spent = [], 0.0
+    for a in sorted(rows, key=lambda a: a.hours):
+        if len(chosen) < batch and spent + a.hours <= budget:
+            chosen.append(a)
+            spent += a.hours
+    note = "no finished runs of both methods: a cheap, well-spread first design"
+    return Ranking(question, None, tuple(rows), tuple(chosen), note)
+
+
+# ----------------------------------------------------------------------------- next.yaml
+
+
+def write_sweep(
+    path: str | Path, overrides: Sequence[str], pool: Pool, keep: Sequence[PlannedRun], out: Path
+) -> Path:
+    """The sweep at `path` with the pool's extension and `only` the runs in `keep` (the
+    finished ones and those advised): `scaling submit out` trains the advised ones,
+    `scaling report out` reports them all (same name: same run folder, same experiment)."""
+    import yaml
+
+    from scaling.rundir import atomic_write_bytes
+
+    raw = apply_overrides(read_yaml(path), [*overrides, *pool.overrides], str(path))
+    raw["only"] = sorted({pool.sweep_id(p) for p in keep})
+    text = f"# written by scaling advise from {path}\n" + yaml.safe_dump(raw, sort_keys=False)
+    atomic_write_bytes(out, text.encode())
+    return out
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+def collect(pool: Pool, workdir: str | Path) -> Any:
+    """The pool's results table (run directories: what finished, what runs)."""
+    from scaling.report.results import collect as collect_runs
+
+    return collect_runs(pool.sweep, workdir, None, plan=pool.plan)
+
+
+def largest(pool: Pool) -> float:
+    """The biggest encoder the sweep as written trains (the default question's size)."""
+    ids = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid]
+    return float(max(p.encoder_params for p in ids))
+
+
+def advise(
+    pool: Pool,
+    table: Any,
+    question: Question,
+    *,
+    batch: int = 1,
+    budget: float = math.inf,
+    bought: Sequence[str] = (),
+    n_boot: int = 400,
+    seed: int = 0,
+) -> Ranking:
+    """Rank the pool's runs not finished, running or bought yet (plan-level run_ids in
+    `bought`) for `question`; with nothing finished, a first design from the sweep's own
+    grid."""
+    states = dict(
+        zip(table.column("run_id").to_pylist(), table.column("state").to_pylist(), strict=True)
+    )
+    taken = set(bought)
+    cands = [
+        p
+        for p in pool.plan.runs
+        if states.get(p.spec.run_id, "pending") in ("pending", "resumable")
+        and p.spec.run_id not in taken
+    ]
+    if "finished" not in states.values():
+        cands = [p for p in cands if pool.sweep_id(p) in pool.in_grid]
+    return rank(table, cands, question, batch=batch, budget=budget, n_boot=n_boot, seed=seed)
