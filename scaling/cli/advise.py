@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from scaling.cli.options import ClusterOpt, SetOpt, SweepArg
-from scaling.report.advise import QuestionKind
+from scaling.report.goal import QuestionKind
 
 if TYPE_CHECKING:
     from scaling.report.advise import Ranking

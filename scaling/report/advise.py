@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scaling.enums import StrEnum
 from scaling.errors import SpecError
 from scaling.plan.layout import train_size
 from scaling.plan.planner import Plan, PlannedRun, make_plan
 from scaling.report.bootstrap import MIN_DOF
 from scaling.report.fit import MIN_DISTINCT_X
 from scaling.report.gaps import REFERENCE, frame
+from scaling.report.goal import QuestionKind
 from scaling.report.questions import (
     ComputeOptimal,
     Estimate,
@@ -63,12 +63,6 @@ MORE_SEEDS = 2
 #: Laws the questions fit: 3 parameters in size (gap at, where it closes), 5 joint.
 PARAMS = {False: 3, True: 5}
 FIRST_SIZES = 5
-
-
-class QuestionKind(StrEnum):
-    GAP_AT = "gap-at"
-    CLOSES = "closes"
-    FRONTIER = "frontier"
 
 
 def make_question(
