@@ -24,9 +24,10 @@ the cheapest runs that add what it lacks come first. With no finished runs: `fir
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,8 @@ MORE_SEEDS = 2
 #: Laws the questions fit: 3 parameters in size (gap at, where it closes), 5 joint.
 PARAMS = {False: 3, True: 5}
 FIRST_SIZES = 5
+#: After each pick of a batch, this many of the next best are rescored with it bought.
+RESCORE = 8
 
 
 def make_question(
@@ -110,9 +113,19 @@ class Pool:
     overrides: tuple[str, ...]
     in_grid: frozenset[str]  # sweep-level run_ids of the sweep as written
 
+    @functools.cached_property
+    def _ids(self) -> dict[str, str]:
+        pairs = zip(self.plan.runs, self.sweep.runs, strict=True)
+        return {p.spec.run_id: s.run_id for p, s in pairs}
+
     def sweep_id(self, planned: PlannedRun) -> str:
         """The sweep-level run_id (the plan's adds the BN batch where the layout needs)."""
-        return self.sweep.runs[self.plan.runs.index(planned)].run_id
+        return self._ids[planned.spec.run_id]
+
+    @property
+    def grid(self) -> frozenset[str]:
+        """Plan-level run_ids of the sweep as written."""
+        return frozenset(k for k, v in self._ids.items() if v in self.in_grid)
 
 
 def extended(path: str | Path, overrides: Sequence[str], profile: ClusterProfile) -> Pool:
@@ -170,7 +183,7 @@ class Advice:
 @dataclass(frozen=True)
 class Ranking:
     question: Question
-    now: Estimate | None  # None: no finished runs of both methods
+    now: Estimate | None  # None: no law to ask yet (nothing finished, too few runs)
     rows: tuple[Advice, ...]  # best first
     batch: tuple[Advice, ...]  # what to buy now (greedy, as many as asked)
     note: str = ""
@@ -186,23 +199,30 @@ def rank(
     budget: float = math.inf,
     n_boot: int = 400,
     seed: int = 0,
+    grid: frozenset[str] = frozenset(),
 ) -> Ranking:
     """Rank `candidates` (planned runs not run yet) for `question` given the finished runs
-    of `table`; `batch`: how many to buy now, within `budget` device-hours."""
+    of `table`; `batch`: how many to buy now, within `budget` device-hours; `grid`: the
+    run_ids of the sweep as written (a first design is drawn from them)."""
     df = _finished(table)
     cands = [p for p in candidates if p.feasible and math.isfinite(p.gpu_hours)]
-    methods = set(df["method"]) if len(df) else set()
+    methods = sorted({p.spec.method for p in cands} | set(df["method"] if len(df) else ()))
     if REFERENCE not in methods or len(methods) < 2:
-        return _first(question, cands, batch, budget)
+        raise SpecError(
+            f"a gap needs {REFERENCE} runs and another method's; the sweep has {methods}"
+        )
+    lacking = _lacking(df, methods, isinstance(question, ComputeOptimal))
+    if lacking:  # no law to ask yet: the cheapest runs that give each one
+        rows = _unlock(df, cands, lacking, grid)
+        chosen = _take(rows, batch, budget)
+        note = (
+            "no finished runs: a cheap, well-spread first design"
+            if not len(df)
+            else "no interval yet: " + "; ".join(f"{m}: {n.why}" for m, n in lacking.items())
+        )
+        return Ranking(question, None, tuple(rows), tuple(chosen), note)
     now = answer(df, question, n_boot=n_boot, seed=seed)
-    joint = isinstance(question, ComputeOptimal)
     reps = _representatives(cands)
-    lacking = _lacking(df, joint)
-    if lacking:
-        rows = _unlock(reps, lacking)
-        chosen = _greedy_cheap(cands, lacking, batch, budget)
-        note = "; ".join(f"{m}: {why}" for m, why in lacking.items())
-        return Ranking(question, now, tuple(rows), tuple(chosen), note)
     if not now.reliable:
         return Ranking(question, now, (), (), f"no interval to narrow: {now.why}")
     rows = _evaluate(df, reps, question, now.width, [], n_boot, seed)
@@ -217,8 +237,8 @@ def rank(
         spent += best.hours
         if len(chosen) == batch:
             break
-        taken = {c.planned.spec.run_id for c in chosen}
-        left = _representatives([p for p in cands if p.spec.run_id not in taken])
+        # The runs that narrowed alone, best first, are the ones worth rescoring with it.
+        left = [a.planned for a in pending if a is not best and a.useful][:RESCORE]
         pending = _evaluate(
             df, left, question, best.width, [run_of(c.planned) for c in chosen], n_boot, seed
         )
@@ -269,93 +289,90 @@ def _evaluate(
     return sorted(rows, key=lambda a: (-a.narrowing, a.hours))
 
 
-def _lacking(df: pd.DataFrame, joint: bool) -> dict[str, str]:
+@dataclass(frozen=True)
+class Need:
+    """What one method's law lacks for an interval."""
+
+    sizes: bool  # too few distinct sizes: new sizes first
+    runs: int  # runs still needed (sizes and residual degrees of freedom)
+    why: str
+
+
+def _lacking(df: pd.DataFrame, methods: Sequence[str], joint: bool) -> dict[str, Need]:
     """What keeps each method's law from an interval: too few sizes, too few runs."""
     out = {}
     p = PARAMS[joint]
-    for method in sorted(df["method"].unique()):
-        sub = df[df["method"] == method]
-        sizes = sub["encoder_params"].nunique()
+    for method in methods:
+        sub = df[df["method"] == method] if len(df) else df
+        sizes = sub["encoder_params"].nunique() if len(sub) else 0
+        runs = max(MIN_DISTINCT_X - sizes, p + MIN_DOF - len(sub))
         if sizes < MIN_DISTINCT_X:
-            out[method] = f"{sizes} sizes; a law needs {MIN_DISTINCT_X}"
-        elif len(sub) - p < MIN_DOF:
-            out[method] = (
-                f"{len(sub)} runs leave {len(sub) - p} residual degrees of freedom; an "
-                f"interval needs {MIN_DOF}"
-            )
+            out[method] = Need(True, runs, f"{sizes} sizes; a law needs {MIN_DISTINCT_X}")
+        elif runs > 0:
+            dof = len(sub) - p
+            out[method] = Need(False, runs, f"{dof} residual dof; an interval needs {MIN_DOF}")
     return out
 
 
-def _unlock(reps: Sequence[PlannedRun], lacking: dict[str, str]) -> list[Advice]:
-    rows = [
-        Advice(p, p.gpu_hours, math.nan, 1.0 / max(p.gpu_hours, 1e-12), f"cheapest: {why}")
-        for p in reps
-        for m, why in lacking.items()
-        if p.spec.method == m
-    ]
-    return sorted(rows, key=lambda a: a.hours)
-
-
-def _greedy_cheap(
-    cands: Sequence[PlannedRun], lacking: dict[str, str], batch: int, budget: float
+def _unlock(
+    df: pd.DataFrame, cands: Sequence[PlannedRun], lacking: dict[str, Need], grid: frozenset[str]
 ) -> list[Advice]:
-    """The cheapest runs of the laws that lack an interval, new sizes first where a law
-    lacks sizes, alternating between methods."""
-    per: dict[str, list[PlannedRun]] = {m: [] for m in lacking}
-    for p in sorted(cands, key=lambda p: (p.gpu_hours, p.spec.seed)):
-        if p.spec.method in per:
-            per[p.spec.method].append(p)
-    chosen: list[Advice] = []
-    spent = 0.0
-    sizes: dict[str, set[float]] = {m: set() for m in lacking}
-    while len(chosen) < batch and any(per.values()):
-        for m in list(per):
-            if not per[m] or len(chosen) >= batch:
-                continue
-            needs_size = "sizes" in lacking[m].split(";")[0]
-            pick = next(
-                (p for p in per[m] if not needs_size or p.encoder_params not in sizes[m]),
-                per[m][0],
-            )
-            per[m].remove(pick)
-            if spent + pick.gpu_hours > budget:
-                continue
-            sizes[m].add(pick.encoder_params)
-            spent += pick.gpu_hours
-            chosen.append(Advice(pick, pick.gpu_hours, math.nan, 0.0, lacking[m]))
-    return chosen
-
-
-def first_design(cands: Sequence[PlannedRun]) -> list[PlannedRun]:
-    """A cheap, well-spread first design: per method, its cheapest recipe's shortest
-    length, the lowest seed, up to FIRST_SIZES sizes spread over the range (ends in)."""
-    out = []
-    for method in sorted({p.spec.method for p in cands}):
+    """Per method that lacks a law: the sizes of a spread first design it has not run
+    (from the sweep's own grid) where it lacks sizes, then its cheapest runs (new sizes
+    first while it lacks them), as many as it needs; interleaved between methods,
+    cheapest first within a round."""
+    per = []
+    for method, need in lacking.items():
         mine = [p for p in cands if p.spec.method == method]
-        seed = min(p.spec.seed for p in mine)
-        cost = {}
-        for p in mine:
-            if p.spec.seed == seed:
-                key = json.dumps(dict(p.spec.config), sort_keys=True, default=str)
-                cost.setdefault(key, []).append(p)
-        cheapest = min(cost.values(), key=lambda ps: sum(p.gpu_hours for p in ps))
-        by_size = {p.encoder_params: p for p in sorted(cheapest, key=lambda p: -p.gpu_hours)}
-        sizes = sorted(by_size)
-        pick = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(FIRST_SIZES, len(sizes)))))
-        out += [by_size[sizes[int(i)]] for i in pick]
-    return out
+        have = set(df.loc[df["method"] == method, "encoder_params"]) if len(df) else set()
+        own = [p for p in mine if p.spec.run_id in grid] or mine
+        design = first_design(own, have) if need.sizes else []
+        ids = {p.spec.run_id for p in design}
+        rest = sorted(
+            (p for p in mine if p.spec.run_id not in ids),
+            key=lambda p: (need.sizes and p.encoder_params in have, p.gpu_hours),
+        )
+        order = (design + rest)[: max(need.runs, len(design))]
+        first = not have and need.sizes
+        why = "first design: cheap, spread" if first else f"the law lacks: {need.why}"
+        per.append([Advice(p, p.gpu_hours, math.nan, 0.0, why) for p in order])
+    rows = []
+    for i in range(max((len(x) for x in per), default=0)):
+        rows += sorted((x[i] for x in per if i < len(x)), key=lambda a: a.hours)
+    return rows
 
 
-def _first(question: Question, cands: Sequence[PlannedRun], batch: int, budget: float) -> Ranking:
-    design = first_design(cands)
-    rows = [Advice(p, p.gpu_hours, math.nan, 0.0, "first design: cheap, spread") for p in design]
+def _take(rows: Sequence[Advice], batch: int, budget: float) -> list[Advice]:
     chosen, spent = [], 0.0
-    for a in sorted(rows, key=lambda a: a.hours):
+    for a in rows:
         if len(chosen) < batch and spent + a.hours <= budget:
             chosen.append(a)
             spent += a.hours
-    note = "no finished runs of both methods: a cheap, well-spread first design"
-    return Ranking(question, None, tuple(rows), tuple(chosen), note)
+    return chosen
+
+
+def first_design(
+    cands: Sequence[PlannedRun], have: Collection[float] = frozenset()
+) -> list[PlannedRun]:
+    """A cheap, well-spread first design of one method: up to FIRST_SIZES sizes spread
+    over the range (both ends in, counting the sizes in `have`, already run), each at the
+    cheapest recipe and the lowest seed; the runs not in `have`, cheapest first."""
+    if not cands:
+        return []
+    seed = min(p.spec.seed for p in cands)
+    recipes: dict[str, list[PlannedRun]] = {}
+    for p in cands:
+        if p.spec.seed == seed:
+            key = json.dumps(dict(p.spec.config), sort_keys=True, default=str)
+            recipes.setdefault(key, []).append(p)
+    cheapest = min(recipes.values(), key=lambda ps: sum(p.gpu_hours for p in ps))
+    by_size = {p.encoder_params: p for p in sorted(cheapest, key=lambda p: -p.gpu_hours)}
+    sizes = sorted(set(by_size) | set(have))
+    pick = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(FIRST_SIZES, len(sizes)))))
+    wanted = [sizes[int(i)] for i in pick]
+    return sorted(
+        (by_size[n] for n in wanted if n in by_size and n not in have), key=lambda p: p.gpu_hours
+    )
 
 
 # ----------------------------------------------------------------------------- next.yaml
@@ -406,8 +423,7 @@ def advise(
     seed: int = 0,
 ) -> Ranking:
     """Rank the pool's runs not finished, running or bought yet (plan-level run_ids in
-    `bought`) for `question`; with nothing finished, a first design from the sweep's own
-    grid."""
+    `bought`) for `question`; a first design comes from the sweep's own grid."""
     states = dict(
         zip(table.column("run_id").to_pylist(), table.column("state").to_pylist(), strict=True)
     )
@@ -418,6 +434,13 @@ def advise(
         if states.get(p.spec.run_id, "pending") in ("pending", "resumable")
         and p.spec.run_id not in taken
     ]
-    if "finished" not in states.values():
-        cands = [p for p in cands if pool.sweep_id(p) in pool.in_grid]
-    return rank(table, cands, question, batch=batch, budget=budget, n_boot=n_boot, seed=seed)
+    return rank(
+        table,
+        cands,
+        question,
+        batch=batch,
+        budget=budget,
+        n_boot=n_boot,
+        seed=seed,
+        grid=pool.grid,
+    )
