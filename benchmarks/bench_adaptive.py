@@ -27,7 +27,7 @@ import numpy as np
 
 from scaling.plan.layout import train_size
 from scaling.report import advise as A
-from scaling.report.questions import GapAt, GapCloses, Question, answer
+from scaling.report.questions import GapAt, Question, answer
 from scaling.report.results import to_table
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.methods import get_method
@@ -115,7 +115,7 @@ def scenario(pool: A.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> 
             stop = "answered"
             break
         if not ranking.batch:
-            stop = "budget" if any(a.useful for a in ranking.rows) else "no candidate"
+            stop = "budget" if ranking.wanted else "no candidate"
             break
         for a in ranking.batch:
             done.add(a.planned.spec.run_id)
@@ -148,7 +148,6 @@ def main() -> None:
     questions = (
         ("gap at the largest size", GapAt(largest)),
         ("gap at 4x the largest", GapAt(4 * largest)),
-        ("where it closes (1 pt)", GapCloses(1.0)),
     )
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "

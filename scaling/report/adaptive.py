@@ -91,10 +91,10 @@ def run_loop(
         if width < goal.target:
             stop = Stop.ANSWERED
         elif not ranking.batch:
-            useful = [a for a in ranking.rows if a.useful or ranking.now is None]
-            stop = Stop.BUDGET if useful or left <= 0 else Stop.NO_CANDIDATE
+            stop = Stop.BUDGET if ranking.wanted or left <= 0 else Stop.NO_CANDIDATE
         if stop is not None:
             state["stop"] = str(stop)
+            state["next"] = _next(ranking)
             _save(path, state, ctx)
             console.print(_summary(state, width), highlight=False)
             return stop
@@ -125,6 +125,14 @@ def run_loop(
         _save(path, state, ctx)
 
 
+def _next(ranking: A.Ranking) -> dict[str, Any] | None:
+    """The next best run (what the report says would come next), None if none would help."""
+    best = next((a for a in ranking.rows if a.useful or math.isnan(a.width)), None)
+    if best is None:
+        return None
+    return {"run": _label(best.planned), "hours": best.hours, "why": best.why}
+
+
 def _label(p: Any) -> str:
     s = p.spec
     return f"{s.method} width {s.model['width']:g} epochs {s.config['epochs']} seed {s.seed}"
@@ -153,7 +161,7 @@ def _save(path: Path, state: dict[str, Any], ctx: Any) -> None:
 def _mirror(ctx: Any, state: dict[str, Any]) -> None:
     """The state as one sweep-level MLflow run (a copy: failures only warn)."""
     try:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, RunTag
 
         from scaling.report.publish import KIND_TAG, SWEEP_TAG
         from scaling.run.tracking import ensure_experiment, mlflow_client
@@ -169,14 +177,6 @@ def _mirror(ctx: Any, state: dict[str, Any]) -> None:
             run_id = client.create_run(
                 experiment_id, tags=tags, run_name=f"{ctx.sweep}-adaptive"
             ).info.run_id
-            client.log_batch(
-                run_id,
-                params=[
-                    Param("question", state["question"]),
-                    Param("budget_device_hours", str(state["budget"])),
-                    Param("until_interval_below", str(state["target"])),
-                ],
-            )
         now = int(time.time() * 1000)
         metrics, spent = [], 0.0
         for i, step in enumerate(state["steps"], start=1):
@@ -185,7 +185,12 @@ def _mirror(ctx: Any, state: dict[str, Any]) -> None:
             if step.get("interval"):
                 lo, hi = step["interval"]
                 metrics.append(Metric("interval_width", hi - lo, now, i))
-        tags = [RunTag("scaling.adaptive_stop", state.get("stop") or "running")]
+        tags = [
+            RunTag("scaling.adaptive_stop", state.get("stop") or "running"),
+            RunTag("scaling.adaptive_question", state["question"]),
+            RunTag("scaling.adaptive_budget", str(state["budget"])),
+            RunTag("scaling.adaptive_until", f"interval < {state['target']:g}"),
+        ]
         client.log_batch(run_id, metrics=metrics, tags=tags)
         if state.get("stop"):
             client.set_terminated(run_id, status="FINISHED")

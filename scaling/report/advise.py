@@ -28,7 +28,7 @@ import functools
 import json
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,9 @@ PARAMS = {False: 3, True: 5}
 FIRST_SIZES = 5
 #: After each pick of a batch, this many of the next best are rescored with it bought.
 RESCORE = 8
+#: Seeds of one size evaluated (and bought) together: one run more among dozens narrows
+#: an interval by less than the bootstrap's noise, a few of them by more.
+BLOCK = 3
 
 
 def make_question(
@@ -174,6 +177,7 @@ class Advice:
     width: float  # expected interval width with it (NaN: not computed, see why)
     narrowing: float  # expected narrowing per device-hour (0: none)
     why: str
+    block: tuple[PlannedRun, ...] = ()  # the runs evaluated together (planned first)
 
     @property
     def useful(self) -> bool:
@@ -187,7 +191,12 @@ class Ranking:
     rows: tuple[Advice, ...]  # best first
     batch: tuple[Advice, ...]  # what to buy now (greedy, as many as asked)
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether some run is worth buying (if the budget allows): one that narrows the
+        interval, or one that gives a law an interval at all."""
+        return any(a.useful or math.isnan(a.width) for a in self.rows)
 
 
 def rank(
@@ -222,10 +231,11 @@ def rank(
         )
         return Ranking(question, None, tuple(rows), tuple(chosen), note)
     now = answer(df, question, n_boot=n_boot, seed=seed)
-    reps = _representatives(cands)
-    if not now.reliable:
-        return Ranking(question, now, (), (), f"no interval to narrow: {now.why}")
-    rows = _evaluate(df, reps, question, now.width, [], n_boot, seed)
+    if not now.reliable:  # no interval: larger sizes may give one (reach, a floor)
+        rows = _extend(df, cands, now.why)
+        return Ranking(question, now, tuple(rows), tuple(_take(rows, batch, budget)), now.why)
+    groups = _groups(cands)
+    rows = _evaluate(df, groups, question, now.width, [], n_boot, seed)
     chosen: list[Advice] = []
     spent = 0.0
     pending = list(rows)
@@ -233,15 +243,21 @@ def rank(
         best = next((a for a in pending if a.useful and spent + a.hours <= budget), None)
         if best is None:
             break
-        chosen.append(best)
-        spent += best.hours
-        if len(chosen) == batch:
+        for p in best.block:  # the block's runs, as many as the batch and budget take
+            if len(chosen) < batch and spent + p.gpu_hours <= budget:
+                chosen.append(Advice(p, p.gpu_hours, best.width, best.narrowing, best.why))
+                spent += p.gpu_hours
+        if len(chosen) >= batch:
             break
-        # The runs that narrowed alone, best first, are the ones worth rescoring with it.
-        left = [a.planned for a in pending if a is not best and a.useful][:RESCORE]
-        pending = _evaluate(
-            df, left, question, best.width, [run_of(c.planned) for c in chosen], n_boot, seed
-        )
+        # The blocks that narrowed alone, best first, are the ones worth rescoring.
+        taken = {c.planned.spec.run_id for c in chosen}
+        left = [
+            [p for p in a.block if p.spec.run_id not in taken]
+            for a in pending
+            if a is not best and a.useful
+        ][:RESCORE]
+        bought = [run_of(c.planned) for c in chosen]
+        pending = _evaluate(df, [b for b in left if b], question, best.width, bought, n_boot, seed)
     return Ranking(question, now, tuple(rows), tuple(chosen))
 
 
@@ -258,17 +274,18 @@ def _key(p: PlannedRun) -> tuple[Any, ...]:
     return (s.method, json.dumps(s.identity() | {"seed": None}, sort_keys=True, default=str))
 
 
-def _representatives(cands: Sequence[PlannedRun]) -> list[PlannedRun]:
-    """One candidate per group of exchangeable runs: the lowest seed."""
-    reps: dict[tuple[Any, ...], PlannedRun] = {}
+def _groups(cands: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
+    """Blocks of exchangeable runs (one method, size, length and recipe; seeds differ),
+    up to BLOCK of them, lowest seeds first."""
+    groups: dict[tuple[Any, ...], list[PlannedRun]] = {}
     for p in sorted(cands, key=lambda p: p.spec.seed):
-        reps.setdefault(_key(p), p)
-    return list(reps.values())
+        groups.setdefault(_key(p), []).append(p)
+    return [g[:BLOCK] for g in groups.values()]
 
 
 def _evaluate(
     df: pd.DataFrame,
-    reps: Sequence[PlannedRun],
+    blocks: Sequence[Sequence[PlannedRun]],
     question: Question,
     width: float,
     bought: list[Run],
@@ -276,17 +293,37 @@ def _evaluate(
     seed: int,
 ) -> list[Advice]:
     rows = []
-    for p in reps:
-        est = answer(df, question, hypothetical=[*bought, run_of(p)], n_boot=n_boot, seed=seed)
+    for block in blocks:
+        runs = [run_of(p) for p in block]
+        est = answer(df, question, hypothetical=[*bought, *runs], n_boot=n_boot, seed=seed)
         after = est.width if est.reliable else math.nan
         gain = width - after if math.isfinite(after) else 0.0
+        hours = sum(p.gpu_hours for p in block)
+        n = f"{len(block)} seeds: " if len(block) > 1 else ""
         if gain <= NOISE * width:
-            why = "no narrowing beyond the bootstrap's noise"
-            rows.append(Advice(p, p.gpu_hours, after, 0.0, why))
+            why = n + "no narrowing beyond the bootstrap's noise"
+            rows.append(Advice(block[0], hours, after, 0.0, why, tuple(block)))
             continue
-        why = f"{100 * gain / width:.1f}% narrower"
-        rows.append(Advice(p, p.gpu_hours, after, gain / p.gpu_hours, why))
+        why = n + f"{100 * gain / width:.1f}% narrower"
+        rows.append(Advice(block[0], hours, after, gain / hours, why, tuple(block)))
     return sorted(rows, key=lambda a: (-a.narrowing, a.hours))
+
+
+def _extend(df: pd.DataFrame, cands: Sequence[PlannedRun], why: str) -> list[Advice]:
+    """With no interval although every law has its runs (the question past the reach of
+    the sizes trained, an unmeasurable floor): the cheapest larger sizes, per method."""
+    per = []
+    for method in sorted({p.spec.method for p in cands}):
+        top = df.loc[df["method"] == method, "encoder_params"].max()
+        bigger = sorted(
+            (p for p in cands if p.spec.method == method and p.encoder_params > top),
+            key=lambda p: (p.gpu_hours, p.spec.seed),
+        )
+        per.append([Advice(p, p.gpu_hours, math.nan, 0.0, "a larger size: " + why) for p in bigger])
+    rows = []
+    for i in range(max((len(x) for x in per), default=0)):
+        rows += sorted((x[i] for x in per if i < len(x)), key=lambda a: a.hours)
+    return rows
 
 
 @dataclass(frozen=True)
@@ -326,7 +363,7 @@ def _unlock(
         mine = [p for p in cands if p.spec.method == method]
         have = set(df.loc[df["method"] == method, "encoder_params"]) if len(df) else set()
         own = [p for p in mine if p.spec.run_id in grid] or mine
-        design = first_design(own, have) if need.sizes else []
+        design = first_design(own, have)  # the spread is kept until it is run
         ids = {p.spec.run_id for p in design}
         rest = sorted(
             (p for p in mine if p.spec.run_id not in ids),

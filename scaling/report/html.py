@@ -60,9 +60,10 @@ def build_report(
     level: float = 0.9,
     seed: int = 0,
     threshold: float = 1.0,
+    story: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the report folder for `table` (scaling.report.results.collect); returns
-    report.html."""
+    report.html. `story`: an adaptive submit's state (scaling.report.adaptive)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
@@ -87,7 +88,7 @@ def build_report(
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
     page = render_html(
-        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity
+        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity, story
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -180,6 +181,7 @@ def render_html(
     orphans: list[str] | None = None,
     said: list[headline.Answer] | None = None,
     validity: list[str] | None = None,
+    story: Mapping[str, Any] | None = None,
 ) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
@@ -253,6 +255,9 @@ def render_html(
     from scaling.report import lawhtml  # it renders with this module's tables
 
     parts.append(lawhtml.sections(fits))
+    from scaling.report.storyhtml import adaptive_section
+
+    parts.append(adaptive_section(story))
     parts.append(_missing_section(missing, orphans or []))
     parts.append(_spec_section(sweep))
     parts.append("</body></html>")
