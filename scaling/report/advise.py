@@ -344,7 +344,7 @@ def _lacking(df: pd.DataFrame, methods: Sequence[str], joint: bool) -> dict[str,
         sizes = sub["encoder_params"].nunique() if len(sub) else 0
         runs = max(MIN_DISTINCT_X - sizes, p + MIN_DOF - len(sub))
         if sizes < MIN_DISTINCT_X:
-            out[method] = Need(True, runs, f"{sizes} sizes; a law needs {MIN_DISTINCT_X}")
+            out[method] = Need(True, runs, f"{sizes} size(s); a law needs {MIN_DISTINCT_X}")
         elif runs > 0:
             dof = len(sub) - p
             out[method] = Need(False, runs, f"{dof} residual dof; an interval needs {MIN_DOF}")
