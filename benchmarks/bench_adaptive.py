@@ -11,6 +11,7 @@ narrow. Printed per scenario (law x question): the grid's width and hours, the h
 loop spent to reach that width (or where it stopped), the ratio.
 
     .venv/bin/python benchmarks/bench_adaptive.py [--batch 2] [--n-boot 400] [--out table.md]
+        [--laws 0 1 2] [--questions 0 1]
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=400)
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--laws", type=int, nargs="+", default=list(range(len(LAWS))))
+    ap.add_argument("--questions", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args()
     pool = pool_with_flop_costs(args.widths)
     largest = A.largest(pool)
@@ -157,9 +160,9 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     print("\n".join(lines), flush=True)
-    for name, law, noise in LAWS:
+    for name, law, noise in (LAWS[i] for i in args.laws):
         errs = outcomes(pool, law, noise, args.data_seed)
-        for qname, q in questions:
+        for qname, q in (questions[i] for i in args.questions):
             t0 = time.time()
             r = scenario(pool, q, errs, args.batch, args.n_boot)
             ratio = r["spent"] / r["grid_hours"]
