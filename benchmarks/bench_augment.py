@@ -3,7 +3,9 @@
 The usual way to get SimCLR's per-image randomness is a torchvision `v2.Compose` called
 once per image in a Dataset (a batched v2 call draws ONE set of parameters for the whole
 batch). This measures both on the same pipeline (crop 0.08-1, flip, jitter 0.8s p 0.8 in
-random order, grayscale p 0.2, blur p 0.5 from 64 px, normalise), one view per image:
+random order, grayscale p 0.2, blur p 0.5 from 64 px, normalise), one view per image, the
+batched one in both styles (`augment: official`, TensorFlow's bicubic crops and colour
+ops, the default; `augment: torchvision`, the per-image pipeline's semantics):
 
     .venv/bin/python benchmarks/bench_augment.py            # CPU, 2 threads, 32 and 96 px
     .venv/bin/python benchmarks/bench_augment.py --device cuda
@@ -25,6 +27,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from scaling.plan.throughput import cpu_model
+from scaling.sweep.methods import AugmentStyle
 from scaling.train.augment import SimCLRAugment
 
 
@@ -82,7 +85,8 @@ def bench(
     seconds: float,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    aug = SimCLRAugment(size)
+    aug = SimCLRAugment(size, style=AugmentStyle.TORCHVISION)
+    official = SimCLRAugment(size, style=AugmentStyle.OFFICIAL)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     on_device = images.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -91,6 +95,7 @@ def bench(
     n = max(32, batch // 4)  # per-image is slow: time a quarter batch
     pils = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:n]]
     fns: dict[str, tuple[Callable[[], object], int]] = {
+        "official": (lambda: official(on_device, generator), batch),
         "batched": (lambda: aug(on_device, generator), batch),
         "tensor": (lambda: [compose(im) for im in images[:n]], n),
         "pil": (lambda: [compose(im) for im in pils], n),
@@ -121,18 +126,19 @@ def main() -> None:
         machine += f", {torch.cuda.get_device_name()}"
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {machine}")
     print(
-        "| px | batch | batched on "
-        + args.device
-        + " (img/s) | v2 per image, uint8 tensor (img/s) "
-        "| v2 per image, PIL (img/s) | speed-up vs best per image | machine |"
+        f"| px | batch | official, batched on {args.device} (img/s) "
+        f"| torchvision, batched on {args.device} (img/s) | v2 per image, uint8 tensor (img/s) "
+        "| v2 per image, PIL (img/s) | speed-up vs best per image (official; torchvision) "
+        "| machine |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in args.sizes:
         r = bench(size, args.batch, args.device, args.seconds, clock)
         best = max(r["tensor"], r["pil"])
         print(
-            f"| {size} | {args.batch} | {r['batched']:,.0f} | {r['tensor']:,.0f} | {r['pil']:,.0f} "
-            f"| {r['batched'] / best:.1f}x | {machine} |",
+            f"| {size} | {args.batch} | {r['official']:,.0f} | {r['batched']:,.0f} "
+            f"| {r['tensor']:,.0f} | {r['pil']:,.0f} "
+            f"| {r['official'] / best:.1f}x; {r['batched'] / best:.1f}x | {machine} |",
             flush=True,
         )
 

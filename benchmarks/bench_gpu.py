@@ -118,7 +118,7 @@ def measure(c: Config, dev: torch.device, warmup: int, steps: int) -> dict[str, 
     opt = build_optimizer("lars", net, 0.3 * c.batch / 256, 1e-6)
     aug = SimCLRAugment(c.size, color_strength=1.0 if c.size >= 64 else 0.5)
     images = torch.randint(0, 256, (c.batch, 3, c.size, c.size), dtype=torch.uint8, device=dev)
-    layout = Layout(c.batch // c.accum, c.accum, 1, 1, c.precision)
+    layout = Layout(c.batch // c.accum, c.accum, 1, 1, c.precision).with_grouping("simclr")
     gen = torch.Generator(device=dev).manual_seed(0)
     autocast = (
         torch.autocast(dev.type, dtype=torch.bfloat16)
@@ -128,8 +128,9 @@ def measure(c: Config, dev: torch.device, warmup: int, steps: int) -> dict[str, 
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        v1, v2 = local_views(aug, images, gen, slice(0, c.batch), 2)  # as the trainer's stream
-        simclr_step(step_net, v1, v2, layout, 0.5, autocast)
+        shuffle = c.accum > 1  # shuffle-BN under accumulation, as the trainer's stream
+        (v1, v2), perm = local_views(aug, images, gen, slice(0, c.batch), 2, shuffle)
+        simclr_step(step_net, v1, v2, layout, 0.5, autocast, perm)
         opt.step()
 
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

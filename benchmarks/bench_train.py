@@ -54,6 +54,7 @@ def main() -> None:
             config["color_strength"] = 0.5
         aug = AUGMENTATIONS[info.augmentation](16, config, False)
         step_fn = STEPS[info.objective]
+        grouped = layout.with_grouping(method)  # both views in one forward, as the trainer
         for width in (0.125, 0.25, 0.5, 1.0):
             torch.manual_seed(0)
             net = build_network(method, depth=10, width=width, stem="cifar", projection_dim=64)
@@ -64,9 +65,9 @@ def main() -> None:
             for i in range(args.steps + 2):
                 t0 = time.perf_counter()
                 opt.zero_grad(set_to_none=True)
-                views = local_views(aug, images, gen, rows, info.views)
+                views, _ = local_views(aug, images, gen, rows, info.views)
                 batch_views = StepViews(views, labels, gen.get_state())
-                step_fn(net, batch_views, layout, config, contextlib.nullcontext())
+                step_fn(net, batch_views, grouped, config, contextlib.nullcontext())
                 opt.step()
                 if i >= 2:
                     times.append(time.perf_counter() - t0)

@@ -26,14 +26,22 @@ class SpecError(ScalingError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class BadRunDir(ScalingError):
+    """A run directory whose own files cannot be read (a garbled spec.json): that run's
+    problem, named with its path, never an outage of the store it is mirrored to."""
+
+
 class SubmissionError(ScalingError):
     """A backend could not submit, query or cancel runs."""
 
 
 class RunFailed(ScalingError):
-    """A run stopped for good; `kind` is one of diverged, oom, timeout, error."""
+    """A run stopped; `kind` is one of diverged, oom, timeout, error, or disk (its device
+    was full: not the run's fault, so a plain resubmit retries it, see RETRIED_KINDS)."""
 
-    KINDS = ("diverged", "oom", "timeout", "error")
+    KINDS = ("diverged", "oom", "timeout", "error", "disk")
+    #: failures a plain `scaling submit` retries (resuming): the cause is outside the run
+    RETRIED_KINDS = ("disk",)
 
     def __init__(self, message: str, *, kind: str = "error", step: int | None = None):
         if kind not in self.KINDS:

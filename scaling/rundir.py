@@ -123,8 +123,20 @@ def truncate_metrics(path: Path, epochs_done: int) -> None:
     """Keep the lines of epochs 1..epochs_done (a resumed run rewrites the rest)."""
     if not path.exists():
         return
-    kept = [r for r in read_metrics(path) if r["epoch"] <= epochs_done]
-    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode())
+    write_metrics(path, [r for r in read_metrics(path) if r["epoch"] <= epochs_done])
+
+
+def write_metrics(path: Path, records: list[dict[str, Any]]) -> None:
+    """metrics.jsonl as these records, one line each, written whole (atomically)."""
+    atomic_write_bytes(
+        path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+    )
+
+
+def metrics_gap(records: list[dict[str, Any]], epochs: int) -> list[int]:
+    """The epochs in 1..`epochs` that metrics.jsonl lacks (cut, or lines lost)."""
+    have = {r.get("epoch") for r in records}
+    return [e for e in range(1, epochs + 1) if e not in have]
 
 
 def git_version(start: Path | None = None) -> dict[str, Any]:

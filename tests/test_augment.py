@@ -1,4 +1,6 @@
-"""Batched SimCLR augmentation against torchvision's functional ops applied image by image."""
+"""Batched SimCLR augmentation: the torchvision style against torchvision's functional ops
+applied image by image, and what both styles share (tests/test_official.py holds the
+official style against TensorFlow's own outputs)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
+from scaling.sweep.methods import AugmentStyle
 from scaling.train import augment
 from scaling.train.augment import (
     AugmentParams,
@@ -19,6 +22,8 @@ from scaling.train.augment import (
 )
 
 JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+TV = AugmentStyle.TORCHVISION
+STYLES = list(AugmentStyle)
 
 
 def reference_view(
@@ -53,7 +58,7 @@ def make_images(n: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("size, strength", [(32, 0.5), (32, 1.0), (96, 1.0)])
 def test_matches_torchvision_per_image(size: int, strength: float) -> None:
-    aug = SimCLRAugment(size, color_strength=strength)
+    aug = SimCLRAugment(size, color_strength=strength, style=TV)
     images = make_images(48, size, size)
     p = aug.sample_params(48, size, size, torch.Generator().manual_seed(1))
     for flags in (p.flip, p.jitter, p.gray) + ((p.blur,) if size >= 64 else ()):
@@ -64,16 +69,17 @@ def test_matches_torchvision_per_image(size: int, strength: float) -> None:
 
 
 def test_crop_flip_matches_torchvision_on_non_square_input() -> None:
-    aug = CropFlipAugment(32)
+    aug = CropFlipAugment(32, style=TV)
     images = make_images(64, 20, 28)
     p = aug.sample_params(64, 20, 28, torch.Generator().manual_seed(2))
     ref = torch.stack([reference_view(images[i].float() / 255, p, i, aug) for i in range(64)])
     torch.testing.assert_close(aug.apply(images, p), ref, atol=1e-5, rtol=0)
 
 
-def test_each_jitter_op_order_matters_and_is_followed() -> None:
+@pytest.mark.parametrize("style", STYLES)
+def test_each_jitter_op_order_matters_and_is_followed(style: AugmentStyle) -> None:
     """Reversing every image's op order changes the output: the order is really applied."""
-    aug = SimCLRAugment(16, color_strength=1.0, jitter_p=1.0, gray_p=0.0)
+    aug = SimCLRAugment(16, color_strength=1.0, jitter_p=1.0, gray_p=0.0, style=style)
     images = make_images(32, 16, 16)
     p = aug.sample_params(32, 16, 16, torch.Generator().manual_seed(3))
     reversed_p = AugmentParams(**{**vars(p), "order": p.order.flip(1)})
@@ -82,17 +88,19 @@ def test_each_jitter_op_order_matters_and_is_followed() -> None:
     )
 
 
-def test_identical_images_get_independent_views() -> None:
-    aug = SimCLRAugment(32)
-    images = make_images(3, 32, 32, seed=4)[2:3].repeat(16, 1, 1, 1)
+@pytest.mark.parametrize("style", STYLES)
+def test_identical_images_get_independent_views(style: AugmentStyle) -> None:
+    aug = SimCLRAugment(32, style=style)
+    images = make_images(4, 32, 32, seed=4)[3:4].repeat(16, 1, 1, 1)  # random pixels
     v1, v2 = aug.two_views(images, torch.Generator().manual_seed(0))
     flat = torch.cat([v1, v2]).flatten(1)
     distances = torch.cdist(flat, flat) + torch.eye(32) * 1e9
     assert distances.min() > 1e-3  # no two of the 32 views coincide
 
 
-def test_reproducible_from_generator_seed() -> None:
-    aug = SimCLRAugment(32)
+@pytest.mark.parametrize("style", STYLES)
+def test_reproducible_from_generator_seed(style: AugmentStyle) -> None:
+    aug = SimCLRAugment(32, style=style)
     images = make_images(8, 32, 32)
     a = aug.two_views(images, torch.Generator().manual_seed(7))
     b = aug.two_views(images, torch.Generator().manual_seed(7))
@@ -101,8 +109,11 @@ def test_reproducible_from_generator_seed() -> None:
     assert not torch.allclose(a[0], c[0])
 
 
-def test_cpu_chunking_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    aug = SimCLRAugment(64)
+@pytest.mark.parametrize("style", STYLES)
+def test_cpu_chunking_does_not_change_the_result(
+    monkeypatch: pytest.MonkeyPatch, style: AugmentStyle
+) -> None:
+    aug = SimCLRAugment(64, style=style)
     images = make_images(10, 64, 64)
     p = aug.sample_params(10, 64, 64, torch.Generator().manual_seed(5))
     whole = aug.apply(images, p)
@@ -110,8 +121,12 @@ def test_cpu_chunking_does_not_change_the_result(monkeypatch: pytest.MonkeyPatch
     torch.testing.assert_close(aug.apply(images, p), whole, atol=1e-6, rtol=0)
 
 
-def test_output_shape_dtype_and_range() -> None:
-    aug = SimCLRAugment(32, color_strength=1.0, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+@pytest.mark.parametrize("style", STYLES)
+def test_output_shape_dtype_and_range(style: AugmentStyle) -> None:
+    """In [0, 1] before normalising, also the official bicubic crops that overshoot."""
+    aug = SimCLRAugment(
+        32, color_strength=1.0, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3), style=style
+    )
     out = aug(make_images(12, 24, 40), torch.Generator().manual_seed(0))
     assert out.shape == (12, 3, 32, 32) and out.dtype == torch.float32
     low = (0 - torch.tensor(aug.mean)) / torch.tensor(aug.std)
@@ -120,8 +135,9 @@ def test_output_shape_dtype_and_range() -> None:
     assert (per_channel.amin(1) >= low - 1e-5).all() and (per_channel.amax(1) <= high + 1e-5).all()
 
 
-def test_grayscale_views_have_equal_channels() -> None:
-    aug = SimCLRAugment(32, gray_p=0.5)
+@pytest.mark.parametrize("style", STYLES)
+def test_grayscale_views_have_equal_channels(style: AugmentStyle) -> None:
+    aug = SimCLRAugment(32, gray_p=0.5, style=style)
     images = make_images(64, 32, 32)
     p = aug.sample_params(64, 32, 32, torch.Generator().manual_seed(6))
     out = aug.apply(images, p)
@@ -130,8 +146,9 @@ def test_grayscale_views_have_equal_channels() -> None:
     assert (spread[~p.gray & (torch.arange(64) > 2)] > 0.05).all()
 
 
-def test_crop_flip_augment_keeps_colours() -> None:
-    aug = CropFlipAugment(16)
+@pytest.mark.parametrize("style", STYLES)
+def test_crop_flip_augment_keeps_colours(style: AugmentStyle) -> None:
+    aug = CropFlipAugment(16, style=style)
     colours = torch.randint(0, 256, (20, 3, 1, 1), dtype=torch.uint8)
     out = aug(colours.expand(20, 3, 16, 16), torch.Generator().manual_seed(0))
     expected = (colours.float() / 255 - 0.5) / 0.5
@@ -141,7 +158,7 @@ def test_crop_flip_augment_keeps_colours() -> None:
 def test_drawn_probabilities_and_ranges() -> None:
     """Over 20,000 draws: each coin has its probability (within 5 sigma), factors their ranges."""
     n = 20_000
-    aug = SimCLRAugment(96, color_strength=1.0)
+    aug = SimCLRAugment(96, color_strength=1.0, style=TV)
     p = aug.sample_params(n, 96, 96, torch.Generator().manual_seed(9))
     for flags, prob in [(p.flip, 0.5), (p.jitter, 0.8), (p.gray, 0.2), (p.blur, 0.5)]:
         assert abs(flags.float().mean().item() - prob) < 5 * math.sqrt(prob * (1 - prob) / n)
@@ -157,7 +174,7 @@ def test_drawn_probabilities_and_ranges() -> None:
 def test_crop_boxes_follow_torchvision_distribution() -> None:
     """Valid boxes, and area / aspect statistics equal to RandomResizedCrop.get_params'."""
     n, height, width = 20_000, 32, 32
-    aug = SimCLRAugment(32)
+    aug = SimCLRAugment(32, style=TV)
     top, left, h, w = aug.sample_params(n, height, width, torch.Generator().manual_seed(10)).boxes.T
     assert (
         (top >= 0).all()
@@ -238,12 +255,18 @@ def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="RGB"):
         SimCLRAugment(32)(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.Generator())
     with pytest.raises(ValueError, match="color_strength"):
-        SimCLRAugment(32, color_strength=3.0)
+        SimCLRAugment(32, color_strength=3.0, style=TV)
+    with pytest.raises(ValueError, match="color_strength must be at most 1.25"):
+        SimCLRAugment(32, color_strength=1.5)  # TensorFlow refuses contrast 1 - 0.8 s < 0
+    assert SimCLRAugment(32, color_strength=1.5, style=TV).color_strength == 1.5
+    with pytest.raises(ValueError, match="tf"):
+        SimCLRAugment(32, style="tf")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu_with_the_same_parameters() -> None:
-    aug = SimCLRAugment(96, color_strength=1.0)
+@pytest.mark.parametrize("style", STYLES)
+def test_cuda_matches_cpu_with_the_same_parameters(style: AugmentStyle) -> None:
+    aug = SimCLRAugment(96, color_strength=1.0, style=style)
     images = make_images(32, 96, 96)
     p = aug.sample_params(32, 96, 96, torch.Generator(device="cuda").manual_seed(0))
     on_gpu = aug.apply(images.cuda(), p)
@@ -254,9 +277,10 @@ def test_cuda_matches_cpu_with_the_same_parameters() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
-def test_apply_leaves_float_input_unchanged() -> None:
+@pytest.mark.parametrize("style", STYLES)
+def test_apply_leaves_float_input_unchanged(style: AugmentStyle) -> None:
     """The colour, grey and blur ops work in place on the pipeline's own tensor only."""
-    aug = SimCLRAugment(64, color_strength=1.0)
+    aug = SimCLRAugment(64, color_strength=1.0, style=style)
     images = make_images(8, 64, 64).float() / 255
     before = images.clone()
     aug(images, torch.Generator().manual_seed(0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -66,6 +67,18 @@ CASES = [
         GOOD.replace("[0.25, 0.5]", "[0.25, -1]"),
         [],
         ["model.width", "greater than 0"],
+    ),
+    (
+        "unknown augmentation style",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, augment: tf}\n  sup"),
+        [],
+        ["methods.simclr.augment", "'official' or 'torchvision'", "tf"],
+    ),
+    (
+        "colour strength TensorFlow refuses",
+        GOOD.replace("epochs: 2}\n  sup", "epochs: 2, color_strength: 1.5}\n  sup"),
+        [],
+        ["methods.simclr.color_strength", "at most 1.25 with augment: official", "1.5"],
     ),
     (
         "unsupported depth",
@@ -201,3 +214,52 @@ def test_a_bad_image_folder_stops_the_plan_in_one_line(tmp_path: Path) -> None:
     assert f"{tmp_path / 'data' / 'val'} has classes that" in line and "other" in line
     missing = write(tmp_path / "later.yaml", text.replace(str(tmp_path / "data"), "/not/mounted"))
     assert CliRunner().invoke(app, ["plan", str(missing)]).exit_code == 0  # cannot be seen yet
+
+
+# ----------------------------------------------------------------------------- fuzz corpus
+
+#: Bad sweeps and profiles, one file each, whose first line says what the error must name
+#: (`# expect: fragment | fragment`). Every one must stop `scaling plan` with one line
+#: naming the file, exit code 2 and no traceback, before anything is costed or queued.
+FUZZ = Path(__file__).resolve().parent / "fuzz"
+FUZZ_GOOD_SWEEP = """\
+name: fuzz
+dataset: {name: digits, image_size: 8}
+model: {depth: 10, width: 0.25}
+methods: {supervised: {batch_size: 64, epochs: 2}}
+"""
+
+
+def _expected(path: Path) -> list[str]:
+    first = path.read_bytes().split(b"\n", 1)[0].decode()
+    assert first.startswith("# expect: "), path
+    return [f.strip() for f in first.removeprefix("# expect: ").split("|")]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((FUZZ / "sweeps").glob("*.yaml")), ids=lambda p: f"sweep-{p.stem}"
+)
+def test_fuzz_corpus_of_bad_sweeps(path: Path) -> None:
+    result = CliRunner().invoke(app, ["plan", str(path)])
+    _one_line_naming(result, path, _expected(path))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((FUZZ / "profiles").glob("*.yaml")), ids=lambda p: f"profile-{p.stem}"
+)
+def test_fuzz_corpus_of_bad_profiles(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative workdirs land here, never in the repository
+    sweep = write(tmp_path / "sweep.yaml", FUZZ_GOOD_SWEEP)
+    result = CliRunner().invoke(app, ["plan", str(sweep), "--cluster", str(path)])
+    _one_line_naming(result, path, _expected(path))
+
+
+def _one_line_naming(result: Any, path: Path, fragments: list[str]) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and str(path) in lines[0], result.output
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

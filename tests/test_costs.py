@@ -278,7 +278,8 @@ def test_train_flops() -> None:
 
 def test_eval_flops() -> None:
     f = 10
-    assert eval_flops(f, 100, 20, "supervised", None) == 10 * 20  # the test split only
-    assert eval_flops(f, 100, 20, "simclr", {"protocol": "features"}) == 10 * 120
+    images = (100, 10, 20)  # fitted training images, held-out images, test images
+    assert eval_flops(f, images, "supervised", None) == 10 * 30  # held-out and test only
+    assert eval_flops(f, images, "simclr", {"protocol": "features"}) == 10 * 130
     augmented = {"protocol": "augmented", "epochs": 90}
-    assert eval_flops(f, 100, 20, "simclr", augmented) == 10 * (91 * 100 + 20)
+    assert eval_flops(f, images, "simclr", augmented) == 10 * (91 * 100 + 10 + 20)

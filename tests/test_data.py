@@ -16,6 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from scaling.errors import ScalingError, SpecError
+from scaling.sweep.methods import AugmentStyle
 from scaling.train import readers
 from scaling.train.augment import CropFlipAugment, SimCLRAugment, crop_boxes
 from scaling.train.data import ImageSet, batches
@@ -289,9 +290,9 @@ def test_photo_evaluation_input_equals_resize_256_centre_crop_224(tmp_path: Path
 
 def test_imagefolder_cached_equals_streamed(tmp_path: Path) -> None:
     write_imagefolder(tmp_path)
-    kw = {"root": tmp_path, "image_size": 21}  # 21 / 0.875 = 24: cache and eval sides agree
+    kw = {"root": tmp_path, "image_size": 20}
     cached = load_dataset("imagefolder", **kw)
-    streamed = load_dataset("imagefolder", max_cache_bytes=1000, **kw)
+    streamed = load_dataset("imagefolder", max_cache_bytes=0, **kw)
     assert cached._cache is not None and streamed._cache is None and len(streamed) == 9
     idx = torch.tensor([8, 0, 4])
     for a, b in zip(streamed.batch(idx), cached.batch(idx), strict=True):
@@ -301,6 +302,27 @@ def test_imagefolder_cached_equals_streamed(tmp_path: Path) -> None:
     assert len(from_stream) == len(from_cache) == 3
     for (a, la), (b, lb) in zip(from_stream, from_cache, strict=True):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+@pytest.mark.parametrize("style", list(AugmentStyle))
+def test_photo_crops_are_the_same_cached_or_not(tmp_path: Path, style: AugmentStyle) -> None:
+    """Photographs larger than any evaluation side: every training crop and evaluation
+    image is the same whether the folder is kept in memory or read from disk (the cache
+    holds the files' bytes), so the cache is rightly no part of a run's identity."""
+    paths = write_photos(tmp_path, per_class=3, classes=2)
+    total = sum(p.stat().st_size for p in paths if p.parent.parent.name == "train")
+    kw = {"root": tmp_path, "image_size": 48, "workers": 2}
+    cached = load_dataset("imagefolder", max_cache_bytes=total, **kw)
+    streamed = load_dataset("imagefolder", max_cache_bytes=total - 1, **kw)
+    assert cached._cache is not None and streamed._cache is None
+    aug = SimCLRAugment(48, crop_scale=(0.05, 1.0), style=style)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.tensor([5, 0, 3, 3, 1])
+    draws = [aug.sample_params(5, None, None, gen).crop_draws for _ in range(2)]
+    a, b = cached.crops(idx, draws, aug), streamed.crops(idx, draws, aug)
+    assert a.shape == (2, 5, 3, 48, 48) and torch.equal(a, b)
+    assert torch.equal(cached.batch(idx)[0], streamed.batch(idx)[0])
+    assert cached.decoded == streamed.decoded == 10
 
 
 # -- training crops from the original image ------------------------------------------------
@@ -316,20 +338,26 @@ def _marked_wide_jpeg(root: Path) -> None:
         Image.fromarray(pixels).save(root / split / "wide" / "0.jpg", quality=95)
 
 
-def test_training_views_reach_the_borders_of_the_original(tmp_path: Path) -> None:
+@pytest.mark.parametrize("style", list(AugmentStyle))
+def test_training_views_reach_the_borders_of_the_original(
+    tmp_path: Path, style: AugmentStyle
+) -> None:
     _marked_wide_jpeg(tmp_path)
-    aug = CropFlipAugment(32)
+    aug = CropFlipAugment(32, style=style)
     ds = load_dataset("imagefolder", root=tmp_path, image_size=32, max_cache_bytes=0)
     assert not (_everything(ds)[0, 0] > 200).any()  # the centre crop shows neither border
     gen = torch.Generator().manual_seed(0)
     draws = [aug.sample_params(200, None, None, gen).crop_draws]
-    crops = ds.crops(torch.zeros(200, dtype=torch.long), draws, aug.crop_ratio)[0].int()
+    crops = ds.crops(torch.zeros(200, dtype=torch.long), draws, aug)[0]
+    if crops.is_floating_point():  # the official style's bicubic crops, in [0, 1] or near
+        crops = crops * 255
+    crops = crops.int()
     red = ((crops[:, 0] > 200) & (crops[:, 2] < 60)).flatten(1).any(1)
     blue = ((crops[:, 2] > 200) & (crops[:, 0] < 60)).flatten(1).any(1)
     assert red.sum() > 10 and blue.sum() > 10 and ds.decoded == 1 + 200  # 1 in 8 each
     # Through the training stream (flip and normalise on the device) too.
     data = _repeat(ds, 64)
-    (step,) = train_views(
+    (step, *_) = train_views(
         data, aug, gen, batch_size=64, seed=0, epoch=0, rows=slice(0, 64), views=2
     )
     v = torch.cat(step.views)
@@ -345,7 +373,7 @@ def _repeat(ds: ImageFolderSet, n: int) -> ImageFolderSet:
 
 def test_crop_boxes_on_a_wide_image_follow_torchvision_get_params() -> None:
     n, height, width = 20_000, 240, 480
-    aug = SimCLRAugment(224)
+    aug = SimCLRAugment(224, style=AugmentStyle.TORCHVISION)
     draws = aug.sample_params(n, None, None, torch.Generator().manual_seed(1)).crop_draws
     top, left, h, w = crop_boxes(draws, height, width, aug.crop_ratio).T
     assert (top >= 0).all() and (left >= 0).all()
@@ -377,9 +405,9 @@ def test_crops_equal_torchvisions_resized_crop_of_the_decoded_file(tmp_path: Pat
     Large boxes decode at 1/2 or 1/4 scale first: within a few grey levels on average."""
     paths = write_photos(tmp_path, per_class=2, classes=2)
     ds = load_dataset("imagefolder", root=tmp_path, image_size=64, max_cache_bytes=0)
-    aug = SimCLRAugment(64)
+    aug = SimCLRAugment(64, style=AugmentStyle.TORCHVISION)
     draws = aug.sample_params(4, None, None, torch.Generator().manual_seed(2)).crop_draws
-    crops = ds.crops(torch.arange(4), [draws], aug.crop_ratio)[0]
+    crops = ds.crops(torch.arange(4), [draws], aug)[0]
     for i in range(4):
         with Image.open(paths[i]) as im:
             full = im.convert("RGB")
@@ -558,6 +586,27 @@ def test_a_file_corrupt_mid_run_fails_with_its_path(tmp_path: Path) -> None:
     aug = SimCLRAugment(32)
     draws = [aug.sample_params(4, None, None, torch.Generator()).crop_draws]
     with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
-        ds.crops(torch.arange(4), draws, aug.crop_ratio)
+        ds.crops(torch.arange(4), draws, aug)
     with pytest.raises(ScalingError, match=f"cannot decode image {bad}"):
         list(batches(ds, 4, seed=0, epoch=0))
+
+
+@pytest.mark.parametrize("n", [2, 10, 1437, 5000])
+def test_the_validation_share_is_held_out_of_training_for_every_method(n: int) -> None:
+    """A fixed tenth of the labelled training images is held out; the rest, unlabelled
+    images included (STL-10's train+unlabeled: the labelled rows first, in the order of
+    `train`), is kept; the split of `train` and of `train+unlabeled` holds out the same
+    images, so SimCLR and the supervised baseline are scored on the same ones."""
+    from scaling.plan.data_info import held_out
+    from scaling.train.data import validation_rows
+
+    labels = torch.arange(n) % 10
+    kept, held = validation_rows(labels, 0.1)
+    assert set(kept.tolist()).isdisjoint(held.tolist())
+    assert sorted(kept.tolist() + held.tolist()) == list(range(n))
+    assert len(held) == held_out(n, 0.1) == min(n - 1, max(1, round(0.1 * n)))
+    assert torch.equal(validation_rows(labels, 0.1)[1], held)  # the same images every run
+    with_unlabelled = torch.cat([labels, torch.full((3 * n,), -1)])
+    kept_u, held_u = validation_rows(with_unlabelled, 0.1)
+    assert torch.equal(held_u, held) and len(kept_u) == len(kept) + 3 * n
+    assert len(validation_rows(labels, 0.0)[1]) == 0

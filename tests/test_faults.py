@@ -301,3 +301,81 @@ def test_malformed_metrics_lines_are_skipped_everywhere_they_are_read(
     assert run_state(run_dir).epoch == 3 and "loss" not in (run_state(run_dir).last or {})
     truncate_metrics(run_dir / METRICS, 2)
     assert [r["epoch"] for r in read_jsonl(run_dir / METRICS)] == [1, 2]
+
+
+def test_a_run_directory_that_cannot_be_read_is_that_runs_problem_not_an_outage(
+    store: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    """A garbled spec.json (after the run started) is named with its path; the store is
+    not marked down, and every other run directory of the command is mirrored (the
+    finished one reaches FINISHED, not left RUNNING behind a false outage)."""
+    bad_spec, good_spec = make_spec(seed=51), make_spec(seed=52)
+    bad = make_run_dir(tmp_path, bad_spec, epochs=2)
+    (bad / SPEC).write_text('{"run_id": "' + bad_spec.run_id + '", "meth')  # cut mid-write
+    good = make_run_dir(tmp_path, good_spec, epochs=2)
+    finish(good, good_spec)
+    with Pusher(store, "broken") as pusher:
+        pusher.add(bad)  # first in line: an outage here would silence the next
+        pusher.add(good)
+        left = pusher.close()
+        broken = pusher.broken
+    assert not pusher.outage and left == set()
+    assert list(broken) == [bad] and str(bad / SPEC) in broken[bad]
+    (run,) = runs_tagged(client, "broken", good_spec.run_id)
+    assert run.info.status == "FINISHED"
+    assert mirror.push(bad, store, "broken") is None  # the one-call helper: never raises
+    pushed, failed = mirror.sync([bad, good], store, "broken")
+    assert (pushed, failed) == (1, 1)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 20 MB filesystem (tmpfs), as a full disk is seen by the trainer."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_a_full_disk_is_retried_by_a_plain_resubmit(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workdir's disk fills up mid-run: the run fails with kind `disk`, not as a
+    permanent error; once there is room, `scaling submit` alone (no --rerun-failed)
+    resumes it and it finishes."""
+    from typer.testing import CliRunner
+
+    from scaling.cli.app import app
+    from tests.conftest import write
+
+    monkeypatch.chdir(tmp_path)
+    write(
+        tmp_path / "sweep.yaml",
+        "name: full\ndataset: {name: synthetic, image_size: 16, size: 96}\n"
+        "model: {depth: 10, width: 0.25}\n"
+        "methods: {supervised: {batch_size: 32, epochs: 2, warmup_epochs: 0.5}}\n",
+    )
+    write(tmp_path / "p.yaml", f"backend: local\ndevice: cpu\nworkdir: {small_disk}\n")
+    filler = small_disk / "filler"
+    with filler.open("wb") as f:  # leave about 1.5 MB: spec and metrics fit, a checkpoint not
+        f.write(b"\0" * (20 * 2**20 - 1536 * 2**10))
+    args = ["sweep.yaml", "--cluster", "p.yaml"]
+    first = CliRunner().invoke(app, ["submit", *args])
+    assert first.exit_code == 1 and "1 failed" in first.output, first.output
+    (run_dir,) = (small_disk / "full").iterdir()
+    failure = read_json(run_dir / "failure.json")
+    assert failure is not None and failure["kind"] == "disk", failure
+    filler.unlink()
+    again = CliRunner().invoke(app, ["submit", *args])
+    assert again.exit_code == 0 and "retry" in again.output and "1 finished" in again.output, (
+        again.output
+    )
+    assert read_json(run_dir / RESULT) is not None

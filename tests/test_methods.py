@@ -14,6 +14,7 @@ from scaling.plan.data_info import train_split
 from scaling.sweep.methods import (
     METHODS,
     Augmentation,
+    BNGrouping,
     Evaluation,
     Head,
     MethodInfo,
@@ -53,8 +54,9 @@ def test_every_method_builds_its_network_and_augmentation_from_its_default_confi
     assert out.shape[0] == 2
     aug = AUGMENTATIONS[info.augmentation](8, config, False)
     assert isinstance(aug, SimCLRAugment)
-    train_passes, test_passes = info.eval_passes(config.get("eval"))
-    assert train_passes >= 0 and test_passes >= 1
+    fit_passes, val_passes, test_passes = info.eval_passes(config.get("eval"))
+    assert fit_passes >= 0 and val_passes >= 1 and test_passes >= 1
+    assert str(info.bn_grouping(whole_batch=True)) in info.groupings()
     assert info.monitor_every(config) >= 0
     assert train_split("digits", name) == "train"
 
@@ -68,15 +70,16 @@ def test_every_component_is_used_by_some_method() -> None:
         (Evaluation, "evaluation"),
     ):  # noqa: E127
         assert set(kind) == {getattr(m, field) for m in METHODS.values()}, kind
+    used = {g for m in METHODS.values() for g in m.groupings()}
+    assert used == {str(g) for g in BNGrouping}
 
 
 def test_the_registry_answers_what_other_modules_used_to_branch_on() -> None:
     assert reference_method() == "supervised"
     assert train_split("stl10", "simclr") == "train+unlabeled"
     assert train_split("stl10", "supervised") == "train"
-    assert eval_flops(10, 100, 20, "simclr", {"protocol": "augmented", "epochs": 3}) == 10 * (
-        4 * 100 + 20
-    )
+    augmented = {"protocol": "augmented", "epochs": 3}
+    assert eval_flops(10, (100, 10, 20), "simclr", augmented) == 10 * (4 * 100 + 10 + 20)
     assert get_method("simclr").monitor_every({"eval": {"knn_every": 5}}) == 5
     assert get_method("supervised").monitor_every({"eval": {"knn_every": 5}}) == 0
 

@@ -172,6 +172,20 @@ def test_stems_and_feature_map_sizes() -> None:
     assert [f["reduction"] for f in imnet.feature_info] == [2, 4, 8, 16, 32]
 
 
+def test_the_sweeps_bounds_follow_from_the_network() -> None:
+    """The spec's limits (scaling.sweep.spec) are the network's: the smallest image the
+    stem and stages reduce to one pixel, and the narrowest width whose stem is not clamped."""
+    from scaling.sweep.spec import MIN_WIDTH, STEM_REDUCTION
+
+    for stem, reduction in STEM_REDUCTION.items():
+        net = build_encoder(10, 0.25, stem).eval()
+        assert net.feature_info[-1]["reduction"] == reduction
+    assert stem_width(MIN_WIDTH) == 1 and 64 * MIN_WIDTH == 0.5  # rounds half up to 1
+    # below it the stem and first stage stay clamped at one channel: width no longer
+    # scales every channel
+    assert stem_width(MIN_WIDTH / 4) == 1 and stage_widths(MIN_WIDTH / 4)[0] == 1
+
+
 def test_depth_multiplier_changes_block_counts() -> None:
     model = meta_encoder(50, 1.0, "cifar", 0.5)
     assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [2, 2, 3, 2]

@@ -269,11 +269,15 @@ def test_a_killed_trial_is_retried_and_resumes_from_its_checkpoint(
     root = study(tmp_path, sweep)
     monkeypatch.chdir(root)
     (job,), ctx = jobs_of(root, "method=supervised")
-    epoch_one = job.run_dir / "checkpoints" / "ckpt-000000016.pt"  # 16 steps per epoch
+    checkpoints = job.run_dir / "checkpoints"
+
+    def epoch_one() -> bool:  # the first epoch's checkpoint (its step follows the data)
+        return any(int(p.stem.split("-")[1]) > 0 for p in checkpoints.glob("ckpt-*.pt"))
+
     killed: list[int] = []
 
     def kill_after_epoch_one() -> None:
-        wait_for(epoch_one.exists)
+        wait_for(epoch_one)
         pid = int((job.run_dir / ".lock").read_text().split()[0])  # the trial's actor
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
@@ -301,7 +305,17 @@ def test_two_rank_torch_trainer_matches_one_process_with_two_micro_batches(
     root = study(tmp_path, profile=profile)
     monkeypatch.chdir(root)
     (job,), ctx = jobs_of(root, "method=simclr")
-    assert job.layout == Layout(micro_batch=16, accum_steps=1, gpus=2, nodes=1, precision="fp32")
+    # CPU ranks have no SyncBN: BN sees each rank's 16 images, so the second view comes
+    # from the shuffled batch (shuffle-BN), as in one process with two micro-batches
+    assert job.layout == Layout(
+        micro_batch=16,
+        accum_steps=1,
+        gpus=2,
+        nodes=1,
+        precision="fp32",
+        bn_batch=16,
+        bn_grouping="second_view_shuffled",
+    )
     (outcome,) = ray_backend.RayBackend().submit([job], ctx)
     assert outcome.state == "finished", outcome
 

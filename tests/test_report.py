@@ -139,3 +139,73 @@ def test_paper_points_overlay_only_where_the_data_set_may_be_imagenet(tmp_path: 
         svg = next(p for p in paths if p.suffix == ".svg").read_text()
         assert ("Chen et al. 2020, ImageNet" in svg) is expected
         assert "encoder parameters" in svg
+
+
+def test_an_unconverged_baseline_is_cannot_judge_in_the_html(tmp_path: Path) -> None:
+    df = gaps.frame(synthetic([0.25, 0.5, 1.0, 2.0], seeds=1))
+    df["converged"] = True
+    df["convergence"] = "train top-1 0.99, converged"
+    sup = (df["method"] == "supervised") & (df["width"] == 2.0)
+    df.loc[sup, ["converged", "convergence"]] = [False, "train top-1 0.35, loss still falling"]
+    page = report.build_report(None, to_table(df.to_dict("records")), tmp_path, n_boot=20)
+    text = page.read_text()
+    why = "cannot judge: the supervised baseline has not converged (train top-1 0.35, loss still falling)"
+    assert why in text and '<td class="">cannot judge</td>' in text
+    assert "Not judged: the supervised baseline has not converged at R18 2x" in text
+    assert "No fitted curve is stated" in text
+
+
+#: a number the report must never print: inf, nan, NaN, Infinity as words
+NOT_A_NUMBER = re.compile(r"(?<![\w.])-?(inf|nan|NaN|Inf|Infinity)(?![\w])")
+
+
+def _text_of(page: str) -> str:
+    return re.sub(r'src="data:[^"]*"', "", page)  # the inline PNGs are base64, not text
+
+
+def test_figures_the_data_cannot_fill_are_left_out_with_one_line_why(tmp_path: Path) -> None:
+    """The quickstart's shape: one batch size and one epoch count. Fig. 9 and the heatmap
+    would be empty panels and one-cell maps: they are not drawn, and the report says why."""
+    df = gaps.frame(synthetic([0.25, 0.5, 1.0, 2.0], seeds=2))
+    df = df[(df["batch_size"] == 1024) & (df["epochs"].isin([90, 400]))]
+    page = report.build_report(None, to_table(df.to_dict("records")), tmp_path, n_boot=20)
+    drawn = {p.stem for p in (tmp_path / "figures").glob("*.png")}
+    assert drawn == {"fig7_params", "gap_params", "compute"}, drawn
+    text = page.read_text()
+    assert "SimCLR top-1 vs epochs (Fig. 9) is not drawn: it needs at least 2 epoch counts" in text
+    assert "1 epoch count (400)" in text
+    assert "SimCLR top-1 over batch x epochs is not drawn" in text
+    omitted = json.loads((tmp_path / "fits.json").read_text())["figures_omitted"]
+    assert set(omitted) == {"fig9", "heatmap"}
+
+
+def test_one_model_size_draws_no_curve_figure_and_prints_no_inf_or_nan(tmp_path: Path) -> None:
+    df = gaps.frame(synthetic([0.5], seeds=1))
+    page = report.build_report(None, to_table(df.to_dict("records")), tmp_path, n_boot=20)
+    drawn = {p.stem for p in (tmp_path / "figures").glob("*.png")}
+    assert "fig7_params" not in drawn and "gap_params" not in drawn, drawn
+    text = _text_of(page.read_text())
+    assert "Top-1 vs parameters (Fig. 7) is not drawn" in text
+    assert not NOT_A_NUMBER.search(text), NOT_A_NUMBER.search(text)
+
+
+def test_a_gap_that_never_closes_says_so_in_words_not_inf(tmp_path: Path) -> None:
+    """A law whose gap stays far above the threshold: it "stays above" the threshold as far
+    as the fit reaches (10x the largest model), in fits.json, the HTML and what `scaling
+    report` prints; never inf or nan."""
+    from rich.console import Console
+
+    from scaling.cli.report import print_answer, print_gaps
+
+    df = gaps.frame(synthetic([0.25, 0.5, 1.0, 2.0, 4.0], seeds=2))
+    simclr = df["method"] == "simclr"
+    df.loc[simclr, "top1"] = df.loc[simclr, "top1"] - 0.2  # a 20-point gap at every size
+    page = report.build_report(None, to_table(df.to_dict("records")), tmp_path, n_boot=100)
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    statements = " ".join(g["statement"] for g in fits["gaps"])
+    assert "the fitted gap stays above 1 point up to 10x the largest model trained" in statements
+    console = Console(record=True, width=200)
+    print_gaps(console, gaps.gap_table(df), "s")
+    print_answer(console, tmp_path / "fits.json")
+    for text in (statements, _text_of(page.read_text()), console.export_text()):
+        assert not NOT_A_NUMBER.search(text), NOT_A_NUMBER.search(text)

@@ -143,6 +143,9 @@ def test_collect_reads_every_state_from_run_directories(sweep_and_dirs) -> None:
         and running["micro_batch"] == 16
     )
     assert rows[ids["supervised0.25"]]["state"] == "finished"
+    # judged from its curve (none was recorded): never shown converged without one
+    assert rows[ids["supervised0.25"]]["converged"] is False
+    assert rows[ids["supervised0.25"]]["convergence"] == "no training curve recorded"
     assert (
         rows[ids["supervised0.5"]]["state"] == "pending"
         and rows[ids["supervised1"]]["state"] == "pending"
@@ -168,6 +171,8 @@ def test_column_types_follow_the_documented_schema(sweep_and_dirs) -> None:
         assert schema.field(name).type == pa.int64(), name
     for name in ("run_id", "method", "state", "error_kind", "stem", "lr_rule", "source"):
         assert schema.field(name).type == pa.string(), name
+    assert schema.field("converged").type == pa.bool_()
+    assert schema.field("convergence").type == pa.string()
 
 
 def test_costs_come_from_a_sibling_run_of_the_same_network(tmp_path: Path, monkeypatch) -> None:

@@ -257,6 +257,37 @@ def test_multinode_sbatch_script_matches_golden_file(tmp_path: Path) -> None:
     assert text == GOLDEN.read_text()
 
 
+SLURM_SYNTAX = {
+    "partition": "gpu,gpu-long",
+    "account": "lab_1.x",
+    "qos": "high",
+    "constraint": "[a100*2&ib]|h100",
+    "exclude": "node[001-004],gpu7",
+}
+
+
+@pytest.mark.parametrize("field", sorted(SLURM_SYNTAX))
+def test_slurm_fields_take_slurm_syntax_and_nothing_that_breaks_the_script(
+    tmp_path: Path, field: str
+) -> None:
+    """What Slurm allows in a field reaches the sbatch script as one #SBATCH line, and the
+    script keeps its --time and --signal lines (preemption handling); a newline or a shell
+    character is refused when the profile is read, before anything is queued."""
+    text = "backend: slurm\ndevice: cpu\nworkdir: runs\nslurm: {time_min: 60}\n"
+    good = write(tmp_path / "good.yaml", text)
+    profile = load_profile(good, [f"slurm.{field}={SLURM_SYNTAX[field]}"])
+    ctx = Context(profile, "s", tmp_path / "runs", "http://mlflow:5000", "s", "cpu", 1, 4)
+    script = slurm_backend.sbatch_script(ctx, runs=2, python="python")
+    header = script.split("# Parameters\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("#SBATCH --") for line in header), header
+    option = "--" + field.replace("_", "-") + "="
+    assert sum(option in line and SLURM_SYNTAX[field] in line for line in header) == 1, header
+    assert "#SBATCH --time=60" in header and "#SBATCH --signal=USR2@90" in header
+    for bad in ("x\nhostname", "x\r#SBATCH --time=99999", "x; touch /tmp/p", "x y", "$(id)"):
+        with pytest.raises(SpecError, match=rf"slurm\.{field}"):
+            load_profile(good, [f"slurm.{field}={json.dumps(bad)}"])
+
+
 def test_arrays_are_chunked_by_index_limit() -> None:
     items = list(range(10))
     assert [len(c) for c in slurm_backend.chunks(items, 4)] == [4, 4, 2]  # type: ignore[arg-type]
@@ -542,7 +573,8 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
 
     Equal to one process with two cached micro-batches of the per-rank size: same
     views (every rank draws the global batch's augmentations), same global negatives,
-    same per-micro-batch batch-norm statistics, averaged gradients: the same weights
+    same per-micro-batch batch-norm statistics (the second view of the shuffled batch,
+    one permutation for both ranks), averaged gradients: the same weights
     and the same epoch losses. What differs: BN *running* statistics (each rank tracks
     its own half, rank 0's are saved; one process tracks all four chunks), hence
     eval-mode numbers, and the logged top-1 (each rank ranks its positives among its
@@ -568,7 +600,9 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
     cancel_leftovers.append(tmp_path / "runs")
     assert invoke("submit", "sweep.yaml", "--cluster", "slurm.yaml").exit_code == 0
     # Two CPU ranks without SyncBN normalise BN over each rank's 16 images: in the identity.
-    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0].with_bn_batch(16)
+    # ... and the second view cut from the shuffled batch (shuffle-BN): in the identity too.
+    spec: RunSpec = load_sweep(tmp_path / "sweep.yaml").runs[0]
+    spec = spec.with_bn_batch(16, "second_view_shuffled")
     run_dir = tmp_path / "runs" / "ranks" / spec.run_id
     assert read_json(run_dir / "spec.json")["layout"] == {
         "micro_batch": 16,
@@ -577,6 +611,7 @@ def test_two_task_job_trains_with_global_negatives_like_one_process(
         "nodes": 1,
         "precision": "fp32",
         "bn_batch": 16,
+        "bn_grouping": "second_view_shuffled",
     }
     run(spec, tmp_path / "reference", Layout(micro_batch=16, accum_steps=2, gpus=1), threads=1)
     wait_for(lambda: (run_dir / RESULT).exists(), "result")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scaling.errors import SpecError
-from scaling.sweep.spec import RunSpec, load_sweep
+from scaling.sweep.spec import RunSpec, load_sweep, run_id_of
 from tests.conftest import REPO, write
 
 BASE = """
@@ -181,3 +181,125 @@ def test_a_sweep_file_that_is_not_utf8_or_a_yaml_bomb_is_one_line(tmp_path: Path
         result = CliRunner().invoke(app, ["plan", str(path)])
         assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
         assert says in result.output
+
+
+def test_yaml_1_2_floats_and_merge_keys_read_as_written(tmp_path: Path) -> None:
+    """`1e-4` is a float (YAML 1.1 makes it a string, which strict types then refuse);
+    overriding a merged block's key is not a duplicated key."""
+    text = BASE.replace("epochs: 10\n", "epochs: 10\n    weight_decay: 1e-4\n", 1)
+    text = text.replace(
+        "batch_size: 128\n    epochs: 10",
+        "<<: {batch_size: 64}\n    batch_size: 128\n    epochs: 10",
+    )
+    (sup,) = {
+        r.config["weight_decay"]
+        for r in load_sweep(write(tmp_path / "s.yaml", text)).runs_of("supervised")
+    }
+    plain = BASE.replace("epochs: 10\n", "epochs: 10\n    weight_decay: 1.0e-4\n", 1)
+    assert sup == 1.0e-4
+    assert {r.run_id for r in load_sweep(write(tmp_path / "p.yaml", plain)).runs} == {
+        r.run_id for r in load_sweep(tmp_path / "s.yaml").runs
+    }
+
+
+def test_a_run_spec_out_of_bounds_is_refused_where_it_is_read() -> None:
+    spec = load_sweep(REPO / "sweeps" / "quickstart.yaml").runs[0].to_dict()
+    spec.pop("run_id")
+    with pytest.raises(SpecError, match="seed"):
+        RunSpec.from_dict({**spec, "seed": 2**70})
+    with pytest.raises(SpecError, match="image_size"):
+        RunSpec.from_dict({**spec, "dataset": {**spec["dataset"], "image_size": 4}})
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_sweeps_describe_and_state_no_results(path: Path) -> None:
+    """A description says what a sweep runs and asks; its results are the report's (a
+    description that quoted a measured gap went stale when the code changed)."""
+    import re
+
+    text = load_sweep(path).description + " " + path.read_text().split("\nname:")[0]
+    stated = re.search(
+        r"\b(measured|shrinks from|closes at|points? \(|\d+(\.\d+)? points)\b|\d+(\.\d+)?%",
+        text.replace("the paper's", ""),
+    )
+    own = stated and "paper" not in text[max(0, stated.start() - 60) : stated.start()]
+    assert not own, stated
+
+
+def test_the_augmentation_style_is_part_of_the_run_identity(tmp_path: Path) -> None:
+    """`augment` (official by default, for both methods) is in every run's identity: an
+    axis over it gives two runs where there was one. A run directory written before the
+    field existed (torchvision's semantics, its run_id computed without the field) is not
+    taken for an official run."""
+    text = BASE.replace("temperature: [0.1, 0.5]", "augment: [official, torchvision]")
+    sweep = load_sweep(write(tmp_path / "s.yaml", text))
+    assert sweep.axes["methods.simclr.augment"] == ("official", "torchvision")
+    assert {r.config["augment"] for r in sweep.runs_of("supervised")} == {"official"}
+    pairs: dict[str, set[str]] = {}
+    for r in sweep.runs_of("simclr"):
+        rest = {**r.to_dict(), "config": {**r.config, "augment": None}, "run_id": None}
+        pairs.setdefault(json.dumps(rest, sort_keys=True), set()).add(r.run_id)
+    assert {len(ids) for ids in pairs.values()} == {2}
+    run = sweep.runs_of("supervised")[0]
+    saved = json.loads(json.dumps(run.to_dict()))
+    assert saved["config"]["augment"] == "official" and RunSpec.from_dict(saved) == run
+    identity = run.identity()
+    del identity["config"]["augment"]
+    old = {**saved, "run_id": run_id_of(identity)}
+    del old["config"]["augment"]
+    with pytest.raises(SpecError, match="does not match"):
+        RunSpec.from_dict(old)
+
+
+def test_stem_auto_follows_the_image_size(tmp_path: Path) -> None:
+    """The official code's rule (run.py: `cifar_stem=FLAGS.image_size <= 32`): the CIFAR
+    stem at 32 px and below, the ImageNet stem above; auto resolves in the run spec, so
+    it has the id of the stem it resolves to."""
+    path = write(
+        tmp_path / "s.yaml",
+        "name: s\ndataset: {name: synthetic, image_size: [32, 33, 224]}\n"
+        "model: {depth: 10, width: 0.25}\nmethods: {supervised: {epochs: 1}}\n",
+    )
+    stems = {r.dataset["image_size"]: r.model["stem"] for r in load_sweep(path).runs}
+    assert stems == {32: "cifar", 33: "imagenet", 224: "imagenet"}
+    explicit = load_sweep(path, ["model.stem=cifar", "dataset.image_size=32"]).runs[0]
+    auto = next(r for r in load_sweep(path).runs if r.dataset["image_size"] == 32)
+    assert explicit.run_id == auto.run_id
+
+
+def test_the_linear_evaluation_defaults_follow_the_data_set(tmp_path: Path) -> None:
+    """The official probe's batch, epochs and weight decay per data set (README: ImageNet
+    4096 / 90 / 1e-6, CIFAR-10 512 / 100 / 0), resolved into the run spec; what a sweep
+    sets wins."""
+    text = (
+        "name: e\ndataset: {{name: {name}, image_size: 32, root: /data, size: 1000}}\n"
+        "model: {{depth: 10, width: 0.25}}\nmethods: {{simclr: {{eval: {eval}}}}}\n"
+    )
+    runs = {}
+    for name in ("cifar10", "imagefolder"):
+        path = write(tmp_path / f"{name}.yaml", text.format(name=name, eval="{}"))
+        runs[name] = load_sweep(path).runs[0].config["eval"]
+    official = {"protocol": "augmented", "batch_size": 512, "epochs": 100, "weight_decay": 0.0}
+    official |= {"standardize": False, "lr": 0.1}
+    assert {k: runs["cifar10"][k] for k in official} == official
+    assert (runs["imagefolder"]["batch_size"], runs["imagefolder"]["epochs"]) == (4096, 90)
+    assert runs["imagefolder"]["weight_decay"] == 1e-6
+    path = write(tmp_path / "own.yaml", text.format(name="cifar10", eval="{epochs: 7}"))
+    assert load_sweep(path).runs[0].config["eval"]["epochs"] == 7
+
+
+def test_the_validation_share_and_the_bn_grouping_are_in_the_identity(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "v.yaml",
+        "name: v\ndataset: {name: digits, image_size: 8, validation: [0.1, 0.0]}\n"
+        "model: {depth: 10, width: 0.25}\nmethods: {simclr: {batch_size: 64}}\n",
+    )
+    tenth, none = load_sweep(path).runs
+    assert tenth.run_id != none.run_id and tenth.identity()["dataset"]["validation"] == 0.1
+    assert tenth.identity()["bn_grouping"] == "views_together"  # always named
+    shuffled = tenth.with_bn_batch(16, "second_view_shuffled")
+    assert shuffled.run_id not in (tenth.run_id, tenth.with_bn_batch(16).run_id)
+    assert RunSpec.from_dict(shuffled.to_dict()) == shuffled
+    assert tenth.with_bn_batch(64, "views_together") is tenth  # nothing changes
+    with pytest.raises(SpecError, match="bn_grouping"):
+        RunSpec.from_dict({**tenth.to_dict(), "bn_grouping": "one_view"})

@@ -40,7 +40,7 @@ def _grads(
     ).to(device)
     gen = torch.Generator(device=device).manual_seed(2)
     aug = SimCLRAugment(SIZE, color_strength=0.5)
-    v1, v2 = local_views(aug, images, gen, slice(0, BATCH), views=2)
+    (v1, v2), _ = local_views(aug, images, gen, slice(0, BATCH), views=2)
     simclr_step(net, v1, v2, layout, 0.5, autocast)
     return {name: None if p.grad is None else p.grad.cpu() for name, p in net.named_parameters()}
 

@@ -50,11 +50,11 @@ def test_same_architecture_is_measured_others_are_scaled_along_the_nearest_line(
             measured("b0", ARCH_B, 9e9, 0.050),
         ]
     )
-    assert cal.seconds_per_image("new", ARCH_A, LAYOUT, 1e9) == (0.012, "measured")  # median
+    assert cal.seconds_per_image("new", ARCH_A, LAYOUT, 1e9)[:2] == (0.012, "measured")  # median
     # Between A (1 GFLOP, median 12 ms) and B (9 GFLOP, 50 ms): on the power law through
     # them (3 GFLOP is halfway in log FLOPs), not proportional to FLOPs (36 ms).
     mid = ("simclr", 10, 0.5, "cifar", 1.0, 16, 16, 10)
-    seconds, source = cal.seconds_per_image("new", mid, LAYOUT, 3e9)
+    seconds, source, _ = cal.seconds_per_image("new", mid, LAYOUT, 3e9)
     assert source == "scaled" and seconds == pytest.approx((0.012 * 0.050) ** 0.5)
     # Beyond B (81 GFLOP): between the power law (50 ms x 50/12) and the line through A and
     # B (12 ms + 38 ms x 10), their geometric mean
@@ -72,12 +72,76 @@ def test_same_architecture_is_measured_others_are_scaled_along_the_nearest_line(
 
 def test_one_measured_architecture_scales_proportionally_and_a_run_never_predicts_itself() -> None:
     cal = Calibration([measured("a0", ARCH_A, 1e9, 0.010), measured("a1", ARCH_A, 1e9, 0.020)])
-    assert cal.seconds_per_image("x", ARCH_B, LAYOUT, 4e9) == (pytest.approx(0.060), "scaled")
-    assert cal.seconds_per_image("a0", ARCH_A, LAYOUT, 1e9) == (0.020, "measured")  # a1 only
+    assert cal.seconds_per_image("x", ARCH_B, LAYOUT, 4e9) == (pytest.approx(0.060), "scaled", 1.0)
+    assert cal.seconds_per_image("a0", ARCH_A, LAYOUT, 1e9)[:2] == (0.020, "measured")  # a1 only
     alone = Calibration([measured("a0", ARCH_A, 1e9, 0.010)])
     assert alone.seconds_per_image("a0", ARCH_A, LAYOUT, 1e9) is None  # the model then
     # another micro-batch of the same architecture is scaled, not "measured"
     assert cal.seconds_per_image("x", ARCH_A, (16, 2, 1, "fp32"), 1e9)[1] == "scaled"
+
+
+def test_far_beyond_the_measured_networks_is_the_calibrated_flop_model_and_says_how_far() -> None:
+    """Scaled along the measured curve only within SCALE_RANGE x their FLOPs per image and
+    IMAGE_RANGE x their image size; beyond, the nearest measured network's time plus the
+    FLOPs beyond it at the device's rate (the FLOP model's, or the best measured if higher),
+    with the factor it extrapolates."""
+    rate = 1e11  # the FLOP model's; b reached 4e9 / 0.030 = 1.33e11, the best
+    cal = Calibration([measured("a", ARCH_A, 1e9, 0.010), measured("b", ARCH_B, 4e9, 0.030)], rate)
+    best = 4e9 / 0.030
+    near = ("simclr", 10, 2.0, "cifar", 1.0, 16, 16, 10)
+    assert cal.seconds_per_image("x", near, LAYOUT, 36e9).source == "scaled"  # 9x the largest
+    far = ("simclr", 18, 1.0, "imagenet", 1.0, 16, 16, 10)
+    prediction = cal.seconds_per_image("x", far, LAYOUT, 2.8e14)  # 70,000x the largest
+    assert prediction.source == "calibrated" and prediction.beyond == pytest.approx(7e4)
+    assert prediction.seconds == pytest.approx(0.030 + (2.8e14 - 4e9) / best)
+    # within the FLOPs but at three times the image size: calibrated too
+    big_images = ARCH_A[:5] + (48,) + ARCH_A[6:]
+    wide = cal.seconds_per_image("x", big_images, LAYOUT, 2e9)
+    assert wide.source == "calibrated" and wide.beyond == 1.0
+    assert wide.seconds == pytest.approx(0.010 + 1e9 / best)  # anchored on a, the nearest
+    # a tiny network far below: the smallest's time (never slower), and how far below
+    tiny = cal.seconds_per_image("x", near, LAYOUT, 1e7)
+    assert tiny.source == "calibrated" and tiny.beyond == pytest.approx(100)
+    assert tiny.seconds == pytest.approx(0.010)
+    # a device whose FLOP model is faster than any measured network: its rate is used
+    fast = Calibration(list(cal.measurements), 1e13).seconds_per_image("x", far, LAYOUT, 2.8e14)
+    assert fast.seconds == pytest.approx(0.030 + (2.8e14 - 4e9) / 1e13)
+
+
+def test_the_plan_says_how_much_is_measured_scaled_or_modelled(tmp_path: Path) -> None:
+    """The issue's case: only digits ResNet-10 at 32 px measured, a plan of STL-10
+    ResNet-18 at 96 px. Its runs are calibrated and the totals say how far they go."""
+    from rich.console import Console
+
+    from scaling.cli.plan import print_plan
+    from scaling.plan.costcache import arch_args, spec_cost
+    from scaling.plan.planner import totals
+
+    digits = load_sweep(
+        write(
+            tmp_path / "d.yaml",
+            "name: d\ndataset: {name: digits, image_size: 32}\nmodel: {depth: 10, width: 0.5}\n"
+            "methods: {supervised: {batch_size: 128, epochs: 10}}\n",
+        )
+    ).runs[0]
+    flops = 3 * spec_cost(digits).flops_per_image
+    cal = Calibration([measured("d", arch_args(digits), flops, 0.002, micro_batch=128)])
+    stl = write(
+        tmp_path / "s.yaml",
+        "name: s\ndataset: {name: stl10, image_size: 96}\nmodel: {depth: [10, 18], width: 1.0}\n"
+        "methods: {supervised: {batch_size: 128, epochs: 100}}\n",
+    )
+    acc = Accelerator("cpu", "cpu x", 64.0, 1.0, 0.35)
+    plan = make_plan(load_sweep(stl), load_profile(None, ["device=cpu"]), acc, cal)
+    assert {r.cost_source for r in plan.runs} == {"calibrated"}
+    assert all(r.cost_extrapolation > 10 for r in plan.runs)
+    t = totals(plan)
+    assert set(t["by_source"]) == {"calibrated"} and t["by_source"]["calibrated"]["runs"] == 2
+    console = Console(record=True, width=250)
+    print_plan(plan, console=console)
+    out = console.export_text()
+    assert "FLOP model at the measured efficiency (2 runs extrapolated up to" in out
+    assert "x beyond the measured networks' FLOPs per image" in out
 
 
 def test_profile_names_match_the_device_names_runs_record() -> None:
@@ -134,7 +198,7 @@ def test_a_finished_run_records_its_speed_and_the_next_plan_learns_from_it(
     lines = list(read_jsonl(run_dir_of("runs", "learn", first.spec.run_id) / METRICS))
     assert speed["train_time_s"] == pytest.approx(sum(r["seconds"] for r in lines))
     assert speed["train_time_s"] < result["wall_time_s"]  # evaluation is not in it
-    assert speed["images"] == result["images_seen"] == 2 * (192 // 32) * 32
+    assert speed["images"] == result["images_seen"] == (2 * 173 // 32 + 1) * 32  # 19 held out
     assert speed["device"] == throughput.cpu_device_name(1) and speed["arch"][2] == 0.25
     assert throughput.load(speed["device"])[0].to_dict() == speed
 

@@ -152,6 +152,9 @@ def test_push_logs_the_run_directory(store: str, store_dir: Path, client: Mlflow
     assert tags["scaling.method"] == "simclr" and tags["scaling.depth"] == "18"
     assert tags["scaling.batch_size"] == "64" and tags["scaling.seed"] == "0"
     assert tags["scaling.micro_batch"] == "16" and tags["mlflow.source.git.commit"] == "0123abcd"
+    # the convergence verdict on its curve (5, 2.5, 1.67, 1.25: 11% of its fall last)
+    assert tags["scaling.converged"] == "true"
+    assert tags["scaling.convergence"] == "train top-1 0.40, converged"
     for key in EPOCH_KEYS:
         assert history(client, mlflow_id, f"train/{key}") == [
             (e, float(epoch_record(e)[key])) for e in range(1, 5)

@@ -54,7 +54,10 @@ def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None
     assert {"loss", "lr", "top1", "images_per_s", "peak_memory_mb"} <= set(lines[0])
     assert read_json(tmp_path / RESULT) == json.loads(json.dumps(result, default=str))
     assert 0 <= result["top1"] <= 1 and 0 <= result["knn_top1"] <= 1
-    assert result["steps"] == 2 * (192 // 32) and result["images_seen"] == result["steps"] * 32
+    # the official count over the 173 images trained on (192 less the held-out 19): 2 x 173
+    # // 32 + 1 steps; the held-out ones scored (val_top1), never trained on
+    assert result["steps"] == 2 * 173 // 32 + 1 and result["images_seen"] == result["steps"] * 32
+    assert 0 <= result["val_top1"] <= 1 and result["layout"]["bn_grouping"] == "views_together"
     assert result["train_flops"] > 0
     assert checkpoint.restore(tmp_path)["global_step"] == result["steps"]
     spec_json = read_json(tmp_path / "spec.json")
@@ -63,23 +66,32 @@ def test_simclr_run_writes_metrics_checkpoint_and_result(tmp_path: Path) -> None
 
 def test_cached_accumulation_run_matches_plain_run_without_bn_effects(tmp_path: Path) -> None:
     """With accumulation the run uses gradient caching; it must train and log the layout."""
-    spec = tiny_spec(epochs=1).with_bn_batch(8)  # as the planner marks it
+    spec = tiny_spec(epochs=1).with_bn_batch(8, "second_view_shuffled")  # as the planner
     result = run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
-    assert result["layout"]["accum_steps"] == 4 and result["steps"] == 6
+    assert result["layout"]["accum_steps"] == 4 and result["steps"] == 173 // 32 + 1
     assert result["layout"]["bn_batch"] == 8
+    assert result["layout"]["bn_grouping"] == "second_view_shuffled"
 
 
 def test_a_layout_that_changes_the_bn_batch_is_refused(tmp_path: Path) -> None:
     """The BN batch is in the run's identity: a spec planned for BN over the whole batch
     does not silently train with BN over a micro-batch (another result, same run_id)."""
     spec = tiny_spec(epochs=1)
-    with pytest.raises(RunFailed, match="batch norm over 32 images per view; this layout gives 8"):
+    with pytest.raises(RunFailed, match=r"over 32 images per view \(the whole batch\); this"):
         run(spec, tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
+    # the BN batch alone is not enough: the grouping (shuffle-BN) is in the identity too
+    with pytest.raises(RunFailed, match="second_view_shuffled, micro-batch 8"):
+        run(spec.with_bn_batch(8), tmp_path, Layout(micro_batch=8, accum_steps=4), threads=1)
 
 
 def test_supervised_run(tmp_path: Path) -> None:
     result = run(tiny_spec("supervised", epochs=2), tmp_path, threads=1)
     assert set(result) >= {"top1", "top5"} and "knn_top1" not in result
+    # the verdict on its whole curve, recorded for every reader (scaling.train.convergence)
+    from scaling.train.convergence import judge
+
+    verdict = judge(list(read_jsonl(tmp_path / METRICS)), True, 10)
+    assert result["convergence"] == verdict.to_dict() and result["convergence"]["epochs"] == 2
 
 
 def test_rerun_of_a_finished_run_resumes_at_the_end(tmp_path: Path) -> None:
@@ -213,7 +225,7 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
             "warmup_epochs": 1.0,
             "projection_dim": 64,
             "color_strength": 0.5,
-            "eval": {"epochs": 100},
+            "eval": {"protocol": "features", "epochs": 100},  # the fast probe: a CPU test
         },
     }
     spec = RunSpec.from_dict(data)
@@ -232,7 +244,7 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
                 "method": "supervised",
                 "config": {
                     "batch_size": 128,
-                    "epochs": 8,
+                    "epochs": 10,  # 102 steps on the 1,293 images not held out
                     "lr_rule": "linear",
                     "base_lr": 0.4,
                     "crop_min_scale": 0.35,
@@ -243,7 +255,9 @@ def test_simclr_learns_on_digits(tmp_path: Path) -> None:
         tmp_path / "sup",
         threads=2,
     )
-    assert supervised["top1"] >= 0.85, supervised
+    # 0.822 with the official crops (seed 0; smaller on average, bicubic), the default
+    # since issue 21; torchvision's milder crops passed 0.85 here
+    assert supervised["top1"] >= 0.80, supervised
 
 
 def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path) -> None:
@@ -255,7 +269,7 @@ def test_evaluation_of_a_streamed_folder_equals_the_in_memory_one(tmp_path: Path
     torch.manual_seed(0)
     net = build_network("simclr", depth=10, width=0.25, stem="cifar", projection_dim=16)
     results = []
-    for cache in (1 << 30, 1000):  # in memory, then streamed (21 / 0.875 = 24: same sides)
+    for cache in (1 << 30, 1000):  # the files' bytes in memory, then read from disk
         train = load_dataset("imagefolder", root=tmp_path, image_size=21, max_cache_bytes=cache)
         test = load_dataset(
             "imagefolder", root=tmp_path, image_size=21, split="test", max_cache_bytes=cache

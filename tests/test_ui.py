@@ -87,3 +87,53 @@ def test_ui_on_a_public_address_warns_that_it_has_no_authentication(tmp_path: Pa
 
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def _wait_for_the_ui(proc: subprocess.Popen[bytes], port: int) -> None:
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert proc.poll() is None, "the UI exited"
+            assert time.monotonic() < deadline, "the UI did not answer in 120 s"
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ui_stops_its_whole_server_tree_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    """The process tree before and after: `scaling ui` stopped by a signal (to it alone,
+    as `kill` or a terminal's Ctrl-C sends it) leaves none of MLflow's processes (uvicorn,
+    its workers, the job runner, huey consumers) running, and the port free."""
+    from scaling.run.processes import _alive, descendants
+
+    write(tmp_path / "sweep.yaml", SWEEP)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scaling", "ui", "sweep.yaml", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_the_ui(proc, port)
+        tree = descendants(proc.pid)
+        commands = [Path(f"/proc/{p}/cmdline").read_bytes() for p in tree]
+        assert len(tree) >= 2 and any(b"mlflow" in c or b"uvicorn" in c for c in commands)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in tree if _alive(p)], "processes left after the UI stopped"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free again
+    finally:
+        import os
+
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

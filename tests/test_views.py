@@ -20,8 +20,10 @@ BATCH, SIZE = 8, 32
 AUG = SimCLRAugment(SIZE, color_strength=1.0, blur=True)
 
 
-def _epoch(root: Path, rows: slice, start_step: int = 0) -> tuple[list, int]:
-    """Every step's views of `rows` of one epoch, and how many images this process decoded."""
+def _epoch(root: Path, rows: slice, start_step: int = 0, shuffle: bool = False) -> tuple[list, int]:
+    """Every step's views of `rows` of a one-epoch run (18 images, batch 8: 18 // 8 + 1 = 3
+    steps, the last one reaching into the next permutation), and how many images this
+    process decoded."""
     data = load_dataset("imagefolder", root=root, image_size=SIZE, max_cache_bytes=0, workers=2)
     gen = torch.Generator().manual_seed(5)
     steps = list(
@@ -35,6 +37,7 @@ def _epoch(root: Path, rows: slice, start_step: int = 0) -> tuple[list, int]:
             rows=rows,
             views=2,
             start_step=start_step,
+            shuffle=shuffle,
         )
     )
     return steps, data.decoded
@@ -53,7 +56,10 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
     per = BATCH // WORLD
     steps, decoded = _epoch(Path(root), slice(rank * per, (rank + 1) * per))
     gathered = [[distributed.all_gather_rows(v, BATCH) for v in s.views] for s in steps]
+    shuffled, _ = _epoch(Path(root), slice(rank * per, (rank + 1) * per), shuffle=True)
     res = {
+        "shuffled": [s.views for s in shuffled],
+        "perms": [s.shuffle for s in shuffled],
         "views": [s.views for s in steps],
         "labels": [s.labels for s in steps],
         "gathered": gathered,
@@ -67,7 +73,7 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("photos")
-    write_photos(root, per_class=6, classes=3)  # 18 training images: 2 steps of 8
+    write_photos(root, per_class=6, classes=3)  # 18 training images: 3 steps of 8
     return root
 
 
@@ -78,7 +84,7 @@ def ranks(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_two_ranks_see_the_views_of_one_process(photos: Path, ranks: list[dict]) -> None:
     steps, _ = _epoch(photos, slice(0, BATCH))
-    assert len(steps) == 2 and all(len(r["views"]) == 2 for r in ranks)
+    assert len(steps) == 3 and all(len(r["views"]) == 3 for r in ranks)
     per = BATCH // WORLD
     for k, step in enumerate(steps):
         for v in range(2):
@@ -96,8 +102,30 @@ def test_two_ranks_see_the_views_of_one_process(photos: Path, ranks: list[dict])
 
 def test_each_rank_decodes_only_its_share(photos: Path, ranks: list[dict]) -> None:
     _, decoded = _epoch(photos, slice(0, BATCH))
-    assert decoded == 2 * BATCH  # one decode per image for both views
-    assert [res["decoded"] for res in ranks] == [BATCH, BATCH]  # 2 steps x 4 rows each
+    assert decoded == 3 * BATCH  # one decode per image for both views
+    assert [res["decoded"] for res in ranks] == [12, 12]  # 3 steps x 4 rows each
+
+
+def test_the_second_view_of_a_shuffled_batch(photos: Path, ranks: list[dict]) -> None:
+    """Shuffle-BN: one permutation per step, drawn after the views' parameters (identical
+    on every rank); the second view of rank r holds the rows perm[rows of r] of the
+    global batch, so two ranks again see exactly what one process sees."""
+    aligned, _ = _epoch(photos, slice(0, BATCH))
+    shuffled, decoded = _epoch(photos, slice(0, BATCH), shuffle=True)
+    assert decoded == 3 * 2 * BATCH  # each view's crop from its own image: a decode each
+    per = BATCH // WORLD
+    # The first step draws the same parameters (the permutation comes after them); each
+    # view's crop is then decoded on its own (JPEG draft scales may differ by a pixel step).
+    a, s = aligned[0], shuffled[0]
+    assert sorted(s.shuffle.tolist()) == list(range(BATCH)) and a.shuffle is None
+    for got, want in ((s.views[0], a.views[0]), (s.views[1], a.views[1][s.shuffle])):
+        assert (got - want).abs().mean() < 0.02 and (got - want).abs().max() < 0.3
+    for k, s in enumerate(shuffled):
+        for r, res in enumerate(ranks):
+            assert torch.equal(res["perms"][k], s.shuffle)
+            mine = s.views[1][r * per : (r + 1) * per]
+            torch.testing.assert_close(res["shuffled"][k][1], mine, atol=1e-6, rtol=0)
+    assert any(not torch.equal(s.shuffle, torch.arange(BATCH)) for s in shuffled)
 
 
 def test_a_resumed_epoch_draws_what_the_full_one_drew(photos: Path) -> None:
@@ -107,7 +135,7 @@ def test_a_resumed_epoch_draws_what_the_full_one_drew(photos: Path) -> None:
     data = load_dataset("imagefolder", root=photos, image_size=SIZE, max_cache_bytes=0)
     gen = torch.Generator()
     gen.set_state(full[0].rng_state)
-    (again,) = train_views(
+    (again, *_) = train_views(
         data,
         AUG,
         gen,

@@ -133,6 +133,29 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_run_then_resumes(study: Pat
 
 
 @pytest.mark.slow
+def test_a_worker_dies_with_its_submit_after_checkpointing_and_the_run_resumes(
+    study: Path,
+) -> None:
+    """kill -9 of `submit`: its worker (a session of its own) gets the parent-death signal,
+    checkpoints after its step and exits; it trains on for no one, and the next submit
+    resumes the run instead of finding it held."""
+    from scaling.run.processes import _alive
+
+    only, _, run_dir, proc = _long_run(study, 40)
+    _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1 and bool(workers_of(run_dir)))
+    (pid,) = workers_of(run_dir)
+    os.kill(proc.pid, signal.SIGKILL)  # submit alone, not its worker
+    proc.wait()
+    _wait(lambda: not _alive(pid), timeout=60)
+    assert not (run_dir / RESULT).exists() and not (run_dir / "failure.json").exists()
+    assert any((run_dir / "checkpoints").iterdir())
+    assert "checkpoint written" in (run_dir / LOG).read_text()
+    again = invoke("submit", "sweep.yaml", "--cluster", "local.yaml", *only)
+    assert again.exit_code == 0 and "1 finished" in again.output, again.output
+    assert "resume 1" in again.output and "resumed from step" in (run_dir / LOG).read_text()
+
+
+@pytest.mark.slow
 def test_cancel_stops_a_run_in_a_worker_and_leaves_it_resumable(study: Path) -> None:
     only, _, run_dir, proc = _long_run(study, 40)
     _wait(lambda: len(list(read_jsonl(run_dir / METRICS))) >= 1)

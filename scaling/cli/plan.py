@@ -30,25 +30,35 @@ SPEC_COLUMNS = (
     "lr_rule",
     "base_lr",
     "weight_decay",
-    "warmup_epochs",
     "optimizer",
     "crop_min_scale",
+    "augment",
     "projection_dim",
     "color_strength",
 )
-LAYOUT_COLUMNS = ("lr", "micro_batch", "accum_steps", "gpus", "bn_batch", "precision")
+#: what the trainer will use, resolved (plan.layout.derive): the LR, the steps, the warmup
+#: in epochs; the warmup in steps, which follows from them, is said when every run shares
+#: it (else --wide, --format json)
+DERIVED_COLUMNS = ("lr", "steps", "warmup")
+SAID_ONCE = ("warmup_steps",)
+LAYOUT_COLUMNS = ("micro_batch", "accum_steps", "gpus", "bn_batch", "bn_grouping", "precision")
 #: where the time comes from (measured | scaled | model): a column when it varies
 SOURCE_COLUMNS = ("cost_source",)
 COST_COLUMNS = ("encoder_params", "peak_memory_gb", "gpu_hours", "predicted_train_s")
+#: --wide: evaluation's share of the memory (device peak, feature store on the host)
+EVAL_COLUMNS = ("eval_memory_gb", "features_gb")
 #: --wide: every column of the earlier table and of the layout
 WIDE_COLUMNS = (
     "run_id",
     "method",
     *SPEC_COLUMNS,
+    *DERIVED_COLUMNS,
+    *SAID_ONCE,
     *LAYOUT_COLUMNS,
     "nodes",
     *SOURCE_COLUMNS,
     *COST_COLUMNS,
+    *EVAL_COLUMNS,
 )
 HEADERS = {
     "batch_size": "batch",
@@ -56,7 +66,9 @@ HEADERS = {
     "image_size": "px",
     "temperature": "tau",
     "weight_decay": "wd",
-    "warmup_epochs": "warmup",
+    "warmup": "warmup ep",
+    "warmup_steps": "warmup st",
+    "bn_grouping": "BN groups",
     "crop_min_scale": "crop",
     "micro_batch": "micro",
     "accum_steps": "accum",
@@ -68,6 +80,8 @@ HEADERS = {
     "color_strength": "colour",
     "cost_source": "cost from",
     "predicted_train_s": "train s",
+    "eval_memory_gb": "eval GB",
+    "features_gb": "features GB",
 }
 WIDTH = 120  # the default table fits an ordinary terminal
 
@@ -126,9 +140,12 @@ def table_columns(
     by_method = {m: [r for r in rows if r["method"] == m] for m in methods}
     shown, common = ["run_id", "method"], {}
     per_method: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for col in (*SPEC_COLUMNS, *LAYOUT_COLUMNS, *SOURCE_COLUMNS, *COST_COLUMNS):
+    candidates = (*SPEC_COLUMNS, *DERIVED_COLUMNS, *SAID_ONCE, *LAYOUT_COLUMNS)
+    for col in (*candidates, *SOURCE_COLUMNS, *COST_COLUMNS):
         values = {m: {_fmt(col, r.get(col)) for r in rs} for m, rs in by_method.items()}
         everywhere = set().union(*values.values())
+        if col in SAID_ONCE and any(len(v) > 1 for v in values.values()):
+            continue
         if col in COST_COLUMNS or any(len(v) > 1 for v in values.values()):
             shown.append(col)
         elif len(everywhere) == 1:
@@ -179,11 +196,18 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
             if not row["feasible"]
             else ("[yellow]warning[/yellow]" if row["warnings"] else "")
         )
-        table.add_row(*[_fmt(col, row.get(col)) for col in columns], note)
+        cells = [_fmt(col, row.get(col)) for col in columns]
+        if "cost_source" in columns and row.get("cost_source") == "calibrated":
+            cells[columns.index("cost_source")] += f" {_times(row['cost_extrapolation'])}"
+        table.add_row(*cells, note)
     console.print(table)
     t = totals(the_plan)
     per_method = ", ".join(f"{m} {n}" for m, n in t["per_method"].items())
-    console.print(f"runs: {t['runs']} ({per_method}); device-hours: {t['gpu_hours']:.3g}")
+    console.print(
+        f"runs: {t['runs']} ({per_method}); device-hours: {t['gpu_hours']:.3g}"
+        + _by_source(t["by_source"]),
+        highlight=False,
+    )
     if t["infeasible"]:
         why = "; ".join(f"{n} x {r}" for r, n in t["reasons"].items())
         console.print(f"[red]infeasible: {t['infeasible']}[/red] ({why})")
@@ -193,6 +217,42 @@ def print_plan(the_plan: Any, *, wide: bool = False, console: Any = None) -> Non
 
     for warning in sweep_warnings([r.spec for r in the_plan.runs]):
         console.print(f"[yellow]warning[/yellow]: {warning}")
+
+
+#: how the totals name each cost source (scaling.plan.throughput)
+SOURCE_WORDS = {
+    "measured": "measured",
+    "scaled": "scaled from measured networks",
+    "calibrated": "FLOP model at the measured efficiency",
+    "model": "FLOP model",
+}
+
+
+def _by_source(parts: dict[str, dict[str, float]]) -> str:
+    """ " (0.02 measured, 0.3 scaled from measured networks, 5.19e+03 FLOP model at the
+    measured efficiency: 2 runs extrapolated up to 70,000x beyond the measured networks'
+    FLOPs per image)": how much of the total rests on what."""
+    if not parts:
+        return ""
+    said = []
+    for source, words in SOURCE_WORDS.items():
+        if source in parts:
+            part = parts[source]
+            text = f"{part['gpu_hours']:.3g} {words}"
+            if source == "calibrated":
+                runs = int(part["runs"])
+                text += (
+                    f" ({runs} run{'s' * (runs != 1)} extrapolated up to "
+                    f"{_times(part['beyond'])} beyond the measured networks' FLOPs per image "
+                    "or image size)"
+                )
+            said.append(text)
+    return " (" + ", ".join(said) + ")"
+
+
+def _times(factor: float) -> str:
+    """70000.0 -> "70,000x", 3.2 -> "3.2x"."""
+    return f"{factor:,.0f}x" if factor >= 10 else f"{factor:.2g}x"
 
 
 def _said(values: dict[str, Any]) -> str:
@@ -205,8 +265,12 @@ def _fmt(col: str, value: Any) -> str:
         return "-"
     if col == "encoder_params":
         return f"{value / 1e6:.2f}M"
-    if col == "lr":
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if col in ("lr", "warmup"):
         return f"{value:.3g}"
-    if col in ("peak_memory_gb", "gpu_hours", "predicted_train_s"):
-        return "-" if isinstance(value, float) and math.isnan(value) else f"{value:.3g}"
+    if col in ("steps", "warmup_steps"):
+        return str(int(value))
+    if col in ("peak_memory_gb", "gpu_hours", "predicted_train_s", *EVAL_COLUMNS):
+        return f"{value:.3g}"
     return str(value)

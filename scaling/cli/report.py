@@ -96,9 +96,14 @@ def print_gaps(console: Console, gap_df: pd.DataFrame, name: str) -> None:
     from scaling.report.gaps import LEVEL, REFERENCE, display_table
 
     shown = display_table(gap_df)
+    # How each top-1 was measured: said once in the title when every row shares it.
+    who = {f"{REFERENCE} scored by": REFERENCE, "scored by": "SimCLR"}
+    said = {c: shown[c].iloc[0] for c in who if c in shown and shown[c].nunique() == 1}
+    shown = shown.drop(columns=list(said))
+    how = "; ".join(f"{who[c]}: {v}" for c, v in said.items())
     table = Table(
         title=f"{name}: {REFERENCE} vs SimCLR top-1 (points; ± std over seeds; gap with its "
-        f"{LEVEL:.0%} Welch interval)",
+        f"{LEVEL:.0%} Welch interval)" + (f"; {how}" if how else ""),
         title_justify="left",
     )
     for col in shown.columns:
@@ -146,6 +151,8 @@ def print_answer(console: Console, fits_json: Path) -> None:
             console.print(f"  {a['compute']}")
     for warning in summary["validity"]:
         console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    for why in (summary.get("figures_omitted") or {}).values():
+        console.print(why, soft_wrap=True)
 
 
 def print_files(console: Console, out_dir: Path, page: Path) -> None:

@@ -87,11 +87,9 @@ def submit(
         )
         return
     plan = build_plan(sweep, cluster, set_ or [], only, overrides)
-    counts = launch_plan(
+    launch_plan(
         plan, sweep, cluster, console, dry_run=dry_run, rerun_failed=rerun_failed, force=force
     )
-    if counts.get("failed"):
-        raise typer.Exit(1)
 
 
 def launch_plan(
@@ -103,12 +101,20 @@ def launch_plan(
     dry_run: bool = False,
     rerun_failed: bool = False,
     force: bool = False,
-) -> dict[str, int]:
+) -> None:
     """Decide, prepare and launch the runs of `plan` (what `submit` does once it has a
-    plan; the adaptive loop calls it once per batch): the outcome counts."""
+    plan; the adaptive loop calls it once per batch); exit 1 when a run failed, 75 when
+    another live process holds some."""
     from scaling.run.backends.base import get_backend
     from scaling.run.pusher import STOP_PUSH_S, Pusher
-    from scaling.run.submission import Action, context_of, decide, scheduled
+    from scaling.run.submission import (
+        Action,
+        Reason,
+        context_of,
+        decide,
+        repair_cut_metrics,
+        scheduled,
+    )
 
     ctx = context_of(plan)
     backend = get_backend(ctx.profile.backend)
@@ -121,7 +127,15 @@ def launch_plan(
     )
     _print_decisions(console, decisions, verbose=dry_run)
     if dry_run:
-        return {}
+        return
+    for run_dir, restored in repair_cut_metrics(decisions):
+        console.print(
+            f"repaired {run_dir / 'metrics.jsonl'}: {restored} epochs from its checkpoint"
+            if restored
+            else f"[yellow]warning:[/yellow] {run_dir / 'metrics.jsonl'} lacks epochs and no "
+            "checkpoint holds them (a run from before checkpoints kept them)",
+            soft_wrap=True,
+        )
     # One mirror thread for the whole command, told of an outage found above: a hung
     # server costs one time-out, not one per run.
     pusher = Pusher(ctx.tracking_uri, ctx.experiment, outage=tracked is None)
@@ -135,7 +149,34 @@ def launch_plan(
             raise
         _close_pusher(pusher, console, None)
     _where_to_look(console, sweep, cluster)
-    return counts
+    if counts.get("failed"):
+        raise typer.Exit(1)
+    held = [d.run_dir for d in decisions if d.reason is Reason.RUNNING]
+    if held or counts.get("already-running"):
+        _held_elsewhere(console, held, counts.get("already-running", 0))
+
+
+def _held_elsewhere(console: Console, held: list[Path], lost_race: int) -> None:
+    """Runs another live process holds are not done: say which and by whom, and end
+    with ALREADY_RUNNING, never as if the sweep were finished."""
+    from scaling.errors import ExitCode
+    from scaling.run.locks import holder_text
+
+    for run_dir in held:
+        console.print(
+            f"[yellow]not done:[/yellow] {run_dir.name} is being trained by "
+            f"{holder_text(run_dir)} (run directory {run_dir})",
+            soft_wrap=True,
+        )
+    count = len(held) + lost_race
+    console.print(
+        f"{count} run{'s are' if count != 1 else ' is'} held by another live process and "
+        "left alone: not finished by this submit; `scaling submit` again once "
+        f"{'they end' if count != 1 else 'it ends'} (it resumes nothing twice), or "
+        "`scaling cancel` to stop them",
+        soft_wrap=True,
+    )
+    raise typer.Exit(ExitCode.ALREADY_RUNNING)
 
 
 def _prepare(
@@ -186,11 +227,13 @@ def _launch(
 
 
 def _close_pusher(pusher: Pusher, console: Console, timeout: float | None) -> None:
-    from scaling.run.pusher import pending_note
+    from scaling.run.pusher import broken_notes, pending_note
 
     left = pusher.close(timeout)
     if left:
         console.print(f"[yellow]warning:[/yellow] {pending_note(len(left), redact(pusher.uri))}")
+    for note in broken_notes(pusher.broken):
+        console.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -315,6 +358,7 @@ STATUS_COLUMNS = (
     "epoch",
     "loss",
     "top-1",
+    "converged",
     "train (plan / took)",
     "mlflow",
 )
@@ -325,10 +369,13 @@ def _status_view(view: SweepStatus) -> Group:
     from rich.console import Group
     from rich.table import Table
 
+    from scaling.run.pusher import broken_notes
+
     table = Table(title=view.title, title_justify="left")
     for col in STATUS_COLUMNS + (("scheduler",) if view.has_scheduler else ()):
         table.add_column(col, no_wrap=True)
-    problems = []
+    problems: list[str] = []
+    unconverged: list[str] = []
     for row in view.rows:
         spec = row.planned.spec
         colour = STATE_COLOURS.get(row.state, "white")
@@ -345,6 +392,7 @@ def _status_view(view: SweepStatus) -> Group:
             f"{row.epoch}/{spec.config['epochs']}",
             "-" if row.loss is None else f"{row.loss:.4f}",
             "-" if row.top1 is None else f"{row.top1:.4f}",
+            _converged(row),
             _train_time(row.planned_train_s, row.train_s),
             link,
         ]
@@ -354,11 +402,31 @@ def _status_view(view: SweepStatus) -> Group:
         if row.problem:
             head, lines = row.problem
             problems.append(f"[red]{head}[/red]" + "".join(f"\n    {ln}" for ln in lines))
+        if row.convergence is not None and not row.convergence.converged:
+            unconverged.append(
+                f"{spec.run_id} ({spec.method}, width {spec.model['width']}, "
+                f"{spec.config['epochs']} epochs): {row.convergence.describe()}"
+            )
     summary = ", ".join(f"{n} {s}" for s, n in sorted(view.counts.items()))
     if view.unsynced:
         summary += f"; {view.unsynced} not yet in MLflow ({view.uri}"
         summary += " unreachable: `scaling sync` uploads them)" if view.outage else ")"
+    problems += [f"[red]{note}[/red]" for note in broken_notes(view.broken)]
+    if unconverged:
+        problems.insert(
+            0,
+            f"[yellow]not converged ({len(unconverged)}):[/yellow] judged from each "
+            "training curve; a gap to such a baseline cannot be judged"
+            + "".join(f"\n    {line}" for line in unconverged),
+        )
     return Group(table, f"states: {summary}", *problems)
+
+
+def _converged(row: Any) -> str:
+    """A finished run's verdict: yes, or no in yellow (why: below the table)."""
+    if row.convergence is None:
+        return "-"
+    return "yes" if row.convergence.converged else "[yellow]no[/yellow]"
 
 
 def _train_time(predicted: float, measured: float | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -54,12 +54,35 @@ def ui(
         "--port",
         str(port),
     ]
-    try:
-        code = subprocess.call(cmd, env={**os.environ})
-    except KeyboardInterrupt:
-        code = 0
+    code = _serve(cmd)
     if code not in (0, -2, 130):
         raise ScalingError(f"the MLflow UI exited with code {code}; is port {port} free? (--port)")
+
+
+def _serve(cmd: list[str]) -> int:
+    """Run the MLflow UI until it exits or this command is stopped (Ctrl-C, SIGTERM,
+    SIGHUP); either way its whole tree (uvicorn, its workers, the job runner and huey
+    consumers) stops with it, none left holding the port. Its exit code (0 when stopped)."""
+    import signal
+
+    from scaling.run.processes import stop_tree
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # A session of its own: its tree is one process group to stop, and the terminal's
+    # Ctrl-C reaches this command, which stops it in order.
+    proc = subprocess.Popen(cmd, env={**os.environ}, start_new_session=True)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C
+        stop_tree(proc)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def sync(

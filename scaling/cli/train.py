@@ -32,7 +32,10 @@ def train(
     """Train and evaluate one run; resumes from the run directory's newest checkpoint."""
     from scaling.errors import ExitCode
     from scaling.run.entry import train_entry
+    from scaling.run.processes import die_with_parent
     from scaling.run.tracking import without_credentials
+
+    die_with_parent()  # started by the local backend: SIGTERM (checkpoint) if it dies
 
     tracking = (without_credentials(tracking_uri), experiment) if tracking_uri else None
     ending = train_entry(

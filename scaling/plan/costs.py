@@ -53,6 +53,8 @@ class ArchCost:
     #: per sample, fp32 training forward: bytes autograd saves for backward (the input
     #: image included, parameters and buffers excluded; ACTIVATION_SCALE for bf16)
     activation_bytes: int
+    #: width of the encoder's pooled features (what linear evaluation stores per image)
+    feature_dim: int = 0
 
 
 def _storage_keys(tensors: Iterable[torch.Tensor]) -> set[StorageWeakRef]:
@@ -149,6 +151,7 @@ def arch_cost(
         total_params=_count(net),
         flops_per_image=flops,
         activation_bytes=two - one,
+        feature_dim=int(net.encoder.num_features),
     )
 
 
@@ -172,6 +175,30 @@ def peak_memory_bytes(
     state = (2 + optimizer_slots) * BYTES_PER_VALUE * cost.total_params
     activations = micro_batch * views * cost.activation_bytes * ACTIVATION_SCALE[precision]
     return math.ceil((state + activations) * (1.0 + margin_fraction)) + margin_bytes
+
+
+#: Evaluation keeps features on the device only within this share of what the network's
+#: weights and one forward leave free (scaling.train.features: the rest stays on the host).
+EVAL_DEVICE_SHARE = 0.5
+#: bytes per stored feature value: the training precision's (bf16 features from bf16 runs)
+FEATURE_BYTES = {"fp32": 4, "bf16": 2}
+
+
+def eval_memory_bytes(
+    cost: ArchCost, batch: int, feature_rows: int, memory_bytes: int, precision: str = "fp32"
+) -> tuple[int, int]:
+    """(peak device bytes of evaluation, bytes of its feature store on the host).
+
+    Evaluation holds the weights (gradients and optimizer state are freed), one forward
+    without a graph of `batch` images (bounded here by what the training forward saves)
+    and, of the `feature_rows` x feature_dim feature store, what fits in EVAL_DEVICE_SHARE
+    of the memory left (the rest is streamed from the host, scaling.train.features)."""
+    weights = BYTES_PER_VALUE * cost.total_params
+    forward = batch * cost.activation_bytes * ACTIVATION_SCALE[precision]
+    fixed = math.ceil((weights + forward) * (1.0 + DEFAULT_MARGIN_FRACTION)) + DEFAULT_MARGIN_BYTES
+    store = feature_rows * cost.feature_dim * FEATURE_BYTES[precision]
+    resident = min(store, max(0, int(EVAL_DEVICE_SHARE * (memory_bytes - fixed))))
+    return fixed + resident, store
 
 
 def max_micro_batch(
@@ -229,12 +256,13 @@ def train_flops(
 
 
 def eval_flops(
-    flops_per_image: int, n_train: int, n_test: int, method: str, eval_config: dict | None
+    flops_per_image: int, images: tuple[int, int, int], method: str, eval_config: dict | None
 ) -> float:
-    """Evaluation FLOPs (forwards only) of `method`'s evaluation (its registered
-    `eval_passes`: SimCLR's linear evaluation extracts features of every training and
-    test image once, and the augmented protocol forwards every training image again each
-    of its epochs; supervised runs forward the test split alone). The online kNN monitor
-    adds its subsets every `knn_every` epochs (counted by the planner)."""
-    train_passes, test_passes = get_method(method).eval_passes(eval_config)
-    return float(flops_per_image) * (train_passes * n_train + test_passes * n_test)
+    """Evaluation FLOPs (forwards only) of `method`'s evaluation: its registered
+    `eval_passes` over `images`, the (fitted labelled training, held-out validation,
+    test) image counts. SimCLR's linear evaluation extracts features of each once, and the
+    augmented protocol forwards the fitted images again each of its epochs; supervised
+    runs forward the held-out and test images. The online kNN monitor adds its subsets
+    every `knn_every` epochs (counted by the planner)."""
+    passes = get_method(method).eval_passes(eval_config)
+    return float(flops_per_image) * sum(p * n for p, n in zip(passes, images, strict=True))

@@ -20,6 +20,14 @@ def train_split(name: str, method: str) -> str:
     return "train+unlabeled" if name == "stl10" and get_method(method).unlabelled else "train"
 
 
+def held_out(n_labelled: int, fraction: float) -> int:
+    """How many of `n_labelled` labelled training images the validation share holds out:
+    round(fraction x n), at least one when fraction > 0, and never all of them."""
+    if fraction <= 0 or n_labelled < 2:
+        return 0
+    return min(n_labelled - 1, max(1, round(fraction * n_labelled)))
+
+
 def num_classes(dataset: Mapping[str, Any]) -> int:
     """Classes of a data set; an ImageFolder's are its train/ sub-folders (10 if absent)."""
     name = dataset["name"]

@@ -19,16 +19,20 @@ from scaling.plan import checks
 from scaling.plan.accelerator import GB, Accelerator, resolve_accelerator
 from scaling.plan.data_info import folder_problem
 from scaling.plan.layout import (
+    Derived,
     Layout,
     bn_batch_of,
+    bn_grouping_of,
+    derive,
+    labelled_size,
     resolve_precision,
     test_size,
     train_size,
+    validation_size,
 )
-from scaling.plan.schedule import lr_for_batch
 from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
-from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, get_method
+from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
 from scaling.sweep.spec import RunSpec, Sweep
 
 
@@ -44,7 +48,12 @@ class PlannedRun:
     reason: str
     warnings: tuple[str, ...] = ()
     predicted_train_s: float = math.nan  # wall time of the training steps (evaluation excluded)
-    cost_source: str = "model"  # measured | scaled | model (scaling.plan.throughput)
+    cost_source: str = "model"  # measured | scaled | calibrated | model (plan.throughput)
+    # how many times beyond the measured networks' FLOPs per image (1: within them)
+    cost_extrapolation: float = 1.0
+    derived: Derived | None = None  # what the trainer will use (LR, steps, warmup)
+    eval_memory_gb: float = math.nan  # evaluation's device peak (within peak_memory_gb)
+    features_gb: float = 0.0  # its feature store on the host (memory-mapped in the run dir)
 
     def row(self) -> dict[str, Any]:
         """The run's row of the plan: its spec's columns (RunSpec.flat), then PLAN_COLUMNS."""
@@ -53,17 +62,9 @@ class PlannedRun:
         return row
 
 
-def _lr(run: PlannedRun, cache: dict[tuple[Any, ...], float]) -> float:
-    """The scaled learning rate (NaN without a layout), memoised per (rule, base, batch)."""
-    if run.layout is None:
-        return float("nan")
-    config = run.spec.config
-    key = (config["lr_rule"], config.get("base_lr"), config["batch_size"])
-    if key not in cache:
-        cache[key] = lr_for_batch(
-            config["lr_rule"], int(config["batch_size"]), config.get("base_lr")
-        )
-    return cache[key]
+def _derived_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
+    """A value the trainer derives (plan.layout.derive): NaN without a layout."""
+    return lambda run, _: getattr(run.derived, name) if run.derived else math.nan
 
 
 def _layout_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
@@ -77,11 +78,15 @@ def _run_field(name: str) -> Callable[[PlannedRun, dict[Any, Any]], Any]:
 #: The plan's columns after the spec's own: (name, value of a run given a shared cache),
 #: the one list `PlannedRun.row` and `Plan.table` both follow.
 PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...] = (
-    ("lr", _lr),
+    ("lr", _derived_field("lr")),
+    ("steps", _derived_field("total_steps")),
+    ("warmup", _derived_field("warmup_epochs")),
+    ("warmup_steps", _derived_field("warmup_steps")),
     *(
         (name, _layout_field(name))
         for name in ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch")
     ),
+    ("bn_grouping", lambda run, _: run.layout.bn_grouping if run.layout else ""),
     ("precision", lambda run, _: run.layout.precision if run.layout else ""),
     *(
         (name, _run_field(name))
@@ -89,9 +94,12 @@ PLAN_COLUMNS: tuple[tuple[str, Callable[[PlannedRun, dict[Any, Any]], Any]], ...
             "encoder_params",
             "flops_per_image",
             "peak_memory_gb",
+            "eval_memory_gb",
+            "features_gb",
             "gpu_hours",
             "predicted_train_s",
             "cost_source",
+            "cost_extrapolation",
             "feasible",
             "reason",
         )
@@ -198,7 +206,8 @@ def make_plan(
     memory_bytes = int(acc.memory_gb * GB)
     precision = resolve_precision(profile.precision, acc.device)
     if calibration is None:
-        calibration = throughput.Calibration(throughput.load(acc.name))
+        rate = acc.peak_tflops * 1e12 * acc.utilization  # the FLOP model's, per device
+        calibration = throughput.Calibration(throughput.load(acc.name), rate)
 
     @functools.cache
     def fits(cost: Any, views: int) -> int:  # one search per architecture and view count
@@ -228,8 +237,10 @@ def make_plan(
         layout = None
         if layout_mb:
             bn = bn_batch_of(layout_mb[0], gpus, acc.device)  # no replace(): 100k runs
-            layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision, bn)
-            spec = spec.with_bn_batch(layout.bn_batch)  # the BN batch is part of the result
+            grouping = bn_grouping_of(spec.method, bn, batch)
+            layout = Layout(layout_mb[0], layout_mb[1], gpus, nodes, precision, bn, grouping)
+            # the BN batch and grouping are part of the result
+            spec = spec.with_bn_batch(layout.bn_batch, layout.bn_grouping)
         n_train = train_size(spec.dataset, spec.method)
         reason = ""
         if layout is None:
@@ -237,74 +248,102 @@ def make_plan(
             reason = f"one sample needs {need:.1f} GB, the accelerator has {acc.memory_gb:.1f} GB"
         elif n_train is not None and batch > n_train:
             reason = f"batch {batch} exceeds the {n_train} training images"
+        elif layout.bn_batch < 2:
+            reason = (
+                f"batch norm would normalise over {layout.bn_batch} image per view (the "
+                f"micro-batch that fits is {layout.micro_batch}); it needs at least 2"
+            )
         micro = layout.micro_batch if layout else 1
-        hours, train_s, source = _time_cost(spec, layout, cost, n_train, acc, calibration)
+        derived = derive(spec.config, layout, n_train, spec.method) if layout and n_train else None
+        hours, train_s, source, beyond = _time_cost(spec, derived, layout, cost, acc, calibration)
+        train_peak = costs.peak_memory_bytes(cost, micro, live_views, precision=precision)
+        eval_peak, store = _eval_memory(spec, cost, micro * live_views, memory_bytes, precision)
         planned.append(
             PlannedRun(
                 spec=spec,
                 layout=layout,
                 encoder_params=cost.encoder_params,
                 flops_per_image=cost.flops_per_image,
-                peak_memory_gb=costs.peak_memory_bytes(cost, micro, live_views, precision=precision)
-                / GB,
+                peak_memory_gb=max(train_peak, eval_peak) / GB,
                 gpu_hours=hours,
                 predicted_train_s=train_s,
                 cost_source=source,
+                cost_extrapolation=beyond,
                 feasible=not reason,
                 reason=reason,
                 warnings=checks.plan_warnings(spec, layout, n_train) if layout else (),
+                derived=derived,
+                eval_memory_gb=eval_peak / GB,
+                features_gb=store / GB,
             )
         )
     costcache.save()
     return Plan(sweep, profile, acc, tuple(planned))
 
 
+def _eval_memory(
+    spec: RunSpec, cost: Any, batch: int, memory_bytes: int, precision: str
+) -> tuple[int, int]:
+    """(device peak, host feature store) of the run's evaluation (costs.eval_memory_bytes):
+    a frozen encoder stores the features of the labelled training images and of the test
+    set; a network scored by its own head stores nothing."""
+    from scaling.plan import costs
+
+    info = get_method(spec.method)
+    rows = 0
+    if info.evaluation is Evaluation.FROZEN_ENCODER:
+        rows = (labelled_size(spec.dataset) or 0) + (test_size(spec.dataset) or 0)
+    return costs.eval_memory_bytes(cost, batch, rows, memory_bytes, precision)
+
+
 def _time_cost(
     spec: RunSpec,
+    derived: Derived | None,
     layout: Layout | None,
     cost: Any,
-    n_train: int | None,
     acc: Accelerator,
     calibration: Calibration,
-) -> tuple[float, float, str]:
-    """(device-hours, training wall seconds, cost source) of one run.
+) -> tuple[float, float, str, float]:
+    """(device-hours, training wall seconds, cost source, times beyond the measured
+    networks' FLOPs per image) of one run.
 
     The FLOP model: FLOPs / (peak x utilisation). From measurements: seconds per image
-    per device x the images the steps see (drop_last), and evaluation at the FLOP rate
-    the measured training reached.
+    per device x the images the steps see (`derived.total_steps` batches), and evaluation
+    at the FLOP rate the measured training reached.
     """
     from scaling.plan import costcache, costs
 
-    if not n_train:
-        return math.nan, math.nan, MODEL
+    if derived is None or layout is None:
+        return math.nan, math.nan, MODEL, 1.0
     info = get_method(spec.method)
     epochs = int(spec.config["epochs"])
-    gpus = layout.gpus if layout else 1
-    cached = info.cached_accumulation and layout is not None and layout.accum_steps > 1
+    gpus = layout.gpus
+    cached = info.cached_accumulation and layout.accum_steps > 1
     per_image = costs.train_flops(cost.flops_per_image, 1, 1, info.views, cached)
+    seen = derived.total_steps * derived.effective_batch  # every image every step sees
     n_test = test_size(spec.dataset) or 0
+    n_fit = train_size(spec.dataset) or 0  # the labelled images the run trains on
+    images = (n_fit, validation_size(spec.dataset), n_test)
     eval_flops = costs.eval_flops(
-        cost.flops_per_image, n_train, n_test, spec.method, spec.config.get("eval")
+        cost.flops_per_image, images, spec.method, spec.config.get("eval")
     )
     every = int((spec.config.get("eval") or {}).get("knn_every") or 0)
     if every:  # the online kNN monitor: a forward of its subsets every `every` epochs
-        subset = min(n_train, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
+        subset = min(n_fit, MONITOR_TRAIN) + min(n_test, MONITOR_TEST)
         eval_flops += epochs // every * cost.flops_per_image * subset
+    key = (layout.micro_batch, layout.accum_steps, gpus, layout.resolved_precision(acc.device))
     found = None
-    if calibration and layout is not None:
-        key = (layout.micro_batch, layout.accum_steps, gpus, layout.resolved_precision(acc.device))
-        found = calibration.seconds_per_image(
-            spec.run_id, costcache.arch_args(spec), key, per_image
-        )
+    if calibration:
+        arch = costcache.arch_args(spec)
+        found = calibration.seconds_per_image(spec.run_id, arch, key, per_image)
     if found is None:
         rate = acc.peak_tflops * 1e12 * acc.utilization  # FLOP/s per device
-        train_device_s = per_image * n_train * epochs / rate
-        return (train_device_s + eval_flops / rate) / 3600, train_device_s / gpus, MODEL
-    seconds, source = found
-    batch = int(spec.config["batch_size"])
-    train_device_s = seconds * max(1, n_train // batch) * batch * epochs
+        train_device_s = per_image * seen / rate
+        return (train_device_s + eval_flops / rate) / 3600, train_device_s / gpus, MODEL, 1.0
+    seconds, source, beyond = found
+    train_device_s = seconds * seen
     eval_device_s = eval_flops * seconds / per_image  # at the measured FLOP rate
-    return (train_device_s + eval_device_s) / 3600, train_device_s / gpus, source
+    return (train_device_s + eval_device_s) / 3600, train_device_s / gpus, source, beyond
 
 
 def totals(plan: Plan) -> dict[str, Any]:
@@ -313,12 +352,20 @@ def totals(plan: Plan) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     warnings: dict[str, int] = {}
     hours = 0.0
+    # device-hours and runs per cost source, and how far the calibrated ones extrapolate
+    by_source: dict[str, dict[str, float]] = {}
     for run in plan.runs:
         for warning in run.warnings:
             warnings[warning] = warnings.get(warning, 0) + 1
         per_method[run.spec.method] = per_method.get(run.spec.method, 0) + 1
         if run.feasible and not math.isnan(run.gpu_hours):
             hours += run.gpu_hours
+            part = by_source.setdefault(
+                run.cost_source, {"gpu_hours": 0.0, "runs": 0, "beyond": 1.0}
+            )
+            part["gpu_hours"] += run.gpu_hours
+            part["runs"] += 1
+            part["beyond"] = max(part["beyond"], run.cost_extrapolation)
         if not run.feasible:
             key = run.reason.split(",")[0]
             reasons[key] = reasons.get(key, 0) + 1
@@ -326,6 +373,7 @@ def totals(plan: Plan) -> dict[str, Any]:
         "runs": len(plan.runs),
         "per_method": per_method,
         "gpu_hours": hours,
+        "by_source": by_source,
         "infeasible": sum(reasons.values()),
         "reasons": reasons,
         "warnings": warnings,

@@ -27,13 +27,15 @@ def lr_for_batch(rule: str | float, batch_size: int, base: float | None = None) 
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup from ~0 to `base_lr` over `warmup_steps`, then cosine decay to 0.
+    """Linear warmup from 0 to `base_lr` over `warmup_steps`, then cosine decay to 0.
 
-    Counted in optimizer steps (not micro-steps). Step `s` of warmup uses
-    base_lr * (s + 1) / warmup_steps, so the first step is not wasted at lr 0.
+    Counted in optimizer steps (not micro-steps), as the official code's
+    `learning_rate_schedule` (model_util.py): `global_step / warmup_steps * scaled_lr`
+    during warmup (step 0 at LR 0), then `cosine_decay(scaled_lr, global_step -
+    warmup_steps, total_steps - warmup_steps)`.
     """
     if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return base_lr * step / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -11,7 +11,15 @@ run's training time from those measurements:
   this device, by training FLOPs per image: between two of them on the power law through
   them, beyond them from the two nearest (`_interpolate`: small networks do not reach
   the device's FLOP rate, so time is not proportional to FLOPs), or proportionally to
-  the one measured architecture;
+  the one measured architecture; only within SCALE_RANGE x of the measured networks'
+  FLOPs per image and IMAGE_RANGE x of their image sizes, where that curve was checked
+  against real runs (BENCHMARKS.md, "Plans beyond the measured networks");
+* calibrated: further out, the FLOP model anchored on the nearest measured network: its
+  measured time per image (every overhead the device has at that size) plus the FLOPs
+  beyond it at the FLOP model's rate (peak x utilisation, or the best rate a measured
+  network reached if that is higher), labelled with how far it extrapolates
+  (`Prediction.beyond`: 70,000x the measured networks' FLOPs per image). Below the
+  smallest measured network, that network's time (a smaller one is not slower);
 * model: no measurement on this device, the FLOP model (peak x utilisation).
 
 A run's own measurement never predicts that run, so `scaling status` and `report` can
@@ -29,12 +37,28 @@ import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-MEASURED, SCALED, MODEL = "measured", "scaled", "model"
-COST_SOURCES = (MEASURED, SCALED, MODEL)
+MEASURED, SCALED, CALIBRATED, MODEL = "measured", "scaled", "calibrated", "model"
+COST_SOURCES = (MEASURED, SCALED, CALIBRATED, MODEL)
+#: How far from the measured networks a prediction is `scaled` along their curve: within
+#: this factor of their FLOPs per image (either way), and of their image sizes. Beyond,
+#: the curve through small networks (whose FLOP rate still rises with size) is no longer
+#: evidence: 70,000x beyond it predicted 302 device-hours where the FLOP model said 5,186.
+SCALE_RANGE = 10.0
+IMAGE_RANGE = 2.0
+
+
+class Prediction(NamedTuple):
+    """Seconds per image per device, what they rest on (measured | scaled | calibrated),
+    and how many times beyond the measured networks' FLOPs per image (1: within them;
+    for `calibrated`, also when only the image size is out of range)."""
+
+    seconds: float
+    source: str
+    beyond: float = 1.0
 
 
 def cpu_model() -> str:
@@ -161,10 +185,14 @@ def load(device: str) -> tuple[Measurement, ...]:
 class Calibration:
     """Predicts seconds per image per device for runs on one device from its measurements."""
 
-    def __init__(self, measurements: Iterable[Measurement]) -> None:
+    def __init__(self, measurements: Iterable[Measurement], flop_rate: float = 0.0) -> None:
+        """`flop_rate`: the FLOP model's rate on this device (peak x utilisation, FLOP/s
+        per device), which `calibrated` predictions charge the FLOPs beyond the
+        measured networks at (0: the best rate a measured network reached)."""
         self.measurements = tuple(measurements)
+        self.flop_rate = flop_rate
         self._run_ids = {m.run_id for m in self.measurements}
-        self._cache: dict[tuple[Any, ...], tuple[float, str] | None] = {}
+        self._cache: dict[tuple[Any, ...], Prediction | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.measurements)
@@ -175,8 +203,8 @@ class Calibration:
         arch: tuple[Any, ...],
         layout: tuple[int, int, int, str],
         train_flops_per_image: float,
-    ) -> tuple[float, str] | None:
-        """(seconds per image per device, measured | scaled), or None (no measurement).
+    ) -> Prediction | None:
+        """The prediction for a run (see Prediction), or None (no measurement to use).
 
         `layout`: (micro_batch, accum_steps, gpus, resolved precision)."""
         if not self.measurements:
@@ -193,7 +221,7 @@ class Calibration:
         arch: tuple[Any, ...],
         layout: tuple[int, int, int, str],
         flops: float,
-    ) -> tuple[float, str] | None:
+    ) -> Prediction | None:
         micro, accum, gpus, precision = layout
         pool = [m for m in self.measurements if m.run_id != excluded and m.precision == precision]
         same = [
@@ -202,13 +230,28 @@ class Calibration:
             if m.arch == arch and (m.micro_batch, m.accum_steps, m.gpus) == (micro, accum, gpus)
         ]
         if same:
-            return statistics.median(m.seconds_per_image for m in same), MEASURED
+            return Prediction(statistics.median(m.seconds_per_image for m in same), MEASURED)
         method = [m for m in pool if m.arch[0] == arch[0]]
         same_micro = [m for m in method if (m.micro_batch, m.accum_steps) == (micro, accum)]
-        points = _per_arch(same_micro or method)
+        used = same_micro or method
+        points = _per_arch(used)
         if not points:
             return None
-        return _interpolate(points, flops), SCALED
+        beyond = max(flops / points[-1][0], points[0][0] / flops, 1.0)
+        sizes = {float(m.arch[IMAGE_SIZE]) for m in used}
+        size = float(arch[IMAGE_SIZE])
+        size_off = min(max(size / s, s / size) for s in sizes)
+        if beyond <= SCALE_RANGE and size_off <= IMAGE_RANGE:
+            return Prediction(_interpolate(points, flops), SCALED)
+        # Out of range: the nearest measured network's time, plus the FLOPs beyond it at
+        # the device's FLOP rate (small networks never reach it: proportional scaling
+        # from one overhead-bound network was off by 27x at 89x its FLOPs, BENCHMARKS.md).
+        f, t = min(points, key=lambda p: abs(math.log(p[0] / flops)))
+        rate = max(self.flop_rate, max(pf / pt for pf, pt in points))
+        return Prediction(t + max(0.0, flops - f) / rate, CALIBRATED, beyond)
+
+
+IMAGE_SIZE = 5  # the image size's place in an arch tuple (costcache.arch_args)
 
 
 def _per_arch(ms: list[Measurement]) -> list[tuple[float, float]]:

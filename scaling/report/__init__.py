@@ -9,8 +9,8 @@ the gap at equal compute beside the gap at equal size (`frontier`), the laws acr
 sweep (`laws`), the gap curve between two laws (`gapcurve`), the coverage harness that
 measures the intervals on known laws (`calibration`) and the questions API an advisor
 builds on (`questions`); the measured answer (`headline`), what limits the numbers
-(`checks`), figures (`figures`, `lawfigures`), the self-contained HTML report (`html`,
-`lawhtml`) and its upload to MLflow (`publish`). Imports every stage before it; only
+(`checks`), figures (`figures`, `lawfigures`) and which of them the data can fill (`coverage`),
+the self-contained HTML report (`html`, `lawhtml`) and its upload to MLflow (`publish`). Imports every stage before it; only
 `scaling.cli` imports it.
 """
 

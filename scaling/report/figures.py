@@ -9,7 +9,10 @@
 - compute: top-1 vs training FLOPs with the compute-frontier fits.
 
 Points are means over seeds with +-1 standard deviation bars. Every function takes the
-results DataFrame (gaps.frame) and returns the files it wrote.
+results DataFrame (gaps.frame) and returns the files it wrote. A figure (or a panel of
+one) is drawn only where the data fill it: at least two values on each of its axes
+(MIN_VALUES); otherwise it is left out and `make_all` says in one line why (the report
+shows the line where the figure would be).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scaling.report.coverage import MIN_VALUES, filled, judged_sizes, sizes, why_omitted
 from scaling.report.gapcurve import human
 from scaling.report.gaps import REFERENCE, select
 from scaling.report.laws import FitSet, SweepFit
-from scaling.report.results import arch_label, recipe_label
+from scaling.report.results import arch_label, protocol_label, recipe_label
 
 SUP_STYLE = {"color": "tab:green", "marker": "x"}
 HEADLINE_STYLE = {"color": "tab:red", "marker": "*"}
@@ -107,6 +111,7 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     """Top-1 vs encoder parameters per domain: points, fitted curves, bands."""
     plt, paths = _plt(), []
     domains = {tuple(f.domain.items()): f.domain for f in fits.params}
+    domains = {k: d for k, d in domains.items() if sizes(df, d) >= MIN_VALUES}
     for n, domain in enumerate(domains.values()):
         fig, ax = plt.subplots(figsize=(7, 4.8))
         mine = [f for f in fits.params if f.domain == domain]
@@ -120,8 +125,11 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
         )[:5]
         for i, f in enumerate(shown):
             style = _style(f, i)
-            cells = _means(select(df, f.domain, f.method, f.recipe), ["encoder_params"])
+            runs = select(df, f.domain, f.method, f.recipe)
+            cells = _means(runs, ["encoder_params"])
             label = f.fit.label + ("" if f.fit.ok else " (too few sizes for a curve)")
+            scored = _scored(runs)  # how its top-1 was measured
+            label += f"; {scored}" if scored else ""
             ax.errorbar(
                 cells["encoder_params"],
                 cells["mean"],
@@ -160,8 +168,11 @@ def fig7(df: pd.DataFrame, fits: FitSet, out_dir: Path, paper: bool | None = Non
     return paths
 
 
-def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
-    """Up to MAX_PANELS SimCLR architectures with the most (batch, epochs) cells."""
+def _panels(
+    df: pd.DataFrame, axes: tuple[str, ...] = ("epochs",)
+) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """Up to MAX_PANELS SimCLR architectures with the most (batch, epochs) cells, each
+    with at least MIN_VALUES values on every one of `axes`."""
     sim = df[(df["method"] != REFERENCE) & (df["state"] == "finished")]
     if sim.empty:
         return []
@@ -170,13 +181,14 @@ def _panels(df: pd.DataFrame) -> list[tuple[dict[str, Any], pd.DataFrame]]:
         cells=("epochs", lambda s: len(set(zip(sim.loc[s.index, "batch_size"], s, strict=True)))),
         params=("encoder_params", "max"),
     )
-    ranked = ranked.sort_values(["cells", "params"], ascending=False).head(MAX_PANELS)
+    ranked = ranked.sort_values(["cells", "params"], ascending=False)
     out = []
     for key in ranked.index:
         arch = dict(zip(keys, key, strict=True))
         mask = np.logical_and.reduce([df[k] == v for k, v in arch.items()])
-        out.append((arch, df[mask]))
-    return out
+        if filled(df[mask], axes):
+            out.append((arch, df[mask]))
+    return out[:MAX_PANELS]
 
 
 def _panel_grid(plt: Any, n: int, width: float, height: float) -> tuple[Any, list[Any]]:
@@ -235,11 +247,19 @@ def fig9(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     other = _other_axes(df[df["method"] != REFERENCE])
+    scored = _scored(df[df["method"] != REFERENCE])
     fig.suptitle(
         "SimCLR linear evaluation vs epochs and batch size (Fig. 9)"
         + (f"; best over {', '.join(other)}" if other else "")
+        + (f"\n{scored}" if scored else "")
     )
     return save(fig, out_dir, "fig9_epochs")
+
+
+def _scored(runs: pd.DataFrame) -> str:
+    """How the runs' top-1 was measured (`results.protocol_label`), when they agree."""
+    labels = {protocol_label(r) for r in runs.to_dict("records")} - {""}
+    return labels.pop() if len(labels) == 1 else ""
 
 
 def _other_axes(sim: pd.DataFrame) -> list[str]:
@@ -250,9 +270,7 @@ def _other_axes(sim: pd.DataFrame) -> list[str]:
 
 def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Mean SimCLR top-1 over batch size x epochs (best over other recipe axes)."""
-    panels = [
-        (a, r) for a, r in _panels(df) if r["batch_size"].nunique() * r["epochs"].nunique() > 1
-    ]
+    panels = _panels(df, ("batch_size", "epochs"))
     if not panels:
         return []
     plt = _plt()
@@ -264,8 +282,8 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         grid = grid.reindex(
             index=sorted(sim["batch_size"].unique()), columns=sorted(sim["epochs"].unique())
         )
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("#e4e4e4")  # a cell without a finished run: grey, not the page's white
+        # a cell without a finished run: grey, not the page's white
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#e4e4e4")
         values = grid.to_numpy(float)
         im = ax.imshow(values, cmap=cmap, aspect="auto", origin="lower")
         for (i, j), v in np.ndenumerate(values):
@@ -284,9 +302,11 @@ def heatmap(df: pd.DataFrame, out_dir: Path) -> list[Path]:
         ax.set(xlabel="epochs", ylabel="batch size", title=_arch_title(arch))
         fig.colorbar(im, ax=ax, label="top-1 (%)")
     other = _other_axes(df[df["method"] != REFERENCE])
+    scored = _scored(df[df["method"] != REFERENCE])
     fig.suptitle(
         "SimCLR top-1 over batch size x epochs (n/a: no finished run)"
         + (f"; best over {', '.join(other)}" if other else "")
+        + (f"\n{scored}" if scored else "")
     )
     return save(fig, out_dir, "heatmap_batch_epochs")
 
@@ -295,7 +315,8 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
     """Measured gaps (headline recipe, and the best recipe per architecture) and the
     fitted gap curve: solid over the data, dashed beyond it (an extrapolation)."""
     plt, paths = _plt(), []
-    for n, g in enumerate([g for g in fits.gaps if g.headline]):
+    heads = [g for g in fits.gaps if g.headline and judged_sizes(gap_df, g.domain) >= MIN_VALUES]
+    for n, g in enumerate(heads):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         rows = gap_df[np.logical_and.reduce([gap_df[k] == v for k, v in g.domain.items()])]
         label = recipe_label(g.recipe)
@@ -369,7 +390,12 @@ def gap_figure(df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Pa
 
 def compute_figure(df: pd.DataFrame, fits: FitSet, out_dir: Path) -> list[Path]:
     """Top-1 vs training FLOPs: every (architecture, recipe) cell, and the frontier fits."""
-    if not fits.compute:
+    done = (
+        df[(df["state"] == "finished") & df["train_flops"].notna()]
+        if "train_flops" in df
+        else df[:0]
+    )
+    if not fits.compute or done["train_flops"].nunique() < MIN_VALUES:
         return []
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -414,9 +440,14 @@ def _cell_keys(runs: pd.DataFrame) -> list[str]:
 
 
 def make_all(
-    df: pd.DataFrame, gap_df: pd.DataFrame, fits: FitSet, out_dir: Path
+    df: pd.DataFrame,
+    gap_df: pd.DataFrame,
+    fits: FitSet,
+    out_dir: Path,
+    omitted: dict[str, str] | None = None,
 ) -> dict[str, list[Path]]:
-    """Every figure; name -> [png, svg] (a figure with nothing to show is skipped)."""
+    """Every figure the data fill; name -> [png, svg]. A figure left out gets one line in
+    `omitted` (name -> why), for the report to show where it would be."""
     figs = {
         "fig7": fig7(df, fits, out_dir),
         "fig9": fig9(df, out_dir),
@@ -424,4 +455,6 @@ def make_all(
         "heatmap": heatmap(df, out_dir),
         "compute": compute_figure(df, fits, out_dir),
     }
+    if omitted is not None:
+        omitted.update({k: why_omitted(k, df, gap_df) for k, v in figs.items() if not v})
     return {k: v for k, v in figs.items() if v}

@@ -14,11 +14,20 @@ Welch-Satterthwaite degrees of freedom): the two methods' runs of one seed share
 but not an initialisation (different networks), so the runs are not paired. With one
 seed on either side there is no interval (NaN), and the note says so.
 
-The best SimCLR recipe of an architecture is chosen on `val_top1` (a linear probe fitted
-on the training split less a held-out tenth and scored on that tenth; `selected_by`
-"validation"), and its TEST top-1 is what the gap uses. Without validation scores (older
-runs) it falls back to the test top-1 and says so (`selected_by` "test": optimistic);
-with a single recipe nothing is selected (`selected_by` "only recipe").
+The best recipe of an architecture, SimCLR's and the supervised baseline's alike, is
+chosen on `val_top1`: the top-1 on a fixed held-out tenth of the labelled training images
+that no method trained on (`DatasetConfig.validation`; SimCLR's linear probe and the
+supervised classifier are both scored there), `selected_by` / `sup_selected_by`
+"validation"; its TEST top-1 is what the gap uses. Without validation scores (a sweep with
+`validation: 0`, older runs) it falls back to the test top-1 and says so ("test":
+optimistic); with a single recipe nothing is selected ("only recipe"). `protocol` and
+`sup_protocol` say how each top-1 was measured (`results.protocol_label`).
+
+A gap is a finding only against a baseline that converged (scaling.train.convergence,
+the results' `converged` column): where a finished supervised run of the architecture
+has not, the gap and its interval are left empty and `judgement` says why ("cannot
+judge: the supervised baseline has not converged (train top-1 0.35, loss still
+falling)"); the note repeats it wherever the table is shown.
 """
 
 from __future__ import annotations
@@ -32,7 +41,13 @@ import numpy as np
 import pandas as pd
 
 from scaling.report.intervals import welch_satterthwaite
-from scaling.report.results import ARCH_COLUMNS, arch_label, recipe_columns, recipe_label
+from scaling.report.results import (
+    ARCH_COLUMNS,
+    arch_label,
+    protocol_label,
+    recipe_columns,
+    recipe_label,
+)
 from scaling.sweep.methods import reference_method
 
 REFERENCE = reference_method()  # the baseline every gap is measured against
@@ -45,11 +60,13 @@ GAP_COLUMNS = (
     "method",
     "kind",
     "recipe",
+    "protocol",
     "top1",
     "std",
     "n",
     "missing",
     "sup_recipe",
+    "sup_protocol",
     "sup_top1",
     "sup_std",
     "sup_n",
@@ -60,8 +77,11 @@ GAP_COLUMNS = (
     "gap_hi",
     "gap_dof",
     "selected_by",
+    "sup_selected_by",
+    "judgement",
     "note",
 )
+CANNOT_JUDGE = "cannot judge"
 
 
 def frame(table: Any) -> pd.DataFrame:
@@ -103,25 +123,36 @@ def _cells(
     keys = [df[k].tolist() for k in ARCH_COLUMNS]
     recipe = [df[k].tolist() for k in cols]
     state, top1 = df["state"].tolist(), df["top1"].tolist()
-    val = df["val_top1"].tolist() if "val_top1" in df else [None] * len(df)
-    kind = df["error_kind"].tolist() if "error_kind" in df else [None] * len(df)
+    none = [None] * len(df)
+    val = df["val_top1"].tolist() if "val_top1" in df else none
+    kind = df["error_kind"].tolist() if "error_kind" in df else none
+    converged = df["converged"].tolist() if "converged" in df else none
+    why = df["convergence"].tolist() if "convergence" in df else none
+    eval_cols = ["method", *(c for c in df.columns if c.startswith("eval_"))]
+    protocols = [protocol_label(r) for r in df[eval_cols].to_dict("records")]
     acc: dict[tuple[Any, ...], dict[tuple[Any, ...], Any]] = {}
     for i in range(len(df)):
         arch = tuple(_py(k[i]) for k in keys)
         cell = acc.setdefault(arch, {}).setdefault(
-            tuple(_py(r[i]) for r in recipe), ([], Counter(), [])
+            tuple(_py(r[i]) for r in recipe), ([], Counter(), [], [], protocols[i])
         )
         if state[i] == "finished" and _py(top1[i]) is not None:
             cell[0].append(100.0 * float(top1[i]))
             v = _py(val[i])
             cell[2].append(math.nan if v is None else 100.0 * float(v))
+            if _py(converged[i]) is False:  # None: no verdict (MLflow-only runs of old)
+                cell[3].append(str(_py(why[i]) or "not converged"))
         else:
             cell[1][(str(state[i]), _py(kind[i]))] += 1
     return {a: {r: _summary(*c) for r, c in cells.items()} for a, cells in acc.items()}
 
 
 def _summary(
-    values: list[float], others: Counter[tuple[str, Any]], val: list[float] | None = None
+    values: list[float],
+    others: Counter[tuple[str, Any]],
+    val: list[float] | None = None,
+    unconverged: list[str] | None = None,
+    protocol: str = "",
 ) -> dict[str, Any]:
     per_state: dict[str, tuple[int, set[str]]] = {}
     for (state, kind), count in others.items():
@@ -139,7 +170,17 @@ def _summary(
         "missing": sum(others.values()),
         "missing_text": ", ".join(parts),
         "val": float(np.mean(val)) if val and not np.isnan(val).any() else math.nan,
+        "unconverged": len(unconverged or ()),
+        "unconverged_text": _unconverged_text(unconverged or [], len(arr)),
+        "protocol": protocol,
     }
+
+
+def _unconverged_text(whys: list[str], finished: int) -> str:
+    """ "train top-1 0.35, loss still falling", or "2 of 3 runs: ..." (the first's why)."""
+    if not whys:
+        return ""
+    return whys[0] if len(whys) == finished else f"{len(whys)} of {finished} runs: {whys[0]}"
 
 
 def _arch_order(arch: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -164,43 +205,63 @@ def gap_table(table: Any) -> pd.DataFrame:
             **dict(zip(ARCH_COLUMNS, arch, strict=True)),
             "encoder_params": None if p is None else int(p),
         }
-        ref = _best(
-            cells.get(REFERENCE, {}).get(arch, {}), recipes.get(REFERENCE, []), finished_only=False
-        )
+        ref_cells = cells.get(REFERENCE, {}).get(arch, {})
+        ref = _best(ref_cells, recipes.get(REFERENCE, []), finished_only=False)
+        ref_by = _selected_by(ref, ref_cells)
         others = [m for m in methods if m != REFERENCE and arch in cells[m]]
         if not others:
             rows.append(
                 _row(base, "-", "best", None, ref, note="no SimCLR runs for this architecture")
+                | {"sup_selected_by": ref_by}
             )
         for method in others:
             mine = [
                 (recipe_label(dict(zip(recipes[method], r, strict=True))), c)
                 for r, c in sorted(cells[method][arch].items(), key=lambda rc: _arch_order(rc[0]))
             ]
-            rows.extend(_row(base, method, "recipe", lc, ref) for lc in mine)
+            rows.extend(
+                _row(base, method, "recipe", lc, ref) | {"sup_selected_by": ref_by} for lc in mine
+            )
             best = _best(cells[method][arch], recipes[method], finished_only=True)
             if best is not None:
-                by = "test" if math.isnan(best[1]["val"]) else "validation"
-                if len(cells[method][arch]) == 1:
-                    by = "only recipe"  # nothing was selected
+                by = _selected_by(best, cells[method][arch])
                 row = _row(base, method, "best", (f"best: {best[0]}", best[1]), ref)
-                if by == "test" and len(cells[method][arch]) > 1:
-                    row["note"] = "; ".join(filter(None, [row["note"], SELECTED_ON_TEST]))
-                rows.append({**row, "selected_by": by})
+                notes = [row["note"]]
+                if by == "test":
+                    notes.append(SELECTED_ON_TEST)
+                if ref_by == "test":
+                    notes.append(f"{REFERENCE} {SELECTED_ON_TEST}")
+                row["note"] = "; ".join(filter(None, notes))
+                rows.append({**row, "selected_by": by, "sup_selected_by": ref_by})
             else:
                 note = f"no finished {method} run ({', '.join(c['missing_text'] for _, c in mine)})"
-                rows.append(_row(base, method, "best", None, ref, note=note))
+                rows.append(
+                    _row(base, method, "best", None, ref, note=note) | {"sup_selected_by": ref_by}
+                )
     return pd.DataFrame(rows, columns=list(GAP_COLUMNS))
 
 
 SELECTED_ON_TEST = "recipe chosen on the test set (no validation scores): optimistic"
 
 
+def _selected_by(
+    best: tuple[str, dict[str, Any]] | None, cells: Mapping[tuple[Any, ...], dict[str, Any]]
+) -> str:
+    """How the best recipe was chosen: "validation", "test" (no validation scores:
+    optimistic), "only recipe" (nothing to choose) or "" (no finished run)."""
+    if best is None or not best[1]["n"]:
+        return ""
+    if len(cells) == 1:
+        return "only recipe"
+    return "test" if math.isnan(best[1]["val"]) else "validation"
+
+
 def _best(
     cells: Mapping[tuple[Any, ...], dict[str, Any]], cols: list[str], finished_only: bool
 ) -> tuple[str, dict[str, Any]] | None:
-    """The recipe with the highest mean validation top-1 (test top-1 when some finished
-    recipe has no validation score; for supervised the paper has only one recipe); with
+    """The recipe with the highest mean validation top-1 (test top-1 only when some
+    finished recipe has no validation score, which `_selected_by` then says); ties on
+    validation go to the first recipe in order, never to the test set. With
     finished_only False, a cell without finished runs when no other exists."""
     labelled = [(recipe_label(dict(zip(cols, r, strict=True))), c) for r, c in cells.items()]
     finished = [lc for lc in labelled if lc[1]["n"]]
@@ -219,13 +280,26 @@ def _row(
     note: str = "",
 ) -> dict[str, Any]:
     nan = math.nan
-    label, c = (
-        cell if cell else ("-", {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": ""})
-    )
-    r_label, r = (
-        ref if ref else ("-", {"top1": nan, "std": nan, "n": 0, "missing": 0, "missing_text": ""})
-    )
+    empty = {
+        "top1": nan,
+        "std": nan,
+        "n": 0,
+        "missing": 0,
+        "missing_text": "",
+        "unconverged": 0,
+        "protocol": "",
+    }
+    label, c = cell if cell else ("-", empty)
+    r_label, r = ref if ref else ("-", empty)
     notes = [note] if note else []
+    judgement = ""
+    if r["n"] and r["unconverged"]:
+        judgement = (
+            f"{CANNOT_JUDGE}: the {REFERENCE} baseline has not converged ({r['unconverged_text']})"
+        )
+        notes.insert(0, judgement)
+    if cell and c["n"] and c["unconverged"]:
+        notes.append(f"{method} not converged ({c['unconverged_text']})")
     if ref is None:
         notes.append("no supervised runs for this architecture")
     elif not r["n"]:
@@ -235,28 +309,35 @@ def _row(
     if cell and c["missing"]:
         notes.append(f"{method}: {c['missing_text']}")
     se, lo, hi, dof = welch(r, c)
-    if (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
+    gap = r["top1"] - c["top1"]
+    if judgement:  # never a finding: the numbers are about the baseline's schedule
+        gap = se = lo = hi = dof = nan
+    elif (r["n"] == 1 or c["n"] == 1) and r["n"] and c["n"]:
         notes.append(ONE_SEED)
     return {
         **base,
         "method": method,
         "kind": kind,
         "recipe": label,
+        "protocol": c["protocol"],
         "top1": c["top1"],
         "std": c["std"],
         "n": c["n"],
         "missing": c["missing"],
         "sup_recipe": r_label,
+        "sup_protocol": r["protocol"],
         "sup_top1": r["top1"],
         "sup_std": r["std"],
         "sup_n": r["n"],
         "sup_missing": r["missing"],
-        "gap": r["top1"] - c["top1"],
+        "gap": gap,
         "gap_se": se,
         "gap_lo": lo,
         "gap_hi": hi,
         "gap_dof": dof,
         "selected_by": "",
+        "sup_selected_by": "",
+        "judgement": judgement,
         "note": "; ".join(notes),
     }
 
@@ -298,8 +379,9 @@ def missing_runs(table: Any) -> pd.DataFrame:
 def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
     """The best recipe of each method per architecture against the reference, as display
     strings (what `scaling report` prints and the notebooks show): architecture,
-    parameters, the reference's and the method's top-1 (mean ± std over seeds, runs),
-    the gap and its interval, notes. One row per `kind == "best"` row, same index."""
+    parameters, the reference's and the method's top-1 (mean ± std over seeds, runs) and
+    how each was measured, the gap and its interval, notes. One row per `kind == "best"`
+    row, same index."""
     best = gap_df[gap_df["kind"] == "best"]
     rows = [
         {
@@ -309,16 +391,25 @@ def display_table(gap_df: pd.DataFrame) -> pd.DataFrame:
             "params": "-" if _nan(r.encoder_params) else f"{r.encoder_params / 1e6:.2f}M",
             REFERENCE: _pm(r.sup_top1, r.sup_std),
             f"{REFERENCE} n": str(r.sup_n),
+            f"{REFERENCE} scored by": r.sup_protocol or "-",
             "best recipe": f"{r.method}: {r.recipe.removeprefix('best: ')}",
             "top-1": _pm(r.top1, r.std),
+            "scored by": r.protocol or "-",
             "n": str(r.n),
-            "gap": "-" if _nan(r.gap) else f"{r.gap:.2f}",
+            "gap": CANNOT_JUDGE if unjudged(r) else "-" if _nan(r.gap) else f"{r.gap:.2f}",
             f"{LEVEL:.0%} interval": "-" if _nan(r.gap_lo) else f"{r.gap_lo:.2f} to {r.gap_hi:.2f}",
             "note": r.note,
         }
         for r in best.itertuples(index=False)
     ]
     return pd.DataFrame(rows, index=best.index)
+
+
+def unjudged(row: Any) -> bool:
+    """Whether a gap table row (a namedtuple or Series) says its gap cannot be judged
+    (its `judgement`; a gaps.csv read back gives NaN for the empty ones)."""
+    text = getattr(row, "judgement", "")
+    return isinstance(text, str) and text.startswith(CANNOT_JUDGE)
 
 
 def _nan(value: Any) -> bool:

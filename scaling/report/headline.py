@@ -6,6 +6,8 @@ each with its Welch interval over seeds, and whether it shrinks: the difference 
 two gaps with its interval. The fitted curve's extrapolation comes second, labelled as
 such, and is left out when it contradicts the measured points (it would say the gap does
 not close while the largest model's gap is already under the threshold, or the reverse).
+A size whose supervised baseline has not converged is never part of the answer: it is
+named with why ("cannot judge"), and the fitted curve, which rests on it, is not stated.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from scaling.report.gapcurve import human
-from scaling.report.gaps import LEVEL, REFERENCE
+from scaling.report.gaps import LEVEL, REFERENCE, unjudged
 from scaling.report.intervals import welch_satterthwaite
 from scaling.report.laws import FitSet
 from scaling.report.results import arch_label
@@ -45,12 +47,20 @@ class Answer:
 
 def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) -> list[Answer]:
     best = gap_df[(gap_df["kind"] == "best") & (gap_df["method"] != REFERENCE)]
-    best = best[best["gap"].notna() & best["encoder_params"].notna()]
+    best = best[best["encoder_params"].notna()]
+    cannot = best.apply(unjudged, axis=1) if len(best) else best["gap"].isna()
+    best = best[best["gap"].notna() | cannot]
     out = []
-    for (dataset, method), rows in best.groupby(["dataset", "method"], sort=True):
-        rows = rows.sort_values("encoder_params")
+    for (dataset, method), both in best.groupby(["dataset", "method"], sort=True):
+        both = both.sort_values("encoder_params")
+        rows, skipped = both[both["gap"].notna()], both[cannot[both.index]]
         recipes = gap_df[(gap_df["kind"] == "recipe") & (gap_df["method"] == method)]
-        measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
+        if rows.empty:
+            measured, closed = f"Cannot judge: {_not_converged(skipped)}", False
+        else:
+            measured, closed = _measured(rows, threshold, recipes["recipe"].nunique())
+            if len(skipped):
+                measured += f" Not judged: {_not_converged(skipped)}"
         compute = next(
             (
                 f.frontier.summary
@@ -60,8 +70,27 @@ def answers(gap_df: pd.DataFrame, fits: FitSet, threshold: float = THRESHOLD) ->
             "",
         )
         extrapolation = _extrapolation(fits, str(dataset), closed)
+        if len(skipped):  # the fits include the unconverged baseline's runs
+            extrapolation = (
+                f"No fitted curve is stated: it rests on a {REFERENCE} baseline that has not "
+                "converged."
+            )
+            compute = ""  # the gap at equal compute rests on the same fits
         out.append(Answer(str(dataset), str(method), measured, extrapolation, compute))
     return out
+
+
+def _not_converged(rows: pd.DataFrame) -> str:
+    """ "the supervised baseline has not converged at R10 0.5x (train top-1 0.35, ...)." """
+    sizes = "; ".join(
+        f"{_size(r)}: {r.judgement.split('(', 1)[-1].rstrip(')')}"
+        for r in rows.itertuples(index=False)
+    )
+    return (
+        f"the {REFERENCE} baseline has not converged at {sizes}; its gap says more about the "
+        f"baseline's training schedule than about the method (train it longer: "
+        f"methods.{REFERENCE}.epochs)."
+    )
 
 
 def _gap_text(row: Any) -> str:
@@ -85,6 +114,15 @@ def _measured(rows: pd.DataFrame, threshold: float, n_recipes: int) -> tuple[str
         which = "best SimCLR recipe per size, chosen on a held-out validation split"
     else:
         which = "best SimCLR recipe per size, chosen on the test set: optimistic"
+    if "sup_selected_by" in rows and (rows["sup_selected_by"] == "test").any():
+        which += f"; {REFERENCE} recipe chosen on the test set: optimistic"
+    scored = [
+        f"{who} top-1 by {', '.join(sorted(set(rows[col]) - {''}))}"
+        for who, col in (("SimCLR", "protocol"), (REFERENCE, "sup_protocol"))
+        if col in rows and set(rows[col]) - {""}
+    ]
+    if scored:
+        which += "; " + ", ".join(scored)
     head = f"Measured ({which}): the gap to supervised is "
     if len(rows) == 1:
         text = head + f"{_gap_text(first)} at {_size(first)}, the only size trained: no trend."

@@ -75,20 +75,37 @@ def build_report(
     fits = fit_sweep(df, n_boot=n_boot, level=level, seed=seed, threshold=threshold)
     said = headline.answers(gap_df, fits, threshold)
     validity = checks.validity_warnings(df, gap_df)
-    summary = {**fits.to_dict(), "answers": [a.to_dict() for a in said], "validity": validity}
-    atomic_write_bytes(
-        out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
-    )
     clock.lap("fits")
+    omitted: dict[str, str] = {}
     figs = {
-        **figures.make_all(df, gap_df, fits, out / "figures"),
+        **figures.make_all(df, gap_df, fits, out / "figures", omitted),
         **lawfigures.make_all(df, fits, out / "figures"),
     }
     clock.lap("figures")
+    summary = {
+        **fits.to_dict(),
+        "answers": [a.to_dict() for a in said],
+        "validity": validity,
+        "figures_omitted": omitted,
+    }
+    atomic_write_bytes(
+        out / "fits.json", (json.dumps(_jsonable(summary), indent=1) + "\n").encode()
+    )
     meta = getattr(getattr(table, "schema", None), "metadata", None) or {}
     orphans = json.loads(meta.get(b"scaling.orphans", b"[]"))
     page = render_html(
-        sweep, df, gap_df, gaps.missing_runs(df), fits, figs, out, orphans, said, validity, story
+        sweep,
+        df,
+        gap_df,
+        gaps.missing_runs(df),
+        fits,
+        figs,
+        out,
+        orphans,
+        said,
+        validity,
+        omitted,
+        story,
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -181,6 +198,7 @@ def render_html(
     orphans: list[str] | None = None,
     said: list[headline.Answer] | None = None,
     validity: list[str] | None = None,
+    omitted: Mapping[str, str] | None = None,
     story: Mapping[str, Any] | None = None,
 ) -> str:
     name = (
@@ -197,7 +215,7 @@ def render_html(
     parts.append(f"<p>Generated {_e(now)}. {_state_counts(df)}</p>")
     parts.append(_answer(said or []))
     parts.append(_validity(validity or []))
-    parts.append(_figures(figs, out))
+    parts.append(_figures(figs, out, omitted or {}))
     cols = [
         "dataset",
         "depth",
@@ -207,11 +225,13 @@ def render_html(
         "encoder_params",
         "method",
         "recipe",
+        "protocol",
         "top1",
         "std",
         "n",
         "missing",
         "sup_recipe",
+        "sup_protocol",
         "sup_top1",
         "sup_std",
         "sup_n",
@@ -221,6 +241,7 @@ def render_html(
         "gap_hi",
         "gap_se",
         "selected_by",
+        "sup_selected_by",
         "note",
     ]
     common = _common(
@@ -232,24 +253,33 @@ def render_html(
             "depth_multiplier",
             "method",
             "sup_recipe",
+            "protocol",
+            "sup_protocol",
+            "sup_selected_by",
             "missing",
             "sup_missing",
         ),
     )
     cols = [c for c in cols if c not in common]
     parts.append(
-        "<h2>Gap table</h2><p>Best SimCLR recipe per architecture (selected_by: validation, a "
-        "held-out tenth of the training set; test: optimistic; only recipe: none to choose); "
+        "<h2>Gap table</h2><p>Best recipe per architecture (selected_by, sup_selected_by: "
+        "validation, a held-out tenth of the labelled training images no method trained on; "
+        "test: optimistic; only recipe: none to choose); protocol, sup_protocol: how each "
+        "top-1 was measured; "
         "points; std over seeds; gap_lo to gap_hi: 90% Welch interval of the difference of means (none with one seed); gap_se: "
         "its standard error. All recipes below and in gaps.csv."
         + (" Every row: " + _e(_common_text(common)) + "." if common else "")
         + "</p>"
     )
-    left = ("dataset", "stem", "method", "recipe", "sup_recipe", "note")
-    parts.append(html_table(gap_df[gap_df["kind"] == "best"], cols, left))
+    left = ("dataset", "stem", "method", "recipe", "protocol", "sup_recipe", "sup_protocol", "note")
+    # A gap against a baseline that has not converged is no finding: its cell says so
+    # (and the note why), never a number.
+    shown = gap_df.astype({"gap": object})
+    shown.loc[gap_df.apply(gaps.unjudged, axis=1).astype(bool), "gap"] = gaps.CANNOT_JUDGE
+    parts.append(html_table(shown[shown["kind"] == "best"], cols, left))
     parts.append(
         "<details><summary>Every recipe</summary>"
-        + html_table(gap_df[gap_df["kind"] == "recipe"], cols, left)
+        + html_table(shown[shown["kind"] == "recipe"], cols, left)
         + "</details>"
     )
     from scaling.report import lawhtml  # it renders with this module's tables
@@ -331,8 +361,9 @@ def _validity(warnings: list[str]) -> str:
     return f'<div class="warn"><h2>What limits these numbers</h2><ul>{items}</ul></div>'
 
 
-def _figures(figs: Mapping[str, list[Path]], out: Path) -> str:
+def _figures(figs: Mapping[str, list[Path]], out: Path, omitted: Mapping[str, str]) -> str:
     parts = ["<h2>Figures</h2>"]
+    parts += [f'<p class="omitted">{_e(why)}</p>' for why in omitted.values()]
     for key, paths in figs.items():
         for png in [p for p in paths if p.suffix == ".png"]:
             data = base64.b64encode(png.read_bytes()).decode()

@@ -126,9 +126,10 @@ def fit_sweep(
     threshold: float = 1.0,
 ) -> FitSet:
     """Every law the report shows. The supervised reference and the headline SimCLR
-    recipe of each domain (most model sizes, then highest mean top-1) get `n_boot`
-    replicates, their forms chosen by back-test; the other recipes `n_boot_other` in the
-    default form, untested (they are drawn, not quoted)."""
+    recipe of each domain (`top_group`: most model sizes, ties broken by the highest mean
+    validation top-1, never the test set's unless no run has a validation score) get
+    `n_boot` replicates, their forms chosen by back-test; the other recipes `n_boot_other`
+    in the default form, untested (they are drawn, not quoted)."""
     df = frame(table)
     df = df[(df["state"] == "finished") & df["top1"].notna()]
     out = FitSet()
@@ -168,11 +169,15 @@ def fit_sweep(
 
 
 def top_group(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> int:
-    """The recipe a method is judged by: the most model sizes, then the highest mean
-    top-1 (the reference for supervised, the headline for SimCLR)."""
+    """The recipe a method is judged by (the reference for supervised, the headline for
+    SimCLR): the most model sizes, then the highest mean val_top1 when every recipe has
+    one, else (runs without validation scores) the highest mean top-1."""
+    frames = [g for _, g in groups]
+    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in frames)
+    column = "val_top1" if by_val else "top1"
     return max(
-        range(len(groups)),
-        key=lambda i: (groups[i][1]["encoder_params"].nunique(), groups[i][1]["top1"].mean()),
+        range(len(frames)),
+        key=lambda i: (frames[i]["encoder_params"].nunique(), frames[i][column].mean()),
     )
 
 
@@ -260,12 +265,15 @@ def _compute_fit(
     seed: int,
 ) -> SweepFit:
     """Error vs training FLOPs on the compute frontier: the (architecture, recipe) cells
-    whose mean error beats every cell that used less compute. The frontier is chosen
-    once on all runs; its selection is not redone per bootstrap replicate."""
+    whose mean error beats every cell that used less compute, the error on validation
+    (the test set's only when runs have no validation score); the fit is of their test
+    error. The frontier is chosen once on all runs; its selection is not redone per
+    bootstrap replicate."""
     runs = runs[runs["train_flops"].notna() & (runs["train_flops"] > 0)]
     keys = [c for c in (*ARCH_COLUMNS, *cols) if c in runs.columns]
+    by_val = "val_top1" in runs and bool(runs["val_top1"].notna().all()) and len(runs) > 0
     cells = runs.groupby(keys, dropna=False).agg(
-        flops=("train_flops", "median"), err=("top1", "mean")
+        flops=("train_flops", "median"), err=("val_top1" if by_val else "top1", "mean")
     )
     cells["err"] = 1 - cells["err"]
     cells = cells.sort_values("flops")

@@ -17,17 +17,23 @@ Schema (one row per run; null where a value does not apply or is not known yet):
 | lr | float64 | the scaled learning rate actually used (result.json derived.lr, or the plan's) |
 | micro_batch, accum_steps, gpus, nodes | int64 | layout (result.json or spec.json, or the plan's) |
 | bn_batch | int64 | images batch norm normalised over, per view (micro-batch x SyncBN ranks) |
+| bn_grouping | string | which images shared a BN batch: views_together (the official) or second_view_shuffled (shuffle-BN) |
 | precision | string | bf16 or fp32 (auto before a run resolves it on its device) |
 | warnings | string | the plan's validity warnings, `; `-separated (scaling.plan.checks) |
 | encoder_params, flops_per_image | int64 | architecture cost (plan, result.json, or scaling.plan.costs) |
-| peak_memory_gb, gpu_hours | float64 | the plan's estimates (null without a plan) |
+| peak_memory_gb, gpu_hours | float64 | the plan's estimates, evaluation included (null without a plan) |
+| warmup, warmup_steps | float64, int64 | the plan's resolved warmup in epochs and steps |
+| eval_memory_gb, features_gb | float64 | evaluation's device peak and host feature store (the plan's) |
 | predicted_train_s | float64 | the plan's training time (wall seconds of the steps; evaluation excluded) |
-| cost_source | string | what that prediction rests on: measured, scaled or model (scaling.plan.throughput) |
+| cost_source | string | what that prediction rests on: measured, scaled, calibrated or model (scaling.plan.throughput) |
+| cost_extrapolation | float64 | how many times beyond the measured networks' FLOPs per image (1: within them) |
 | state | string | scaling.run.state: finished, running (its process holds the lock), failed, resumable (checkpoints) or pending |
 | error_kind, error_message | string | from failure.json or the MLflow tag scaling.failure_kind |
 | top1, top5, knn_top1 | float64 | final metrics, fractions in [0, 1] (knn_top1: SimCLR only) |
-| val_top1 | float64 | SimCLR: linear probe on a held-out tenth of the training set (recipe selection) |
-| train_loss_trend | float64 | relative fall of the training loss over the last fifth of the epochs (> 0.1: still training) |
+| val_top1 | float64 | top-1 on the held-out tenth of the labelled training images no method trained on (recipe selection) |
+| converged | bool | a finished run's verdict on its training curve (scaling.train.convergence) |
+| convergence | string | what the verdict rests on: "train top-1 0.35, loss still falling" |
+| train_top1 | float64 | the last epoch's training accuracy |
 | train_flops, wall_time_s | float64 | training compute (FLOPs) and wall time of a finished run |
 | train_time_s | float64 | of that wall time, the training steps' (what predicted_train_s predicts) |
 | images_seen, steps, epochs_done | int64 | progress (epochs_done from metrics.jsonl while running) |
@@ -44,7 +50,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +62,12 @@ from scaling.rundir import (
     atomic_write_bytes,
     read_json,
 )
+from scaling.sweep.methods import METHODS, Evaluation
 from scaling.sweep.spec import RunSpec, Sweep
 
 log = logging.getLogger(__name__)
 
-INT, FLOAT, STR = pa.int64(), pa.float64(), pa.string()
+INT, FLOAT, STR, BOOL = pa.int64(), pa.float64(), pa.string(), pa.bool_()
 #: The table's columns by concept, each with its Arrow type: the one definition every
 #: reader and writer of the table follows (columns not named here are typed by value).
 SPEC_TYPES = {
@@ -69,7 +76,7 @@ SPEC_TYPES = {
     **dict.fromkeys(("width", "depth_multiplier"), FLOAT),
 }
 CONFIG_TYPES = {
-    **dict.fromkeys(("lr_rule", "optimizer", "eval_protocol"), STR),
+    **dict.fromkeys(("lr_rule", "optimizer", "augment", "eval_protocol"), STR),
     **dict.fromkeys(("batch_size", "epochs", "projection_dim", "eval_epochs"), INT),
     **dict.fromkeys(("eval_batch_size", "eval_knn_k"), INT),
     **dict.fromkeys(("base_lr", "weight_decay", "warmup_epochs", "momentum"), FLOAT),
@@ -78,15 +85,20 @@ CONFIG_TYPES = {
 }
 LAYOUT_TYPES = {
     **dict.fromkeys(("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch"), INT),
-    "precision": STR,
+    **dict.fromkeys(("bn_grouping", "precision"), STR),
 }
 PLAN_TYPES = {
     **dict.fromkeys(("lr", "peak_memory_gb", "gpu_hours", "predicted_train_s"), FLOAT),
+    "cost_extrapolation": FLOAT,
+    **dict.fromkeys(("warmup", "eval_memory_gb", "features_gb"), FLOAT),
+    "warmup_steps": INT,  # and `steps`, the outcome's column (planned, then as taken)
     **dict.fromkeys(("encoder_params", "flops_per_image"), INT),
     **dict.fromkeys(("cost_source", "reason", "warnings"), STR),
 }
 METRIC_TYPES = {
-    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_loss_trend"), FLOAT),
+    **dict.fromkeys(("top1", "top5", "knn_top1", "val_top1", "train_top1"), FLOAT),
+    "converged": BOOL,
+    "convergence": STR,
     **dict.fromkeys(("train_flops", "wall_time_s", "train_time_s"), FLOAT),
     **dict.fromkeys(("images_seen", "steps", "epochs_done"), INT),
 }
@@ -166,7 +178,14 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
         return _PENDING
     out: dict[str, Any] = {"source": "rundir", "state": st.state.value, "epochs_done": st.epoch}
     if st.result is not None:
-        out.update(_result_fields(st.result), train_loss_trend=loss_trend(st.losses))
+        out.update(_result_fields(st.result))
+        verdict = st.convergence
+        if verdict is not None:
+            out.update(
+                converged=verdict.converged,
+                convergence=verdict.describe(),
+                train_top1=verdict.train_top1,
+            )
         return out
     if st.failure is not None:
         out.update(
@@ -177,16 +196,6 @@ def _from_dir(run_dir: Path) -> dict[str, Any]:
     if spec and isinstance(spec.get("layout"), Mapping):
         out.update({k: spec["layout"].get(k) for k in LAYOUT_COLUMNS})
     return out
-
-
-def loss_trend(losses: Sequence[float]) -> float | None:
-    """How much the training loss (one value per epoch) still fell over the last fifth of
-    the epochs (at least the last two): (loss before - loss at the end) / loss before.
-    None: too few epochs."""
-    k = max(2, len(losses) // 5)
-    if len(losses) <= k or losses[-k - 1] <= 0:
-        return None
-    return (losses[-k - 1] - losses[-1]) / losses[-k - 1]
 
 
 def _result_fields(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,11 +246,14 @@ def _from_mlflow(run: Mapping[str, Any], current: str) -> dict[str, Any]:
     layout = {k: int(params[k]) for k in LAYOUT_COLUMNS if str(params.get(k, "")).isdigit()}
     if status == "FINISHED" and metrics.get("top1") is not None:
         keys = ("top1", "top5", "knn_top1", "val_top1", "train_flops", "wall_time_s", "images_seen")
+        verdict = tags.get("scaling.converged")  # scaling.run.mirror's CONVERGED_TAG
         return {
             "state": "finished",
             "source": "mlflow",
             **layout,
             **{k: metrics.get(k) for k in keys},
+            "converged": None if verdict is None else verdict == "true",
+            "convergence": tags.get("scaling.convergence"),
         }
     if status in ("FAILED", "KILLED"):
         message = tags.get("scaling.failure_message") or f"MLflow run status {status}"
@@ -319,6 +331,8 @@ def _column(name: str, values: list[Any]) -> pa.Array:
         return pa.array([None if v is None else float(v) for v in values], FLOAT)
     if kind == STR:
         return pa.array([None if v is None else str(v) for v in values], STR)
+    if kind == BOOL:
+        return pa.array([None if v is None else bool(v) for v in values], BOOL)
     kinds = {type(v) for v in values if v is not None}
     if kinds and kinds <= {int, float} and float in kinds:
         return pa.array([None if v is None else float(v) for v in values], FLOAT)
@@ -389,6 +403,33 @@ def arch_label(depth: Any, width: Any, depth_multiplier: Any = 1) -> str:
     """The architecture as the paper names it: "R50 2x", "R18 0.5x d2" (depth multiplier 2)."""
     mult = "" if depth_multiplier in (None, 1) else f" d{float(depth_multiplier):g}"
     return f"R{int(depth)} {float(width):g}x{mult}"
+
+
+def protocol_label(row: Mapping[str, Any]) -> str:
+    """How a run's top-1 was measured (its method's registered evaluation and its eval_*
+    columns): "linear eval (crop+flip, 100 epochs, batch 512)" for the official protocol,
+    "linear eval (fixed features, ...)" for the fast one, "own classifier" for a network
+    scored by its own head; "" for a method this version does not know."""
+    info = METHODS.get(str(row.get("method")))
+    if info is None:
+        return ""
+    if info.evaluation is Evaluation.OWN_HEAD:
+        return "own classifier"
+    protocol = row.get("eval_protocol")
+    if not isinstance(protocol, str):
+        return "linear eval"
+    parts = ["crop+flip" if protocol == "augmented" else "fixed features"]
+    if row.get("eval_epochs") is not None:
+        parts.append(f"{_int(row['eval_epochs'])} epochs")
+    if row.get("eval_batch_size") is not None:
+        parts.append(f"batch {_int(row['eval_batch_size'])}")
+    if row.get("eval_standardize") is True:
+        parts.append("standardised")
+    return f"linear eval ({', '.join(parts)})"
+
+
+def _int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def recipe_label(values: Mapping[str, Any]) -> str:

@@ -108,6 +108,16 @@ def is_locked(run_dir: Path) -> bool:
         os.close(fd)
 
 
+def holder_text(run_dir: Path) -> str:
+    """Who holds the run's lock, for messages: "pid 123 on host-a" (what the lock file
+    records), or "another process" when it records nothing readable."""
+    try:
+        pid, host = ((run_dir / LOCK).read_text().split() + ["", ""])[:2]
+    except OSError:
+        return "another process"
+    return f"pid {pid} on {host}" if pid.isdigit() and host else "another process"
+
+
 def process_start(pid: int) -> str:
     """When process `pid` started (clock ticks since boot, /proc), "" when unknown: with
     the PID it names one process, never a later one that reuses the number."""

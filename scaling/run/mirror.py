@@ -17,7 +17,8 @@ before it keep their history, tagged `scaling.superseded_run_id` instead of the 
 Logged: params = RunSpec.flat() + layout (+ `derived.*` from result.json), each only
 when missing (MLflow rejects a changed param: a requeue with a new layout updates the
 `scaling.<key>` tags instead); tags `scaling.<field>` for every spec field (the grid
-coordinates), sweep, layout, git commit; per-epoch metrics as `train/<key>`, step =
+coordinates), sweep, layout, git commit, and a finished run's convergence verdict
+(`scaling.converged` true/false, `scaling.convergence` why); per-epoch metrics as `train/<key>`, step =
 epoch (`train/top1` is the training accuracy); final top1, top5, knn_top1, wall_time_s,
 images_seen, train_flops at step = epochs; artifacts; status FINISHED, FAILED (tag
 `scaling.failure_kind`) or RUNNING. MLflow is imported inside functions only.
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scaling.errors import ScalingError
+from scaling.errors import BadRunDir, ScalingError, SpecError
 from scaling.run.locks import file_lock
 from scaling.run.tracking import (
     LOCK_TIMEOUT_S,
@@ -65,9 +66,19 @@ STATE, LOCK = "mlflow.json", ".mlflow.lock"
 EPOCHS_TAG = "scaling.epochs_pushed"
 SUPERSEDED_TAG = "scaling.superseded_run_id"  # an earlier attempt at a forced rerun
 GROUP_TAG = "scaling.group"  # the same for every seed of one run: group by it in the UI
+#: a finished run's convergence verdict (true | false) and why (scaling.train.convergence)
+CONVERGED_TAG, CONVERGENCE_TAG = "scaling.converged", "scaling.convergence"
 FAILURE_TAGS = ("scaling.failure_kind", "scaling.failure_step", "scaling.failure_message")
 EPOCH_PREFIX = "train/"
-LAYOUT_KEYS = ("micro_batch", "accum_steps", "gpus", "nodes", "bn_batch", "precision")
+LAYOUT_KEYS = (
+    "micro_batch",
+    "accum_steps",
+    "gpus",
+    "nodes",
+    "bn_batch",
+    "bn_grouping",
+    "precision",
+)
 ARTIFACTS = {"FINISHED": (SPEC, RESULT, METRICS, LOG), "FAILED": (SPEC, FAILURE, METRICS, LOG)}
 METRICS_PER_REQUEST = 900  # MLflow caps one log_batch at 1,000 entities
 ATTEMPTS = 3  # whole-push retries when SQLite says "database is locked"; pushes are idempotent
@@ -100,12 +111,16 @@ class Target:
 
 def push(run_dir: str | Path, uri: str, experiment: str, *, force: bool = False) -> str | None:
     """Make MLflow reflect `run_dir`; the MLflow run id, "" while the run has not started
-    training (nothing to mirror yet), or None when tracking failed.
+    training (nothing to mirror yet), or None when tracking failed (or the run directory
+    cannot be read: warned with its path).
 
     Cheap when nothing changed: mlflow.json remembers the files' sizes and times, and
     then MLflow is not contacted (`force` checks against MLflow anyway).
     """
-    return push_to(Path(run_dir), Target(uri, experiment), force)
+    try:
+        return push_to(Path(run_dir), Target(uri, experiment), force)
+    except BadRunDir:
+        return None
 
 
 def needs_push(run_dir: str | Path, uri: str, experiment: str) -> bool:
@@ -125,13 +140,18 @@ def sync(run_dirs: Iterable[str | Path], uri: str, experiment: str) -> tuple[int
     target, pushed, failed = Target(uri, experiment), 0, 0
     for run_dir in map(Path, run_dirs):
         if (run_dir / SPEC).is_file():  # else not a run (yet)
-            ok = push_to(run_dir, target, False) is not None
+            try:
+                ok = push_to(run_dir, target, False) is not None
+            except BadRunDir:  # that run's own problem (warned): the others go on
+                ok = False
             pushed, failed = pushed + ok, failed + (not ok)
     return pushed, failed
 
 
 def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
-    """`push` to a Target that a whole command shares (one connection)."""
+    """`push` to a Target that a whole command shares (one connection). A run directory
+    that cannot be read raises BadRunDir (warned with its path): the store is fine and
+    the other runs' pushes go on."""
     if not (run_dir / SPEC).is_file():
         log.warning("not pushing %s to MLflow: it has no %s", run_dir, SPEC)
         return None
@@ -146,6 +166,9 @@ def push_to(run_dir: Path, target: Target, force: bool = False) -> str | None:
             except Exception as exc:
                 _write_pending(run_dir, target, exc)
                 raise
+    except BadRunDir as exc:
+        log.warning("not mirrored to MLflow: %s (the other runs are)", exc)
+        raise
     except Exception as exc:
         log.warning(
             "MLflow push of %s to %s failed (%s: %s); the run directory keeps everything "
@@ -182,8 +205,8 @@ def _push_locked(run_dir: Path, target: Target, force: bool) -> str:
 
 
 def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerprint: Any) -> str:
+    spec = readable_spec(run_dir)  # the run's own files first: never blamed on the store
     client, experiment_id = target.connect()
-    spec = read_json(run_dir / SPEC) or {}
     # A new MLflow run starts when the run first started training (spec.json's
     # started_at, kept across resumes), so Duration and the timeline are the run's own.
     started = _number(spec.get("started_at"))
@@ -193,8 +216,9 @@ def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerp
     if state is None or state.get("mlflow_run_id") != run.info.run_id:
         _write_state(run_dir, target, pending=True, **ids)  # remember it before logging
     result = read_json(run_dir / RESULT)
-    _log_params_and_tags(client, run, spec, result)
-    epochs = _log_epochs(client, run, list(read_metrics(run_dir / METRICS)))
+    records = list(read_metrics(run_dir / METRICS))
+    _log_params_and_tags(client, run, spec, result, records)
+    epochs = _log_epochs(client, run, records)
     status = _log_status(client, run, run_dir, result, epochs)
     _write_state(
         run_dir,
@@ -206,6 +230,21 @@ def _upload(run_dir: Path, target: Target, state: dict[str, Any] | None, fingerp
         **ids,
     )
     return str(run.info.run_id)
+
+
+def readable_spec(run_dir: Path) -> dict[str, Any]:
+    """spec.json as a valid run spec, or BadRunDir naming the file and what is wrong."""
+    from scaling.sweep.spec import RunSpec
+
+    path = run_dir / SPEC
+    spec = read_json(path)
+    if spec is None:
+        raise BadRunDir(f"{path}: not a JSON object (garbled or cut); the run directory's spec")
+    try:
+        RunSpec.from_dict(spec, file=str(path))
+    except SpecError as exc:
+        raise BadRunDir(str(exc)) from None
+    return spec
 
 
 def _find_or_create(
@@ -268,11 +307,17 @@ def _supersede(client: MlflowClient, run: Run, run_id: str) -> None:
 
 
 def _log_params_and_tags(
-    client: MlflowClient, run: Run, spec: Mapping[str, Any], result: Mapping[str, Any] | None
+    client: MlflowClient,
+    run: Run,
+    spec: Mapping[str, Any],
+    result: Mapping[str, Any] | None,
+    records: list[dict[str, Any]],
 ) -> None:
     from mlflow.entities import Param, RunTag
 
+    from scaling.sweep.methods import get_method
     from scaling.sweep.spec import RunSpec
+    from scaling.train.convergence import of_result
 
     run_spec = RunSpec.from_dict(spec, file=SPEC)
     flat = run_spec.flat()
@@ -287,6 +332,10 @@ def _log_params_and_tags(
     tags = {f"scaling.{k}": str(v) for k, v in {**flat, **layout}.items()}
     tags["scaling.sweep"] = str(spec.get("sweep", ""))
     tags[GROUP_TAG] = run_spec.group_id()  # the same run but its seed
+    verdict = of_result(result, records, get_method(run_spec.method).accuracy_plateaus)
+    if verdict is not None:  # the trainer's verdict on its curve (a finished run's)
+        tags[CONVERGED_TAG] = str(verdict.converged).lower()
+        tags[CONVERGENCE_TAG] = verdict.describe()
     code = dict(spec.get("code") or {})
     if code.get("commit"):
         tags.update(

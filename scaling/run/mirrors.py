@@ -8,7 +8,9 @@ A mirror makes a tracking service reflect a run directory (the local truth): MLf
 a failed push a mirror is skipped for the rest of the command (each try against a hung
 server costs a time-out), except by a `final` push, which tries once more. A run
 directory a mirror skipped or failed stays pending there, for the next push or
-`scaling sync`.
+`scaling sync`. A run directory that cannot be read (BadRunDir: a garbled spec.json) is
+that run's problem: kept in `broken` with why, for the command to name, and the mirror
+stays up for every other run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from scaling.errors import BadRunDir
 from scaling.run import mirror, wandb_mirror
 from scaling.run.tracking import redact
 
@@ -68,6 +71,7 @@ class Mirrors:
     def __init__(self, mirrors: tuple[Mirror, ...] = ()) -> None:
         self.mirrors = mirrors
         self.down: set[str] = set()
+        self.broken: dict[Path, str] = {}  # run directories that cannot be read, and why
 
     @classmethod
     def to(cls, tracking: tuple[str, str] | None) -> Mirrors:
@@ -94,11 +98,18 @@ class Mirrors:
         """Push to every mirror that is up (every one when `final`); whether the run
         directory is now up to date in all of them."""
         current = True
+        self.broken.pop(Path(run_dir), None)
         for m in self.mirrors:
             if m.name in self.down and not final:
                 current = current and not m.needs_push(run_dir)
                 continue
-            if m.push(run_dir, final=final) is False:
+            try:
+                pushed = m.push(run_dir, final=final)
+            except BadRunDir as exc:  # this run's files, not the mirror: it stays up
+                self.broken[Path(run_dir)] = str(exc)
+                current = False
+                continue
+            if pushed is False:
                 self.down.add(m.name)
                 current = False
             else:

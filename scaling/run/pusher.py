@@ -31,6 +31,15 @@ def pending_note(count: int, where: str) -> str:
     )
 
 
+def broken_notes(broken: dict[Path, str]) -> list[str]:
+    """One line per run directory that could not be mirrored for a reason of its own."""
+    return [
+        f"run directory {run_dir} cannot be mirrored: {why}; fix or remove its spec.json "
+        "(the other runs were mirrored)"
+        for run_dir, why in sorted(broken.items())
+    ]
+
+
 class Pusher:
     """One background thread that makes MLflow (and W&B) reflect run directories."""
 
@@ -74,10 +83,16 @@ class Pusher:
         return reached.wait(timeout)
 
     def close(self, timeout: float | None = None) -> set[Path]:
-        """Finish what is queued (waiting at most `timeout`); the directories left pending."""
+        """Finish what is queued (waiting at most `timeout`); the directories left pending
+        because a store did not answer (those that cannot be read are in `broken`)."""
         self.drain(timeout)
         with self._lock:
-            return self.pending | self._queued
+            return (self.pending | self._queued) - set(self.mirrors.broken)
+
+    @property
+    def broken(self) -> dict[Path, str]:
+        """Run directories that cannot be read, and why (their own problem, not a store's)."""
+        return dict(self.mirrors.broken)
 
     def __enter__(self) -> Pusher:
         return self

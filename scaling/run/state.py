@@ -21,10 +21,13 @@ from scaling.rundir import (
     FAILURE,
     METRICS,
     RESULT,
+    metrics_gap,
     read_json,
     read_metrics,
     read_result,
 )
+from scaling.sweep.methods import METHODS
+from scaling.train.convergence import Convergence, of_result
 
 
 class State(StrEnum):
@@ -45,8 +48,27 @@ class RunState:
     last: dict[str, Any] | None = None  # the newest metrics line
     result: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
-    losses: tuple[float, ...] = field(default=(), repr=False)  # training loss per epoch
+    records: tuple[dict[str, Any], ...] = field(default=(), repr=False)  # metrics.jsonl
     exists: bool = False  # the run directory holds anything at all
+
+    @property
+    def metrics_cut(self) -> list[int]:
+        """A finished run's epochs that metrics.jsonl lacks (a kill mid-write, a full
+        disk): `scaling submit` puts them back from the checkpoint; status says so."""
+        if self.result is None:
+            return []
+        epochs = self.result.get("epochs")
+        return metrics_gap(list(self.records), epochs) if isinstance(epochs, int) else []
+
+    @property
+    def convergence(self) -> Convergence | None:
+        """A finished run's verdict on its training curve (scaling.train.convergence):
+        the one result.json recorded, else judged from metrics.jsonl; None unfinished."""
+        if self.result is None:
+            return None
+        method = METHODS.get(str(self.result.get("method")))
+        plateaus = method.accuracy_plateaus if method else False
+        return of_result(self.result, self.records, plateaus)
 
 
 def run_state(run_dir: Path) -> RunState:
@@ -57,8 +79,7 @@ def run_state(run_dir: Path) -> RunState:
     records = list(read_metrics(run_dir / METRICS)) if METRICS in names else []
     last = records[-1] if records else None
     epoch = last["epoch"] if last else 0
-    losses = tuple(float(r["loss"]) for r in records if _number(r.get("loss")))
-    seen = {"epoch": epoch, "last": last, "losses": losses, "exists": bool(names)}
+    seen = {"epoch": epoch, "last": last, "records": tuple(records), "exists": bool(names)}
     result = read_result(run_dir) if RESULT in names else None
     if result is not None:
         return RunState(State.FINISHED, result=result, **seen)
@@ -71,7 +92,3 @@ def run_state(run_dir: Path) -> RunState:
     if CHECKPOINTS in names and checkpoints.is_dir() and any(checkpoints.iterdir()):
         return RunState(State.RESUMABLE, **seen)
     return RunState(State.PENDING, **seen)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -2,7 +2,8 @@
 
 Each row joins what the run directory says (scaling.run.state), what MLflow knows of the
 run (its page or id), whether a mirror is behind it ("pending sync"), the scheduler's
-view (Slurm, Ray) and the plan's training time beside the measured one. Runs whose
+view (Slurm, Ray), the plan's training time beside the measured one and a finished
+run's convergence verdict (scaling.train.convergence). Runs whose
 mirrors lag behind them (an outage, a killed submit) are pushed first, in the
 background, for at most STATUS_PUSH_S.
 """
@@ -10,7 +11,8 @@ background, for at most STATUS_PUSH_S.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import ScalingError
@@ -20,7 +22,8 @@ from scaling.run.mirrors import MLFLOW
 from scaling.run.pusher import Pusher
 from scaling.run.state import State, run_state
 from scaling.run.tracking import find_runs, redact, run_url
-from scaling.rundir import LOG, log_tail
+from scaling.rundir import LOG, METRICS, log_tail
+from scaling.train.convergence import Convergence
 
 STATUS_PUSH_S = 30.0  # how long `status` waits for its pushes of runs MLflow lags behind
 FAILURE_TAIL_LINES = 5
@@ -40,6 +43,7 @@ class StatusRow:
     scheduler: str | None = None  # the backend's state line (Slurm, Ray)
     # why it failed: "failed (kind): message" or the scheduler's line, with log lines
     problem: tuple[str, tuple[str, ...]] | None = None
+    convergence: Convergence | None = None  # a finished run's verdict on its curve
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class SweepStatus:
     uri: str  # the MLflow store (credentials redacted)
     outage: str | None  # the tracking store found unreachable, if any
     has_scheduler: bool = False
+    broken: dict[Path, str] = field(default_factory=dict)  # run dirs that cannot be read
 
 
 def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> SweepStatus:
@@ -90,6 +95,14 @@ def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> 
             failure = st.failure or {}
             why = f"{run_id} failed ({failure.get('kind', 'error')}): {failure.get('message', '')}"
             problem = (why, tuple(log_tail(run_dir / LOG, FAILURE_TAIL_LINES)))
+        elif st.metrics_cut:
+            cut = st.metrics_cut
+            problem = (
+                f"{run_id}: {run_dir / METRICS} lacks {len(cut)} of its "
+                f"{st.result and st.result.get('epochs')} epochs ({_epochs(cut)}): cut by a "
+                "kill or a full disk; `scaling submit` puts them back from the checkpoint",
+                (),
+            )
         last_loss = (st.last or {}).get("loss")
         measured = ((st.result or {}).get("throughput") or {}).get("train_time_s")
         rows.append(
@@ -105,6 +118,7 @@ def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> 
                 pending_sync=behind,
                 scheduler=state_line,
                 problem=problem,
+                convergence=st.convergence,
             )
         )
     outage = pusher.mirrors.where_down() or None
@@ -117,7 +131,20 @@ def sweep_status(runs: tuple[PlannedRun, ...], ctx: Context, pusher: Pusher) -> 
         uri=redact(ctx.tracking_uri),
         outage=outage,
         has_scheduler=bool(scheduler),
+        broken=pusher.broken,
     )
+
+
+def _epochs(epochs: list[int]) -> str:
+    """[2, 3, 4, 7] -> "epochs 2-4, 7"."""
+    spans: list[list[int]] = []
+    for e in epochs:
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+    return f"epoch{'s' * (len(epochs) != 1)} {text}"
 
 
 def _number(value: Any) -> bool:

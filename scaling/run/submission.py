@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.enums import StrEnum
+from scaling.errors import RunFailed
 from scaling.plan.planner import Plan, PlannedRun
 from scaling.run.backends.base import Context, Job
 from scaling.run.state import RunState, State, run_state
@@ -41,6 +42,7 @@ class Reason(StrEnum):
     FORCED = "forced"
     RESUME = "resume"
     RERUN = "rerun"
+    RETRY = "retry"  # a failure from outside the run (a full disk): retried unasked
     FINISHED = "finished"
     FAILED = "failed"
     RUNNING = "running"
@@ -145,12 +147,30 @@ def _action(
         return Action.SKIP, Reason.FINISHED, "finished (recorded in MLflow; no local run directory)"
     if state.state is State.FAILED:
         kind = (state.failure or {}).get("kind", "error")
+        if kind in RunFailed.RETRIED_KINDS:
+            return Action.RESUME, Reason.RETRY, f"retry after a failure from outside it ({kind})"
         if not rerun_failed:
             return Action.SKIP, Reason.FAILED, f"failed ({kind}); use --rerun-failed"
         return Action.RESUME, Reason.RERUN, f"rerun after failure ({kind})"
     if state.state is State.RESUMABLE:
         return Action.RESUME, Reason.RESUME, f"resume after epoch {state.epoch}"
     return Action.RUN, Reason.NEW, "new"
+
+
+def repair_cut_metrics(decisions: list[Decision]) -> list[tuple[Path, int]]:
+    """Finished runs whose metrics.jsonl lost epochs (RunState.metrics_cut) get them back
+    from their newest checkpoint; (run directory, epochs restored: 0 when no checkpoint
+    holds them) for each such run."""
+    out = []
+    for d in decisions:
+        if d.state.state is State.FINISHED and d.state.metrics_cut:
+            from scaling.train.checkpoint import repair_metrics
+
+            try:
+                out.append((d.run_dir, repair_metrics(d.run_dir)))
+            except (OSError, RunFailed):
+                out.append((d.run_dir, 0))
+    return out
 
 
 def prepare(

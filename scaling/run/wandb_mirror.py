@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scaling.errors import BadRunDir, SpecError
 from scaling.run.locks import file_lock
 from scaling.run.tracking import LOCK_TIMEOUT_S
 from scaling.rundir import (
@@ -79,6 +80,9 @@ def push(run_dir: str | Path, *, final: bool = False) -> bool | None:
     try:
         with file_lock(run_dir / LOCK, LOCK_TIMEOUT_S):
             return _push_locked(run_dir, read_json(run_dir / STATE) or state, final)
+    except (BadRunDir, SpecError) as exc:  # the run's own files: not a W&B outage
+        log.warning("not mirrored to W&B: %s (the other runs are)", exc)
+        raise BadRunDir(str(exc)) from None
     except Exception as exc:
         log.warning(
             "W&B push of %s failed (%s: %s); the run directory keeps everything and "
@@ -181,5 +185,6 @@ def _config(spec: dict[str, Any]) -> dict[str, Any]:
             "layout",
             "code",
             "bn_batch",
+            "bn_grouping",
         )
     }

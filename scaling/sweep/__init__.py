@@ -1,8 +1,8 @@
 """The sweep stage: what a study asks for, read strictly from YAML.
 
-Holds the sweep spec and the frozen, hashed run spec (`spec`), cluster profiles
-(`cluster`), the method registry (`methods`) and strict loading with one-line errors
-(`config`). Imports only the shared base (`scaling.errors`, `scaling.enums`): no torch,
+Holds the sweep spec and the frozen, hashed run spec (`spec`), grid expansion (`grid`),
+cluster profiles (`cluster`), the method registry (`methods`) and strict loading with
+one-line errors (`config`). Imports only the shared base (`scaling.errors`, `scaling.enums`): no torch,
 no other stage.
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,9 +13,11 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    field_validator,
     model_validator,
 )
 
+from scaling.errors import SpecError
 from scaling.sweep.config import StrictModel, apply_overrides, read_yaml, validate
 
 DEFAULT_UTILIZATION = 0.35  # typical model FLOP utilisation of ResNet training on GPUs
@@ -33,6 +36,44 @@ class ClusterTracking(StrictModel):
     uri: str | None = None  # overrides the sweep's tracking URI (e.g. an mlflow server)
 
 
+#: What Slurm accepts in the fields that become `#SBATCH --key=value` lines: names
+#: (partitions as a comma-separated list), feature expressions (constraint) and host
+#: lists (exclude). Anything else, above all a newline, would end the line and turn the
+#: rest into shell commands before the script's own --time and --signal lines.
+_NAME = r"[A-Za-z0-9_.+-]+"
+SLURM_FIELDS = {
+    "partition": (
+        re.compile(rf"{_NAME}(,{_NAME})*"),
+        "names of letters, digits, _ . + -, comma-separated",
+    ),
+    "account": (re.compile(_NAME), "letters, digits and _ . + -"),
+    "qos": (
+        re.compile(rf"{_NAME}(,{_NAME})*"),
+        "names of letters, digits, _ . + -, comma-separated",
+    ),
+    "constraint": (
+        re.compile(r"[A-Za-z0-9_.+\-&|,*:!\[\]()]+"),
+        "features of letters, digits and _ . + - joined by & | , with [ ] ( ) * : !",
+    ),
+    "exclude": (
+        re.compile(r"[A-Za-z0-9_.\-,\[\]]+"),
+        "a host list: host names, [ ] ranges, commas",
+    ),
+}
+
+
+def control_characters(value: Any) -> bool:
+    """Whether a value (a string, or the strings in a list or mapping) holds a control
+    character (newline, carriage return, NUL, ...)."""
+    if isinstance(value, str):
+        return any(ord(c) < 32 or ord(c) == 127 for c in value)
+    if isinstance(value, dict):
+        return any(control_characters(k) or control_characters(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(control_characters(v) for v in value)
+    return False
+
+
 class SlurmConfig(StrictModel):
     partition: str | None = None
     account: str | None = None
@@ -46,6 +87,24 @@ class SlurmConfig(StrictModel):
     max_timeouts: NonNegativeInt = 3
     setup: list[str] = []
     additional: dict[str, Any] = {}
+
+    @field_validator(*SLURM_FIELDS)
+    @classmethod
+    def _slurm_syntax(cls, value: str | None, info: Any) -> str | None:
+        pattern, allowed = SLURM_FIELDS[info.field_name]
+        if value is not None and not pattern.fullmatch(value):
+            raise ValueError(f"Slurm allows {allowed} here (got {value!r})")
+        return value
+
+    @field_validator("setup", "additional")
+    @classmethod
+    def _one_line_each(cls, value: Any) -> Any:
+        if control_characters(value):
+            raise ValueError(
+                "no control characters (a newline would split an #SBATCH line or a setup "
+                f"line in two; got {value!r})"
+            )
+        return value
 
 
 class RayConfig(StrictModel):
@@ -104,10 +163,27 @@ def load_profile(
 ) -> ClusterProfile:
     """Read a cluster profile; None gives the embedded local default."""
     if path is None:
-        return validate(ClusterProfile, apply_overrides({}, overrides or [], "<local>"), "<local>")
+        default = validate(
+            ClusterProfile, apply_overrides({}, overrides or [], "<local>"), "<local>"
+        )
+        check_workdir(default.workdir, "<local>")
+        return default
     file = str(path)
     raw = apply_overrides(read_yaml(path), overrides or [], file)
-    return validate(ClusterProfile, raw, file)
+    profile: ClusterProfile = validate(ClusterProfile, raw, file)
+    check_workdir(profile.workdir, file)
+    return profile
+
+
+def check_workdir(workdir: str, file: str) -> None:
+    """A workdir that exists must be a folder (the runs are written below it)."""
+    path = Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SpecError(
+            f"{path} is a file; the workdir holds the run directories: give a folder",
+            file=file,
+            key="workdir",
+        )
 
 
 def train_env(profile: ClusterProfile) -> dict[str, str]:

@@ -20,7 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+)
 
 from scaling.enums import StrEnum
 from scaling.sweep.config import StrictModel
@@ -28,6 +36,9 @@ from scaling.sweep.config import StrictModel
 LrRule = Literal["linear", "sqrt"] | PositiveFloat
 #: images the online kNN monitor (EvalConfig.knn_every) scores on: training, test
 MONITOR_TRAIN, MONITOR_TEST = 10_000, 2_000
+#: colour strength s: the hue shift 0.2 s stays within half a turn; contrast and saturation
+#: factors from 1 - 0.8 s stay non-negative, which TensorFlow's ops require
+MAX_STRENGTH, OFFICIAL_MAX_STRENGTH = 2.5, 1.25
 
 
 class Head(StrEnum):
@@ -44,11 +55,34 @@ class Augmentation(StrEnum):
     CROP_FLIP = "crop_flip"  # random resized crop and flip only
 
 
+class AugmentStyle(StrEnum):
+    """Whose semantics the crop and colour distortion follow (a config field, `augment`)."""
+
+    # google-research/simclr's TensorFlow ops: sample_distorted_bounding_box crops
+    # resized bicubically, contrast per channel, saturation in HSV (scaling.train.official)
+    OFFICIAL = "official"
+    # torchvision's RandomResizedCrop (bilinear) and ColorJitter (scaling.train.augment)
+    TORCHVISION = "torchvision"
+
+
 class Objective(StrEnum):
     """What one optimizer step minimises (scaling.train.steps)."""
 
     NT_XENT = "nt_xent"  # two views per image, the other view the positive
     CROSS_ENTROPY = "cross_entropy"  # labels
+
+
+class BNGrouping(StrEnum):
+    """Which images share a batch-norm batch in a training step (scaling.train.accumulate)."""
+
+    # Both views of the (rank's) batch in one forward, as the official code
+    # (`tf.concat(features_list, 0)`): BN over 2 x the batch, global across ranks.
+    VIEWS_TOGETHER = "views_together"
+    # Accumulation: one view per forward, in micro-batches; the second view's rows are
+    # shuffled (one permutation per step, the same on every rank, undone before the loss:
+    # MoCo's shuffle-BN), so no BN batch holds the two views of the same images.
+    SECOND_VIEW_SHUFFLED = "second_view_shuffled"
+    ONE_VIEW = "one_view"  # one view per image: BN over each micro-batch
 
 
 class Evaluation(StrEnum):
@@ -61,24 +95,64 @@ class Evaluation(StrEnum):
 
 
 class EvalConfig(StrictModel):
-    """Linear evaluation of a frozen encoder (and kNN top-1 as a cheap extra).
+    """Linear evaluation of a frozen encoder (and kNN top-1 as a cheap extra), by default
+    the official code's (README, "Finetuning the linear head"; model.py with
+    `--train_mode=finetune --fine_tune_after_block=4`): encoder frozen with batch norm
+    in inference mode, a zero-initialised linear layer on the raw features (no
+    standardisation), Nesterov momentum 0.9, LR `lr` x B/256 with cosine decay and no
+    warmup, crop + flip on every step (`augmented`), and the batch, epochs and weight
+    decay of the data set (PROBE_DEFAULTS; null here means those).
 
-    `features` (the fast default) extracts features once without augmentation and fits
-    the linear classifier on them; `augmented` is the paper's protocol (crop + flip on
-    every epoch, encoder frozen).
+    `features` is the fast alternative: features extracted once without augmentation
+    and the same classifier fitted on them. `standardize` puts a BN without affine
+    parameters (the training features' mean and std) in front of the classifier.
     """
 
-    protocol: Literal["features", "augmented"] = "features"
-    epochs: PositiveInt = 100
-    batch_size: PositiveInt = 256
+    protocol: Literal["features", "augmented"] = "augmented"
+    epochs: PositiveInt | None = None
+    batch_size: PositiveInt | None = None
     lr: PositiveFloat = 0.1
-    weight_decay: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat | None = None
+    standardize: bool = False
+    # Smallest area of the augmented protocol's random resized crop (the official 0.08)
+    crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
     knn_k: PositiveInt = 200
     knn_temperature: PositiveFloat = 0.1
     # Online kNN monitor: kNN top-1 of the encoder on a fixed subset (up to 10k training
     # and 2k test images) after every N-th epoch, logged as monitor/knn_top1. 0: off.
     # It never changes training (no RNG draw, BN in eval mode), so it is not in run_id.
     knn_every: NonNegativeInt = 0
+
+
+@dataclass(frozen=True)
+class ProbeDefaults:
+    """The linear evaluation's settings that the official commands set per data set."""
+
+    batch_size: int
+    epochs: int
+    weight_decay: float
+
+
+#: The official linear-evaluation commands (google-research/simclr README): ImageNet
+#: `--train_batch_size=4096 --train_epochs=90 --weight_decay=1e-6`; CIFAR-10
+#: `--train_batch_size=512 --train_epochs=100 --weight_decay=0.0`, which every smaller
+#: data set here (CIFAR-100, STL-10, digits, synthetic) follows.
+PROBE_DEFAULTS: dict[str, ProbeDefaults] = {"imagefolder": ProbeDefaults(4096, 90, 1e-6)}
+PROBE_DEFAULT = ProbeDefaults(512, 100, 0.0)
+
+
+def resolve_config(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """`config` with the defaults that follow the data filled in: an `eval` section's
+    null batch size, epochs and weight decay from PROBE_DEFAULTS for `dataset`."""
+    out = dict(config)
+    section = out.get("eval")
+    if isinstance(section, Mapping):
+        defaults = PROBE_DEFAULTS.get(dataset, PROBE_DEFAULT)
+        out["eval"] = {
+            k: (getattr(defaults, k) if v is None and hasattr(defaults, k) else v)
+            for k, v in section.items()
+        }
+    return out
 
 
 class MethodConfig(StrictModel):
@@ -96,6 +170,19 @@ class MethodConfig(StrictModel):
     # Smallest area of the random resized crop (paper: 0.08). Tiny images trained for a
     # few epochs (the quickstart's 16 px digits) learn faster with milder crops.
     crop_min_scale: float = Field(0.08, gt=0.0, le=1.0)
+    # The crop (and, for SimCLR, colour distortion): the official code's TensorFlow ops,
+    # or torchvision's (this tool's semantics before issue 21).
+    augment: AugmentStyle = Field(AugmentStyle.OFFICIAL, strict=False)  # YAML gives a str
+
+    @field_validator("batch_size")
+    @classmethod
+    def _two_per_batch(cls, batch: int) -> int:
+        if batch < 2:
+            raise ValueError(
+                f"must be at least 2: batch norm normalises over the images of a batch and "
+                f"cannot train on one (got {batch})"
+            )
+        return batch
 
 
 class SimCLRConfig(MethodConfig):
@@ -103,6 +190,21 @@ class SimCLRConfig(MethodConfig):
     projection_dim: PositiveInt = 128
     color_strength: PositiveFloat = 1.0
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("color_strength")
+    @classmethod
+    def _official_strength(cls, value: float, info: ValidationInfo) -> float:
+        # tf.image.random_contrast and random_saturation refuse a negative lower bound,
+        # 1 - 0.8 s: the official code runs only up to s = 1.25.
+        if info.data.get("augment") == AugmentStyle.OFFICIAL and value > OFFICIAL_MAX_STRENGTH:
+            raise ValueError(
+                f"must be at most {OFFICIAL_MAX_STRENGTH} with augment: official "
+                "(TensorFlow refuses a contrast or saturation factor below 0); "
+                "augment: torchvision allows up to 2.5"
+            )
+        if value > MAX_STRENGTH:
+            raise ValueError(f"must be at most {MAX_STRENGTH} (a hue shift of 0.2 s turns)")
+        return value
 
 
 class SupervisedConfig(MethodConfig):
@@ -126,6 +228,9 @@ class MethodInfo:
     unlabelled: whether it trains on a data set's unlabelled images too (STL-10's
     100,000: `train+unlabeled`); it never reads their labels.
     reference: the baseline every other method's gap is measured against (one method).
+    accuracy_plateaus: whether its training accuracy is a classifier's, which levels off
+    as the run converges (scaling.train.convergence judges it with the loss); a
+    contrastive objective's "accuracy" (the positive among 2N - 1 views) is not.
     """
 
     name: str
@@ -140,6 +245,20 @@ class MethodInfo:
     cached_accumulation: bool
     unlabelled: bool = False
     reference: bool = False
+    accuracy_plateaus: bool = False
+
+    def bn_grouping(self, whole_batch: bool) -> BNGrouping:
+        """How its training step groups images into batch-norm batches: two views
+        together when one BN batch holds the whole batch (no accumulation, one rank or
+        SyncBN: the official code), else one view per forward with the second view's
+        rows shuffled; a one-view method, its micro-batches."""
+        if self.views == 1:
+            return BNGrouping.ONE_VIEW
+        return BNGrouping.VIEWS_TOGETHER if whole_batch else BNGrouping.SECOND_VIEW_SHUFFLED
+
+    def groupings(self) -> tuple[str, ...]:
+        """Every grouping its steps can use (to check a run spec's `bn_grouping`)."""
+        return tuple(dict.fromkeys(str(self.bn_grouping(w)) for w in (True, False)))
 
     def monitor_every(self, config: Mapping[str, Any]) -> int:
         """Epochs between two runs of the online kNN monitor (0: never)."""
@@ -147,17 +266,19 @@ class MethodInfo:
             return 0
         return int((config.get("eval") or {}).get("knn_every") or 0)
 
-    def eval_passes(self, eval_config: Mapping[str, Any] | None) -> tuple[int, int]:
-        """(forwards of every training image, of every test image) its evaluation makes,
-        given the config's `eval` section: a frozen encoder's features of both splits
-        once, and the augmented protocol's fresh crops of the training split every probe
-        epoch; a network's own head, the test split once. The online kNN monitor is
-        counted by the planner."""
+    def eval_passes(self, eval_config: Mapping[str, Any] | None) -> tuple[int, int, int]:
+        """Forwards of every image its evaluation makes, of (the training images it fits
+        a probe on, the held-out validation images, the test images), given the config's
+        `eval` section: a frozen encoder's features of each of them once, and the
+        augmented protocol's fresh crops of the fitted images every probe epoch; a
+        network's own head, the held-out and the test images once. The online kNN monitor
+        is counted by the planner."""
         if self.evaluation is Evaluation.OWN_HEAD:
-            return 0, 1
+            return 0, 1, 1
         eval_config = eval_config or {}
         augmented = eval_config.get("protocol") == "augmented"
-        return 1 + (int(eval_config.get("epochs") or 0) if augmented else 0), 1
+        epochs = int(eval_config.get("epochs") or PROBE_DEFAULT.epochs) if augmented else 0
+        return 1 + epochs, 1, 1
 
 
 METHODS: dict[str, MethodInfo] = {}
@@ -200,6 +321,7 @@ register(
         views=1,
         cached_accumulation=False,
         reference=True,
+        accuracy_plateaus=True,
     )
 )
 

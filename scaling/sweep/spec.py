@@ -9,6 +9,7 @@ sha256 of the canonical JSON of what changes the result (not where it runs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -16,20 +17,25 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from scaling.errors import SpecError
 from scaling.sweep.config import (
     StrictModel,
     apply_overrides,
-    check_keys,
     read_yaml,
-    submodel,
     validate,
 )
-from scaling.sweep.methods import METHODS, MethodConfig
+from scaling.sweep.grid import section_grid
+from scaling.sweep.methods import METHODS, MethodConfig, get_method, resolve_config
+
+#: the share of the labelled training images held out for validation (recipe selection)
+VALIDATION_FRACTION = 0.1
+#: the official code's CIFAR stem (3x3 stride 1, no max-pool) up to this image size
+#: (run.py: `cifar_stem=FLAGS.image_size <= 32`), the ImageNet stem above it
+CIFAR_STEM_MAX_SIZE = 32
 
 
 class DatasetConfig(StrictModel):
@@ -39,13 +45,60 @@ class DatasetConfig(StrictModel):
     # Training images per epoch: how many to make for `synthetic` (test: a quarter); for
     # `imagefolder` what the planner assumes when the folder is not reachable from here.
     size: PositiveInt | None = None
+    # A fixed random share of the labelled training images held out from training, for
+    # EVERY method: SimCLR neither pretrains nor fits its probe on them, the supervised
+    # baseline never trains on them; both are scored there (val_top1), and a sweep's
+    # recipes are chosen on that score, never on the test set. 0: train on everything
+    # (then there is no validation score, and several recipes are chosen on test).
+    validation: float = Field(VALIDATION_FRACTION, ge=0.0, lt=1.0)
+
+
+#: The narrowest width: scaling.models.resnet builds round(64 x width) channels in the stem
+#: (at least 1), so below 1/128 the stem and then every stage are clamped at one channel
+#: and width no longer scales every channel (width 1e-9 built a 126-parameter network).
+MIN_WIDTH = 1 / 128
+#: The widest: beyond it the widest layer's weights ((2048 x width)^2 x 9 4-byte floats)
+#: exceed what a tensor can address, and not even the plan's meta-device trace can build
+#: it. Widths below it that do not fit the accelerator are the plan's infeasible runs.
+MAX_WIDTH = 2.0**18
+#: Pixels one output pixel of the last stage covers: the CIFAR stem keeps the resolution
+#: and the stages halve it three times (8); the ImageNet stem's stride-2 conv and max-pool
+#: divide it by 4 more (32). A smaller image reaches the last stages as a single pixel.
+STEM_REDUCTION = {"cifar": 8, "imagenet": 32}
+#: Seeds torch's generators and numpy's SeedSequence both take (0 <= seed < 2^63).
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
 class ModelConfig(StrictModel):
     depth: Literal[10, 18, 34, 50, 101, 152, 200] = 18
     width: PositiveFloat = 1.0
-    stem: Literal["cifar", "imagenet"] = "cifar"
+    # auto: the official code's rule, the CIFAR stem at 32 px and below, else ImageNet's
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
     depth_multiplier: PositiveFloat = 1.0
+
+    @field_validator("width")
+    @classmethod
+    def _width(cls, width: float) -> float:
+        if width < MIN_WIDTH:
+            raise ValueError(
+                f"must be at least 1/128 = {MIN_WIDTH:g}: the stem has round(64 x width) "
+                f"channels, clamped at one below it (got {width:g})"
+            )
+        if width > MAX_WIDTH:
+            raise ValueError(
+                f"must be at most {MAX_WIDTH:g}: wider layers cannot even be allocated "
+                f"(the paper's widest network is 4x; got {width:g})"
+            )
+        return width
+
+
+def resolve_model(model: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """The model section with `stem: auto` resolved for the image size (CIFAR_STEM_MAX_SIZE)."""
+    out = dict(model)
+    if out.get("stem", "auto") == "auto":
+        out["stem"] = "cifar" if int(image_size) <= CIFAR_STEM_MAX_SIZE else "imagenet"
+    return out
 
 
 class WandbConfig(StrictModel):
@@ -68,7 +121,7 @@ class SweepFile(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     description: str = ""
     dataset: dict[str, Any]
-    seeds: list[int] | int = [0]
+    seeds: list[Seed] | Seed = [0]
     model: dict[str, Any] = {}
     methods: dict[str, dict[str, Any] | None]
     tracking: TrackingConfig = TrackingConfig()
@@ -95,19 +148,29 @@ class RunSpec:
     # batch (accumulation, ranks without SyncBN): BN statistics then differ, and so does
     # the result. None: BN over each view's whole batch.
     bn_batch: int | None = None
+    # How the views are grouped into batch-norm batches (methods.BNGrouping), when the
+    # layout makes it differ from the method's grouping without accumulation. None: that.
+    bn_grouping: str | None = None
     run_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Always fully resolved (stem auto, the probe's data-set defaults), however built.
+        size = int(self.dataset.get("image_size", 32))
+        object.__setattr__(self, "model", resolve_model(self.model, size))
+        object.__setattr__(self, "config", resolve_config(self.config, self.dataset["name"]))
         object.__setattr__(self, "run_id", run_id_of(self.identity()))
 
     def identity(self) -> dict[str, Any]:
-        """What changes the result: everything but the sweep's name and data location."""
+        """What changes the result: everything but the sweep's name and data location,
+        plus how batch norm groups the images (always named: a run laid out with another
+        grouping is another run)."""
         identity = {
             "method": self.method,
             "dataset": identity_of_dataset(self.dataset),
             "model": dict(self.model),
             "seed": self.seed,
             "config": identity_of_config(self.config),
+            "bn_grouping": self.bn_grouping or default_grouping(self.method),
         }
         if self.bn_batch is not None:
             identity["bn_batch"] = self.bn_batch
@@ -118,12 +181,15 @@ class RunSpec:
         `scaling.group` tag, to compare means over seeds in the UI)."""
         return run_id_of({k: v for k, v in self.identity().items() if k != "seed"})
 
-    def with_bn_batch(self, bn_batch: int) -> RunSpec:
-        """This run with batch norm over `bn_batch` images per view (a new run_id when
-        that is less than the batch; the same spec otherwise)."""
-        if bn_batch >= int(self.config["batch_size"]):
-            return self if self.bn_batch is None else replace(self, bn_batch=None)
-        return replace(self, bn_batch=int(bn_batch))
+    def with_bn_batch(self, bn_batch: int, grouping: str | None = None) -> RunSpec:
+        """This run with batch norm over `bn_batch` images per view, grouped as `grouping`
+        (None: the method's grouping over the whole batch): a new run_id when the BN batch
+        is less than the batch or the grouping is not that default; the same spec otherwise."""
+        small = int(bn_batch) if bn_batch < int(self.config["batch_size"]) else None
+        other = None if grouping in (None, default_grouping(self.method)) else str(grouping)
+        if (small, other) == (self.bn_batch, self.bn_grouping):
+            return self
+        return replace(self, bn_batch=small, bn_grouping=other)
 
     @classmethod
     def _trusted(
@@ -146,6 +212,7 @@ class RunSpec:
             ("config", config),
             ("sweep", sweep),
             ("bn_batch", None),
+            ("bn_grouping", None),
         ):
             object.__setattr__(spec, name, value)
         object.__setattr__(spec, "run_id", _hash(canonical))
@@ -161,6 +228,7 @@ class RunSpec:
             "seed": self.seed,
             "config": dict(self.config),
             **({"bn_batch": self.bn_batch} if self.bn_batch is not None else {}),
+            **({"bn_grouping": self.bn_grouping} if self.bn_grouping is not None else {}),
         }
 
     @classmethod
@@ -180,17 +248,28 @@ class RunSpec:
         seed = data["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise SpecError(f"must be an integer, got {seed!r}", file=file, key="seed")
+        if not 0 <= seed <= MAX_SEED:
+            raise SpecError(f"must be in 0 .. 2^63 - 1, got {seed}", file=file, key="seed")
         method = data.get("method")
         if method not in METHODS:
             raise SpecError(f"must be one of {', '.join(METHODS)}", file=file, key="method")
+        dataset = validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump()
+        model = validate(ModelConfig, data["model"], file, "model.").model_dump()
+        check_input_size(dataset, model, file)
+        config = validate(METHODS[method].config, data["config"], file, "config.").model_dump()
+        grouping = data.get("bn_grouping")
+        if grouping is not None and grouping not in get_method(method).groupings():
+            allowed = ", ".join(get_method(method).groupings())
+            raise SpecError(f"must be one of {allowed}", file=file, key="bn_grouping")
         spec = cls(
             method=method,
-            dataset=validate(DatasetConfig, data["dataset"], file, "dataset.").model_dump(),
-            model=validate(ModelConfig, data["model"], file, "model.").model_dump(),
+            dataset=dataset,
+            model=model,
             seed=int(data["seed"]),
-            config=validate(METHODS[method].config, data["config"], file, "config.").model_dump(),
+            config=config,
             sweep=str(data.get("sweep", "")),
             bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
+            bn_grouping=None if grouping is None else str(grouping),
         )
         if "run_id" in data and data["run_id"] != spec.run_id:
             raise SpecError(
@@ -213,6 +292,27 @@ class RunSpec:
             else:
                 row[key] = value
         return row
+
+
+def check_input_size(dataset: Mapping[str, Any], model: Mapping[str, Any], file: str) -> None:
+    """An image at least as large as the stem and stages reduce to one pixel (a
+    SpecError otherwise: a 1 px image trained "to chance" and entered the fits)."""
+    size = int(dataset["image_size"])
+    stem = str(resolve_model(model, size)["stem"])
+    need = STEM_REDUCTION[stem]
+    if size < need:
+        other = " (or stem: cifar, which needs 8)" if stem == "imagenet" else ""
+        raise SpecError(
+            f"must be at least {need} with the {stem} stem, which with the stages reduces "
+            f"{need} x {need} pixels to one; use image_size >= {need}{other} (got {size})",
+            file=file,
+            key="dataset.image_size",
+        )
+
+
+def default_grouping(method: str) -> str:
+    """The method's batch-norm grouping when BN sees the whole batch (methods.MethodInfo)."""
+    return str(get_method(method).bn_grouping(whole_batch=True))
 
 
 def run_id_of(identity: Mapping[str, Any]) -> str:
@@ -283,86 +383,6 @@ class Sweep:
         return tuple(r for r in self.runs if r.method == method)
 
 
-# ----------------------------------------------------------------------------- grids
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """A section expanded: its validated defaults plus the axes that vary."""
-
-    base: dict[str, Any]
-    axes: tuple[tuple[str, tuple[Any, ...]], ...]
-
-    def expand(self) -> Iterable[dict[str, Any]]:
-        keys = [k for k, _ in self.axes]
-        for combo in itertools.product(*(values for _, values in self.axes)):
-            out = _nested_copy(self.base)
-            for key, value in zip(keys, combo, strict=True):
-                _set_dotted(out, key, value)
-            yield out
-
-
-def _section_grid(
-    raw: Mapping[str, Any], model: type[StrictModel], file: str, prefix: str
-) -> _Grid:
-    """Validate a section whose leaves may be lists, returning its grid."""
-    if not isinstance(raw, Mapping):
-        raise SpecError(
-            f"expected a mapping, got {type(raw).__name__}", file=file, key=prefix.rstrip(".")
-        )
-    check_keys(raw, model, file, prefix)
-    leaves = dict(_leaves(raw, model))
-    axes: list[tuple[str, list[Any]]] = []
-    template: dict[str, Any] = {}
-    for key, value in leaves.items():
-        if isinstance(value, list):
-            if not value:
-                raise SpecError(
-                    "empty list: a grid axis needs at least one value", file=file, key=prefix + key
-                )
-            axes.append((key, value))
-            value = value[0]
-        _set_dotted(template, key, value)
-    base = validate(model, template, file, prefix)
-    validated_axes = []
-    for key, values in axes:
-        coerced = []
-        for value in values:
-            trial = _nested_copy(template)
-            _set_dotted(trial, key, value)
-            coerced.append(_get_dotted(validate(model, trial, file, prefix).model_dump(), key))
-        validated_axes.append((key, tuple(dict.fromkeys(coerced))))
-    return _Grid(base=base.model_dump(), axes=tuple(validated_axes))
-
-
-def _leaves(
-    raw: Mapping[str, Any], model: type[StrictModel], prefix: str = ""
-) -> Iterable[tuple[str, Any]]:
-    for key, value in raw.items():
-        sub = submodel(model.model_fields[key].annotation)
-        if sub is not None and isinstance(value, Mapping):
-            yield from _leaves(value, sub, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[last] = value
-
-
-def _get_dotted(data: Mapping[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        data = data[part]
-    return data
-
-
-def _nested_copy(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _nested_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -378,13 +398,17 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     seeds = [top.seeds] if isinstance(top.seeds, int) else list(dict.fromkeys(top.seeds))
     if not seeds:
         raise SpecError("empty list: give at least one seed", file=file, key="seeds")
-    data_grid = _section_grid(top.dataset, DatasetConfig, file, "dataset.")
-    model_grid = _section_grid(top.model, ModelConfig, file, "model.")
+    data_grid = section_grid(top.dataset, DatasetConfig, file, "dataset.")
+    model_grid = section_grid(top.model, ModelConfig, file, "model.")
+    for dataset, model in itertools.product(data_grid.expand(), model_grid.expand()):
+        check_input_size(dataset, model, file)
     axes: dict[str, tuple[Any, ...]] = {f"dataset.{k}": v for k, v in data_grid.axes if len(v) > 1}
     axes.update({f"model.{k}": v for k, v in model_grid.axes if len(v) > 1})
     if len(seeds) > 1:
         axes["seed"] = tuple(seeds)
     runs: list[RunSpec] = []
+    datasets = _with_json(data_grid.expand(), identity_of_dataset)
+    models = list(model_grid.expand())
     for method, section in top.methods.items():
         if method not in METHODS:
             raise SpecError(
@@ -393,26 +417,38 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                 key=f"methods.{method}",
             )
         config_model: type[MethodConfig] = METHODS[method].config
-        grid = _section_grid(section or {}, config_model, file, f"methods.{method}.")
+        grid = section_grid(section or {}, config_model, file, f"methods.{method}.")
         axes.update({f"methods.{method}.{k}": v for k, v in grid.axes if len(v) > 1})
-        configs = [(c, _canonical(identity_of_config(c))) for c in grid.expand()]
+        raw_configs = list(grid.expand())
         method_json = _canonical(method)
-        for (dataset, d_json), (model, m_json), seed in itertools.product(
-            _with_json(data_grid.expand(), identity_of_dataset),
-            _with_json(model_grid.expand()),
-            seeds,
-        ):
-            for config, c_json in configs:
-                # The identity's canonical JSON assembled from per-part fragments: the
-                # same string json.dumps(sort_keys=True) gives, without re-encoding
-                # every part for each of (possibly) 100,000 runs.
-                canonical = (
-                    f'{{"config":{c_json},"dataset":{d_json},"method":{method_json},'
-                    f'"model":{m_json},"seed":{seed}}}'
-                )
-                runs.append(
-                    RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
-                )
+        grouping_json = _canonical(default_grouping(method))
+        # Defaults that follow the data (the probe's settings, the stem) are resolved per
+        # data set and image size, once each.
+        configs_for = functools.cache(
+            lambda name, raw=raw_configs: [
+                (c, _canonical(identity_of_config(c)))
+                for c in (resolve_config(r, name) for r in raw)
+            ]
+        )
+        models_for = functools.cache(
+            lambda size: _with_json(resolve_model(m, size) for m in models)
+        )
+        for dataset, d_json in datasets:
+            configs = configs_for(dataset["name"])
+            for (model, m_json), seed in itertools.product(
+                models_for(dataset["image_size"]), seeds
+            ):
+                for config, c_json in configs:
+                    # The identity's canonical JSON assembled from per-part fragments: the
+                    # same string json.dumps(sort_keys=True) gives, without re-encoding
+                    # every part for each of (possibly) 100,000 runs.
+                    canonical = (
+                        f'{{"bn_grouping":{grouping_json},"config":{c_json},"dataset":{d_json},'
+                        f'"method":{method_json},"model":{m_json},"seed":{seed}}}'
+                    )
+                    runs.append(
+                        RunSpec._trusted(method, dataset, model, seed, config, top.name, canonical)
+                    )
     unique = tuple(_unique(runs, file))
     if top.only is not None:
         unknown = sorted(set(top.only) - {r.run_id for r in unique})

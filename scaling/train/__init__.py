@@ -2,7 +2,7 @@
 
 Holds the data sets and their readers (`data`, `readers`, image folders in `imagefolder`),
 each step's views (`views`), the batched augmentation (`augment`, colour ops in
-`photometric`), NT-Xent (`losses`), LARS and parameter groups (`optim`), gradient
+`photometric`, the official code's TensorFlow crop and colour ops in `official`), NT-Xent (`losses`), LARS and parameter groups (`optim`), gradient
 caching (`accumulate`), distributed helpers (`distributed`), one optimizer step per
 objective (`steps`), epoch metrics (`metrics`), stop signals agreed across ranks
 (`signals`), checkpoints (`checkpoint`), evaluation (`evaluate`), what a finished run

@@ -1,5 +1,10 @@
 """SimCLR's augmentation, batched on the training device, one random draw per image and view.
 
+Two semantics (`augment` in a method's config, `AugmentStyle`): `official`, the
+google-research/simclr code's TensorFlow crop and colour ops (scaling.train.official, the
+default), and `torchvision`, torchvision's RandomResizedCrop and ColorJitter, described
+here. Both share the drawing, the grey, the blur and the layout below.
+
 torchvision.transforms.v2 applied to a batched tensor draws ONE set of parameters for the
 whole batch, so every image gets the same crop and the same colour change: that is not
 SimCLR. Applied per image in a Dataset it is right but slow (a Python call per image and
@@ -21,6 +26,8 @@ op, on CPU workers). Here the parameters are drawn per image as tensors
 
 Everything is computed in float32 on [0, 1] (torchvision's uint8 path rounds after every
 op; this does not), then normalised with `mean`/`std` (default 0.5/0.5, i.e. [-1, 1]).
+The official style's bicubic crops may leave [0, 1]; they are clipped where the official
+code clips: after each colour op of a jittered image, and after the grey.
 Reproducible: the same generator state gives the same output; the number of draws does
 not depend on the data.
 """
@@ -36,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from scaling.sweep.methods import Augmentation
+from scaling.sweep.methods import (
+    MAX_STRENGTH,
+    OFFICIAL_MAX_STRENGTH,
+    Augmentation,
+    AugmentStyle,
+)
+from scaling.train import official
 from scaling.train.photometric import color_jitter, gaussian_blur_, to_grayscale_
 
 CPU_CHUNK_PIXELS = 1 << 19  # on CPU, augment this many pixels at a time (see `apply`)
@@ -56,8 +69,9 @@ class AugmentParams:
     gray: Tensor  # (N,) bool: converted to grayscale
     blur: Tensor  # (N,) bool: Gaussian blur applied
     sigma: Tensor  # (N,) float32: blur standard deviation in pixels
-    # (N, 2 x CROP_ATTEMPTS + 2) float32: the crop's raw draws (area fractions, aspects,
-    # then top and left in [0, 1)), from which `crop_boxes` makes the box on any image size
+    # (N, D) float32: the crop's raw draws (torchvision: CROP_ATTEMPTS area fractions and
+    # aspects, then top and left in [0, 1); official: 4 uniforms per attempt), from which
+    # `SimCLRAugment.crop_boxes` makes the box on any image size
     crop_draws: Tensor
 
     def __len__(self) -> int:
@@ -109,11 +123,19 @@ class SimCLRAugment:
         blur_p: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         test_crop: bool = False,
+        style: AugmentStyle | str = AugmentStyle.OFFICIAL,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        if not 0.0 <= color_strength <= 2.5:  # hue factor 0.2 s must stay within 0.5 of a turn
+        if not 0.0 <= color_strength <= MAX_STRENGTH:  # hue 0.2 s: within half a turn
             raise ValueError(f"color_strength must be in [0, 2.5], got {color_strength}")
+        self.style = AugmentStyle(style)
+        official_max = OFFICIAL_MAX_STRENGTH  # TensorFlow: contrast factors from 1 - 0.8 s >= 0
+        if self.style is AugmentStyle.OFFICIAL and jitter_p > 0 and color_strength > official_max:
+            raise ValueError(
+                f"color_strength must be at most {official_max} officially, got {color_strength}"
+            )
+        self.semantics = SEMANTICS[self.style]
         self.image_size = image_size
         self.color_strength = color_strength
         self.mean = tuple(float(m) for m in mean)
@@ -146,10 +168,10 @@ class SimCLRAugment:
         def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> Tensor:
             return torch.rand(*shape, generator=generator, device=dev) * (high - low) + low
 
-        draws = _draw_crops(n, self.crop_scale, self.crop_ratio, uniform)
+        draws = self.semantics.draw(n, self.crop_scale, self.crop_ratio, uniform)
         boxes = None
         if height is not None and width is not None:
-            boxes = crop_boxes(draws, height, width, self.crop_ratio)
+            boxes = self.crop_boxes(draws, height, width)
         flip = uniform(n) < self.flip_p
         jitter = uniform(n) < self.jitter_p
         lows = torch.tensor([r[0] for r in self.factor_ranges], device=dev)
@@ -160,6 +182,11 @@ class SimCLRAugment:
         blur = uniform(n) < self.blur_p
         sigma = uniform(n, low=self.blur_sigma[0], high=self.blur_sigma[1])
         return AugmentParams(boxes, flip, jitter, factors, order, gray, blur, sigma, draws)
+
+    def crop_boxes(self, draws: Tensor, height: int | Tensor, width: int | Tensor) -> Tensor:
+        """(N, 4) int64 boxes (top, left, height, width) that `draws` (rows of
+        `AugmentParams.crop_draws`) give on images of `height` x `width` (or one per image)."""
+        return self.semantics.boxes(draws, height, width, self.crop_scale, self.crop_ratio)
 
     # -- applying --------------------------------------------------------------------------
 
@@ -188,11 +215,13 @@ class SimCLRAugment:
                 raise ValueError(f"cropped views must be {self.image_size} px, got {x.shape}")
             x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
         else:
-            x = crop_flip(x, p.boxes, p.flip, self.image_size)
+            x = self.semantics.resize(x, p.boxes, p.flip, self.image_size)
         if self.jitter_p > 0:  # in place from here on: x is this call's own tensor
-            x = color_jitter(x, p.factors, p.order, p.jitter)
+            x = self.semantics.jitter(x, p.factors, p.order, p.jitter)
         if self.gray_p > 0:
             x = to_grayscale_(x, p.gray)
+        if self.semantics.clip:  # preprocess_for_train's last clip_by_value
+            x = x.clamp_(0.0, 1.0)
         if self.blur_p > 0 and self.kernel_size > 1:
             x = gaussian_blur_(x, p.sigma, p.blur, self.kernel_size)
         normalize(x, self.mean, self.std, out=out)
@@ -223,6 +252,7 @@ class CropFlipAugment(SimCLRAugment):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         crop_scale: tuple[float, float] = (0.08, 1.0),
         test_crop: bool = False,
+        style: AugmentStyle | str = AugmentStyle.OFFICIAL,
     ) -> None:
         super().__init__(
             image_size,
@@ -234,6 +264,7 @@ class CropFlipAugment(SimCLRAugment):
             jitter_p=0.0,
             gray_p=0.0,
             test_crop=test_crop,
+            style=style,
         )
 
 
@@ -243,12 +274,15 @@ def _contrastive(image_size: int, config: Mapping[str, Any], test_crop: bool) ->
         color_strength=float(config["color_strength"]),
         crop_scale=(float(config["crop_min_scale"]), 1.0),
         test_crop=test_crop,
+        style=config["augment"],
     )
 
 
 def _crop_flip(image_size: int, config: Mapping[str, Any], test_crop: bool) -> SimCLRAugment:
     crop_scale = (float(config["crop_min_scale"]), 1.0)
-    return CropFlipAugment(image_size, crop_scale=crop_scale, test_crop=test_crop)
+    return CropFlipAugment(
+        image_size, crop_scale=crop_scale, test_crop=test_crop, style=config["augment"]
+    )
 
 
 #: the training augmentation of each kind a method names, built from its config
@@ -373,3 +407,37 @@ def crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
         [gx[:, None, :].expand(n, size, size), gy[:, :, None].expand(n, size, size)], dim=-1
     )
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class Semantics:
+    """One style's crop and colour ops (the rest of the pipeline is shared)."""
+
+    #: (n, scale, ratio, uniform) -> (n, D) crop draws
+    draw: Callable[[int, tuple[float, float], tuple[float, float], Callable[..., Tensor]], Tensor]
+    #: (draws, height, width, scale, ratio) -> (n, 4) boxes
+    boxes: Callable[[Tensor, Any, Any, tuple[float, float], tuple[float, float]], Tensor]
+    #: (images, boxes, flip, size) -> cropped, resized and flipped float images
+    resize: Callable[[Tensor, Tensor, Tensor, int], Tensor]
+    #: (images, factors, order, active) -> colour-jittered images (in place)
+    jitter: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+    clip: bool  # clip to [0, 1] after the grey (values can leave it after the crop)
+
+
+#: the crop and colour ops of each style
+SEMANTICS: dict[AugmentStyle, Semantics] = {
+    AugmentStyle.OFFICIAL: Semantics(
+        draw=lambda n, scale, ratio, uniform: official.draw_crops(n, uniform),
+        boxes=official.crop_boxes,
+        resize=official.resize_boxes,
+        jitter=official.color_jitter,
+        clip=True,
+    ),
+    AugmentStyle.TORCHVISION: Semantics(
+        draw=_draw_crops,
+        boxes=lambda draws, height, width, scale, ratio: crop_boxes(draws, height, width, ratio),
+        resize=crop_flip,
+        jitter=color_jitter,
+        clip=False,
+    ),
+}

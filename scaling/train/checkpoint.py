@@ -90,11 +90,13 @@ def save_state(
     main: bool,
     elapsed_s: float = 0.0,
     run_id: str = "",
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
     """Everything a run needs to continue bit for bit: weights, optimizer, the position in
     the data order, the augmentation and global RNG streams, the epoch's running sums,
-    and the wall time spent so far over every attempt (a resumed run's cost is all of it).
-    Only rank 0 writes (the ranks hold identical weights)."""
+    the wall time spent so far over every attempt (a resumed run's cost is all of it)
+    and the metrics lines of the epochs done (`history`: what repairs a metrics.jsonl
+    cut by a kill or a full disk). Only rank 0 writes (the ranks hold identical weights)."""
     if not main:
         return
     save(
@@ -114,8 +116,27 @@ def save_state(
             "sums": sums,
             "elapsed_s": elapsed_s,
             "run_id": run_id,  # a checkpoint resumes only its own run
+            "history": list(history or ()),
         },
     )
+
+
+def repair_metrics(run_dir: Path, history: list[dict[str, Any]] | None = None) -> int:
+    """Put back the epochs metrics.jsonl lost (cut by a kill mid-write, a full disk, a
+    hand edit) from a checkpoint's `history` (the newest checkpoint's when None); the
+    epochs restored (0: nothing was missing, or no checkpoint holds them)."""
+    from scaling.rundir import METRICS, read_metrics, write_metrics
+
+    if history is None:
+        state = restore(run_dir)
+        history = list((state or {}).get("history") or ())
+    kept = {r["epoch"]: r for r in read_metrics(run_dir / METRICS)}
+    missing = [r for r in history if isinstance(r, dict) and r.get("epoch") not in kept]
+    if not missing:
+        return 0
+    merged = sorted([*kept.values(), *missing], key=lambda r: r["epoch"])
+    write_metrics(run_dir / METRICS, merged)
+    return len(missing)
 
 
 def restore_rng(state: dict[str, Any]) -> None:

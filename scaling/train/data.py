@@ -22,9 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scaling.plan.data_info import held_out
+from scaling.plan.layout import epoch_steps
+from scaling.train.augment import SimCLRAugment
 from scaling.train.imagefolder import ImageFolderSet
 
-IMAGEFOLDER_CACHE_BYTES = 8 << 30  # decode an image folder into memory up to this size
+IMAGEFOLDER_CACHE_BYTES = 8 << 30  # keep an image folder's files in memory up to this size
 
 
 @dataclass
@@ -58,7 +61,66 @@ class ImageSet:
         return self.images[idx], self.labels[idx]
 
 
-DataSet = ImageSet | ImageFolderSet
+class Subset:
+    """The images of `data` at `indices`, in that order, read on demand (an image folder's
+    rows: `batch` and `crops` ask the folder for the underlying images)."""
+
+    def __init__(self, data: ImageSet | ImageFolderSet | Subset, indices: Tensor) -> None:
+        self.data, self.indices = data, indices.cpu()
+        self.labels = data.labels[self.indices.to(data.labels.device)]
+        self.num_classes = data.num_classes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def decodes_on_cpu(self) -> bool:
+        return bool(getattr(self.data, "decodes_on_cpu", False))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data.image_size)
+
+    @property
+    def decoded(self) -> int:  # an image folder's count of decoded images (tests)
+        return int(getattr(self.data, "decoded", 0))
+
+    def to(self, device: torch.device | str) -> Subset:
+        return Subset(self.data.to(device), self.indices)
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        return self.data.batch(self.indices[indices.cpu()])
+
+    def crops(self, indices: Tensor, draws: list[Tensor], aug: SimCLRAugment) -> Tensor:
+        return self.data.crops(self.indices[indices.cpu()], draws, aug)  # type: ignore[union-attr]
+
+
+DataSet = ImageSet | ImageFolderSet | Subset
+
+
+def subset(data: DataSet, indices: Tensor) -> DataSet:
+    """The images of `data` at `indices`: copied when in memory, else a `Subset`."""
+    if isinstance(data, ImageSet):
+        idx = indices.to(data.images.device)
+        return ImageSet(data.images[idx], data.labels[idx], data.num_classes)
+    return Subset(data, indices)
+
+
+VALIDATION_SEED = 0  # the same held-out images for every run, seed, recipe and method
+
+
+def validation_rows(labels: Tensor, fraction: float) -> tuple[Tensor, Tensor]:
+    """(kept, held-out) row indices of a training split: a fixed random share `fraction`
+    of its labelled rows (label >= 0; `plan.data_info.held_out` of them) is held out, the
+    rest (unlabelled rows included) kept. Every method of a sweep holds out the same
+    images: the labelled rows come first, in the same order, in every split of a data set."""
+    labels = labels.cpu()
+    labelled = (labels >= 0).nonzero().squeeze(1)
+    order = torch.randperm(len(labelled), generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held = labelled[order[: held_out(len(labelled), fraction)]].sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held] = False
+    return keep.nonzero().squeeze(1), held
 
 
 @dataclass(frozen=True)
@@ -84,6 +146,34 @@ def epoch_permutation(num_images: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(num_images, generator=torch.Generator().manual_seed(int(state)))
 
 
+def stream_batches(num_images: int, batch_size: int, seed: int, steps: range) -> Iterator[Tensor]:
+    """The image indices of each global step in `steps`: batches cut in order from one
+    stream of images, a fresh permutation per epoch (`epoch_permutation`), none dropped,
+    so a batch may span two epochs (the official code's shuffled `dataset.repeat()`)."""
+    perms: dict[int, Tensor] = {}
+    for step in steps:
+        a, b = step * batch_size, (step + 1) * batch_size
+        first, last = a // num_images, (b - 1) // num_images
+        for e in [e for e in perms if e < first]:
+            del perms[e]
+        parts = []
+        for e in range(first, last + 1):
+            if e not in perms:
+                perms[e] = epoch_permutation(num_images, seed, e)
+            lo, hi = max(a, e * num_images), min(b, (e + 1) * num_images)
+            parts.append(perms[e][lo - e * num_images : hi - e * num_images])
+        yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def training_steps(
+    num_images: int, batch_size: int, seed: int, epochs: int, epoch: int, start_step: int
+) -> Iterator[Tensor]:
+    """The image indices of the training steps of `epoch`, from its `start_step`-th on:
+    N x E // B + 1 steps over a run (`plan.layout.epoch_steps`)."""
+    steps = epoch_steps(num_images, batch_size, epochs, epoch)
+    return stream_batches(num_images, batch_size, seed, steps[start_step:])
+
+
 def batches(
     data: DataSet,
     batch_size: int,
@@ -93,9 +183,13 @@ def batches(
     start_step: int = 0,
     drop_last: bool = True,
     device: torch.device | str = "cpu",
+    epochs: int | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (uint8 images, labels) on `device` for one epoch, from step `start_step` on.
 
+    With `epochs` (training), the epoch's steps of the official count (`training_steps`):
+    batches cut from one stream of images, a batch may span two epochs; without, one
+    permutation of the images in batches (drop_last: the partial one dropped).
     A resumed run at (epoch, step) sees exactly the batches it would have seen: the order
     depends on (seed, epoch) only, and skipped steps touch no data. A set decoded on the
     CPU (an image folder: evaluation input) decodes the next batch in the background
@@ -103,9 +197,14 @@ def batches(
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    perm = epoch_permutation(len(data), seed, epoch)
-    steps = range(start_step, steps_per_epoch(len(data), batch_size, drop_last))
-    chunks = (perm[s * batch_size : (s + 1) * batch_size] for s in steps)
+    if epochs is not None:
+        chunks: Iterator[Tensor] = training_steps(
+            len(data), batch_size, seed, epochs, epoch, start_step
+        )
+    else:
+        perm = epoch_permutation(len(data), seed, epoch)
+        steps = range(start_step, steps_per_epoch(len(data), batch_size, drop_last))
+        chunks = (perm[s * batch_size : (s + 1) * batch_size] for s in steps)
     if not getattr(data, "decodes_on_cpu", False):
         yield from (_moved(data.batch(idx), device) for idx in chunks)
         return

@@ -274,6 +274,18 @@ def all_gather_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat(parts)[:n]
 
 
+def all_reduce_sum_(tensor: torch.Tensor) -> None:
+    """Replace `tensor`, in place, by its sum over ranks. No-op when not distributed."""
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def cleanup() -> None:
     """Leave the process group, if any (lets the next run in this process start clean)."""
     if is_initialized():

@@ -1,152 +1,286 @@
 """Evaluation: linear evaluation of a frozen encoder, kNN top-1, classifier top-k.
 
 Linear evaluation never changes the encoder: it runs in eval mode under no_grad (BN
-running statistics untouched) and only the linear layer's parameters are optimised.
-The default `features` protocol extracts features once and fits the classifier on
-them; `augmented` is the paper's protocol (crop + flip every epoch).
+running statistics untouched) and only the probe's parameters are optimised
+(`scaling.train.probe`: the official code's probe). The default `augmented` protocol
+forwards freshly cropped and flipped views of a batch at every probe step, as the
+official code; `features` fits the same probe on features extracted once.
+
+Nothing here holds all of a split's features on the accelerator: they are written to a
+store on the host (`scaling.train.features`: memory-mapped in the run directory, at the
+training precision) and read back in chunks, or copied to the device when they fit the
+evaluation's device budget; the result is the same either way. The probe is fitted on
+the labelled training images the run trained on (STL-10's 100,000 unlabelled images are
+neither forwarded nor stored), scored on the test split and on the held-out validation
+share (`val_top1`, for choosing among recipes). A killed evaluation resumes: finished
+stores and the probe's checkpoint are kept until the result is written.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
-from scaling.train.data import shard_range
+from scaling.train.data import shard_range, subset
+from scaling.train.features import DeviceBudget, FeatureReader, FeatureStore, knn_top1
+from scaling.train.probe import Features, Probe, fit_probe, topk_counts
 
 Transform = Callable[[Tensor], Tensor]
+#: the device budget for features when the caller names none: on CUDA this share of the
+#: memory free when evaluation starts, elsewhere (host memory) CPU_BUDGET_BYTES
+CUDA_BUDGET_SHARE = 0.5
+CPU_BUDGET_BYTES = 2 << 30
 
 
-@torch.no_grad()
-def extract_features(
-    encoder: nn.Module, images: Tensor, transform: Transform, batch_size: int = 512
-) -> Tensor:
-    """Features of uint8 `images` (on the encoder's device) in eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        chunks = [
-            encoder(transform(images[i : i + batch_size])).float()
-            for i in range(0, len(images), batch_size)
-        ]
-    finally:
-        encoder.train(was_training)
-    return torch.cat(chunks)
+@dataclass
+class EvalPlace:
+    """Where evaluation works: its folder (feature stores, the probe's checkpoint), the
+    device, images per forward, the device budget for features, the stored precision and
+    a token naming the trained network (stores of another network are not reused)."""
+
+    folder: Path
+    device: torch.device
+    batch: int
+    budget: DeviceBudget
+    dtype: torch.dtype = torch.float32
+    token: str = ""
+
+    def store(self, name: str, n: int, dim: int) -> FeatureStore:
+        return FeatureStore(self.folder, name, n, dim, self.dtype, self.token)
 
 
-def topk_accuracy(logits: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose label is among the k highest logits (k capped at classes)."""
-    out = {}
-    for k in ks:
-        k_eff = min(k, logits.shape[1])
-        hits = (logits.topk(k_eff, dim=1).indices == labels[:, None]).any(dim=1)
-        out[k] = hits.float().mean().item()
-    return out
+def default_budget(device: torch.device) -> int:
+    """Bytes of features evaluation may keep on `device` (CUDA_BUDGET_SHARE of free memory)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return int(CUDA_BUDGET_SHARE * torch.cuda.mem_get_info(device)[0])
+    return CPU_BUDGET_BYTES
 
 
-def linear_probe(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    num_classes: int,
-    config: Mapping[str, Any],
-    seed: int,
-    augment_features: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-) -> dict[int, float]:
-    """Fit a linear classifier (SGD, Nesterov momentum, cosine LR) and return test top-k.
+def evaluate_run(
+    spec: RunSpec,
+    net: nn.Module,
+    train: Any,
+    test: Any,
+    aug: SimCLRAugment,
+    *,
+    val: Any = None,
+    run_dir: Path | None = None,
+    batch: int = 512,
+    budget_bytes: int | None = None,
+    precision: str = "fp32",
+    token: str = "",
+) -> dict[str, Any]:
+    """The evaluation the run's method names (EVALUATIONS): top1 and top5, val_top1 on
+    the held-out `val` images (when given), and what else that evaluation measures.
 
-    With `augment_features`, train_x holds images (uint8) and each epoch computes
-    features of freshly augmented views (the paper's protocol); otherwise train_x holds
-    features computed once. Features are standardised with the training mean and std
-    (a BN without affine parameters in front of the linear layer).
+    `train`, `val` and `test` are in-memory or image-folder data sets (anything with
+    `batch(indices)`, `labels` and `len`): images are read `batch` at a time. Every rank
+    of a multi-rank run calls it: each extracts its share of the features. Stores and the
+    probe's state go to `run_dir/eval/` (a temporary folder without a run directory).
     """
-    device = train_x.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    feature_dim = test_x.shape[1]
-    head = nn.Linear(feature_dim, num_classes).to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        nn.init.normal_(head.weight, std=0.01)
-        nn.init.zeros_(head.bias)
-    batch = min(int(config["batch_size"]), len(train_y))
-    lr = float(config["lr"]) * batch / 256  # linear scaling rule, as in the paper's B.6
-    opt = torch.optim.SGD(
-        head.parameters(),
-        lr=lr,
-        momentum=0.9,
-        nesterov=True,
-        weight_decay=float(config["weight_decay"]),
-    )
-    epochs = int(config["epochs"])
-    steps_per_epoch = max(1, len(train_y) // batch)
-    total = epochs * steps_per_epoch
-    mean = std = None
-    step = 0
-    for _ in range(epochs):
-        feats = train_x if augment_features is None else augment_features(train_x, gen)
-        if mean is None:  # the training features' statistics (augmented: the first epoch's)
-            mean, std = feats.mean(0), feats.std(0) + 1e-6
-        order = torch.randperm(len(train_y), generator=gen, device=device)
-        for i in range(steps_per_epoch):
-            idx = order[i * batch : (i + 1) * batch]
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(head((feats[idx] - mean) / std), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    with torch.no_grad():
-        return topk_accuracy(head((test_x - mean) / std), test_y)
+    device = next(net.parameters()).device
+    budget = DeviceBudget(default_budget(device) if budget_bytes is None else budget_bytes)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    evaluation = EVALUATIONS[get_method(spec.method).evaluation]
+    with contextlib.ExitStack() as stack:
+        if run_dir is None:
+            if dist.world_size() > 1:
+                raise ValueError("a multi-rank evaluation needs a run directory its ranks share")
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="eval-")))
+        else:
+            folder = Path(run_dir) / EVAL_FOLDER
+        place = EvalPlace(folder, device, batch, budget, dtype, token)
+        return evaluation(spec, net, train, val, test, aug, place)
+
+
+EVAL_FOLDER = "eval"
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (batch norm on its running statistics), then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
-def knn_top1(
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
-    num_classes: int,
-    k: int,
-    temperature: float,
-) -> float:
-    """Weighted kNN on cosine similarity (Wu et al. 2018): votes exp(sim / temperature)."""
-    train_n = F.normalize(train_x, dim=1)
-    test_n = F.normalize(test_x, dim=1)
-    k = min(k, len(train_y))
-    correct = 0
-    for i in range(0, len(test_y), 1024):
-        sim = test_n[i : i + 1024] @ train_n.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(len(top_idx), num_classes, device=train_x.device)
-        votes.scatter_add_(1, train_y[top_idx], weights)
-        correct += (votes.argmax(1) == test_y[i : i + 1024]).sum().item()
-    return correct / len(test_y)
+def _scores(
+    model: nn.Module, data: Any, transform: Transform, place: EvalPlace
+) -> dict[int, float]:
+    """Top-1/top-5 of `model`'s logits on every image of `data` (each rank its share)."""
+    n = len(data)
+    start, stop = shard_range(n, dist.rank(), dist.world_size())
+    counts = torch.zeros(2, dtype=torch.float64, device=place.device)
+    with frozen(model):
+        for a in range(start, stop, place.batch):
+            images, labels = data.batch(torch.arange(a, min(stop, a + place.batch)))
+            hits = topk_counts(
+                model(transform(images.to(place.device))).float(), labels.to(place.device)
+            )
+            counts += torch.tensor([hits[1], hits[5]], dtype=torch.float64, device=place.device)
+    dist.all_reduce_sum_(counts)
+    return {1: float(counts[0]) / max(1, n), 5: float(counts[1]) / max(1, n)}
 
 
-class _Subset:
-    """The first `n` images of a data set in a fixed order (anything with `batch`)."""
+def _own_head(
+    spec: RunSpec,
+    net: nn.Module,
+    train: Any,
+    val: Any,
+    test: Any,
+    aug: SimCLRAugment,
+    place: EvalPlace,
+) -> dict[str, Any]:
+    """Top-1/top-5 of the trained classifier on the test split, top-1 on the held-out share."""
+    acc = _scores(net, test, aug.eval_transform, place)
+    result = {"top1": acc[1], "top5": acc[5]}
+    if val is not None and len(val):
+        result["val_top1"] = _scores(net, val, aug.eval_transform, place)[1]
+    return result
 
-    def __init__(self, data: Any, n: int, seed: int = 0) -> None:
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-        self.data, self.indices = data, order[: min(n, len(data))].sort().values
-        self.num_classes = data.num_classes
 
-    def __len__(self) -> int:
-        return len(self.indices)
+def _stored(
+    name: str, encoder: nn.Module, data: Any, transform: Transform, place: EvalPlace
+) -> FeatureReader:
+    """The features of every image of `data`, extracted (or found) in the store `name`."""
+    store = place.store(name, len(data), int(encoder.num_features))
 
-    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        return self.data.batch(self.indices[idx.cpu()])
+    def inputs(idx: Tensor) -> Tensor:
+        return transform(data.batch(idx)[0].to(place.device))
+
+    with frozen(encoder):
+        store.write_share(encoder, inputs, place.batch, place.device)
+    return store.reader()
+
+
+def _frozen_encoder(
+    spec: RunSpec,
+    net: nn.Module,
+    train: Any,
+    val: Any,
+    test: Any,
+    aug: SimCLRAugment,
+    place: EvalPlace,
+) -> dict[str, Any]:
+    """Linear evaluation (top-1/top-5, EvalConfig), kNN top-1 and, on the held-out share,
+    the probe's top-1 for recipe selection, of the frozen encoder (`net.encoder`)."""
+    cfg = spec.config["eval"]
+    encoder = net.encoder
+    labels = train.labels.cpu()
+    fit = train if bool((labels >= 0).all()) else subset(train, (labels >= 0).nonzero()[:, 0])
+    fit_y = fit.labels.cpu()
+    fit_f = _stored("train", encoder, fit, aug.eval_transform, place)
+    test_f = _stored("test", encoder, test, aug.eval_transform, place)
+    fit_f.to_device(place.device, place.budget)  # when there is room: the probe's reads are local
+    knn = knn_top1(
+        fit_f,
+        fit_y,
+        test_f,
+        test.labels.cpu(),
+        train.num_classes,
+        int(cfg["knn_k"]),
+        float(cfg["knn_temperature"]),
+        place.device,
+        place.budget,
+    )
+    moments = fit_f.moments(place.device) if cfg.get("standardize") else None
+    if cfg["protocol"] == "augmented":
+        scale = (float(cfg["crop_min_scale"]), 1.0)  # the official probe: 0.08
+        crop_flip = CropFlipAugment(int(fit.image_size), crop_scale=scale, style=aug.style)
+        features = _augmented(encoder, fit, crop_flip, spec.seed, place)
+    else:
+
+        def features(idx: Tensor, step: int) -> Tensor:
+            return fit_f.rows(idx, place.device)
+
+    probe = fit_probe(
+        features,
+        fit_y,
+        fit_f.dim,
+        train.num_classes,
+        cfg,
+        spec.seed,
+        place.device,
+        moments=moments,
+        state=place.folder / "probe.pt",
+        token=place.token,
+        save=dist.is_main(),
+    )
+    acc = _probe_scores(probe, test_f, test.labels.cpu(), place)
+    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
+    if val is not None and len(val):
+        val_f = _stored("val", encoder, val, aug.eval_transform, place)
+        result["val_top1"] = _probe_scores(probe, val_f, val.labels.cpu(), place)[1]
+    return result
+
+
+@torch.no_grad()
+def _probe_scores(
+    probe: Probe, feats: FeatureReader, labels: Tensor, place: EvalPlace
+) -> dict[int, float]:
+    hits = {1: 0, 5: 0}
+    labels = labels.to(place.device)
+    for start, x in feats.chunks(place.device):
+        for k, c in topk_counts(probe(x), labels[start : start + len(x)]).items():
+            hits[k] += c
+    return {k: c / max(1, feats.n) for k, c in hits.items()}
+
+
+def _augmented(
+    encoder: nn.Module, data: Any, crop_flip: SimCLRAugment, seed: int, place: EvalPlace
+) -> Features:
+    """The augmented protocol's features of a batch: crop + flip drawn for the whole batch
+    from (seed, step) on every rank, each rank forwarding its share, gathered. An image
+    folder's crops come from the original images, as in training."""
+    folder = getattr(data, "decodes_on_cpu", False)
+    size = None if folder else data.image_size
+    dim = int(encoder.num_features)
+
+    def features(idx: Tensor, step: int) -> Tensor:
+        g = torch.Generator(device=place.device).manual_seed(_probe_seed(seed, step))
+        params = crop_flip.sample_params(len(idx), size, size, g)
+        a, b = shard_range(len(idx), dist.rank(), dist.world_size())
+        out = []
+        with frozen(encoder), torch.no_grad():
+            for lo in range(a, b, place.batch):
+                rows = slice(lo, min(b, lo + place.batch))
+                p = params.rows(rows)
+                if folder:
+                    images = data.crops(idx[rows], [p.crop_draws.cpu()], crop_flip)[0]
+                else:
+                    images = data.batch(idx[rows])[0]
+                out.append(encoder(crop_flip.apply(images.to(place.device), p)).float())
+        mine = torch.cat(out) if out else torch.zeros(0, dim, device=place.device)
+        return dist.all_gather_rows(mine, len(idx))
+
+    return features
+
+
+def _probe_seed(seed: int, step: int) -> int:
+    """The augmented probe's crops at a step depend on (seed, step) alone (resumable)."""
+    return (seed * 1_000_003 + step * 7919 + 104_729) % (2**63)
+
+
+def _sample(data: Any, n: int, seed: int) -> Any:
+    """A fixed random `n` of the images of `data`, in their order."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return subset(data, order[: min(n, len(data))].sort().values)
 
 
 def knn_monitor(
@@ -154,182 +288,56 @@ def knn_monitor(
 ) -> float:
     """kNN top-1 of the encoder on fixed subsets (the online monitor). Draws nothing from
     any generator and runs the encoder in eval mode, so training is unchanged by it.
-    Every rank calls it (the features are sharded); every rank gets the same answer."""
+    Every rank calls it (the features are sharded); every rank gets the same answer.
+    The subsets are small (MONITOR_TRAIN, MONITOR_TEST): their features stay on the device."""
     device = next(encoder.parameters()).device
-    tr, te = _Subset(train, MONITOR_TRAIN), _Subset(test, MONITOR_TEST, seed=1)
+    tr, te = _sample(train, MONITOR_TRAIN, 0), _sample(test, MONITOR_TEST, 1)
     train_f, train_y = data_features(encoder, tr, aug.eval_transform, device)
     test_f, test_y = data_features(encoder, te, aug.eval_transform, device)
     labelled = train_y >= 0
     return knn_top1(
-        train_f[labelled],
+        FeatureReader.of(train_f[labelled]),
         train_y[labelled],
-        test_f,
+        FeatureReader.of(test_f),
         test_y,
         train.num_classes,
         int(config["knn_k"]),
         float(config["knn_temperature"]),
+        device,
+        DeviceBudget(0),
     )
-
-
-def evaluate_run(
-    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
-) -> dict[str, Any]:
-    """The evaluation the run's method names (EVALUATIONS): top1 and top5, and what else
-    that evaluation measures.
-
-    `train` and `test` are in-memory or image-folder data sets (anything with
-    `batch(indices)` and `len`): images are read in chunks, so a folder larger than
-    memory works too. Every rank of a multi-rank run calls it: each extracts the features
-    of its share of the images, all ranks gather them and fit the same probe.
-    """
-    evaluation = EVALUATIONS[get_method(spec.method).evaluation]
-    return evaluation(spec, net, train, test, aug)
-
-
-def _own_head(
-    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
-) -> dict[str, Any]:
-    """Top-1/top-5 of the trained classifier on the test split."""
-    device = next(net.parameters()).device
-    logits, labels = data_features(net, test, aug.eval_transform, device)
-    acc = topk_accuracy(logits, labels)
-    return {"top1": acc[1], "top5": acc[5]}
-
-
-def _frozen_encoder(
-    spec: RunSpec, net: nn.Module, train: Any, test: Any, aug: SimCLRAugment
-) -> dict[str, Any]:
-    """Linear evaluation (top-1/top-5, EvalConfig.protocol), kNN top-1 and a validation
-    top-1 for recipe selection, of the frozen encoder (`net.encoder`)."""
-    device = next(net.parameters()).device
-    cfg = spec.config["eval"]
-    encoder = net.encoder
-    train_f, train_y = data_features(encoder, train, aug.eval_transform, device)
-    test_f, test_y = data_features(encoder, test, aug.eval_transform, device)
-    labelled = train_y >= 0  # unlabeled images (STL-10's) have label -1
-    train_f, train_y = train_f[labelled], train_y[labelled]
-    knn = knn_top1(
-        train_f,
-        train_y,
-        test_f,
-        test_y,
-        train.num_classes,
-        int(cfg["knn_k"]),
-        float(cfg["knn_temperature"]),
-    )
-    augment = None
-    if cfg["protocol"] == "augmented":
-        crop_flip = CropFlipAugment(spec.dataset["image_size"])
-
-        def augment(_: Tensor, g: torch.Generator) -> Tensor:
-            views = _augmented_views(train, crop_flip, g, device)
-            feats, _labels = data_features(encoder, train, None, device, views=views)
-            return feats[labelled]
-
-    acc = linear_probe(train_f, train_y, test_f, test_y, train.num_classes, cfg, spec.seed, augment)
-    # For choosing among recipes without looking at the test set: the same (fast,
-    # feature) probe fitted on the training split less a held-out tenth, scored there.
-    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn}
-    if len(train_y) >= 2:
-        fit, val = validation_split(len(train_y))
-        val_acc = linear_probe(
-            train_f[fit],
-            train_y[fit],
-            train_f[val],
-            train_y[val],
-            train.num_classes,
-            cfg,
-            spec.seed,
-        )
-        result["val_top1"] = val_acc[1]
-    return result
 
 
 #: how a trained network is scored, for each evaluation a method names
 EVALUATIONS: dict[
-    Evaluation, Callable[[RunSpec, nn.Module, Any, Any, SimCLRAugment], dict[str, Any]]
+    Evaluation,
+    Callable[[RunSpec, nn.Module, Any, Any, Any, SimCLRAugment, EvalPlace], dict[str, Any]],
 ] = {
     Evaluation.FROZEN_ENCODER: _frozen_encoder,
     Evaluation.OWN_HEAD: _own_head,
 }
 
 
-def _augmented_views(
-    data: Any, aug: SimCLRAugment, g: torch.Generator, device: torch.device
-) -> Callable[[Tensor], Tensor]:
-    """Crop + flip views of the images at given indices, with parameters drawn for the
-    whole set at once (so every rank, whatever its share, draws the same). An image
-    folder's crops come from the original images, as in training."""
-    folder = getattr(data, "decodes_on_cpu", False)
-    size = None if folder else data.image_size
-    params = aug.sample_params(len(data), size, size, g)
-
-    def views(idx: Tensor) -> Tensor:
-        p = params.rows(idx.to(params.flip.device))
-        if folder:
-            images = data.crops(idx, [p.crop_draws], aug.crop_ratio)[0]
-        else:
-            images, _ = data.batch(idx)
-        return aug.apply(images.to(device), p)
-
-    return views
-
-
-VALIDATION_FRACTION = 0.1
-VALIDATION_SEED = 0  # the same held-out images for every run, seed and recipe
-
-
-def validation_split(n: int, fraction: float = VALIDATION_FRACTION) -> tuple[Tensor, Tensor]:
-    """(fit, val) indices into the labelled training images: a fixed random tenth held
-    out (at least one image each side). The test split is never involved."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
-    held = min(n - 1, max(1, round(fraction * n)))
-    return order[held:].sort().values, order[:held].sort().values
-
-
 def data_features(
-    model: nn.Module,
-    data: Any,
-    transform: Transform | None,
-    device: torch.device,
-    batch_size: int = 512,
-    views: Callable[[Tensor], Tensor] | None = None,
+    model: nn.Module, data: Any, transform: Transform, device: torch.device, batch_size: int = 512
 ) -> tuple[Tensor, Tensor]:
-    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and labels.
+    """Outputs of `model` (eval mode, no grad) on every image of `data`, in order, and
+    labels, on the device: for small sets only (the online monitor's).
 
-    The input of images `idx` is `transform(data.batch(idx) images)`, or `views(idx)`.
     Sharded: each rank runs its contiguous share of the images (`data.shard_range`) and
     all ranks gather the whole (one process: the whole set).
     """
     n = len(data)
     start, stop = shard_range(n, dist.rank(), dist.world_size())
-
-    def inputs(idx: Tensor) -> tuple[Tensor, Tensor]:
-        if views is not None:
-            return views(idx), _labels(data, idx)
-        images, y = data.batch(idx)
-        return transform(images.to(device)), y  # type: ignore[misc]
-
-    was_training = model.training
-    model.eval()
     outputs, labels = [], []
-    try:
-        with torch.no_grad():
-            # A rank without images (fewer images than ranks) runs one for the shape.
-            chunks = [
-                torch.arange(a, min(stop, a + batch_size)) for a in range(start, stop, batch_size)
-            ] or [torch.arange(1)]
-            for idx in chunks:
-                x, y = inputs(idx)
-                rows = len(idx) if start < stop else 0
-                outputs.append(model(x).float()[:rows])
-                labels.append(y.to(device)[:rows])
-    finally:
-        model.train(was_training)
+    with frozen(model), torch.no_grad():
+        # A rank without images (fewer images than ranks) runs one for the shape.
+        chunks = [
+            torch.arange(a, min(stop, a + batch_size)) for a in range(start, stop, batch_size)
+        ] or [torch.arange(1)]
+        for idx in chunks:
+            images, y = data.batch(idx)
+            rows = len(idx) if start < stop else 0
+            outputs.append(model(transform(images.to(device))).float()[:rows])
+            labels.append(y.to(device)[:rows])
     return dist.all_gather_rows(torch.cat(outputs), n), dist.all_gather_rows(torch.cat(labels), n)
-
-
-def _labels(data: Any, idx: Tensor) -> Tensor:
-    if isinstance(data, _Subset):
-        return _labels(data.data, data.indices[idx])
-    return data.labels[idx.to(data.labels.device)]

@@ -1,32 +1,41 @@
 """Image folders (ImageNet): scanned once, decoded with PIL per batch, per rank, per view.
 
 Training views are cropped from the ORIGINAL image, as the official `crop_and_resize`:
-each image's random-resized-crop box is made from the batch's crop draws
-(`AugmentParams.crop_draws`, drawn for the global batch) on that image's own height and
-width (`augment.crop_boxes`: torchvision's `RandomResizedCrop.get_params`), and only that
-box is resized to `image_size` (PIL, antialiased). A JPEG is decoded at the smallest DCT
-scale (`Image.draft`, 1/2 to 1/8) that keeps every box of its views at least
-`image_size` wide and high, and once for all its views. The rest of the augmentation
-(flip, colour, grey, blur) runs batched on the device (`scaling.train.augment`).
+each image's crop box is made from the batch's crop draws (`AugmentParams.crop_draws`,
+drawn for the global batch) on that image's own height and width
+(`SimCLRAugment.crop_boxes`), and only that box is resized to `image_size`, once per
+image for all its views, by the augmentation's style (`FOLDER_CROPS`):
+
+* official: the image decoded in full, each box resized by TensorFlow's bicubic
+  (`official.resize_boxes`, float32: no rounding to 8 bits, values may leave [0, 1]);
+* torchvision: PIL's antialiased bilinear resize (torchvision's resized_crop on PIL), a
+  JPEG decoded at the smallest DCT scale (`Image.draft`, 1/2 to 1/8) that keeps every box
+  of its views at least `image_size` wide and high.
+
+The rest of the augmentation (flip, colour, grey, blur) runs batched on the device
+(`scaling.train.augment`).
 
 Evaluation input is the paper's: shorter side resized to round(image_size / 0.875), then
 a centre crop of `image_size` (`CROP_PROPORTION = 0.875` in the official code).
 
-A folder that fits `max_cache_bytes` keeps every image in memory at a bounded resolution
-that keeps its aspect (shorter side ceil(image_size / 0.875), never enlarged); crops
-then come from that copy. A file that cannot be decoded mid-run fails the run with
-its path (`ScalingError`); the scan at load time already refuses empty class folders,
-classes that differ between train/ and val/, and folders without images.
+A folder whose files fit `max_cache_bytes` is kept in memory as the files' bytes
+(encoded): every crop and evaluation image is decoded from exactly what is on disk, so a
+run is the same whether its folder is cached or not, and the cache is no part of its
+identity. A file that cannot be decoded mid-run fails the run with its path
+(`ScalingError`); the scan at load time already refuses empty class folders, classes
+that differ between train/ and val/, and folders without images.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +44,9 @@ from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
 from scaling.plan.data_info import IMAGE_SUFFIXES, folder_problem
-from scaling.train.augment import CROP_PROPORTION, crop_boxes
+from scaling.sweep.methods import AugmentStyle
+from scaling.train import official
+from scaling.train.augment import CROP_PROPORTION, SimCLRAugment
 
 RESAMPLE = Image.Resampling.BILINEAR  # torchvision's default for Resize and RandomResizedCrop
 
@@ -45,9 +56,7 @@ def eval_resize(image_size: int) -> int:
     return round(image_size / CROP_PROPORTION)
 
 
-def cache_side(image_size: int) -> int:
-    """The shorter side of an in-memory copy: at least image_size / 0.875."""
-    return math.ceil(image_size / CROP_PROPORTION)
+CACHE_CHUNK = 1024  # files whose sizes are looked up at a time while filling the cache
 
 
 def scan_folder(root: Path | None, split: str) -> tuple[list[Path], list[int], int]:
@@ -75,20 +84,19 @@ def scan_folder(root: Path | None, split: str) -> tuple[list[Path], list[int], i
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """The image at `path`; a file PIL cannot read is a ScalingError naming it."""
+def _opened(path: Path, data: bytes | None = None) -> Iterator[Image.Image]:
+    """The image at `path` (from `data`, its bytes, when given); a file PIL cannot read is
+    a ScalingError naming it."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path if data is None else io.BytesIO(data)) as im:
             yield im
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise ScalingError(f"cannot decode image {path}: {exc}") from None
 
 
-def _shorter_to(im: Image.Image, side: int, enlarge: bool = True) -> Image.Image:
+def _shorter_to(im: Image.Image, side: int) -> Image.Image:
     """Resize so the shorter side is `side` (torchvision's Resize(int): int() truncation)."""
     w, h = im.size
-    if not enlarge and min(w, h) <= side:
-        return im
     new = (side, int(side * h / w)) if w <= h else (int(side * w / h), side)
     return im if new == (w, h) else im.resize(new, RESAMPLE)
 
@@ -128,11 +136,43 @@ def _resized_crop(
     return _pixels(im.resize((size, size), RESAMPLE, box=(left, top, left + w, top + h)))
 
 
+def _pil_crops(im: Image.Image, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+    """torchvision style: (3, size, size) uint8 crops, the JPEG decoded at a reduced scale
+    where every box stays at least `size` wide and high."""
+    width, height = im.size
+    sx, sy = _draft(im, width * size / boxes[:, 3].min(), height * size / boxes[:, 2].min())
+    im = im.convert("RGB")
+    crops = [_resized_crop(im, t * sy, x * sx, h * sy, w * sx, size) for t, x, h, w in boxes]
+    return [np.stack([np.asarray(band) for band in c.split()]) for c in crops]
+
+
+def _bicubic_crops(im: Image.Image, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+    """Official style: (3, size, size) float32 crops of the fully decoded image, each box
+    cut out and resized by TensorFlow's bicubic (`crop_to_bounding_box`, `resize`)."""
+    pixels = torch.from_numpy(np.array(im.convert("RGB")))
+    out = []
+    for t, x, h, w in boxes.tolist():
+        crop = pixels[t : t + h, x : x + w].permute(2, 0, 1)[None].float().div_(255.0)
+        whole = torch.tensor([[0, 0, h, w]])
+        out.append(official.resize_boxes(crop, whole, torch.zeros(1, dtype=torch.bool), size)[0])
+    return [c.numpy() for c in out]
+
+
+#: how an image folder's training crops are cut and resized, and their dtype, per style
+FOLDER_CROPS: dict[
+    AugmentStyle, tuple[Callable[[Image.Image, np.ndarray, int], list[np.ndarray]], Any]
+] = {
+    AugmentStyle.OFFICIAL: (_bicubic_crops, np.float32),
+    AugmentStyle.TORCHVISION: (_pil_crops, np.uint8),
+}
+
+
 class ImageFolderSet:
     """An image folder decoded on demand: `batch` gives evaluation input, `crops` the
     training crops of given boxes. Decoding runs on the CPU in a thread pool of `workers`
     (PIL releases the GIL); `to(device)` is a no-op and callers move what comes back.
-    `decoded` counts images read from disk or from the cache (tests check each rank's share).
+    `decoded` counts images decoded, from disk or from the cache (tests check each rank's
+    share). `max_cache_bytes`: keep the files' bytes in memory when they add up to no more.
     """
 
     decodes_on_cpu = True
@@ -144,7 +184,7 @@ class ImageFolderSet:
         num_classes: int,
         image_size: int,
         workers: int,
-        cache: bool = False,
+        max_cache_bytes: int = 0,
     ) -> None:
         self.paths, self.labels, self.num_classes = paths, labels, num_classes
         self.image_size = image_size
@@ -152,11 +192,7 @@ class ImageFolderSet:
         self.decoded = 0
         self._lock = threading.Lock()
         self._sizes = np.full((len(paths), 2), -1, dtype=np.int64)  # (height, width), lazily
-        self._cache: list[np.ndarray] | None = None
-        if cache:
-            self._cache = list(self.pool.map(self._cached_copy, range(len(paths))))
-            self._sizes[:] = [a.shape[:2] for a in self._cache]
-            self.decoded = 0
+        self._cache = self._read_files(max_cache_bytes)  # the files' bytes, or None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -170,20 +206,21 @@ class ImageFolderSet:
         with self._lock:
             self.decoded += 1
 
+    def _read_files(self, budget: int) -> list[bytes] | None:
+        """Every file's bytes when their sizes add up to at most `budget`, else None (the
+        sizes are looked up a chunk at a time, stopping as soon as the budget is passed)."""
+        total = 0
+        for start in range(0, len(self.paths), CACHE_CHUNK):
+            chunk = self.paths[start : start + CACHE_CHUNK]
+            total += sum(self.pool.map(lambda p: p.stat().st_size, chunk))
+            if total > budget:
+                return None
+        return list(self.pool.map(Path.read_bytes, self.paths))
+
     @contextmanager
     def _image(self, i: int) -> Iterator[Image.Image]:
-        if self._cache is not None:
-            yield Image.fromarray(self._cache[i])
-            return
-        with _opened(self.paths[i]) as im:
+        with _opened(self.paths[i], None if self._cache is None else self._cache[i]) as im:
             yield im
-
-    def _cached_copy(self, i: int) -> np.ndarray:
-        side = cache_side(self.image_size)
-        with _opened(self.paths[i]) as im:
-            w, h = im.size
-            _draft(im, side * w / min(w, h), side * h / min(w, h))
-            return np.asarray(_shorter_to(im.convert("RGB"), side, enlarge=False)).copy()
 
     def _size(self, i: int) -> tuple[int, int]:
         with self._image(i) as im:  # reads the header only
@@ -198,29 +235,17 @@ class ImageFolderSet:
             im = _shorter_to(im.convert("RGB"), side)
             return _pixels(centre_crop(im, self.image_size))
 
-    def _crops_of(self, i: int, boxes: np.ndarray) -> list[Image.Image]:
-        """Each (top, left, h, w) box of image i, resized to image_size, one decode."""
-        size = self.image_size
-        self._count()
-        with self._image(i) as im:
-            width, height = im.size
-            sx, sy = _draft(im, width * size / boxes[:, 3].min(), height * size / boxes[:, 2].min())
-            im = im.convert("RGB")
-            return [
-                _resized_crop(im, t * sy, x * sx, h * sy, w * sx, size)
-                for t, x, h, w in boxes.tolist()
-            ]
-
-    def _gather(self, fn: Callable[[int], Sequence[Image.Image]], n: int, k: int) -> Tensor:
-        """(k, n, 3, S, S) uint8 from fn(0..n-1) (k RGB images each), written in place by
-        the pool's threads, a plane at a time (PIL's `split`: contiguous copies). numpy,
-        not torch: a torch copy per image in these threads made decoding 3x slower."""
-        out = np.empty((k, n, 3, self.image_size, self.image_size), dtype=np.uint8)
+    def _gather(
+        self, fn: Callable[[int], Sequence[np.ndarray]], n: int, k: int, dtype: Any = np.uint8
+    ) -> Tensor:
+        """(k, n, 3, S, S) from fn(0..n-1) (k (3, S, S) arrays each), written in place by
+        the pool's threads. numpy, not torch: a torch copy per image in these threads made
+        decoding 3x slower."""
+        out = np.empty((k, n, 3, self.image_size, self.image_size), dtype=dtype)
 
         def fill(j: int) -> None:
             for v, im in enumerate(fn(j)):
-                for c, band in enumerate(im.split()):
-                    out[v, j, c] = np.asarray(band)
+                out[v, j] = im
 
         list(self.pool.map(fill, range(n)))
         return torch.from_numpy(out)
@@ -230,18 +255,29 @@ class ImageFolderSet:
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Evaluation input of the images at `indices` (uint8, CPU) and their labels."""
         idx = indices.tolist()
-        images = self._gather(lambda j: [self._eval_image(idx[j])], len(idx), 1)[0]
-        return images, self.labels[indices.cpu()]
 
-    def crops(self, indices: Tensor, draws: list[Tensor], ratio: tuple[float, float]) -> Tensor:
-        """(views, n, 3, S, S) uint8 training crops: view v of image j has the box that
-        `draws[v][j]` (rows of AugmentParams.crop_draws) gives on that image's size."""
+        def planes(j: int) -> list[np.ndarray]:
+            return [np.stack([np.asarray(b) for b in self._eval_image(idx[j]).split()])]
+
+        return self._gather(planes, len(idx), 1)[0], self.labels[indices.cpu()]
+
+    def crops(self, indices: Tensor, draws: list[Tensor], aug: SimCLRAugment) -> Tensor:
+        """(views, n, 3, S, S) training crops (uint8, or float32 in [0, 1] for the official
+        style): view v of image j has the box that `draws[v][j]` (rows of
+        AugmentParams.crop_draws) gives on that image's size under `aug`'s crop rule."""
         idx = indices.tolist()
         missing = [i for i in idx if self._sizes[i, 0] < 0]
         for i, hw in zip(missing, self.pool.map(self._size, missing), strict=True):
             self._sizes[i] = hw
         hw = torch.from_numpy(self._sizes[idx])
         boxes = torch.stack(
-            [crop_boxes(d.cpu(), hw[:, 0], hw[:, 1], ratio) for d in draws], dim=1
+            [aug.crop_boxes(d.cpu(), hw[:, 0], hw[:, 1]) for d in draws], dim=1
         ).numpy()  # (n, views, 4)
-        return self._gather(lambda j: self._crops_of(idx[j], boxes[j]), len(idx), len(draws))
+        crop, dtype = FOLDER_CROPS[aug.style]
+
+        def views(j: int) -> list[np.ndarray]:
+            self._count()
+            with self._image(idx[j]) as im:
+                return crop(im, boxes[j], self.image_size)
+
+        return self._gather(views, len(idx), len(draws), dtype)

@@ -23,8 +23,19 @@ import torch
 from torch import Tensor
 
 from scaling.errors import ScalingError, SpecError
-from scaling.train.data import IMAGEFOLDER_CACHE_BYTES, DataSet, ImageSet, LoadRequest, resize_uint8
-from scaling.train.imagefolder import ImageFolderSet, cache_side, scan_folder
+from scaling.plan import data_info
+from scaling.plan.layout import validation_fraction
+from scaling.sweep.spec import RunSpec
+from scaling.train.data import (
+    IMAGEFOLDER_CACHE_BYTES,
+    DataSet,
+    ImageSet,
+    LoadRequest,
+    resize_uint8,
+    subset,
+    validation_rows,
+)
+from scaling.train.imagefolder import ImageFolderSet, scan_folder
 
 SPLITS = ("train", "test")
 STL10_SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
@@ -254,11 +265,28 @@ def _load_stl10(req: LoadRequest) -> ImageSet:
     DatasetInfo("imagefolder", None, 224, description="root/train|val|test/<class>/*")
 )
 def _load_imagefolder(req: LoadRequest) -> DataSet:
-    """Decoded batch by batch (see `scaling.train.imagefolder`); kept in memory at a
-    bounded resolution that keeps the aspect when that fits `max_cache_bytes`."""
+    """Decoded batch by batch (see `scaling.train.imagefolder`); the files' bytes kept in
+    memory when they fit `max_cache_bytes` (the same pixels either way)."""
     paths, labels, num_classes = scan_folder(req.root, req.split)
-    side = cache_side(req.image_size)
-    cache = len(paths) * 3 * side * side * 4 // 3 <= req.max_cache_bytes  # 4:3 photographs
     workers = req.workers or min(8, os.cpu_count() or 1)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
-    return ImageFolderSet(paths, label_tensor, num_classes, req.image_size, workers, cache)
+    return ImageFolderSet(
+        paths, label_tensor, num_classes, req.image_size, workers, req.max_cache_bytes
+    )
+
+
+def run_splits(
+    spec: RunSpec, device: torch.device, workers: int
+) -> tuple[DataSet, DataSet, DataSet]:
+    """(train, validation, test) of a run, on `device`. The held-out validation share of
+    the labelled training split: no method trains (or fits a probe) on it; every run of
+    the sweep is scored there (val_top1), so recipes are chosen without the test set."""
+    name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
+    common = {"root": root, "image_size": size, "seed": 0, "num_images": spec.dataset.get("size")}
+    split = data_info.train_split(name, spec.method)
+    labelled = load_dataset(name, split=split, workers=workers, **common)
+    kept, held = validation_rows(labelled.labels, validation_fraction(spec.dataset))
+    train = subset(labelled, kept).to(device) if len(held) else labelled.to(device)
+    val = subset(labelled, held).to(device)
+    test = load_dataset(name, split="test", workers=workers, **common).to(device)
+    return train, val, test

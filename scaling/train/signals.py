@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # One training run per process at a time, so one process-wide event is enough; the
@@ -70,3 +70,25 @@ class StopFlag:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stop_when(condition: Callable[[], bool], every: float, name: str) -> Iterator[None]:
+    """While the block runs, a daemon thread checks `condition` every `every` seconds
+    and, once it holds, stops the run as SIGTERM would (EXTERNAL_STOP): a cancel file
+    appearing (Ray), the pipe to a dead parent closing (the local backend's worker)."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            if condition():
+                EXTERNAL_STOP.set()
+                return
+
+    thread = threading.Thread(target=watch, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

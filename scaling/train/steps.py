@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scaling.plan.layout import Layout
-from scaling.sweep.methods import Objective
-from scaling.train.accumulate import cached_backward, plain_backward
+from scaling.sweep.methods import BNGrouping, Objective
+from scaling.train import distributed as dist
+from scaling.train.accumulate import cached_backward, joint_backward, plain_backward
 from scaling.train.losses import nt_xent, positive_top1
 from scaling.train.views import StepViews
 
@@ -32,10 +33,15 @@ def simclr_step(
     layout: Layout,
     temperature: float,
     autocast: AbstractContextManager[Any],
+    shuffle: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """NT-Xent over the whole batch; returns (loss, positive top-1), both detached.
 
-    With accumulation (accum_steps > 1) the gradient is cached (Gao et al. 2021) so every
+    Batch norm groups the views as the layout says (Layout.bn_grouping): without
+    accumulation, both views in one forward (the official code); otherwise one view per
+    forward, `v2` holding the second views of the rows `shuffle[rows]` of the global batch
+    (shuffle-BN, `scaling.train.views`), unshuffled here before the loss. With
+    accumulation (accum_steps > 1) the gradient is cached (Gao et al. 2021) so every
     image still sees the negatives of the whole batch, not only its micro-batch's.
     """
     accuracy: list[Tensor] = []
@@ -44,16 +50,30 @@ def simclr_step(
         # The loss in fp32 even under bf16 autocast: the softmax over 2N-1 logits at a
         # low temperature is where bf16's 8-bit mantissa would hurt.
         with torch.autocast(z1.device.type, enabled=False):
-            z1, z2 = z1.float(), z2.float()
+            z1, z2 = z1.float(), unshuffle(z2.float(), shuffle)
             accuracy.append(positive_top1(z1.detach(), z2.detach()))
             return nt_xent(z1, z2, temperature)
 
     with autocast:
-        if layout.accum_steps > 1:
+        if layout.bn_grouping == BNGrouping.VIEWS_TOGETHER:
+            loss = joint_backward(net, v1, v2, loss_fn)
+        elif layout.accum_steps > 1:
             loss = cached_backward(net, v1, v2, layout.micro_batch, loss_fn)
         else:
             loss = plain_backward(net, v1, v2, loss_fn)
     return loss, accuracy[0]
+
+
+def unshuffle(z2: Tensor, shuffle: Tensor | None) -> Tensor:
+    """This rank's second-view projections in its own rows' order, from those of the rows
+    `shuffle[rows]`: gathered from every rank (with gradient), put back in the batch's
+    order, this rank's rows taken. Identity when `shuffle` is None."""
+    if shuffle is None:
+        return z2
+    every = dist.all_gather_with_grad(z2)  # row j: the second view of image shuffle[j]
+    ordered = torch.empty_like(every).index_copy(0, shuffle.to(every.device), every)
+    start = dist.rank() * z2.shape[0]
+    return ordered[start : start + z2.shape[0]]
 
 
 def supervised_step(
@@ -85,7 +105,8 @@ def _nt_xent_step(
     autocast: AbstractContextManager[Any],
 ) -> tuple[Tensor, Tensor]:
     v1, v2 = batch.views
-    return simclr_step(net, v1, v2, layout, float(config["temperature"]), autocast)
+    temperature = float(config["temperature"])
+    return simclr_step(net, v1, v2, layout, temperature, autocast, batch.shuffle)
 
 
 def _cross_entropy_step(

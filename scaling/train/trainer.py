@@ -9,7 +9,9 @@ newest valid checkpoint and ends with the same result, bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -20,7 +22,7 @@ import torch
 
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
-from scaling.plan import data_info, throughput
+from scaling.plan import throughput
 from scaling.plan.layout import Layout, derive
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
@@ -31,18 +33,20 @@ from scaling.rundir import (
     append_jsonl,
     git_version,
     read_json,
+    read_metrics,
     truncate_metrics,
     write_json,
 )
-from scaling.sweep.methods import get_method
+from scaling.sweep.methods import BNGrouping, get_method
 from scaling.sweep.spec import RunSpec
 from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
-from scaling.train.evaluate import evaluate_run, knn_monitor
+from scaling.train.convergence import judge
+from scaling.train.evaluate import EVAL_FOLDER, evaluate_run, knn_monitor
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
-from scaling.train.readers import DATASETS, load_dataset
+from scaling.train.readers import DATASETS, run_splits
 from scaling.train.run_cost import cost_figures, measured_throughput
 from scaling.train.signals import StopFlag, agree
 from scaling.train.steps import STEPS
@@ -99,6 +103,15 @@ def run(
     except torch.OutOfMemoryError as exc:
         _record_failure(run_dir, "oom", str(exc).splitlines()[0], None)
         raise RunFailed(f"out of memory: {str(exc).splitlines()[0]}", kind="oom") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
+            raise
+        # The device, not the run: a plain resubmit retries it from its checkpoint once
+        # there is room (RunFailed.RETRIED_KINDS).
+        message = f"no space left on the device ({exc}); free some and submit again"
+        _record_failure(run_dir, "disk", message, None)
+        raise RunFailed(message, kind="disk") from exc
     except Exception as exc:
         _record_failure(run_dir, "error", f"{type(exc).__name__}: {exc}", None)
         raise
@@ -107,19 +120,20 @@ def run(
 
 
 def _record_failure(run_dir: Path, kind: str, message: str, step: int | None) -> None:
+    """failure.json, when it can be written (on a full disk it may not: the run then
+    reads as resumable, which a plain resubmit also retries)."""
     import traceback
 
     if dist.rank() == 0:
-        write_json(
-            run_dir / FAILURE,
-            {
-                "kind": kind,
-                "message": message,
-                "step": step,
-                "traceback": traceback.format_exc(),
-                "time": time.time(),
-            },
-        )
+        record = {
+            "kind": kind,
+            "message": message,
+            "step": step,
+            "traceback": traceback.format_exc(),
+            "time": time.time(),
+        }
+        with contextlib.suppress(OSError):
+            write_json(run_dir / FAILURE, record)
 
 
 def _train(
@@ -153,14 +167,17 @@ def _train(
         raise RunFailed(
             f"layout expects {layout.gpus} ranks, the launcher started {env.world_size}"
         )
-    # Batch norm normalises over one micro-batch of one view (x ranks with SyncBN on
-    # CUDA): part of the result, so part of the run's identity (RunSpec.bn_batch).
-    layout = layout.for_device(dev.type)
-    if spec.with_bn_batch(layout.bn_batch).run_id != spec.run_id:
+    # Batch norm normalises over one micro-batch (x ranks with SyncBN on CUDA), with both
+    # views together when that is the whole batch, else one view per forward and the
+    # second view shuffled: part of the result, so part of the run's identity.
+    layout = layout.for_device(dev.type).with_grouping(spec.method)
+    if spec.with_bn_batch(layout.bn_batch, layout.bn_grouping).run_id != spec.run_id:
         raise RunFailed(
             f"run {spec.run_id} was planned with batch norm over "
-            f"{spec.bn_batch or config['batch_size']} images per view; this layout gives "
-            f"{layout.bn_batch} (micro-batch {layout.micro_batch}): plan it again for this cluster"
+            f"{spec.bn_batch or config['batch_size']} images per view "
+            f"({spec.bn_grouping or 'the whole batch'}); this layout gives {layout.bn_batch} "
+            f"({layout.bn_grouping}, micro-batch {layout.micro_batch}): plan it again for this "
+            "cluster"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     existing = read_json(run_dir / SPEC) or {}
@@ -184,27 +201,9 @@ def _train(
         )
 
     # ------------------------------------------------------------------ data
-    name, root, size = spec.dataset["name"], spec.dataset.get("root"), spec.dataset["image_size"]
-    train_split = data_info.train_split(name, spec.method)
-    train = load_dataset(
-        name,
-        root=root,
-        image_size=size,
-        split=train_split,
-        seed=0,
-        num_images=spec.dataset.get("size"),
-        workers=workers,
-    ).to(dev)
-    test = load_dataset(
-        name,
-        root=root,
-        image_size=size,
-        split="test",
-        seed=0,
-        num_images=spec.dataset.get("size"),
-        workers=workers,
-    ).to(dev)
-    test_crop = DATASETS[name].test_crop  # STL-10 (image folders crop when decoding)
+    train, val, test = run_splits(spec, dev, workers)
+    size = spec.dataset["image_size"]
+    test_crop = DATASETS[spec.dataset["name"]].test_crop  # STL-10 (folders crop when decoding)
     aug = AUGMENTATIONS[method.augmentation](size, config, test_crop)
 
     # ------------------------------------------------------------------ model
@@ -237,13 +236,16 @@ def _train(
         cached = method.cached_accumulation and layout.accum_steps > 1
         print(
             f"run {spec.run_id} ({spec.method}, depth {spec.model['depth']}, "
-            f"width {spec.model['width']}): lr {derived.lr:.4g} ({config['lr_rule']} rule on the "
-            f"effective batch {derived.effective_batch}), {derived.steps_per_epoch} steps/epoch "
-            f"x {config['epochs']} epochs, warmup {derived.warmup_steps} steps; layout "
-            f"micro-batch {layout.micro_batch} x {layout.accum_steps} accumulation x "
-            f"{layout.gpus} ranks ({'cached, full-batch negatives' if cached else 'plain'}); "
-            f"batch norm over {layout.bn_batch} images per view; device {dev}, "
-            f"{layout.resolved_precision(dev.type)}, threads {torch.get_num_threads()}",
+            f"width {spec.model['width']}, stem {spec.model['stem']}): lr {derived.lr:.4g} "
+            f"({config['lr_rule']} rule on the effective batch {derived.effective_batch}), "
+            f"{derived.total_steps} steps ({derived.steps_per_epoch:.4g}/epoch x "
+            f"{config['epochs']} epochs), warmup {derived.warmup_steps} steps "
+            f"({derived.warmup_epochs:g} epochs) from 0; layout micro-batch "
+            f"{layout.micro_batch} x {layout.accum_steps} accumulation x {layout.gpus} ranks "
+            f"({'cached, full-batch negatives' if cached else 'plain'}); batch norm over "
+            f"{layout.bn_batch} images per view, {layout.bn_grouping}; {len(train)} training "
+            f"images, {len(val)} held out; device {dev}, {layout.resolved_precision(dev.type)}, "
+            f"threads {torch.get_num_threads()}",
             flush=True,
         )
 
@@ -279,8 +281,16 @@ def _train(
                 f"resumed from step {global_step} (epoch {start_epoch}, step {start_step})",
                 flush=True,
             )
+    history: list[dict[str, Any]] = []  # the metrics lines so far, kept in checkpoints
     if main:
         truncate_metrics(run_dir / METRICS, start_epoch)
+        # Lines a kill mid-write or a full disk cut from metrics.jsonl come back from
+        # the checkpoint, which holds every epoch's line up to it.
+        done = [r for r in (state or {}).get("history") or [] if r.get("epoch", 0) <= start_epoch]
+        restored = checkpoint.repair_metrics(run_dir, done)
+        if restored:
+            print(f"repaired metrics.jsonl: {restored} epochs from the checkpoint", flush=True)
+        history = list(read_metrics(run_dir / METRICS))
 
     # ------------------------------------------------------------------ train
     stop = StopFlag()
@@ -319,6 +329,8 @@ def _train(
                 views=method.views,
                 start_step=start_step if epoch == start_epoch else 0,
                 device=dev,
+                epochs=int(config["epochs"]),
+                shuffle=layout.bn_grouping == BNGrouping.SECOND_VIEW_SHUFFLED,
             )
             for step_in_epoch, batch in enumerate(
                 stream, start=start_step if epoch == start_epoch else 0
@@ -356,6 +368,7 @@ def _train(
                         main,
                         elapsed_s=spent(),
                         run_id=spec.run_id,
+                        history=history,
                     )
                     saved_at = time.monotonic()
                     if stopping:
@@ -374,6 +387,7 @@ def _train(
             state = None
             if main:
                 append_jsonl(run_dir / METRICS, record)
+                history.append(record)
                 print(format_epoch(record), flush=True)
                 if on_epoch is not None:
                     on_epoch(record)
@@ -389,6 +403,7 @@ def _train(
                 main,
                 elapsed_s=spent(),
                 run_id=spec.run_id,
+                history=history,
             )
             saved_at = time.monotonic()
         # A stop that came after the last step's check (the final epoch's record, the kNN
@@ -398,8 +413,30 @@ def _train(
             raise Preempted(f"stopped by signal after step {global_step}; checkpoint written")
 
     # ------------------------------------------------------------------ evaluate
-    result = evaluate_run(spec, net, train, test, aug)  # every rank: sharded features
+    # Images one training forward held graphs for (cached accumulation: one view's chunk).
+    live_views = 1 if method.cached_accumulation and layout.accum_steps > 1 else method.views
+    opt.zero_grad(set_to_none=True)  # evaluation needs neither gradients nor momenta
+    opt.state.clear()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    result = evaluate_run(  # every rank: sharded features; resumable (run_dir/eval)
+        spec,
+        net,
+        train,
+        test,
+        aug,
+        val=val,
+        run_dir=run_dir,
+        batch=layout.micro_batch * live_views,  # a forward the training step fitted
+        precision=precision,
+        token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
+    )
     if main:
+        # Judged from the whole curve (earlier attempts' epochs included): the one verdict
+        # status, MLflow and the report read (scaling.train.convergence).
+        verdict = judge(
+            list(read_metrics(run_dir / METRICS)), method.accuracy_plateaus, train.num_classes
+        )
         speed = measured_throughput(
             spec, layout, precision, dev, run_dir, global_step * derived.effective_batch
         )
@@ -414,16 +451,27 @@ def _train(
             derived=derived.to_dict(),
             layout={**layout.to_dict(), "precision": precision},
             throughput=speed.to_dict(),
+            convergence=verdict.to_dict(),
         )
         write_json(run_dir / RESULT, result)  # last: its presence means the run finished
+        shutil.rmtree(run_dir / EVAL_FOLDER, ignore_errors=True)  # stored features: done
         throughput.record(speed)  # for the plans of later runs on this device
-        print(f"result {spec.run_id}: top-1 {result['top1']:.4f}", flush=True)
+        print(
+            f"result {spec.run_id}: top-1 {result['top1']:.4f}; {verdict.label} "
+            f"({verdict.describe()})",
+            flush=True,
+        )
     if env.world_size > 1:
         torch.distributed.barrier()
     return result
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _started(run_dir: Path) -> Any:
+    """When the run first started (spec.json): with the step, it names the trained network."""
+    return (read_json(run_dir / SPEC) or {}).get("started_at")
 
 
 def _resolve_device(device: str) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 from scaling.errors import ExitCode
 from scaling.run.backends.base import Context, Job, Outcome
 from scaling.run.backends.worker import Worker
-from scaling.run.pusher import STOP_PUSH_S, Pusher, pending_note
+from scaling.run.processes import children_env
+from scaling.run.pusher import STOP_PUSH_S, Pusher, broken_notes, pending_note
 from scaling.rundir import FAILURE, LOG, METRICS, RESULT, log_tail, read_json
 
 GRACE_SECONDS = 120  # how long a SIGTERMed child may take to write its checkpoint
@@ -180,6 +181,8 @@ def _finish_pushes(pusher: Pusher, ctx: Context, view: Any, timeout: float | Non
     left = pusher.close(timeout)
     if left:
         view.note(pending_note(len(left), ctx.tracking_uri))
+    for note in broken_notes(pusher.broken):
+        view.note(note)
 
 
 def _slots(ctx: Context) -> list[_Slot]:
@@ -238,9 +241,14 @@ def _own_process(
     _log_header(job, " ".join(cmd))
     with (job.run_dir / LOG).open("ab") as log:
         # A session of its own: Ctrl-C in the terminal reaches only `submit`, which then
-        # sends SIGTERM so that every child checkpoints before it stops.
+        # sends SIGTERM so that every child checkpoints before it stops; should `submit`
+        # die instead, the child gets SIGTERM from the kernel (children_env).
         return subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=children_env(env),
+            start_new_session=True,
         )
 
 

@@ -227,24 +227,13 @@ def _output_to(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _watching(cancel: Path) -> Iterator[None]:
     """Set EXTERNAL_STOP when the cancel file appears (polled by a daemon thread)."""
-    from scaling.train.signals import EXTERNAL_STOP
+    from scaling.train.signals import EXTERNAL_STOP, stop_when
 
     EXTERNAL_STOP.clear()
-    done = threading.Event()
-
-    def watch() -> None:
-        while not done.wait(POLL_SECONDS):
-            if cancel.exists():
-                EXTERNAL_STOP.set()
-                return
-
-    thread = threading.Thread(target=watch, name="scaling-cancel-watch", daemon=True)
-    thread.start()
     try:
-        yield
+        with stop_when(cancel.exists, POLL_SECONDS, "scaling-cancel-watch"):
+            yield
     finally:
-        done.set()
-        thread.join()
         EXTERNAL_STOP.clear()
 
 

@@ -12,7 +12,15 @@ while training checkpoints and answers ExitCode.PREEMPTED (143), and the worker 
 for the next run;
 SIGTERM or SIGKILL at any other moment ends the worker, and the parent handles its run
 as it handles a killed `scaling train`. End of stdin (the parent closed it, or died)
-ends the worker between runs.
+ends the worker between runs, and stops a run in training as SIGTERM does.
+
+A worker never outlives its `submit`: it sits in a session of its own (Ctrl-C in the
+terminal reaches `submit` only), so it arms the parent-death signal
+(scaling.run.processes.die_with_parent): when `submit` dies, even by kill -9, the
+worker gets SIGTERM, its run checkpoints after the current step and the worker exits;
+a watch on stdin during training does the same should the signal not come (the pipe
+closes with its parent). The next `submit` resumes the run; it never finds a second
+trainer still holding the run's lock.
 """
 
 from __future__ import annotations
@@ -37,12 +45,14 @@ class Worker:
     def __init__(self, env: dict[str, str]) -> None:
         # A session of its own, as a `scaling train` child: Ctrl-C in the terminal
         # reaches only `submit`, which then SIGTERMs the worker so that its run checkpoints.
+        from scaling.run.processes import children_env
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "scaling", "worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env=env,
+            env=children_env(env),
             start_new_session=True,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -96,6 +106,9 @@ class Worker:
 def serve() -> None:
     """Import, then answer requests until stdin ends: {spec, run_dir, log, device,
     threads} in, {run_dir, code} out."""
+    from scaling.run.processes import die_with_parent
+
+    die_with_parent()  # SIGTERM when `submit` dies: the run checkpoints, the worker ends
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     _quiet()  # fds 1 and 2 belong to the runs; between them nothing is written
     try:  # at once, before the first request: the parent may still be planning
@@ -110,8 +123,27 @@ def serve() -> None:
                 code = 1
             else:
                 fresh.restore()
-                code = train_one(request)
-        replies.write(json.dumps({"run_dir": request["run_dir"], "code": code}) + "\n")
+                with _stop_when_stdin_closes():
+                    code = train_one(request)
+        try:
+            replies.write(json.dumps({"run_dir": request["run_dir"], "code": code}) + "\n")
+        except OSError:  # the parent is gone: nobody to answer, nothing more to train
+            return
+
+
+@contextlib.contextmanager
+def _stop_when_stdin_closes() -> Iterator[None]:
+    """While a run trains, a closed stdin (the parent died, or gave up on its runs) stops
+    it as SIGTERM would: a checkpoint after the current step, then the answer PREEMPTED.
+    The parent writes nothing while a run trains, so this never takes a request."""
+    import select
+
+    from scaling.train.signals import stop_when
+
+    poll = select.poll()
+    poll.register(sys.stdin.fileno(), select.POLLHUP | select.POLLERR)
+    with stop_when(lambda: bool(poll.poll(0)), 0.5, "scaling-stdin-watch"):
+        yield
 
 
 def train_one(request: dict[str, Any]) -> int:
