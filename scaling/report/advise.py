@@ -17,9 +17,12 @@ against a brute-force Monte Carlo (outcomes drawn from the fit's predictive
 distribution, added as if run, the law refitted each time).
 
 Seeds of one (method, size, length) are exchangeable for the laws, so each such group is
-evaluated once, at its lowest unbought seed. While a law has no interval at all (too few
-sizes, or too few residual degrees of freedom to know its noise) nothing can be narrowed:
-the cheapest runs that add what it lacks come first. With no finished runs: `first_design`.
+evaluated, and bought, as one block of up to BLOCK seeds (its lowest unbought ones): one
+run among dozens narrows by less than NOISE, a few by more. While a law has no interval
+at all (too few sizes, or too few residual degrees of freedom to know its noise) nothing
+can be narrowed: the sizes of a spread `first_design` from the sweep's own grid, then
+the cheapest runs, until it has one. With an interval missing for another reason (the
+question past the sizes' reach): the cheapest larger sizes.
 """
 
 from __future__ import annotations
