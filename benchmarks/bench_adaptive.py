@@ -156,7 +156,7 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
         f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates",
         "",
-        "| law | question | grid: width, device-h (runs) | adaptive: device-h to reach it (runs, steps) | ratio | stop |",
+        "| law | question | grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | stop: final width |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     print("\n".join(lines), flush=True)

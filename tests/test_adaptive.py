@@ -61,6 +61,15 @@ def adaptive(root: Path, *args: str) -> dict:
     return read_json(state) or {}
 
 
+def one_batch(root: Path) -> str:
+    """About one batch of two runs: twice the plan's costliest run (device-hours)."""
+    from scaling.report import advise as A
+    from scaling.sweep.cluster import load_profile
+
+    pool = A.extended(root / "sweep.yaml", [], load_profile(root / "local.yaml"))
+    return f"{2 * max(p.gpu_hours for p in pool.plan.runs):.6g}"
+
+
 def bought(state: dict) -> list[str]:
     return [r for step in state["steps"] for r in step["runs"]]
 
@@ -80,7 +89,7 @@ def test_stops_on_the_budget_and_resumes_after_a_kill_without_buying_twice(
 ) -> None:
     path = study / "runs" / "tinyadapt" / "adaptive.json"
     path.unlink(missing_ok=True)
-    budget = "0.0007"  # about one batch of two runs (the plan's device-hours)
+    budget = one_batch(study)
     proc = subprocess.Popen(
         [
             sys.executable,
