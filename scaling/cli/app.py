@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from scaling.cli import advise as advise_cmd
 from scaling.cli import plan as plan_cmd
 from scaling.cli import report as report_cmd
 from scaling.cli import runs as runs_cmd
@@ -41,6 +42,7 @@ app.command("submit")(guarded(runs_cmd.submit))
 app.command("status")(guarded(runs_cmd.status))
 app.command("cancel")(guarded(runs_cmd.cancel))
 app.command("report")(guarded(report_cmd.report))
+app.command("advise")(guarded(advise_cmd.advise))
 app.command("ui")(guarded(tracking_cmd.ui))
 app.command("sync")(guarded(tracking_cmd.sync))
 app.command("train")(guarded(train_cmd.train))

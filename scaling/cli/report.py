@@ -64,7 +64,12 @@ def report(
             "--cluster sets it)",
             soft_wrap=True,
         )
-    page = build_report(the_sweep, table, out_dir)
+    from scaling.report.adaptive import state_path
+    from scaling.rundir import read_json
+
+    page = build_report(
+        the_sweep, table, out_dir, story=read_json(state_path(profile.workdir, the_sweep.name))
+    )
     print_gaps(console, gaps.gap_table(table), the_sweep.name)
     print_answer(console, out_dir / "fits.json")
     print_cost_check(console, checks.prediction_errors(table))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from scaling.cli.advise import FlopsOpt, ParamsOpt, QuestionOpt, ThresholdOpt
 from scaling.cli.options import ClusterOpt, OnlyOpt, SetOpt, SweepArg
 
 if TYPE_CHECKING:
@@ -43,12 +44,68 @@ def submit(
     force: Annotated[
         bool, typer.Option("--force", help="Rerun every selected run from scratch.")
     ] = False,
+    adaptive: Annotated[
+        bool,
+        typer.Option(
+            "--adaptive",
+            help="Buy the advised runs (scaling advise) a batch at a time until --until "
+            "holds, --budget is spent or no run narrows the interval; resumable.",
+        ),
+    ] = False,
+    budget: Annotated[
+        float | None, typer.Option("--budget", help="--adaptive: device-hours to spend.")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help='--adaptive: "interval < X" (the unit of the question).'),
+    ] = None,
+    question: QuestionOpt = None,
+    params: ParamsOpt = None,
+    threshold: ThresholdOpt = 1.0,
+    flops: FlopsOpt = None,
 ) -> None:
     """Run every feasible run of SWEEP that is not finished; safe to repeat."""
     from rich.console import Console
 
-    from scaling.run.backends.base import get_backend
     from scaling.run.planning import build_plan
+
+    console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
+    overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
+    if adaptive or budget is not None or until is not None:
+        from scaling.report.adaptive import run_loop
+        from scaling.report.goal import Goal
+
+        goal = Goal.of(adaptive, budget, until, question, params, threshold, flops)
+        run_loop(
+            sweep,
+            cluster,
+            set_ or [],
+            overrides,
+            goal,
+            lambda plan: launch_plan(plan, sweep, cluster, console),
+            console,
+        )
+        return
+    plan = build_plan(sweep, cluster, set_ or [], only, overrides)
+    launch_plan(
+        plan, sweep, cluster, console, dry_run=dry_run, rerun_failed=rerun_failed, force=force
+    )
+
+
+def launch_plan(
+    plan: Plan,
+    sweep: Path,
+    cluster: Path | None,
+    console: Console,
+    *,
+    dry_run: bool = False,
+    rerun_failed: bool = False,
+    force: bool = False,
+) -> None:
+    """Decide, prepare and launch the runs of `plan` (what `submit` does once it has a
+    plan; the adaptive loop calls it once per batch); exit 1 when a run failed, 75 when
+    another live process holds some."""
+    from scaling.run.backends.base import get_backend
     from scaling.run.pusher import STOP_PUSH_S, Pusher
     from scaling.run.submission import (
         Action,
@@ -59,9 +116,6 @@ def submit(
         scheduled,
     )
 
-    console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
-    overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
-    plan = build_plan(sweep, cluster, set_ or [], only, overrides)
     ctx = context_of(plan)
     backend = get_backend(ctx.profile.backend)
     busy = scheduled(plan, ctx, backend)  # before anything is written: queued runs stay as they are

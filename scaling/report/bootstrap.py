@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from scaling.enums import StrEnum
 from scaling.report.forms import LOG_E_BOUNDS, Form, natural
@@ -143,8 +144,20 @@ def _parametric(
     xs = x if extra is None else np.vstack([x, np.asarray(extra, float).reshape(-1, form.dims)])
     db, order = design(np.log(xs) - ref)
     mean = np.exp(form.log_pred(theta, db.u))[:, db.idx]  # (R, n')
-    noise = sigma[:, None] * np.sqrt(dof / rng.chisquare(dof, size=(r_sets, n_boot)))
-    sim = mean[:, None, :] + noise[:, :, None] * rng.standard_normal((r_sets, n_boot, db.n_runs))
+    # sigma* = sigma sqrt(dof / chi2_dof): the noise level as uncertain as the residuals
+    # leave it; with k hypothetical runs the sweep would have dof + k residual degrees of
+    # freedom. Drawn by inversion from one uniform per replicate, so that replicates with
+    # and without hypothetical runs are coupled (common random numbers).
+    dof_h = dof + len(xs) - len(x)
+    chi2 = stats.chi2.ppf(np.clip(rng.random((r_sets, n_boot)), 1e-12, 1.0), dof_h)
+    noise = sigma[:, None] * np.sqrt(dof_h / chi2)
+    # The real runs' draws come first, the hypothetical runs' after them: with the same
+    # seed, every set of hypothetical runs sees the same simulated real runs (common
+    # random numbers), so that an advisor comparing candidates compares them, not noise.
+    z = rng.standard_normal((r_sets, n_boot, len(x)))
+    if extra is not None:
+        z = np.concatenate([z, rng.standard_normal((r_sets, n_boot, len(xs) - len(x)))], axis=2)
+    sim = mean[:, None, :] + noise[:, :, None] * z[:, :, order]
     logy = np.log(np.clip(sim, ERR_FLOOR, 1.0)).reshape(r_sets * n_boot, -1)
     # A replicate is drawn from the fit, so its optimum is near it: one warm start.
     theta0 = np.repeat(theta, n_boot, axis=0)

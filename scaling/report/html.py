@@ -63,9 +63,10 @@ def build_report(
     level: float = 0.9,
     seed: int = 0,
     threshold: float = 1.0,
+    story: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the report folder for `table` (scaling.report.results.collect); returns
-    report.html."""
+    report.html. `story`: an adaptive submit's state (scaling.report.adaptive)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
@@ -118,6 +119,7 @@ def build_report(
         validity,
         omitted,
         labels.section(gap_all, efficiency),
+        story,
     )
     atomic_write_bytes(out / "report.html", page.encode())
     clock.lap("html")
@@ -212,6 +214,7 @@ def render_html(
     validity: list[str] | None = None,
     omitted: Mapping[str, str] | None = None,
     efficiency: str = "",
+    story: Mapping[str, Any] | None = None,
 ) -> str:
     name = (
         sweep.name if sweep else str(df["sweep"].iloc[0]) if len(df) and "sweep" in df else "sweep"
@@ -298,6 +301,9 @@ def render_html(
     from scaling.report import lawhtml  # it renders with this module's tables
 
     parts.append(lawhtml.sections(fits))
+    from scaling.report.storyhtml import adaptive_section
+
+    parts.append(adaptive_section(story))
     parts.append(_missing_section(missing, orphans or []))
     parts.append(_spec_section(sweep))
     parts.append("</body></html>")

@@ -31,7 +31,7 @@ import pandas as pd
 from scaling.report.fit import REACH, LawFit, fit_power_law
 from scaling.report.frontier import interval
 from scaling.report.gapcurve import gap_band, gap_curve
-from scaling.report.gaps import REFERENCE, by_values, frame
+from scaling.report.gaps import REFERENCE, by_values, every_label
 from scaling.report.joint import JointLaw, fit_joint
 from scaling.report.laws import joint_group, top_group
 from scaling.report.results import recipe_columns
@@ -102,8 +102,8 @@ def answer(
     seed: int = 0,
 ) -> Estimate:
     """The answer to `question` from the finished runs of `table` (one data set: the
-    only one, or `dataset`)."""
-    df = frame(table)
+    only one, or `dataset`), measured with every label (the full-label study's laws)."""
+    df = every_label(table)
     df = df[(df["state"] == "finished") & df["top1"].notna()]
     if dataset is not None:
         df = df[df["dataset"] == dataset]

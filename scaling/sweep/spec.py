@@ -141,6 +141,8 @@ class SweepFile(StrictModel):
     # run evaluated at every fraction (methods.Labels).
     label_fraction: list[float] | float = 1.0
     tracking: TrackingConfig = TrackingConfig()
+    # The grid's runs to keep, by run_id (`scaling advise --out` writes it): None, all.
+    only: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -459,6 +461,16 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                         object.__setattr__(spec, "evals", evals)
                         runs.append(spec)
     unique = tuple(_unique(runs, file))
+    if top.only is not None:
+        unknown = sorted(set(top.only) - {r.run_id for r in unique})
+        if unknown:
+            raise SpecError(
+                f"run ids not in the grid: {', '.join(unknown[:5])}; allowed: the run_id "
+                "of any run the grid expands to (scaling plan lists them)",
+                file=file,
+                key="only",
+            )
+        unique = tuple(r for r in unique if r.run_id in set(top.only))
     if top.tracking.wandb is not None and importlib.util.find_spec("wandb") is None:
         raise SpecError(
             "W&B tracking needs the wandb package: pip install 'scaling[wandb]'",

@@ -1,0 +1,182 @@
+"""Benchmark: does the adaptive loop reach the full grid's interval with at most half of
+the grid's device-hours? (scaling.report.advise, the loop of scaling.report.adaptive)
+
+Simulated, no training: a digits grid (depth 10, `--widths`, 3 seeds, both methods) is
+planned by the real planner, and each run's cost is set proportional to its training
+FLOPs (flops per image x views x images seen). Outcomes are drawn, once per run, from a
+known law per method (err = E + A n^-alpha + noise). The full grid's answer (every run)
+gives the width to reach; the adaptive loop starts from nothing (first design) and buys
+`--batch` advised runs a step, within the grid's device-hours, until its interval is as
+narrow. Printed per scenario (law x question): the grid's width and hours, the hours the
+loop spent to reach that width (or where it stopped), the ratio.
+
+    .venv/bin/python benchmarks/bench_adaptive.py [--batch 2] [--n-boot 400] [--out table.md]
+        [--laws 0 1 2] [--questions 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from scaling.plan.layout import train_size
+from scaling.report import advise as A
+from scaling.report.questions import GapAt, Question, answer
+from scaling.report.results import to_table
+from scaling.sweep.cluster import load_profile
+from scaling.sweep.methods import get_method
+
+SWEEP = Path(__file__).parent.parent / "sweeps" / "quickstart.yaml"
+#: (name, {method: (E, A, alpha)}, noise in error): a gap that stays, one that closes,
+#: laws without a floor.
+LAWS = (
+    ("gap stays", {"supervised": (0.02, 2.0, 0.35), "simclr": (0.03, 3.0, 0.35)}, 0.01),
+    ("gap closes", {"supervised": (0.02, 2.0, 0.35), "simclr": (0.02, 5.0, 0.42)}, 0.005),
+    ("no floor", {"supervised": (1e-6, 1.5, 0.3), "simclr": (1e-6, 2.5, 0.3)}, 0.01),
+)
+
+
+def pool_with_flop_costs(widths: list[float]) -> A.Pool:
+    sets = [f"model.width={widths}", "seeds=[0, 1, 2]"]
+    pool = A.extended(SWEEP, sets, load_profile(None))
+    runs = []
+    for p in pool.plan.runs:
+        s = p.spec
+        images = train_size(s.dataset, s.method) * int(s.config["epochs"])
+        flops = 3 * p.flops_per_image * get_method(s.method).views * images
+        runs.append(replace(p, gpu_hours=flops / 1e12))
+    return replace(pool, plan=replace(pool.plan, runs=tuple(runs)))
+
+
+def outcomes(pool: A.Pool, law: dict, noise: float, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for p in pool.plan.runs:
+        e, a, alpha = law[p.spec.method]
+        out[p.spec.run_id] = e + a * p.encoder_params**-alpha + rng.normal(0, noise)
+    return out
+
+
+def table_of(pool: A.Pool, errs: dict[str, float], done: set[str]) -> object:
+    rows = []
+    for p in pool.plan.runs:
+        s, fin = p.spec, p.spec.run_id in done
+        err = errs[s.run_id] if fin else None
+        rows.append(
+            {
+                "run_id": s.run_id,
+                "sweep": "bench",
+                "method": s.method,
+                "dataset": "digits",
+                "image_size": 8,
+                "stem": "cifar",
+                "depth": 10,
+                "width": s.model["width"],
+                "depth_multiplier": 1.0,
+                "seed": s.seed,
+                "batch_size": s.config["batch_size"],
+                "epochs": s.config["epochs"],
+                "encoder_params": p.encoder_params,
+                "state": "finished" if fin else "pending",
+                "top1": None if err is None else 1 - err,
+                "val_top1": None if err is None else 1 - err,
+            }
+        )
+    return to_table(rows, {})
+
+
+def scenario(pool: A.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> dict:
+    grid = {p.spec.run_id for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid}
+    hours = {p.spec.run_id: p.gpu_hours for p in pool.plan.runs}
+    grid_hours = sum(hours[r] for r in grid)
+    full = answer(table_of(pool, errs, grid), q, n_boot=n_boot)
+    target = full.width if full.reliable else math.nan
+    done: set[str] = set()
+    spent, steps, width, stop = 0.0, 0, math.inf, "budget"
+    while True:
+        ranking = A.advise(
+            pool,
+            table_of(pool, errs, done),
+            q,
+            batch=batch,
+            budget=grid_hours - spent,
+            bought=sorted(done),
+            n_boot=n_boot,
+        )
+        now = ranking.now
+        width = now.width if now is not None and now.reliable else math.inf
+        if width <= target:
+            stop = "answered"
+            break
+        if not ranking.batch:
+            stop = "budget" if ranking.wanted else "no candidate"
+            break
+        for a in ranking.batch:
+            done.add(a.planned.spec.run_id)
+            spent += a.hours
+        steps += 1
+    return {
+        "grid_width": target,
+        "grid_hours": grid_hours,
+        "grid_runs": len(grid),
+        "spent": spent,
+        "runs": len(done),
+        "steps": steps,
+        "width": width,
+        "stop": stop,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--widths", type=float, nargs="+", default=[1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1]
+    )
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--n-boot", type=int, default=400)
+    ap.add_argument("--data-seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--laws", type=int, nargs="+", default=list(range(len(LAWS))))
+    ap.add_argument("--questions", type=int, nargs="+", default=[0, 1])
+    args = ap.parse_args()
+    pool = pool_with_flop_costs(args.widths)
+    largest = A.largest(pool)
+    questions = (
+        ("gap at the largest size", GapAt(largest)),
+        ("gap at 4x the largest", GapAt(4 * largest)),
+    )
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+        f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates",
+        "",
+        "| law | question | grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | stop: final width |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    print("\n".join(lines), flush=True)
+    for name, law, noise in (LAWS[i] for i in args.laws):
+        errs = outcomes(pool, law, noise, args.data_seed)
+        for qname, q in (questions[i] for i in args.questions):
+            t0 = time.time()
+            r = scenario(pool, q, errs, args.batch, args.n_boot)
+            ratio = r["spent"] / r["grid_hours"]
+            line = (
+                f"| {name} ({100 * noise:g} pt) | {qname} | {r['grid_width']:.3g}, "
+                f"{r['grid_hours']:.3g} ({r['grid_runs']}) | {r['spent']:.3g} ({r['runs']}, "
+                f"{r['steps']}) | {ratio:.2f} | {r['stop']}: width {r['width']:.3g} "
+                f"({time.time() - t0:.0f} s) |"
+            )
+            lines.append(line)
+            print(line, flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Which runs to buy next: the candidates that narrow a question's interval most per
+device-hour.
+
+The candidates are runs the sweep could contain: its own grid's runs not finished yet,
+plus the sizes between its widths (geometric midpoints), the lengths between its epochs
+(when epochs is an axis) and two more seeds (`extended`). Each costs what the plan says
+(device-hours, scaling.plan.planner.make_plan), never a separate estimate.
+
+Expected narrowing (`rank`): the interval the sweep would give with a candidate added is
+scaling.report.questions.answer(..., hypothetical=[run]): every parametric replicate of
+the current fit also simulates the candidate from the fitted law at its noise (and counts
+its residual degree of freedom) and is refitted. The replicates of every candidate share
+their random numbers with the current answer's (common random numbers), so the
+difference of two widths is the candidate's effect, not bootstrap noise; a narrowing
+under NOISE of the width counts as none. tests/test_advise.py checks this expected width
+against a brute-force Monte Carlo (outcomes drawn from the fit's predictive
+distribution, added as if run, the law refitted each time).
+
+Seeds of one (method, size, length) are exchangeable for the laws, so each such group is
+evaluated, and bought, as one block of up to BLOCK seeds (its lowest unbought ones): one
+run among dozens narrows by less than NOISE, a few by more. While a law has no interval
+at all (too few sizes, or too few residual degrees of freedom to know its noise) nothing
+can be narrowed: the sizes of a spread `first_design` from the sweep's own grid, then
+the cheapest runs, until it has one. With an interval missing for another reason (the
+question past the sizes' reach): the cheapest larger sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from scaling.errors import SpecError
+from scaling.plan.layout import train_size
+from scaling.plan.planner import Plan, PlannedRun, make_plan
+from scaling.report.bootstrap import MIN_DOF
+from scaling.report.fit import MIN_DISTINCT_X
+from scaling.report.gaps import REFERENCE, every_label
+from scaling.report.goal import QuestionKind
+from scaling.report.questions import (
+    ComputeOptimal,
+    Estimate,
+    GapAt,
+    GapCloses,
+    Question,
+    Run,
+    answer,
+)
+from scaling.sweep.cluster import ClusterProfile
+from scaling.sweep.config import apply_overrides, read_yaml
+from scaling.sweep.spec import Sweep, load_sweep
+
+#: A narrowing smaller than this fraction of the current width is none: what is left of
+#: the bootstrap's noise once the replicates are coupled (candidates far from the question
+#: moved 400-replicate widths by -1.3% to +1.5% on the quickstart's synthetic twin).
+NOISE = 0.03
+#: Seeds beyond the sweep's that a candidate may use.
+MORE_SEEDS = 2
+#: Laws the questions fit: 3 parameters in size (gap at, where it closes), 5 joint.
+PARAMS = {False: 3, True: 5}
+FIRST_SIZES = 5
+#: After each pick of a batch, this many of the next best are rescored with it bought.
+RESCORE = 8
+#: Seeds of one size evaluated (and bought) together: one run more among dozens narrows
+#: an interval by less than the bootstrap's noise, a few of them by more.
+BLOCK = 3
+
+
+def make_question(
+    kind: QuestionKind | None,
+    *,
+    params: float | None,
+    threshold: float,
+    flops: float | None,
+    largest: float,
+) -> Question:
+    """The question asked (`largest`: the biggest encoder the sweep may train, the
+    default question's size: the gap at the largest model)."""
+    if kind is None or kind is QuestionKind.GAP_AT:
+        n = largest if params is None else params
+        if not n > 0:
+            raise SpecError(f"--params must be a positive number of parameters, got {n}")
+        return GapAt(params=float(n))
+    if kind is QuestionKind.CLOSES:
+        if not threshold > 0:
+            raise SpecError(f"--threshold must be a positive number of points, got {threshold}")
+        return GapCloses(threshold=threshold)
+    if flops is None or not flops > 0:
+        raise SpecError("--question frontier needs --flops C (training FLOPs, positive)")
+    return ComputeOptimal(flops=float(flops))
+
+
+def describe(q: Question) -> str:
+    if isinstance(q, GapAt):
+        return f"the gap at {q.params:.3g} parameters"
+    if isinstance(q, GapCloses):
+        return f"where the gap falls under {q.threshold:g} points"
+    return f"the gap at equal compute, {q.flops:.3g} FLOPs"
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The runs the sweep could contain: `sweep` (its grid extended), their plan (aligned
+    with sweep.runs), the overrides that extend it and which runs are in the grid asked."""
+
+    sweep: Sweep
+    plan: Plan
+    overrides: tuple[str, ...]
+    in_grid: frozenset[str]  # sweep-level run_ids of the sweep as written
+
+    @functools.cached_property
+    def _ids(self) -> dict[str, str]:
+        pairs = zip(self.plan.runs, self.sweep.runs, strict=True)
+        return {p.spec.run_id: s.run_id for p, s in pairs}
+
+    def sweep_id(self, planned: PlannedRun) -> str:
+        """The sweep-level run_id (the plan's adds the BN batch where the layout needs)."""
+        return self._ids[planned.spec.run_id]
+
+    @property
+    def grid(self) -> frozenset[str]:
+        """Plan-level run_ids of the sweep as written."""
+        return frozenset(k for k, v in self._ids.items() if v in self.in_grid)
+
+
+def extended(path: str | Path, overrides: Sequence[str], profile: ClusterProfile) -> Pool:
+    """The sweep at `path` with its widths, lengths and seeds extended (see the module)."""
+    base = load_sweep(path, overrides)
+    raw = apply_overrides(read_yaml(path), list(overrides), str(path))
+    more: list[str] = []
+    model = raw.get("model") or {}
+    widths = model.get("width")
+    if isinstance(widths, list) and len(widths) > 1:
+        w = sorted(float(v) for v in widths)
+        mids = [float(f"{math.sqrt(a * b):.4g}") for a, b in zip(w, w[1:], strict=False)]
+        more.append(f"model.width={json.dumps(sorted(set(w + mids)))}")
+    seeds = raw.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    top = max(seeds)
+    more.append(f"seeds={json.dumps(seeds + [top + i + 1 for i in range(MORE_SEEDS)])}")
+    for method, section in (raw.get("methods") or {}).items():
+        epochs = (section or {}).get("epochs")
+        if isinstance(epochs, list) and len(epochs) > 1:
+            e = sorted(int(v) for v in epochs)
+            mids = {round(math.sqrt(a * b)) for a, b in zip(e, e[1:], strict=False)}
+            more.append(f"methods.{method}.epochs={json.dumps(sorted(set(e) | mids))}")
+    more = [m for m in more if m]
+    sweep = load_sweep(path, [*overrides, *more])
+    return Pool(
+        sweep, make_plan(sweep, profile), tuple(more), frozenset(r.run_id for r in base.runs)
+    )
+
+
+def run_of(planned: PlannedRun) -> Run:
+    """A planned run as the questions API's hypothetical run."""
+    spec = planned.spec
+    n = train_size(spec.dataset, spec.method)
+    images = None if n is None else float(n * int(spec.config["epochs"]))
+    return Run(spec.method, float(planned.encoder_params), images, 1)
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+@dataclass(frozen=True)
+class Advice:
+    planned: PlannedRun
+    hours: float
+    width: float  # expected interval width with it (NaN: not computed, see why)
+    narrowing: float  # expected narrowing per device-hour (0: none)
+    why: str
+    block: tuple[PlannedRun, ...] = ()  # the runs evaluated together (planned first)
+
+    @property
+    def useful(self) -> bool:
+        return self.narrowing > 0
+
+
+@dataclass(frozen=True)
+class Ranking:
+    question: Question
+    now: Estimate | None  # None: no law to ask yet (nothing finished, too few runs)
+    rows: tuple[Advice, ...]  # best first
+    batch: tuple[Advice, ...]  # what to buy now (greedy, as many as asked)
+    note: str = ""
+
+    @property
+    def wanted(self) -> bool:
+        """Whether some run is worth buying (if the budget allows): one that narrows the
+        interval, or one that gives a law an interval at all."""
+        return any(a.useful or math.isnan(a.width) for a in self.rows)
+
+
+def rank(
+    table: Any,
+    candidates: Sequence[PlannedRun],
+    question: Question,
+    *,
+    batch: int = 1,
+    budget: float = math.inf,
+    n_boot: int = 400,
+    seed: int = 0,
+    grid: frozenset[str] = frozenset(),
+) -> Ranking:
+    """Rank `candidates` (planned runs not run yet) for `question` given the finished runs
+    of `table`; `batch`: how many to buy now, within `budget` device-hours; `grid`: the
+    run_ids of the sweep as written (a first design is drawn from them)."""
+    df = _finished(table)
+    cands = [p for p in candidates if p.feasible and math.isfinite(p.gpu_hours)]
+    methods = sorted({p.spec.method for p in cands} | set(df["method"] if len(df) else ()))
+    if REFERENCE not in methods or len(methods) < 2:
+        raise SpecError(
+            f"a gap needs {REFERENCE} runs and another method's; the sweep has {methods}"
+        )
+    lacking = _lacking(df, methods, isinstance(question, ComputeOptimal))
+    if lacking:  # no law to ask yet: the cheapest runs that give each one
+        rows = _unlock(df, cands, lacking, grid)
+        chosen = _take(rows, batch, budget)
+        note = (
+            "no finished runs: a cheap, well-spread first design"
+            if not len(df)
+            else "no interval yet: " + "; ".join(f"{m}: {n.why}" for m, n in lacking.items())
+        )
+        return Ranking(question, None, tuple(rows), tuple(chosen), note)
+    now = answer(df, question, n_boot=n_boot, seed=seed)
+    if not now.reliable:  # no interval: larger sizes may give one (reach, a floor)
+        rows = _extend(df, cands, now.why)
+        return Ranking(question, now, tuple(rows), tuple(_take(rows, batch, budget)), now.why)
+    groups = _groups(cands)
+    rows = _evaluate(df, groups, question, now.width, [], n_boot, seed)
+    chosen: list[Advice] = []
+    spent = 0.0
+    pending = list(rows)
+    while pending and len(chosen) < batch:
+        best = next((a for a in pending if a.useful and spent + a.hours <= budget), None)
+        if best is None:
+            break
+        for p in best.block:  # the block's runs, as many as the batch and budget take
+            if len(chosen) < batch and spent + p.gpu_hours <= budget:
+                chosen.append(Advice(p, p.gpu_hours, best.width, best.narrowing, best.why))
+                spent += p.gpu_hours
+        if len(chosen) >= batch:
+            break
+        # The blocks that narrowed alone, best first, are the ones worth rescoring.
+        taken = {c.planned.spec.run_id for c in chosen}
+        left = [
+            [p for p in a.block if p.spec.run_id not in taken]
+            for a in pending
+            if a is not best and a.useful
+        ][:RESCORE]
+        bought = [run_of(c.planned) for c in chosen]
+        pending = _evaluate(df, [b for b in left if b], question, best.width, bought, n_boot, seed)
+    return Ranking(question, now, tuple(rows), tuple(chosen))
+
+
+def _finished(table: Any) -> pd.DataFrame:
+    df = every_label(table)  # the laws the questions are about: every label
+    if not len(df):
+        return df
+    return df[(df["state"] == "finished") & df["top1"].notna()]
+
+
+def _key(p: PlannedRun) -> tuple[Any, ...]:
+    """What a law sees of a run: everything but its seed."""
+    s = p.spec
+    return (s.method, json.dumps(s.identity() | {"seed": None}, sort_keys=True, default=str))
+
+
+def _groups(cands: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
+    """Blocks of exchangeable runs (one method, size, length and recipe; seeds differ),
+    up to BLOCK of them, lowest seeds first."""
+    groups: dict[tuple[Any, ...], list[PlannedRun]] = {}
+    for p in sorted(cands, key=lambda p: p.spec.seed):
+        groups.setdefault(_key(p), []).append(p)
+    return [g[:BLOCK] for g in groups.values()]
+
+
+def _evaluate(
+    df: pd.DataFrame,
+    blocks: Sequence[Sequence[PlannedRun]],
+    question: Question,
+    width: float,
+    bought: list[Run],
+    n_boot: int,
+    seed: int,
+) -> list[Advice]:
+    rows = []
+    for block in blocks:
+        runs = [run_of(p) for p in block]
+        est = answer(df, question, hypothetical=[*bought, *runs], n_boot=n_boot, seed=seed)
+        after = est.width if est.reliable else math.nan
+        gain = width - after if math.isfinite(after) else 0.0
+        hours = sum(p.gpu_hours for p in block)
+        n = f"{len(block)} seeds: " if len(block) > 1 else ""
+        if gain <= NOISE * width:
+            why = n + "no narrowing beyond the bootstrap's noise"
+            rows.append(Advice(block[0], hours, after, 0.0, why, tuple(block)))
+            continue
+        why = n + f"{100 * gain / width:.1f}% narrower"
+        rows.append(Advice(block[0], hours, after, gain / hours, why, tuple(block)))
+    return sorted(rows, key=lambda a: (-a.narrowing, a.hours))
+
+
+def _extend(df: pd.DataFrame, cands: Sequence[PlannedRun], why: str) -> list[Advice]:
+    """With no interval although every law has its runs (the question past the reach of
+    the sizes trained, an unmeasurable floor): the cheapest larger sizes, per method."""
+    per = []
+    for method in sorted({p.spec.method for p in cands}):
+        top = df.loc[df["method"] == method, "encoder_params"].max()
+        bigger = sorted(
+            (p for p in cands if p.spec.method == method and p.encoder_params > top),
+            key=lambda p: (p.gpu_hours, p.spec.seed),
+        )
+        per.append([Advice(p, p.gpu_hours, math.nan, 0.0, "a larger size: " + why) for p in bigger])
+    rows = []
+    for i in range(max((len(x) for x in per), default=0)):
+        rows += sorted((x[i] for x in per if i < len(x)), key=lambda a: a.hours)
+    return rows
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one method's law lacks for an interval."""
+
+    sizes: bool  # too few distinct sizes: new sizes first
+    runs: int  # runs still needed (sizes and residual degrees of freedom)
+    why: str
+
+
+def _lacking(df: pd.DataFrame, methods: Sequence[str], joint: bool) -> dict[str, Need]:
+    """What keeps each method's law from an interval: too few sizes, too few runs."""
+    out = {}
+    p = PARAMS[joint]
+    for method in methods:
+        sub = df[df["method"] == method] if len(df) else df
+        sizes = sub["encoder_params"].nunique() if len(sub) else 0
+        runs = max(MIN_DISTINCT_X - sizes, p + MIN_DOF - len(sub))
+        if sizes < MIN_DISTINCT_X:
+            out[method] = Need(True, runs, f"{sizes} size(s); a law needs {MIN_DISTINCT_X}")
+        elif runs > 0:
+            dof = len(sub) - p
+            out[method] = Need(False, runs, f"{dof} residual dof; an interval needs {MIN_DOF}")
+    return out
+
+
+def _unlock(
+    df: pd.DataFrame, cands: Sequence[PlannedRun], lacking: dict[str, Need], grid: frozenset[str]
+) -> list[Advice]:
+    """Per method that lacks a law: the sizes of a spread first design it has not run
+    (from the sweep's own grid) where it lacks sizes, then its cheapest runs (new sizes
+    first while it lacks them), as many as it needs; interleaved between methods,
+    cheapest first within a round."""
+    per = []
+    for method, need in lacking.items():
+        mine = [p for p in cands if p.spec.method == method]
+        have = set(df.loc[df["method"] == method, "encoder_params"]) if len(df) else set()
+        own = [p for p in mine if p.spec.run_id in grid] or mine
+        design = first_design(own, have)  # the spread is kept until it is run
+        ids = {p.spec.run_id for p in design}
+        rest = sorted(
+            (p for p in mine if p.spec.run_id not in ids),
+            key=lambda p: (need.sizes and p.encoder_params in have, p.gpu_hours),
+        )
+        order = (design + rest)[: max(need.runs, len(design))]
+        first = not have and need.sizes
+        why = "first design: cheap, spread" if first else f"the law lacks: {need.why}"
+        per.append([Advice(p, p.gpu_hours, math.nan, 0.0, why) for p in order])
+    rows = []
+    for i in range(max((len(x) for x in per), default=0)):
+        rows += sorted((x[i] for x in per if i < len(x)), key=lambda a: a.hours)
+    return rows
+
+
+def _take(rows: Sequence[Advice], batch: int, budget: float) -> list[Advice]:
+    chosen, spent = [], 0.0
+    for a in rows:
+        if len(chosen) < batch and spent + a.hours <= budget:
+            chosen.append(a)
+            spent += a.hours
+    return chosen
+
+
+def first_design(
+    cands: Sequence[PlannedRun], have: Collection[float] = frozenset()
+) -> list[PlannedRun]:
+    """A cheap, well-spread first design of one method: up to FIRST_SIZES sizes spread
+    over the range (both ends in, counting the sizes in `have`, already run), each at the
+    cheapest recipe and the lowest seed; the runs not in `have`, cheapest first."""
+    if not cands:
+        return []
+    seed = min(p.spec.seed for p in cands)
+    recipes: dict[str, list[PlannedRun]] = {}
+    for p in cands:
+        if p.spec.seed == seed:
+            key = json.dumps(dict(p.spec.config), sort_keys=True, default=str)
+            recipes.setdefault(key, []).append(p)
+    cheapest = min(recipes.values(), key=lambda ps: sum(p.gpu_hours for p in ps))
+    by_size = {p.encoder_params: p for p in sorted(cheapest, key=lambda p: -p.gpu_hours)}
+    sizes = sorted(set(by_size) | set(have))
+    pick = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(FIRST_SIZES, len(sizes)))))
+    wanted = [sizes[int(i)] for i in pick]
+    return sorted(
+        (by_size[n] for n in wanted if n in by_size and n not in have), key=lambda p: p.gpu_hours
+    )
+
+
+# ----------------------------------------------------------------------------- next.yaml
+
+
+def write_sweep(
+    path: str | Path, overrides: Sequence[str], pool: Pool, keep: Sequence[PlannedRun], out: Path
+) -> Path:
+    """The sweep at `path` with the pool's extension and `only` the runs in `keep` (the
+    finished ones and those advised): `scaling submit out` trains the advised ones,
+    `scaling report out` reports them all (same name: same run folder, same experiment)."""
+    import yaml
+
+    from scaling.rundir import atomic_write_bytes
+
+    raw = apply_overrides(read_yaml(path), [*overrides, *pool.overrides], str(path))
+    raw["only"] = sorted({pool.sweep_id(p) for p in keep})
+    text = f"# written by scaling advise from {path}\n" + yaml.safe_dump(raw, sort_keys=False)
+    atomic_write_bytes(out, text.encode())
+    return out
+
+
+# ----------------------------------------------------------------------------- one call
+
+
+def collect(pool: Pool, workdir: str | Path) -> Any:
+    """The pool's results table (run directories: what finished, what runs)."""
+    from scaling.report.results import collect as collect_runs
+
+    return collect_runs(pool.sweep, workdir, None, plan=pool.plan)
+
+
+def largest(pool: Pool) -> float:
+    """The biggest encoder the sweep as written trains (the default question's size)."""
+    ids = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid]
+    return float(max(p.encoder_params for p in ids))
+
+
+def advise(
+    pool: Pool,
+    table: Any,
+    question: Question,
+    *,
+    batch: int = 1,
+    budget: float = math.inf,
+    bought: Sequence[str] = (),
+    n_boot: int = 400,
+    seed: int = 0,
+) -> Ranking:
+    """Rank the pool's runs not finished, running or bought yet (plan-level run_ids in
+    `bought`) for `question`; a first design comes from the sweep's own grid."""
+    states = dict(
+        zip(table.column("run_id").to_pylist(), table.column("state").to_pylist(), strict=True)
+    )
+    taken = set(bought)
+    cands = [
+        p
+        for p in pool.plan.runs
+        if states.get(p.spec.run_id, "pending") in ("pending", "resumable")
+        and p.spec.run_id not in taken
+    ]
+    return rank(
+        table,
+        cands,
+        question,
+        batch=batch,
+        budget=budget,
+        n_boot=n_boot,
+        seed=seed,
+        grid=pool.grid,
+    )

@@ -1,0 +1,165 @@
+"""The advisor: expected narrowing checked against a brute-force Monte Carlo, the
+informative run preferred over a cheap useless one, a first design, a sweep to submit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaling.errors import SpecError
+from scaling.report import advise as A
+from scaling.report import questions as Q
+from scaling.report.fit import fit_power_law
+from scaling.report.results import to_table
+from scaling.sweep.cluster import load_profile
+from scaling.sweep.spec import load_sweep
+
+LAWS = {"supervised": (0.02, 2.0), "simclr": (0.03, 3.0)}  # err = E + A n^-0.35
+
+
+def row(method: str, n: float, seed: int, err: float | None, **more: object) -> dict:
+    return {
+        "run_id": more.pop("run_id", f"{method}-{n:.0f}-{seed}"),
+        "sweep": "quickstart",
+        "method": method,
+        "dataset": "digits",
+        "image_size": 8,
+        "stem": "cifar",
+        "depth": 10,
+        "width": more.pop("width", 0.0),
+        "depth_multiplier": 1.0,
+        "seed": seed,
+        "batch_size": 128,
+        "epochs": 20,
+        "encoder_params": int(n),
+        "state": "finished" if err is not None else "pending",
+        "top1": None if err is None else 1 - err,
+        "val_top1": None if err is None else 1 - err,
+        **more,
+    }
+
+
+def law(method: str, n: float) -> float:
+    e, a = LAWS[method]
+    return e + a * n**-0.35
+
+
+@pytest.fixture(scope="module")
+def pool() -> A.Pool:
+    return A.extended("sweeps/quickstart.yaml", [], load_profile(None))
+
+
+def synthetic(pool: A.Pool, finished: bool = True) -> object:
+    """The quickstart's grid finished (3 seeds, 1 point of noise), the extension pending."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in pool.plan.runs:
+        done = finished and pool.sweep_id(p) in pool.in_grid
+        s = p.spec
+        err = law(s.method, p.encoder_params) + rng.normal(0, 0.01) if done else None
+        rows.append(row(s.method, p.encoder_params, s.seed, err, run_id=s.run_id))
+    return to_table(rows, {})
+
+
+@pytest.mark.slow
+def test_expected_width_matches_a_brute_force_monte_carlo() -> None:
+    """answer(hypothetical=) is the advisor's expected width: compare it with the width
+    the sweep really gives when outcomes drawn from the fit's predictive distribution
+    (a replicate's law + noise) are added and everything refitted."""
+    rng = np.random.default_rng(1)
+    widths = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2)
+    rows = [
+        row(m, 4.9e6 * w * w, s, law(m, 4.9e6 * w * w) + rng.normal(0, 0.01))
+        for w in widths
+        for s in range(2)
+        for m in LAWS
+    ]
+    df = pd.DataFrame(rows)
+    q, n_new = Q.GapAt(params=4.9e6), 4.9e6 / 4  # 4x past the largest size
+    now = np.mean([Q.answer(df, q, n_boot=300, seed=s).width for s in range(3)])
+    hyp = [Q.Run(m, n_new) for m in LAWS]
+    expected = np.mean(
+        [Q.answer(df, q, hypothetical=hyp, n_boot=300, seed=s).width for s in range(3)]
+    )
+    laws = {
+        m: fit_power_law(
+            df[df.method == m].encoder_params, 1 - df[df.method == m].top1, n_boot=300, seed=7
+        )
+        for m in LAWS
+    }
+    brute = []
+    for k in range(20):
+        new = []
+        for m, fit in laws.items():
+            draws = fit.draws([n_new])[:, 0]
+            err = draws[rng.integers(len(draws))] + rng.normal(0, fit.chosen.sigma)
+            new.append(row(m, n_new, 9, err, run_id=f"new-{m}-{k}"))
+        brute.append(Q.answer(pd.concat([df, pd.DataFrame(new)]), q, n_boot=300, seed=k).width)
+    measured, se = float(np.mean(brute)), float(np.std(brute) / math.sqrt(len(brute)))
+    assert expected < 0.95 * now and measured < now  # it narrows, and it says so
+    assert abs(expected - measured) < 0.1 * measured + 2 * se, (now, expected, measured, se)
+
+
+def test_the_informative_run_beats_a_cheap_useless_one(pool: A.Pool) -> None:
+    """Cost proportional to parameters: a seed at the largest size (informative for the
+    gap there) against a seed at the smallest, 245x cheaper and of no use to it."""
+    table = synthetic(pool)
+    q = A.make_question(None, params=None, threshold=1.0, flops=None, largest=A.largest(pool))
+    assert isinstance(q, Q.GapAt) and q.params == A.largest(pool)
+    new = [p for p in pool.plan.runs if p.spec.seed == 3 and p.spec.method == "simclr"]
+    sizes = sorted({p.encoder_params for p in new})
+    cands = [
+        replace(p, gpu_hours=p.encoder_params / 1e6)
+        for p in new
+        if p.encoder_params in (sizes[0], sizes[-1])
+    ]
+    ranking = A.rank(table, cands, q, batch=1)
+    assert ranking.now is not None and ranking.now.reliable
+    (best,) = ranking.batch
+    cheap = min(ranking.rows, key=lambda a: a.hours)
+    assert best.planned.encoder_params == sizes[-1] and "narrower" in best.why
+    assert best.useful and best.width < (1 - A.NOISE) * ranking.now.width
+    assert cheap.hours < best.hours / 200 and not cheap.useful  # cheap, and no use
+
+
+def test_with_nothing_finished_a_cheap_spread_first_design(pool: A.Pool) -> None:
+    """Every size of the grid (5) at the lowest seed, and the cheapest run more that the
+    law's interval needs (3 residual degrees of freedom), per method."""
+    ranking = A.advise(pool, synthetic(pool, finished=False), Q.GapAt(1e6), batch=100)
+    assert ranking.now is None and "first design" in ranking.note
+    chosen = [a.planned for a in ranking.batch]
+    for method in LAWS:
+        mine = [p for p in chosen if p.spec.method == method]
+        grid = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid]
+        sizes = {p.encoder_params for p in grid if p.spec.method == method}
+        assert {p.encoder_params for p in mine if p.spec.seed == 0} == sizes
+        assert len(mine) == 6 and all(pool.sweep_id(p) in pool.in_grid for p in mine)
+    two = A.advise(pool, synthetic(pool, finished=False), Q.GapAt(1e6), batch=2)
+    for a in two.batch:  # one run of each method, its cheapest: both laws progress
+        mine = [b.hours for b in ranking.batch if b.planned.spec.method == a.planned.spec.method]
+        assert a.hours == min(mine)
+    assert {a.planned.spec.method for a in two.batch} == set(LAWS)
+
+
+def test_the_sweep_written_is_the_finished_runs_and_the_advised(pool: A.Pool, tmp_path) -> None:
+    finished = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid][:3]
+    extra = [p for p in pool.plan.runs if pool.sweep_id(p) not in pool.in_grid][:2]
+    out = A.write_sweep(
+        "sweeps/quickstart.yaml", [], pool, finished + extra, tmp_path / "next.yaml"
+    )
+    again = load_sweep(out)
+    assert again.name == pool.sweep.name  # same run folder and experiment
+    assert {r.run_id for r in again.runs} == {pool.sweep_id(p) for p in finished + extra}
+
+
+def test_bad_questions_are_one_line_errors() -> None:
+    with pytest.raises(SpecError, match="--flops"):
+        A.make_question(A.QuestionKind.FRONTIER, params=None, threshold=1, flops=None, largest=1)
+    with pytest.raises(SpecError, match="--threshold"):
+        A.make_question(A.QuestionKind.CLOSES, params=None, threshold=0, flops=None, largest=1)
+    with pytest.raises(SpecError, match="only"):
+        load_sweep("sweeps/quickstart.yaml", ["only=[nosuchrun]"])
