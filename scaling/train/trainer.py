@@ -42,7 +42,7 @@ from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
 from scaling.train.convergence import judge
-from scaling.train.data import labelled_subset, subset
+from scaling.train.data import label_rows, listed_note, subset
 from scaling.train.evaluate import clean, evaluate_run, knn_monitor, primary
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
@@ -202,11 +202,16 @@ def _train(
 
     # ------------------------------------------------------------------ data
     train, val, test = run_splits(spec, dev, workers)
-    if method.labels is Labels.TRAINING and spec.label_fraction < 1.0:
+    listed: dict[str, Any] = {}  # a list of image names: how many, how many dropped
+    if method.labels is Labels.TRAINING and (
+        spec.label_fraction < 1.0 or spec.label_list is not None
+    ):
         # Trained on labels: on the class-balanced fraction of them (drawn from the seed,
-        # the images every other method's evaluation at this fraction fits on), as long
-        # in steps as on every label (labelled_recipe).
-        rows = labelled_subset(train.labels, spec.label_fraction, spec.seed)
+        # the images every other method's evaluation at this fraction fits on) or the
+        # images a list names, as long in steps as on every label (labelled_recipe).
+        rows, dropped = label_rows(train, val, spec.label_fraction, spec.seed, spec.label_list)
+        if spec.label_list is not None:
+            listed = listed_note(spec.label_list, len(rows), dropped, main)
         config, repeats = labelled_recipe(config, len(train), len(rows))
         train = subset(train, rows.repeat(repeats))
     size = spec.dataset["image_size"]
@@ -438,7 +443,7 @@ def _train(
         precision=precision,
         token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
     )
-    result = {**primary(evaluations), "evaluations": evaluations}
+    result = {**primary(evaluations), "evaluations": evaluations, **listed}
     if main:
         # Judged from the whole curve (earlier attempts' epochs included): the one verdict
         # status, MLflow and the report read (scaling.train.convergence).
