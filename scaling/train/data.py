@@ -25,7 +25,7 @@ from torch import Tensor
 
 from scaling.errors import ScalingError
 from scaling.plan.data_info import held_out
-from scaling.plan.layout import epoch_steps
+from scaling.plan.layout import epoch_steps, labelled_recipe
 from scaling.sweep.labellist import listed_names, resolve_names
 from scaling.train.augment import SimCLRAugment
 from scaling.train.imagefolder import ImageFolderSet
@@ -192,6 +192,24 @@ def listed_note(listed: Any, images: int, dropped: list[str], say: bool) -> dict
         )
     first = {"listed_dropped_first": dropped[0]} if dropped else {}
     return {"listed_images": images, "listed_dropped": len(dropped), **first}
+
+
+def labelled_training(
+    train: DataSet, val: DataSet, spec: Any, config: dict[str, Any], say: bool
+) -> tuple[DataSet, dict[str, Any], dict[str, Any]]:
+    """(training images, recipe, what the result says of a list) of a run trained on
+    labels: on every label, as given; on a label fraction, the class-balanced fraction
+    drawn from the seed (the images every other method's evaluation at this fraction fits
+    on) or the images a list names (`label_rows`), repeated to fill a batch and as long
+    in steps as on every label (`plan.layout.labelled_recipe`)."""
+    if spec.label_fraction >= 1.0 and spec.label_list is None:
+        return train, config, {}
+    rows, dropped = label_rows(train, val, spec.label_fraction, spec.seed, spec.label_list)
+    listed = {}
+    if spec.label_list is not None:
+        listed = listed_note(spec.label_list, len(rows), dropped, say)
+    config, repeats = labelled_recipe(config, len(train), len(rows))
+    return subset(train, rows.repeat(repeats)), config, listed
 
 
 @dataclass(frozen=True)
