@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from scaling.cli.app import app
 from scaling.errors import SpecError
+from scaling.report.results import evaluation_rows
 from scaling.rundir import RESULT, read_json
 from scaling.sweep.spec import RunSpec, load_sweep
 from scaling.train.data import label_rows, subset, validation_rows
@@ -198,3 +199,20 @@ def test_a_supervised_run_on_a_list_trains_on_exactly_those_images(
     assert read_json(tmp_path / "run" / RESULT)["listed_images"] == len(own)
     log = capfd.readouterr().out
     assert f"labels: {len(own)} images named by" in log and f"(the first: {held[0]})" in log
+
+
+def test_a_simclr_evaluation_on_a_list_fits_on_those_images(tmp_path: Path) -> None:
+    names = _folder(tmp_path / "data")
+    held = _held(tmp_path / "data")
+    own = [n for n in names if n.endswith("_3.png") and n not in held]
+    path = _sweep(tmp_path, [*own, held[-1]])
+    (spec,) = [r for r in load_sweep(path).runs_of("simclr") if r.seed == 0]
+    result = run(spec, tmp_path / "run", threads=1)
+    on_list = [e for e in result["evaluations"] if e["label_fraction"] == 0.25]
+    (every,) = [e for e in result["evaluations"] if e["label_fraction"] == 1.0]
+    (listed,) = on_list
+    assert listed["fit_images"] == listed["listed_images"] == len(own)
+    assert listed["listed_dropped"] == 1 and listed["listed_dropped_first"] == held[-1]
+    assert every["fit_images"] == len(names) - len(held) and "listed_images" not in every
+    rows = evaluation_rows(spec, spec.flat(), result)
+    assert not any(k.startswith("eval_label_list") for r in rows for k in r)
