@@ -118,7 +118,7 @@ def test_a_fraction_is_a_supervised_run_and_an_evaluation_of_one_pretraining(
 @pytest.mark.parametrize(
     ("old", "new", "key"),
     [
-        ("[0.01, 0.1, 1.0]", "[0.0, 0.5]", "label_fraction"),
+        ("[0.01, 0.1, 1.0]", "[0.0, 0.5]", "label_fraction.0"),
         ("[0.01, 0.1, 1.0]", "1.5", "label_fraction"),
         ("[0.01, 0.1, 1.0]", "[]", "label_fraction"),
         ("[features, finetune]", "tuning", "methods.simclr.eval.protocol"),

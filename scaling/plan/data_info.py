@@ -102,6 +102,14 @@ def folder_problem(root: Path) -> str | None:
     return None
 
 
+def train_names(root: Path) -> list[tuple[str, str]]:
+    """(class folder, file name) of each image of root/train, as the folder indexes them
+    (train.imagefolder.scan_folder): what a list of image names is resolved against."""
+    train = root / "train"
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    return [(c, p.name) for c in classes for p in _images(train / c)]
+
+
 @functools.lru_cache(maxsize=64)
 def count_images(root: str | None, split: str) -> int | None:
     """Images under root/split/<class>/ (None when the folder is not there)."""

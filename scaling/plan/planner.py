@@ -17,7 +17,7 @@ from typing import Any
 from scaling.errors import SpecError
 from scaling.plan import checks
 from scaling.plan.accelerator import GB, Accelerator, resolve_accelerator
-from scaling.plan.data_info import folder_problem
+from scaling.plan.data_info import folder_problem, train_names
 from scaling.plan.layout import (
     Derived,
     Layout,
@@ -34,6 +34,7 @@ from scaling.plan.layout import (
 )
 from scaling.plan.throughput import MODEL, Calibration
 from scaling.sweep.cluster import ClusterProfile
+from scaling.sweep.labellist import listed_names, resolve_names
 from scaling.sweep.methods import MONITOR_TEST, MONITOR_TRAIN, Evaluation, Labels, get_method
 from scaling.sweep.spec import RunSpec, Sweep
 
@@ -85,11 +86,17 @@ def _labels(run: PlannedRun, _: dict[Any, Any]) -> str | None:
     if len(evaluations) == 1 and evaluations[0]["label_fraction"] == 1.0:
         return None
     if get_method(run.spec.method).labels is Labels.TRAINING:
-        return f"{run.spec.label_fraction:g}"
+        return _share(run.spec.label_fraction, run.spec.label_list)
     by_protocol: dict[str, list[str]] = {}
     for e in evaluations:
-        by_protocol.setdefault(str(e["protocol"]), []).append(f"{e['label_fraction']:g}")
+        share = _share(e["label_fraction"], e.get("label_list"))
+        by_protocol.setdefault(str(e["protocol"]), []).append(share)
     return ", ".join(f"{p} {'/'.join(fs)}" for p, fs in by_protocol.items())
+
+
+def _share(fraction: float, listed: Mapping[str, Any] | None) -> str:
+    """A label fraction, and a list's size ("0.01 (128 listed)": the names it holds)."""
+    return f"{fraction:g}" + (f" ({listed['images']} listed)" if listed else "")
 
 
 #: The plan's columns after the spec's own: (name, value of a run given a shared cache),
@@ -218,6 +225,22 @@ def _check_folders(sweep: Sweep) -> None:
         problem = folder_problem(path) if path.is_dir() else None
         if problem:
             raise SpecError(problem, file=sweep.path, key="dataset.root")
+        if path.is_dir():  # every list of image names it is given names its images
+            lists = {
+                listed["sha256"]: listed
+                for s in sweep.runs
+                if str(s.dataset.get("root")) == root
+                for listed in _lists(s)
+            }
+            names = train_names(path) if lists else []
+            for listed in lists.values():
+                resolve_names(listed_names(listed), names, listed, f"{path / 'train'}")
+
+
+def _lists(spec: RunSpec) -> list[Mapping[str, Any]]:
+    """The lists of image names a run's labels or evaluations are named by."""
+    items = [spec.label_list, *(e.get("label_list") for e in spec.evaluations())]
+    return [listed for listed in items if listed is not None]
 
 
 def make_plan(
@@ -289,7 +312,8 @@ def make_plan(
         config = spec.config
         if n_train and get_method(spec.method).labels is Labels.TRAINING:
             # trained on a label fraction: its subset, as many steps as on every label
-            share = labelled_share(n_train, spec.label_fraction)
+            listed = spec.label_list  # a list of names: as many as it names
+            share = listed["images"] if listed else labelled_share(n_train, spec.label_fraction)
             config, repeats = labelled_recipe(config, n_train, share)
             n_train = share * repeats
         derived = derive(config, layout, n_train, spec.method) if layout and n_train else None

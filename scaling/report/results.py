@@ -222,7 +222,9 @@ def evaluation_rows(
     out = []
     for i, item in enumerate(evaluations):
         ev = {k: v for k, v in row.items() if not k.startswith("eval_")}
-        recipe = {k: v for k, v in item.items() if k not in ("label_fraction", "eval_id")}
+        recipe = {
+            k: v for k, v in item.items() if k not in ("label_fraction", "eval_id", "label_list")
+        }
         ev.update(flat_config(recipe, "eval_"))
         ev.update(eval_id=item["eval_id"], label_fraction=item["label_fraction"])
         ev["protocol"] = item["protocol"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from scaling.errors import SpecError
 from scaling.sweep.config import validate
+from scaling.sweep.labellist import NAMED_DATASET, checked_list, label_list
 from scaling.sweep.methods import EvalConfig, Labels, Protocol, get_method
 
 _IDENTITY_EXCLUDED = {("dataset", "root")}
@@ -72,6 +73,50 @@ def check_fraction(value: Any, file: str, key: str) -> float:
     return float(value)
 
 
+Share = tuple[float, "dict[str, Any] | None"]  # (fraction, its list of names or None)
+
+
+def label_shares(value: Any, file: str, datasets: list[str]) -> tuple[Share, ...]:
+    """A sweep's `label_fraction`: each a number in (0, 1] (drawn from the seed) or
+    `{fraction, file}` (sweep.labellist: named by the file, only for an image folder's
+    named images); each fraction once. One-line SpecErrors naming the key."""
+    many = isinstance(value, list)
+    entries = value if many else [value]
+    if not entries:
+        raise SpecError("empty list: give at least one fraction", file=file, key="label_fraction")
+    out: dict[float, Share] = {}
+    for i, entry in enumerate(entries):
+        key = f"label_fraction.{i}" if many else "label_fraction"
+        if isinstance(entry, Mapping):
+            others = sorted(set(datasets) - {NAMED_DATASET})
+            if others:
+                raise SpecError(
+                    f"a file of image names needs dataset {NAMED_DATASET} (named images); "
+                    f"{others[0]} has none: give a number",
+                    file=file,
+                    key=key,
+                )
+            share: Share = label_list(entry, file, key)
+        else:
+            share = (check_fraction(entry, file, key), None)
+        seen = out.setdefault(share[0], share)
+        if seen != share:
+            raise SpecError(
+                f"fraction {share[0]:g} is given twice, differently: one entry per fraction "
+                "(the report has a gap per fraction)",
+                file=file,
+                key=key,
+            )
+    return tuple(out.values())
+
+
+def evaluation_identity(item: Mapping[str, Any]) -> dict[str, Any]:
+    """What identifies an evaluation: the item with its list of names as the list's
+    content (sha256), never its path."""
+    listed = item.get("label_list")
+    return dict(item) if listed is None else {**item, "label_list": listed["sha256"]}
+
+
 def _evaluation(data: Any, file: str, key: str) -> dict[str, Any]:
     """One evaluation of a run spec's `evals`: an `eval` section with its label fraction."""
     if not isinstance(data, Mapping):
@@ -79,9 +124,13 @@ def _evaluation(data: Any, file: str, key: str) -> dict[str, Any]:
             "must be a mapping (an eval section with label_fraction)", file=file, key=key
         )
     fraction = check_fraction(data.get("label_fraction", 1.0), file, f"{key}.label_fraction")
-    section = {k: v for k, v in data.items() if k != "label_fraction"}
+    section = {k: v for k, v in data.items() if k not in ("label_fraction", "label_list")}
     checked = validate(EvalConfig, section, file, f"{key}.").model_dump()
-    return {**eval_identity(checked), "label_fraction": fraction}
+    listed = data.get("label_list")
+    if listed is None:
+        return {**eval_identity(checked), "label_fraction": fraction}
+    listed = checked_list(listed, file, f"{key}.label_list")
+    return {**eval_identity(checked), "label_fraction": fraction, "label_list": listed}
 
 
 def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,7 +142,7 @@ def identity_of_dataset(dataset: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _runs_of_configs(
-    configs: list[dict[str, Any]], method: str, fractions: tuple[float, ...]
+    configs: list[dict[str, Any]], method: str, fractions: tuple[Share, ...]
 ) -> list[tuple[dict[str, Any], str, tuple[dict[str, Any], ...]]]:
     """(config, its identity's canonical JSON, its evaluations) per run: with `fractions`
     (a method pretrained without labels), configs that differ only in `eval` are one
@@ -104,8 +153,10 @@ def _runs_of_configs(
         first, evals = runs.setdefault(c_json, (config, []))
         if fractions:
             section = eval_identity(config.get("eval") or {})
-            for fraction in fractions:
+            for fraction, listed in fractions:
                 item = {**section, "label_fraction": fraction}
+                if listed is not None:
+                    item["label_list"] = listed
                 if item not in evals:
                     evals.append(item)
     return [

@@ -35,10 +35,13 @@ from scaling.sweep.identity import (
     _runs_of_configs,
     _unique,
     check_fraction,
+    checked_list,
     default_grouping,
     eval_identity,
+    evaluation_identity,
     identity_of_config,
     identity_of_dataset,
+    label_shares,
     run_id_of,
 )
 from scaling.sweep.methods import METHODS, Labels, MethodConfig, get_method, resolve_config
@@ -139,7 +142,8 @@ class SweepFile(StrictModel):
     # The labelled share of the training images (class-balanced, drawn from the seed): a
     # method trained on labels has one run per fraction, one pretrained without them one
     # run evaluated at every fraction (methods.Labels).
-    label_fraction: list[float] | float = 1.0
+    # or, per fraction, {fraction, file}: a file of training image names (sweep.labellist)
+    label_fraction: list[float | dict[str, Any]] | float | dict[str, Any] = 1.0
     tracking: TrackingConfig = TrackingConfig()
     # The grid's runs to keep, by run_id (`scaling advise --out` writes it): None, all.
     only: list[str] | None = None
@@ -165,6 +169,9 @@ class RunSpec:
     # The labelled share of the training images a method trained on labels trains on
     # (Labels.TRAINING: part of the identity below 1).
     label_fraction: float = 1.0
+    # Its images named by a file (sweep.labellist: path, sha256, ...) instead of drawn
+    # from the seed; its sha256 is part of the identity. None: drawn.
+    label_list: Mapping[str, Any] | None = None
     # A method pretrained without labels (Labels.EVALUATION): its evaluations, each an
     # `eval` section with its `label_fraction`, never part of the pretraining's identity
     # (adding one later never trains again). Empty: the config's `eval` on every label.
@@ -199,6 +206,8 @@ class RunSpec:
             identity["bn_batch"] = self.bn_batch
         if self.label_fraction != 1.0:
             identity["label_fraction"] = self.label_fraction
+        if self.label_list is not None:
+            identity["label_list"] = self.label_list["sha256"]
         return identity
 
     def evaluations(self) -> list[dict[str, Any]]:
@@ -209,11 +218,13 @@ class RunSpec:
         info = get_method(self.method)
         if info.labels is Labels.TRAINING:
             items = [{"protocol": str(info.evaluation), "label_fraction": self.label_fraction}]
+            if self.label_list is not None:
+                items[0]["label_list"] = dict(self.label_list)
         else:
             items = [dict(e) for e in self.evals] or [
                 {**eval_identity(self.config.get("eval") or {}), "label_fraction": 1.0}
             ]
-        return [{**item, "eval_id": run_id_of(item)} for item in items]
+        return [{**item, "eval_id": run_id_of(evaluation_identity(item))} for item in items]
 
     def group_id(self) -> str:
         """The identity without the seed: the same for every seed of this run (MLflow's
@@ -253,6 +264,7 @@ class RunSpec:
             ("bn_batch", None),
             ("bn_grouping", None),
             ("label_fraction", 1.0),
+            ("label_list", None),
             ("evals", ()),
         ):
             object.__setattr__(spec, name, value)
@@ -271,6 +283,7 @@ class RunSpec:
             **({"bn_batch": self.bn_batch} if self.bn_batch is not None else {}),
             **({"bn_grouping": self.bn_grouping} if self.bn_grouping is not None else {}),
             **({"label_fraction": self.label_fraction} if self.label_fraction != 1.0 else {}),
+            **({"label_list": dict(self.label_list)} if self.label_list is not None else {}),
             **({"evals": [dict(e) for e in self.evals]} if self.evals else {}),
         }
 
@@ -318,6 +331,11 @@ class RunSpec:
             bn_batch=None if data.get("bn_batch") is None else int(data["bn_batch"]),
             bn_grouping=None if grouping is None else str(grouping),
             label_fraction=fraction,
+            label_list=(
+                None
+                if data.get("label_list") is None
+                else checked_list(data["label_list"], file, "label_list")
+            ),
             evals=tuple(_evaluation(e, file, f"evals.{i}") for i, e in enumerate(evals)),
         )
         if "run_id" in data and data["run_id"] != spec.run_id:
@@ -399,16 +417,9 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
     axes.update({f"model.{k}": v for k, v in model_grid.axes if len(v) > 1})
     if len(seeds) > 1:
         axes["seed"] = tuple(seeds)
-    raw_fractions = (
-        top.label_fraction if isinstance(top.label_fraction, list) else [top.label_fraction]
-    )
-    if not raw_fractions:
-        raise SpecError("empty list: give at least one fraction", file=file, key="label_fraction")
-    fractions = tuple(
-        dict.fromkeys(check_fraction(f, file, "label_fraction") for f in raw_fractions)
-    )
-    if len(fractions) > 1:
-        axes["label_fraction"] = fractions
+    shares = label_shares(top.label_fraction, file, [d["name"] for d in data_grid.expand()])
+    if len(shares) > 1:
+        axes["label_fraction"] = tuple(f for f, _ in shares)
     runs: list[RunSpec] = []
     datasets = _with_json(data_grid.expand(), identity_of_dataset)
     models = list(model_grid.expand())
@@ -432,7 +443,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
         # per pretraining, owning an evaluation per (eval section x label fraction).
         configs_for = functools.cache(
             lambda name, raw=raw_configs, evaluated=not by_labels, m=method: _runs_of_configs(
-                [resolve_config(r, name) for r in raw], m, fractions if evaluated else ()
+                [resolve_config(r, name) for r in raw], m, shares if evaluated else ()
             )
         )
         models_for = functools.cache(
@@ -444,11 +455,13 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                 models_for(dataset["image_size"]), seeds
             ):
                 for config, c_json, evals in configs:
-                    for fraction in fractions if by_labels else (1.0,):
+                    for fraction, listed in shares if by_labels else ((1.0, None),):
                         # The identity's canonical JSON assembled from per-part fragments:
                         # the same string json.dumps(sort_keys=True) gives, without
                         # re-encoding every part for each of (possibly) 100,000 runs.
                         share = f'"label_fraction":{fraction!r},' if fraction != 1.0 else ""
+                        if listed is not None:
+                            share += f'"label_list":{_canonical(listed["sha256"])},'
                         canonical = (
                             f'{{"bn_grouping":{grouping_json},"config":{c_json},'
                             f'"dataset":{d_json},{share}"method":{method_json},'
@@ -458,6 +471,7 @@ def load_sweep(path: str | Path, overrides: Iterable[str] = ()) -> Sweep:
                             method, dataset, model, seed, config, top.name, canonical
                         )
                         object.__setattr__(spec, "label_fraction", fraction)
+                        object.__setattr__(spec, "label_list", listed)
                         object.__setattr__(spec, "evals", evals)
                         runs.append(spec)
     unique = tuple(_unique(runs, file))

@@ -16,14 +16,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from scaling.errors import ScalingError
 from scaling.plan.data_info import held_out
-from scaling.plan.layout import epoch_steps
+from scaling.plan.layout import epoch_steps, labelled_recipe
+from scaling.sweep.labellist import listed_names, resolve_names
 from scaling.train.augment import SimCLRAugment
 from scaling.train.imagefolder import ImageFolderSet
 
@@ -146,6 +149,67 @@ def labelled_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
         k = min(len(rows), max(1, round(fraction * len(rows))))
         picked.append(rows[order[:k]])
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+def _folder_names(data: DataSet) -> list[tuple[str, str]]:
+    """(class folder, file name) of each row of an image folder (or its subset)."""
+    if isinstance(data, Subset):
+        inner = _folder_names(data.data)
+        return [inner[i] for i in data.indices.tolist()]
+    if not isinstance(data, ImageFolderSet):
+        raise ScalingError("a list of image names needs an image folder (dataset imagefolder)")
+    return [(p.parent.name, p.name) for p in data.paths]
+
+
+def label_rows(
+    train: DataSet, val: DataSet | None, fraction: float, seed: int, listed: Any = None
+) -> tuple[Tensor, list[str]]:
+    """(rows of `train` a run's labels are, listed names dropped as held out): the rows a
+    list of image names (`sweep.labellist`, read and checked against its sha256) names,
+    else `labelled_subset`. A listed image in the held-out validation share `val` is
+    dropped (the same for every method and seed: that share is fixed); one the folder
+    lacks is a one-line SpecError naming the sweep file and key."""
+    if listed is None:
+        return labelled_subset(train.labels, fraction, seed), []
+    kept = _folder_names(train)
+    held = _folder_names(val) if val is not None and len(val) else []
+    at = resolve_names(listed_names(listed), kept + held, listed, "the image folder's train/")
+    rows = sorted({i for i in at.values() if i < len(kept)})
+    dropped = [name for name, i in at.items() if i >= len(kept)]
+    return torch.tensor(rows, dtype=torch.long), dropped
+
+
+def listed_note(listed: Any, images: int, dropped: list[str], say: bool) -> dict[str, Any]:
+    """What a run's log (when `say`) and result say of a list of image names: the images
+    it trains or fits on, and the listed ones dropped as held out."""
+    if say:
+        print(
+            f"labels: {images} images named by {listed['path']} (sha256 "
+            f"{listed['sha256'][:12]}, {listed.get('images', '?')} names); {len(dropped)} "
+            "named images are in the held-out validation share and are dropped"
+            + (f" (the first: {dropped[0]})" if dropped else ""),
+            flush=True,
+        )
+    first = {"listed_dropped_first": dropped[0]} if dropped else {}
+    return {"listed_images": images, "listed_dropped": len(dropped), **first}
+
+
+def labelled_training(
+    train: DataSet, val: DataSet, spec: Any, config: dict[str, Any], say: bool
+) -> tuple[DataSet, dict[str, Any], dict[str, Any]]:
+    """(training images, recipe, what the result says of a list) of a run trained on
+    labels: on every label, as given; on a label fraction, the class-balanced fraction
+    drawn from the seed (the images every other method's evaluation at this fraction fits
+    on) or the images a list names (`label_rows`), repeated to fill a batch and as long
+    in steps as on every label (`plan.layout.labelled_recipe`)."""
+    if spec.label_fraction >= 1.0 and spec.label_list is None:
+        return train, config, {}
+    rows, dropped = label_rows(train, val, spec.label_fraction, spec.seed, spec.label_list)
+    listed = {}
+    if spec.label_list is not None:
+        listed = listed_note(spec.label_list, len(rows), dropped, say)
+    config, repeats = labelled_recipe(config, len(train), len(rows))
+    return subset(train, rows.repeat(repeats)), config, listed
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from scaling.sweep.methods import (
 from scaling.sweep.spec import RunSpec
 from scaling.train import distributed as dist
 from scaling.train.augment import CropFlipAugment, SimCLRAugment
-from scaling.train.data import labelled_subset, shard_range, subset
+from scaling.train.data import label_rows, listed_note, shard_range, subset
 from scaling.train.features import DeviceBudget, FeatureReader, FeatureStore, knn_top1
 from scaling.train.finetune import finetune
 from scaling.train.probe import Features, Probe, fit_probe, topk_counts
@@ -230,10 +230,12 @@ def _frozen_encoder(
     selection."""
     cfg = item
     fraction = float(item["label_fraction"])
-    rows = labelled_subset(train.labels, fraction, spec.seed)
+    listed = item.get("label_list")
+    rows, dropped = label_rows(train, val, fraction, spec.seed, listed)
+    note = {} if listed is None else listed_note(listed, len(rows), dropped, dist.is_main())
     fit = train if len(rows) == len(train) else subset(train, rows)
     if cfg["protocol"] == Protocol.FINETUNE:
-        return _finetuned(spec, net, fit, val, test, aug, place, cfg, fraction)
+        return {**_finetuned(spec, net, fit, val, test, aug, place, cfg, fraction), **note}
     encoder = net.encoder
     fit_y = fit.labels.cpu()
     fit_f = _stored("train", encoder, fit, aug.eval_transform, place)
@@ -274,7 +276,7 @@ def _frozen_encoder(
         save=dist.is_main(),
     )
     acc = _probe_scores(probe, test_f, test.labels.cpu(), place)
-    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn, "fit_images": len(fit)}
+    result = {"top1": acc[1], "top5": acc[5], "knn_top1": knn, "fit_images": len(fit), **note}
     if val is not None and len(val):
         val_f = _stored("val", encoder, val, aug.eval_transform, place)
         result["val_top1"] = _probe_scores(probe, val_f, val.labels.cpu(), place)[1]

@@ -22,7 +22,7 @@ import torch
 from scaling.errors import RunFailed
 from scaling.models.resnet import build_network
 from scaling.plan import throughput
-from scaling.plan.layout import Layout, derive, labelled_recipe
+from scaling.plan.layout import Layout, derive
 from scaling.plan.schedule import warmup_cosine
 from scaling.rundir import (
     FAILURE,
@@ -42,7 +42,7 @@ from scaling.train import checkpoint
 from scaling.train import distributed as dist
 from scaling.train.augment import AUGMENTATIONS
 from scaling.train.convergence import judge
-from scaling.train.data import labelled_subset, subset
+from scaling.train.data import labelled_training
 from scaling.train.evaluate import clean, evaluate_run, knn_monitor, primary
 from scaling.train.metrics import check_finite, epoch_record, fold, format_epoch, new_sums
 from scaling.train.optim import build_optimizer
@@ -202,13 +202,9 @@ def _train(
 
     # ------------------------------------------------------------------ data
     train, val, test = run_splits(spec, dev, workers)
-    if method.labels is Labels.TRAINING and spec.label_fraction < 1.0:
-        # Trained on labels: on the class-balanced fraction of them (drawn from the seed,
-        # the images every other method's evaluation at this fraction fits on), as long
-        # in steps as on every label (labelled_recipe).
-        rows = labelled_subset(train.labels, spec.label_fraction, spec.seed)
-        config, repeats = labelled_recipe(config, len(train), len(rows))
-        train = subset(train, rows.repeat(repeats))
+    listed: dict[str, Any] = {}  # a list of image names: how many, how many dropped
+    if method.labels is Labels.TRAINING:  # on its label fraction (or list), as many steps
+        train, config, listed = labelled_training(train, val, spec, config, main)
     size = spec.dataset["image_size"]
     test_crop = DATASETS[spec.dataset["name"]].test_crop  # STL-10 (folders crop when decoding)
     aug = AUGMENTATIONS[method.augmentation](size, config, test_crop)
@@ -438,7 +434,7 @@ def _train(
         precision=precision,
         token=f"{spec.run_id}:{global_step}:{_started(run_dir)}",
     )
-    result = {**primary(evaluations), "evaluations": evaluations}
+    result = {**primary(evaluations), "evaluations": evaluations, **listed}
     if main:
         # Judged from the whole curve (earlier attempts' epochs included): the one verdict
         # status, MLflow and the report read (scaling.train.convergence).
