@@ -163,3 +163,20 @@ def test_bad_questions_are_one_line_errors() -> None:
         A.make_question(A.QuestionKind.CLOSES, params=None, threshold=0, flops=None, largest=1)
     with pytest.raises(SpecError, match="only"):
         load_sweep("sweeps/quickstart.yaml", ["only=[nosuchrun]"])
+
+
+@pytest.mark.parametrize("command", ["advise", "submit"])
+def test_an_unknown_question_is_one_line_and_exit_2(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from scaling.cli.app import app
+
+    extra = (
+        ["--adaptive", "--budget", "1", "--until", "interval < 1"] if command == "submit" else []
+    )
+    args = [command, "sweeps/quickstart.yaml", "--question", "why", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --question must be one of gap-at, closes, frontier (got 'why')"
+    )

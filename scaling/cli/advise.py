@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from scaling.report.advise import Ranking
 
 QuestionOpt = Annotated[
-    QuestionKind | None,
+    str | None,
     typer.Option(
         "--question",
         "-q",
@@ -54,10 +54,11 @@ def advise(
     from scaling.run.submission import make_context
     from scaling.sweep.cluster import load_profile
 
+    kind = QuestionKind.parse(question)
     profile = load_profile(cluster)
     pool = A.extended(sweep, set_ or [], profile)
     q = A.make_question(
-        question, params=params, threshold=threshold, flops=flops, largest=A.largest(pool)
+        kind, params=params, threshold=threshold, flops=flops, largest=A.largest(pool)
     )
     table = A.collect(pool, profile.workdir)
     batch = runs or make_context(pool.sweep, profile).max_parallel

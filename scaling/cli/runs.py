@@ -73,9 +73,10 @@ def submit(
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     if adaptive or budget is not None or until is not None:
         from scaling.report.adaptive import run_loop
-        from scaling.report.goal import Goal
+        from scaling.report.goal import Goal, QuestionKind
 
-        goal = Goal.of(adaptive, budget, until, question, params, threshold, flops)
+        kind = QuestionKind.parse(question)
+        goal = Goal.of(adaptive, budget, until, kind, params, threshold, flops)
         run_loop(
             sweep,
             cluster,

@@ -16,6 +16,17 @@ class QuestionKind(StrEnum):
     CLOSES = "closes"
     FRONTIER = "frontier"
 
+    @classmethod
+    def parse(cls, text: str | None) -> QuestionKind | None:
+        """`--question`'s value (None: the default question); else one line, exit 2."""
+        if text is None:
+            return None
+        try:
+            return cls(text)
+        except ValueError:
+            allowed = ", ".join(str(k) for k in cls)
+            raise SpecError(f"--question must be one of {allowed} (got {text!r})") from None
+
 
 class Stop(StrEnum):
     """Why an adaptive loop stopped."""
