@@ -134,3 +134,24 @@ def test_a_joint_law_needs_two_sizes_and_two_lengths() -> None:
     one_length = one_length[one_length["images_seen"] == LENGTHS[0]]
     law = joint.fit_joint(one_length, method="m", label="m", n_boot=10)
     assert law.status == "too_few_points" and "two of each" in law.message
+
+
+def test_the_joint_laws_recipe_group_is_chosen_on_validation_not_test() -> None:
+    """Two batch sizes with the same (size, length) cells: the tie goes to the higher
+    validation top-1 although the other has the higher test top-1; without validation
+    scores, to the higher test top-1."""
+    from scaling.report.laws import joint_group
+
+    cells = [(n, e) for n in (1e4, 1e5) for e in (5, 10)]
+    rows = []
+    for batch, top1, val in ((64, 0.9, 0.5), (128, 0.6, 0.8)):
+        for n, e in cells:
+            rows.append(
+                {"batch_size": batch, "epochs": e, "encoder_params": n, "images_seen": e * 1000}
+                | {"top1": top1, "val_top1": val}
+            )
+    runs = pd.DataFrame(rows)
+    group = joint_group(runs, ["batch_size", "epochs"])
+    assert group is not None and group[0] == {"batch_size": 128}
+    group = joint_group(runs.drop(columns="val_top1"), ["batch_size", "epochs"])
+    assert group is not None and group[0] == {"batch_size": 64}

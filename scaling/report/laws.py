@@ -170,15 +170,20 @@ def fit_sweep(
 
 def top_group(groups: list[tuple[dict[str, Any], pd.DataFrame]]) -> int:
     """The recipe a method is judged by (the reference for supervised, the headline for
-    SimCLR): the most model sizes, then the highest mean val_top1 when every recipe has
-    one, else (runs without validation scores) the highest mean top-1."""
+    SimCLR): the most model sizes, then the best `selection_column`."""
     frames = [g for _, g in groups]
-    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in frames)
-    column = "val_top1" if by_val else "top1"
+    column = selection_column(frames)
     return max(
         range(len(frames)),
         key=lambda i: (frames[i]["encoder_params"].nunique(), frames[i][column].mean()),
     )
+
+
+def selection_column(frames: list[pd.DataFrame]) -> str:
+    """What breaks ties among recipes: val_top1 when every recipe has one, else (runs
+    without validation scores) top1 - never the test set's when validation exists."""
+    by_val = all("val_top1" in g and g["val_top1"].notna().any() for g in frames)
+    return "val_top1" if by_val else "top1"
 
 
 def _gaps(domain: dict[str, Any], fits: list[SweepFit], threshold: float) -> list[SweepGap]:
@@ -224,16 +229,17 @@ def _joint(
 
 def joint_group(runs: pd.DataFrame, cols: list[str]) -> tuple[dict[str, Any], pd.DataFrame] | None:
     """One method's runs a joint law is fitted to: the group of the other recipe axes
-    with the most (size, length) cells, then the highest mean top-1; None when its
+    with the most (size, length) cells, then the best `selection_column`; None when its
     training length does not vary."""
     if LENGTH_AXIS not in cols or "images_seen" not in runs or runs[LENGTH_AXIS].nunique() < 2:
         return None
     groups = list(by_values(runs, [c for c in cols if c != LENGTH_AXIS]))
+    column = selection_column([g for _, g in groups])
     return max(
         groups,
         key=lambda g: (
             len(g[1][["encoder_params", "images_seen"]].drop_duplicates()),
-            g[1]["top1"].mean(),
+            g[1][column].mean(),
         ),
     )
 
