@@ -28,6 +28,7 @@ import numpy as np
 
 from scaling.plan.layout import train_size
 from scaling.report import advise as A
+from scaling.report import pool as P
 from scaling.report.questions import GapAt, Question, answer
 from scaling.report.results import to_table
 from scaling.sweep.cluster import load_profile
@@ -43,9 +44,9 @@ LAWS = (
 )
 
 
-def pool_with_flop_costs(widths: list[float]) -> A.Pool:
+def pool_with_flop_costs(widths: list[float]) -> P.Pool:
     sets = [f"model.width={widths}", "seeds=[0, 1, 2]"]
-    pool = A.extended(SWEEP, sets, load_profile(None))
+    pool = P.extended(SWEEP, sets, load_profile(None))
     runs = []
     for p in pool.plan.runs:
         s = p.spec
@@ -55,7 +56,7 @@ def pool_with_flop_costs(widths: list[float]) -> A.Pool:
     return replace(pool, plan=replace(pool.plan, runs=tuple(runs)))
 
 
-def outcomes(pool: A.Pool, law: dict, noise: float, seed: int) -> dict[str, float]:
+def outcomes(pool: P.Pool, law: dict, noise: float, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     out = {}
     for p in pool.plan.runs:
@@ -64,7 +65,76 @@ def outcomes(pool: A.Pool, law: dict, noise: float, seed: int) -> dict[str, floa
     return out
 
 
-def table_of(pool: A.Pool, errs: dict[str, float], done: set[str]) -> object:
+def bound(pool: P.Pool, law: dict, noise: float, q: GapAt) -> float:
+    """The fewest device-hours, as a fraction of the grid's, with which any allocation of
+    the pool's runs (at most the pool's seeds per size, fractions of a run allowed) gives
+    the gap at q.params as small a variance as the grid's, knowing the true laws and
+    noise (linearised, c-optimal design): a bound no loop can beat, whatever it buys."""
+    from scipy.optimize import minimize
+
+    per, grid_var, grid_hours = [], 0.0, 0.0
+    for method, (_e, a, alpha) in law.items():
+        runs = [p for p in pool.plan.runs if p.spec.method == method]
+        sizes = sorted({p.encoder_params for p in runs})
+        n = np.array(sizes, dtype=float)
+        hours = np.array([min(p.gpu_hours for p in runs if p.encoder_params == s) for s in sizes])
+        cap = np.array([sum(p.encoder_params == s for p in runs) for s in sizes], dtype=float)
+        in_grid = np.array(
+            [
+                sum(p.encoder_params == s and pool.sweep_id(p) in pool.in_grid for p in runs)
+                for s in sizes
+            ],
+            dtype=float,
+        )
+
+        def grad(x: np.ndarray, a: float = a, alpha: float = alpha) -> np.ndarray:
+            return np.stack([np.ones_like(x), x**-alpha, -a * np.log(x) * x**-alpha], -1)
+
+        g, c = grad(n), grad(np.array([q.params]))[0]
+
+        def var(k: np.ndarray, g: np.ndarray = g, c: np.ndarray = c) -> float:
+            m = (g * k[:, None]).T @ g / noise**2
+            return float(c @ np.linalg.solve(m + 1e-9 * np.eye(3), c))
+
+        per.append((var, hours, cap))
+        grid_var += var(in_grid)
+        grid_hours += float(hours @ in_grid)
+    cost = np.concatenate([h for _, h, _ in per])
+    caps = np.concatenate([k for _, _, k in per])
+    cuts = np.cumsum([0] + [len(h) for _, h, _ in per])
+
+    def best(frac: float) -> float:
+        def total(k: np.ndarray) -> float:
+            return (
+                sum(v(k[i:j]) for (v, _, _), i, j in zip(per, cuts, cuts[1:], strict=False))
+                / grid_var
+            )
+
+        spend = frac * grid_hours
+        rng = np.random.default_rng(0)
+        out = np.inf
+        for _ in range(6):
+            k0 = rng.uniform(0.2, 1.0, len(cost)) * caps
+            k0 *= min(1.0, spend / float(cost @ k0))
+            r = minimize(
+                total,
+                k0,
+                bounds=list(zip(np.zeros_like(caps), caps, strict=True)),
+                constraints=[{"type": "ineq", "fun": lambda k: spend - cost @ k}],
+                method="SLSQP",
+                options={"maxiter": 500},
+            )
+            out = min(out, float(r.fun))
+        return out
+
+    lo, hi = 0.0, 1.0
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if best(mid) <= 1.0 else (mid, hi)
+    return hi
+
+
+def table_of(pool: P.Pool, errs: dict[str, float], done: set[str]) -> object:
     rows = []
     for p in pool.plan.runs:
         s, fin = p.spec, p.spec.run_id in done
@@ -92,7 +162,7 @@ def table_of(pool: A.Pool, errs: dict[str, float], done: set[str]) -> object:
     return to_table(rows, {})
 
 
-def scenario(pool: A.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> dict:
+def scenario(pool: P.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> dict:
     grid = {p.spec.run_id for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid}
     hours = {p.spec.run_id: p.gpu_hours for p in pool.plan.runs}
     grid_hours = sum(hours[r] for r in grid)
@@ -147,7 +217,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args()
     pool = pool_with_flop_costs(args.widths)
-    largest = A.largest(pool)
+    largest = P.largest(pool)
     questions = (
         ("gap at the largest size", GapAt(largest)),
         ("gap at 4x the largest", GapAt(4 * largest)),

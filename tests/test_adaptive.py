@@ -63,10 +63,10 @@ def adaptive(root: Path, *args: str) -> dict:
 
 def one_batch(root: Path) -> str:
     """About one batch of two runs: twice the plan's costliest run (device-hours)."""
-    from scaling.report import advise as A
+    from scaling.report import pool as P
     from scaling.sweep.cluster import load_profile
 
-    pool = A.extended(root / "sweep.yaml", [], load_profile(root / "local.yaml"))
+    pool = P.extended(root / "sweep.yaml", [], load_profile(root / "local.yaml"))
     return f"{2 * max(p.gpu_hours for p in pool.plan.runs):.6g}"
 
 
@@ -173,6 +173,8 @@ def test_bad_goals_are_one_line_errors(tmp_path: Path) -> None:
         (("--budget", "0", "--until", "interval < 1"), "--budget"),
         (("--budget", "1", "--until", "width < 1"), "--until"),
         (("--budget", "1", "--until", "interval < 1", "--question", "nope"), "nope"),
+        (("--budget", "1", "--until", "interval < 1", "--dry-run"), "--dry-run"),
+        (("--budget", "1", "--until", "interval < 1", "--only", "x"), "--only"),
     ):
         result = CliRunner().invoke(
             app, ["submit", str(tmp_path / "sweep.yaml"), "--adaptive", *args]

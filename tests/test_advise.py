@@ -12,6 +12,7 @@ import pytest
 
 from scaling.errors import SpecError
 from scaling.report import advise as A
+from scaling.report import pool as P
 from scaling.report import questions as Q
 from scaling.report.fit import fit_power_law
 from scaling.report.results import to_table
@@ -49,11 +50,11 @@ def law(method: str, n: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def pool() -> A.Pool:
-    return A.extended("sweeps/quickstart.yaml", [], load_profile(None))
+def pool() -> P.Pool:
+    return P.extended("sweeps/quickstart.yaml", [], load_profile(None))
 
 
-def synthetic(pool: A.Pool, finished: bool = True) -> object:
+def synthetic(pool: P.Pool, finished: bool = True) -> object:
     """The quickstart's grid finished (3 seeds, 1 point of noise), the extension pending."""
     rng = np.random.default_rng(0)
     rows = []
@@ -104,12 +105,12 @@ def test_expected_width_matches_a_brute_force_monte_carlo() -> None:
     assert abs(expected - measured) < 0.1 * measured + 2 * se, (now, expected, measured, se)
 
 
-def test_the_informative_run_beats_a_cheap_useless_one(pool: A.Pool) -> None:
+def test_the_informative_run_beats_a_cheap_useless_one(pool: P.Pool) -> None:
     """Cost proportional to parameters: a seed at the largest size (informative for the
     gap there) against a seed at the smallest, 245x cheaper and of no use to it."""
     table = synthetic(pool)
-    q = A.make_question(None, params=None, threshold=1.0, flops=None, largest=A.largest(pool))
-    assert isinstance(q, Q.GapAt) and q.params == A.largest(pool)
+    q = A.make_question(None, params=None, threshold=1.0, flops=None, largest=P.largest(pool))
+    assert isinstance(q, Q.GapAt) and q.params == P.largest(pool)
     new = [p for p in pool.plan.runs if p.spec.seed == 3 and p.spec.method == "simclr"]
     sizes = sorted({p.encoder_params for p in new})
     cands = [
@@ -126,7 +127,7 @@ def test_the_informative_run_beats_a_cheap_useless_one(pool: A.Pool) -> None:
     assert cheap.hours < best.hours / 200 and not cheap.useful  # cheap, and no use
 
 
-def test_with_nothing_finished_a_cheap_spread_first_design(pool: A.Pool) -> None:
+def test_with_nothing_finished_a_cheap_spread_first_design(pool: P.Pool) -> None:
     """Every size of the grid (5) at the lowest seed, and the cheapest run more that the
     law's interval needs (3 residual degrees of freedom), per method."""
     ranking = A.advise(pool, synthetic(pool, finished=False), Q.GapAt(1e6), batch=100)
@@ -145,10 +146,10 @@ def test_with_nothing_finished_a_cheap_spread_first_design(pool: A.Pool) -> None
     assert {a.planned.spec.method for a in two.batch} == set(LAWS)
 
 
-def test_the_sweep_written_is_the_finished_runs_and_the_advised(pool: A.Pool, tmp_path) -> None:
+def test_the_sweep_written_is_the_finished_runs_and_the_advised(pool: P.Pool, tmp_path) -> None:
     finished = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid][:3]
     extra = [p for p in pool.plan.runs if pool.sweep_id(p) not in pool.in_grid][:2]
-    out = A.write_sweep(
+    out = P.write_sweep(
         "sweeps/quickstart.yaml", [], pool, finished + extra, tmp_path / "next.yaml"
     )
     again = load_sweep(out)

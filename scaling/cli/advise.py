@@ -51,16 +51,17 @@ def advise(
     from rich.console import Console
 
     from scaling.report import advise as A
+    from scaling.report import pool as P
     from scaling.run.submission import make_context
     from scaling.sweep.cluster import load_profile
 
     kind = QuestionKind.parse(question)
     profile = load_profile(cluster)
-    pool = A.extended(sweep, set_ or [], profile)
+    pool = P.extended(sweep, set_ or [], profile)
     q = A.make_question(
-        kind, params=params, threshold=threshold, flops=flops, largest=A.largest(pool)
+        kind, params=params, threshold=threshold, flops=flops, largest=P.largest(pool)
     )
-    table = A.collect(pool, profile.workdir)
+    table = P.collect(pool, profile.workdir)
     batch = runs or make_context(pool.sweep, profile).max_parallel
     ranking = A.advise(pool, table, q, batch=batch)
     console = Console(width=200)
@@ -69,7 +70,7 @@ def advise(
         finished = [
             p for p, s in zip(pool.plan.runs, _states(table, pool), strict=True) if s == "finished"
         ]
-        A.write_sweep(sweep, set_ or [], pool, finished + [a.planned for a in ranking.batch], out)
+        P.write_sweep(sweep, set_ or [], pool, finished + [a.planned for a in ranking.batch], out)
         console.print(f"wrote {out}: scaling submit {out}", highlight=False)
 
 

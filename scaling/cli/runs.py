@@ -72,11 +72,19 @@ def submit(
     console = Console(stderr=True, soft_wrap=True)  # no hard wraps in logs and CI
     overrides = [f"max_parallel={max_parallel}"] if max_parallel else []
     if adaptive or budget is not None or until is not None:
+        from scaling.errors import SpecError
         from scaling.report.adaptive import run_loop
         from scaling.report.goal import Goal, QuestionKind
 
         kind = QuestionKind.parse(question)
         goal = Goal.of(adaptive, budget, until, kind, params, threshold, flops)
+        given = {"--only": only, "--dry-run": dry_run, "--rerun-failed": rerun_failed}
+        given["--force"] = force
+        if clash := [k for k, v in given.items() if v]:
+            raise SpecError(
+                f"{', '.join(clash)} cannot go with --adaptive: the loop buys from the whole "
+                "sweep, a batch at a time (scaling advise shows what it would buy next)"
+            )
         run_loop(
             sweep,
             cluster,

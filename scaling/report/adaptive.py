@@ -24,6 +24,7 @@ from typing import Any
 
 from scaling.plan.planner import Plan
 from scaling.report import advise as A
+from scaling.report import pool as P
 from scaling.report.goal import Goal, Stop
 from scaling.rundir import read_json, write_json
 from scaling.sweep.cluster import load_profile
@@ -53,14 +54,14 @@ def run_loop(
     from scaling.run.submission import make_context
 
     profile = load_profile(cluster, list(profile_overrides))
-    pool = A.extended(sweep, sets, profile)
+    pool = P.extended(sweep, sets, profile)
     path = state_path(profile.workdir, pool.sweep.name)
     question = A.make_question(
         goal.kind,
         params=goal.params,
         threshold=goal.threshold,
         flops=goal.flops,
-        largest=A.largest(pool),
+        largest=P.largest(pool),
     )
     state = read_json(path) or {"steps": [], "spent": 0.0}
     state.update(question=A.describe(question), budget=goal.budget, target=goal.target)
@@ -73,8 +74,8 @@ def run_loop(
             _launch(pool, steps[-1]["runs"], launch)
             steps[-1]["done"] = True
             _save(path, state, ctx)
-        pool = A.extended(sweep, sets, profile)  # costs measured by the runs just done
-        table = A.collect(pool, profile.workdir)
+        pool = P.extended(sweep, sets, profile)  # costs measured by the runs just done
+        table = P.collect(pool, profile.workdir)
         bought = [r for s in steps for r in s["runs"]]
         left = goal.budget - state["spent"]
         ranking = A.advise(
@@ -138,7 +139,7 @@ def _label(p: Any) -> str:
     return f"{s.method} width {s.model['width']:g} epochs {s.config['epochs']} seed {s.seed}"
 
 
-def _launch(pool: A.Pool, ids: Sequence[str], launch: Callable[[Plan], Any]) -> None:
+def _launch(pool: P.Pool, ids: Sequence[str], launch: Callable[[Plan], Any]) -> None:
     wanted = set(ids)
     runs = tuple(p for p in pool.plan.runs if p.spec.run_id in wanted)
     launch(replace(pool.plan, runs=runs))
