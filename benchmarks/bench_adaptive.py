@@ -44,8 +44,16 @@ LAWS = (
 )
 
 
-def pool_with_flop_costs(widths: list[float]) -> P.Pool:
+#: The training lengths of the widths x epochs grid (the paper's Fig. 7 in miniature).
+EPOCHS = {"simclr": [5, 10, 20], "supervised": [15, 30, 60]}
+#: Error added per halving of the training length (the laws hold at the longest).
+PER_HALVING = 0.02
+
+
+def pool_with_flop_costs(widths: list[float], lengths: bool = False) -> P.Pool:
     sets = [f"model.width={widths}", "seeds=[0, 1, 2]"]
+    if lengths:
+        sets += [f"methods.{m}.epochs={e}" for m, e in EPOCHS.items()]
     pool = P.extended(SWEEP, sets, load_profile(None))
     runs = []
     for p in pool.plan.runs:
@@ -58,10 +66,20 @@ def pool_with_flop_costs(widths: list[float]) -> P.Pool:
 
 def outcomes(pool: P.Pool, law: dict, noise: float, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
+    longest = _longest(pool)
     out = {}
     for p in pool.plan.runs:
         e, a, alpha = law[p.spec.method]
-        out[p.spec.run_id] = e + a * p.encoder_params**-alpha + rng.normal(0, noise)
+        short = math.log2(longest[p.spec.method] / int(p.spec.config["epochs"]))
+        err = e + a * p.encoder_params**-alpha + PER_HALVING * short
+        out[p.spec.run_id] = err + rng.normal(0, noise)
+    return out
+
+
+def _longest(pool: P.Pool) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in pool.plan.runs:
+        out[p.spec.method] = max(out.get(p.spec.method, 0), int(p.spec.config["epochs"]))
     return out
 
 
@@ -72,9 +90,15 @@ def bound(pool: P.Pool, law: dict, noise: float, q: GapAt) -> float:
     noise (linearised, c-optimal design): a bound no loop can beat, whatever it buys."""
     from scipy.optimize import minimize
 
-    per, grid_var, grid_hours = [], 0.0, 0.0
+    per, grid_var = [], 0.0
+    longest = _longest(pool)
+    grid_hours = sum(p.gpu_hours for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid)
     for method, (_e, a, alpha) in law.items():
-        runs = [p for p in pool.plan.runs if p.spec.method == method]
+        runs = [
+            p
+            for p in pool.plan.runs
+            if p.spec.method == method and int(p.spec.config["epochs"]) == longest[method]
+        ]
         sizes = sorted({p.encoder_params for p in runs})
         n = np.array(sizes, dtype=float)
         hours = np.array([min(p.gpu_hours for p in runs if p.encoder_params == s) for s in sizes])
@@ -98,7 +122,6 @@ def bound(pool: P.Pool, law: dict, noise: float, q: GapAt) -> float:
 
         per.append((var, hours, cap))
         grid_var += var(in_grid)
-        grid_hours += float(hours @ in_grid)
     cost = np.concatenate([h for _, h, _ in per])
     caps = np.concatenate([k for _, _, k in per])
     cuts = np.cumsum([0] + [len(h) for _, h, _ in per])
@@ -215,35 +238,38 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--laws", type=int, nargs="+", default=list(range(len(LAWS))))
     ap.add_argument("--questions", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--grids", nargs="+", default=["widths"], choices=["widths", "widths x epochs"])
     args = ap.parse_args()
-    pool = pool_with_flop_costs(args.widths)
-    largest = P.largest(pool)
-    questions = (
-        ("gap at the largest size", GapAt(largest)),
-        ("gap at 4x the largest", GapAt(4 * largest)),
-    )
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-        f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates",
+        f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates, "
+        f"data seed {args.data_seed}",
         "",
-        "| law | question | grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | stop: final width |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| grid | law | question | grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | bound | stop: final width |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     print("\n".join(lines), flush=True)
-    for name, law, noise in (LAWS[i] for i in args.laws):
-        errs = outcomes(pool, law, noise, args.data_seed)
-        for qname, q in (questions[i] for i in args.questions):
-            t0 = time.time()
-            r = scenario(pool, q, errs, args.batch, args.n_boot)
-            ratio = r["spent"] / r["grid_hours"]
-            line = (
-                f"| {name} ({100 * noise:g} pt) | {qname} | {r['grid_width']:.3g}, "
-                f"{r['grid_hours']:.3g} ({r['grid_runs']}) | {r['spent']:.3g} ({r['runs']}, "
-                f"{r['steps']}) | {ratio:.2f} | {r['stop']}: width {r['width']:.3g} "
-                f"({time.time() - t0:.0f} s) |"
-            )
-            lines.append(line)
-            print(line, flush=True)
+    for grid in args.grids:
+        pool = pool_with_flop_costs(args.widths, lengths=grid != "widths")
+        largest = P.largest(pool)
+        questions = (
+            ("gap at the largest size", GapAt(largest)),
+            ("gap at 4x the largest", GapAt(4 * largest)),
+        )
+        for name, law, noise in (LAWS[i] for i in args.laws):
+            errs = outcomes(pool, law, noise, args.data_seed)
+            for qname, q in (questions[i] for i in args.questions):
+                t0 = time.time()
+                r = scenario(pool, q, errs, args.batch, args.n_boot)
+                ratio = r["spent"] / r["grid_hours"]
+                line = (
+                    f"| {grid} | {name} ({100 * noise:g} pt) | {qname} | {r['grid_width']:.3g}, "
+                    f"{r['grid_hours']:.3g} ({r['grid_runs']}) | {r['spent']:.3g} ({r['runs']}, "
+                    f"{r['steps']}) | {ratio:.2f} | {bound(pool, law, noise, q):.2f} | "
+                    f"{r['stop']}: width {r['width']:.3g} ({time.time() - t0:.0f} s) |"
+                )
+                lines.append(line)
+                print(line, flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from scaling.errors import SpecError
+from scaling.plan.layout import train_size
 from scaling.report import advise as A
 from scaling.report import pool as P
 from scaling.report import questions as Q
@@ -128,16 +129,17 @@ def test_the_informative_run_beats_a_cheap_useless_one(pool: P.Pool) -> None:
 
 
 def test_with_nothing_finished_a_cheap_spread_first_design(pool: P.Pool) -> None:
-    """Every size of the grid (5) at the lowest seed, and the cheapest run more that the
-    law's interval needs (3 residual degrees of freedom), per method."""
+    """Every size of the grid (5) but the largest (the costliest, left to the ranking) at
+    the lowest seed, and the cheapest runs more that the law's interval needs (3
+    residual degrees of freedom), per method."""
     ranking = A.advise(pool, synthetic(pool, finished=False), Q.GapAt(1e6), batch=100)
     assert ranking.now is None and "first design" in ranking.note
     chosen = [a.planned for a in ranking.batch]
     for method in LAWS:
         mine = [p for p in chosen if p.spec.method == method]
         grid = [p for p in pool.plan.runs if pool.sweep_id(p) in pool.in_grid]
-        sizes = {p.encoder_params for p in grid if p.spec.method == method}
-        assert {p.encoder_params for p in mine if p.spec.seed == 0} == sizes
+        sizes = sorted({p.encoder_params for p in grid if p.spec.method == method})
+        assert {p.encoder_params for p in mine if p.spec.seed == 0} == set(sizes[:-1])
         assert len(mine) == 6 and all(pool.sweep_id(p) in pool.in_grid for p in mine)
     two = A.advise(pool, synthetic(pool, finished=False), Q.GapAt(1e6), batch=2)
     for a in two.batch:  # one run of each method, its cheapest: both laws progress
@@ -181,3 +183,78 @@ def test_an_unknown_question_is_one_line_and_exit_2(command: str) -> None:
     assert result.output.strip() == (
         "error: --question must be one of gap-at, closes, frontier (got 'why')"
     )
+
+
+#: err = E + A n^-0.35 + B D^-0.45 (D: images seen), a joint law per method.
+JOINT = {"supervised": (0.015, 2.0, 6.0), "simclr": (0.03, 3.0, 5.0)}
+LENGTHS = ["methods.simclr.epochs=[5, 10, 20]", "methods.supervised.epochs=[15, 30, 60]"]
+
+
+@pytest.fixture(scope="module")
+def pool2d() -> P.Pool:
+    """The quickstart over widths x training lengths (the paper's Fig. 7 in miniature)."""
+    return P.extended("sweeps/quickstart.yaml", LENGTHS, load_profile(None))
+
+
+def joint_table(pool: P.Pool, finished: bool = True) -> object:
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in pool.plan.runs:
+        s, n = p.spec, p.encoder_params
+        epochs = int(s.config["epochs"])
+        d = train_size(s.dataset, s.method) * epochs
+        e, a, b = JOINT[s.method]
+        done = finished and pool.sweep_id(p) in pool.in_grid
+        err = e + a * n**-0.35 + b * d**-0.45 + rng.normal(0, 0.005) if done else None
+        flops = 6 * n * d * (2 if s.method == "simclr" else 1)
+        more = {"epochs": epochs, "images_seen": d, "train_flops": flops}
+        rows.append(row(s.method, n, s.seed, err, run_id=s.run_id, **more))
+    return to_table(rows, {})
+
+
+def test_the_frontier_question_ranks_runs_by_what_they_do_to_the_joint_laws(pool2d) -> None:
+    """The gap at equal compute (the joint laws' frontiers): an interval from the grid,
+    an expected width for each candidate (its runs added to the joint laws), only runs
+    that narrow it bought; from nothing, a first design at two training lengths per
+    method (a joint law needs lengths as well as sizes)."""
+    table = joint_table(pool2d)
+    grid = [p for p in pool2d.plan.runs if pool2d.sweep_id(p) in pool2d.in_grid]
+    q = Q.ComputeOptimal(flops=max(6 * p.encoder_params * 1408 * 20 for p in grid) / 4)
+    sizes = sorted({p.encoder_params for p in pool2d.plan.runs})
+    more = [  # seed 3 at the smallest and the largest size, both methods, longest training
+        p
+        for p in pool2d.plan.runs
+        if p.spec.seed == 3
+        and p.encoder_params in (sizes[0], sizes[-1])
+        and int(p.spec.config["epochs"]) in (20, 60)
+    ]
+    ranking = A.rank(table, more, q, batch=1, n_boot=200)
+    assert ranking.now is not None and ranking.now.reliable and ranking.now.unit == "points"
+    assert len(ranking.rows) == 4 and all(math.isfinite(a.width) for a in ranking.rows)
+    assert all(abs(a.width / ranking.now.width - 1) < 0.2 for a in ranking.rows)
+    assert all(a.useful for a in ranking.batch)
+    first = A.advise(pool2d, joint_table(pool2d, finished=False), q, batch=100, n_boot=50)
+    assert ranking.batch or not ranking.wanted
+    assert first.now is None and "first design" in first.note
+    for method, lengths in (("simclr", {5, 20}), ("supervised", {15, 60})):
+        mine = [a.planned for a in first.batch if a.planned.spec.method == method]
+        assert {int(p.spec.config["epochs"]) for p in mine} == lengths
+
+
+def test_a_law_in_size_is_advised_runs_of_its_own_recipe(pool2d) -> None:
+    """The gap at a size is read from one recipe per method (the longest training here):
+    a first design trains that one, and runs of other lengths are said not to narrow."""
+    q = Q.GapAt(1e6)
+    first = A.advise(pool2d, joint_table(pool2d, finished=False), q, batch=100, n_boot=50)
+    assert {int(a.planned.spec.config["epochs"]) for a in first.batch} == {20, 60}
+    table = joint_table(pool2d)
+    sizes = sorted({p.encoder_params for p in pool2d.plan.runs})
+    at_top = [p for p in pool2d.plan.runs if p.spec.seed == 3 and p.encoder_params == sizes[-1]]
+    ranking = A.rank(table, at_top, q, batch=4, n_boot=200)
+    other = [a for a in ranking.rows if "another recipe" in a.why]
+    assert len(other) == 8 and all(
+        int(a.planned.spec.config["epochs"]) not in (20, 60) for a in other
+    )
+    assert not {a.planned.spec.run_id for a in ranking.batch} & {
+        a.planned.spec.run_id for a in other
+    }

@@ -70,3 +70,18 @@ def test_a_table_without_both_methods_is_refused(table) -> None:
     with pytest.raises(ValueError, match="needs finished supervised"):
         Q.answer(df[df["method"] == "simclr"], Q.GapAt(1e5))
     assert np.isfinite(Q.answer(df, Q.GapAt(1e5), n_boot=50).value)
+
+
+def test_a_hypothetical_run_of_another_recipe_adds_nothing_to_the_law(table) -> None:
+    """The 1-D laws are fitted to one recipe per method (the most sizes, then the best
+    validation): a run of another training length is not one of its points."""
+    q = Q.GapAt(params=4e6)
+    now = Q.answer(table, q, n_boot=200)
+    df = table.to_pandas()
+    widths = {}
+    for epochs in sorted(df.loc[df["method"] == "simclr", "epochs"].unique()):
+        run = Q.Run("simclr", 4.9e6, seeds=3, recipe=(("epochs", int(epochs)),))
+        widths[int(epochs)] = Q.answer(table, q, hypothetical=[run], n_boot=200).width
+    narrower = [e for e, w in widths.items() if w < now.width]
+    assert len(widths) > 1 and len(narrower) == 1, widths
+    assert all(w == now.width for e, w in widths.items() if e not in narrower)

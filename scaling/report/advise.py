@@ -1,10 +1,8 @@
 """Which runs to buy next: the candidates that narrow a question's interval most per
 device-hour.
 
-The candidates are runs the sweep could contain: its own grid's runs not finished yet,
-plus the sizes between its widths (geometric midpoints), the lengths between its epochs
-(when epochs is an axis) and two more seeds (`extended`). Each costs what the plan says
-(device-hours, scaling.plan.planner.make_plan), never a separate estimate.
+The candidates are the pool's (scaling.report.pool: the sweep's own grid extended by the
+sizes and lengths between its own and two more seeds), each at the plan's cost.
 
 Expected narrowing (`rank`): the interval the sweep would give with a candidate added is
 scaling.report.questions.answer(..., hypothetical=[run]): every parametric replicate of
@@ -14,22 +12,29 @@ their random numbers with the current answer's (common random numbers), so the
 difference of two widths is the candidate's effect, not bootstrap noise; a narrowing
 under NOISE of the width counts as none. tests/test_advise.py checks this expected width
 against a brute-force Monte Carlo (outcomes drawn from the fit's predictive
-distribution, added as if run, the law refitted each time).
+distribution, added as if run, the law refitted each time). A run of another recipe
+than the one a law is fitted to (another length, for a law in size) is not a point of
+that law and narrows nothing.
 
-Seeds of one (method, size, length) are exchangeable for the laws, so each such group is
-evaluated, and bought, as one block of up to BLOCK seeds (its lowest unbought ones): one
-run among dozens narrows by less than NOISE, a few by more. While a law has no interval
-at all (too few sizes, or too few residual degrees of freedom to know its noise) nothing
-can be narrowed: the sizes of a spread `first_design` from the sweep's own grid, then
-the cheapest runs, until it has one. With an interval missing for another reason (the
-question past the sizes' reach): the cheapest larger sizes.
+Seeds of one (method, size, length) are exchangeable for the laws, so they are evaluated
+and bought together: a dear run (one costing at least the median candidate) alone, as
+it may narrow the interval by itself; a cheap one, or a dear one that alone narrows less
+than NOISE, as a block of up to BLOCK seeds (its lowest unbought ones): one cheap run
+among dozens narrows by less than NOISE, a few by more. When no block narrows it by NOISE
+alone, the ones that narrowed it some are tried together (2, 4, ... of them, the best per
+device-hour first) before the advice is that nothing narrows it. While a law has no interval at
+all (too few sizes, or too few residual degrees of freedom to know its noise) nothing
+can be narrowed: the sizes of a spread `first_design` from the sweep's own grid (all but
+the costliest size, at the recipe the laws will be read at), then the cheapest runs of
+that recipe, until it has one (scaling.report.design). With an interval missing for another reason (the question
+past the sizes' reach): the cheapest larger sizes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +43,7 @@ import pandas as pd
 
 from scaling.errors import SpecError
 from scaling.plan.planner import PlannedRun
-from scaling.report.bootstrap import MIN_DOF
-from scaling.report.fit import MIN_DISTINCT_X
+from scaling.report import design
 from scaling.report.gaps import REFERENCE, every_label
 from scaling.report.goal import QuestionKind
 from scaling.report.pool import Pool, run_of
@@ -51,20 +55,21 @@ from scaling.report.questions import (
     Question,
     Run,
     answer,
+    law_runs,
+    same_recipe,
 )
 
 #: A narrowing smaller than this fraction of the current width is none: what is left of
 #: the bootstrap's noise once the replicates are coupled (candidates far from the question
 #: moved 400-replicate widths by -1.3% to +1.5% on the quickstart's synthetic twin).
 NOISE = 0.03
-#: Laws the questions fit: 3 parameters in size (gap at, where it closes), 5 joint.
-PARAMS = {False: 3, True: 5}
-FIRST_SIZES = 5
 #: After each pick of a batch, this many of the next best are rescored with it bought.
 RESCORE = 8
 #: Seeds of one size evaluated (and bought) together: one run more among dozens narrows
 #: an interval by less than the bootstrap's noise, a few of them by more.
 BLOCK = 3
+#: The most blocks bought together when none narrows the interval alone (_together).
+TOGETHER = 16
 
 
 def make_question(
@@ -152,9 +157,13 @@ def rank(
         raise SpecError(
             f"a gap needs {REFERENCE} runs and another method's; the sweep has {methods}"
         )
-    lacking = _lacking(df, methods, isinstance(question, ComputeOptimal))
+    joint = isinstance(question, ComputeOptimal)
+    lacking = design.lacking(df, methods, joint)
     if lacking:  # no law to ask yet: the cheapest runs that give each one
-        rows = _unlock(df, cands, lacking, grid)
+        rows = [
+            Advice(p, p.gpu_hours, math.nan, 0.0, why)
+            for p, why in design.unlock(df, cands, lacking, grid, joint)
+        ]
         chosen = _take(rows, batch, budget)
         note = (
             "no finished runs: a cheap, well-spread first design"
@@ -163,11 +172,16 @@ def rank(
         )
         return Ranking(question, None, tuple(rows), tuple(chosen), note)
     now = answer(df, question, n_boot=n_boot, seed=seed)
+    cands, other = _of_the_laws(df, cands, joint, now.width)
     if not now.reliable:  # no interval: larger sizes may give one (reach, a floor)
         rows = _extend(df, cands, now.why)
         return Ranking(question, now, tuple(rows), tuple(_take(rows, batch, budget)), now.why)
     groups = _groups(cands)
-    rows = _evaluate(df, groups, question, now.width, [], n_boot, seed)
+    dear = float(np.median([g[0].gpu_hours for g in groups])) if groups else math.inf
+    rows = _evaluate(df, groups, question, now.width, [], n_boot, seed, dear)
+    if not any(a.useful for a in rows):  # each too little alone: a few of them together
+        rows = _together(df, rows, question, now.width, n_boot, seed) + rows
+    rows += other
     chosen: list[Advice] = []
     spent = 0.0
     pending = list(rows)
@@ -184,13 +198,32 @@ def rank(
         # The blocks that narrowed alone, best first, are the ones worth rescoring.
         taken = {c.planned.spec.run_id for c in chosen}
         left = [
-            [p for p in a.block if p.spec.run_id not in taken]
+            [p for p in _group_of(a, groups) if p.spec.run_id not in taken]
             for a in pending
             if a is not best and a.useful
         ][:RESCORE]
         bought = [run_of(c.planned) for c in chosen]
-        pending = _evaluate(df, [b for b in left if b], question, best.width, bought, n_boot, seed)
+        pending = _evaluate(
+            df, [b for b in left if b], question, best.width, bought, n_boot, seed, dear
+        )
     return Ranking(question, now, tuple(rows), tuple(chosen))
+
+
+def _of_the_laws(
+    df: pd.DataFrame, cands: Sequence[PlannedRun], joint: bool, width: float
+) -> tuple[list[PlannedRun], list[Advice]]:
+    """The candidates of the recipes the laws are fitted to, and the others as advice
+    that does not narrow (a run of another recipe is not a point of the law)."""
+    laws = {m: law_runs(df[df["method"] == m], joint=joint) for m in df["method"].unique()}
+    mine, other = [], []
+    for p in cands:
+        law = laws.get(p.spec.method)
+        if law is None or same_recipe(run_of(p), law):
+            mine.append(p)
+        else:
+            why = "another recipe than the law's: not a point of it"
+            other.append(Advice(p, p.gpu_hours, width, 0.0, why))
+    return mine, other
 
 
 def _finished(table: Any) -> pd.DataFrame:
@@ -207,29 +240,40 @@ def _key(p: PlannedRun) -> tuple[Any, ...]:
 
 
 def _groups(cands: Sequence[PlannedRun]) -> list[list[PlannedRun]]:
-    """Blocks of exchangeable runs (one method, size, length and recipe; seeds differ),
-    up to BLOCK of them, lowest seeds first."""
+    """Exchangeable runs (one method, size, length and recipe; seeds differ), lowest
+    seeds first."""
     groups: dict[tuple[Any, ...], list[PlannedRun]] = {}
     for p in sorted(cands, key=lambda p: p.spec.seed):
         groups.setdefault(_key(p), []).append(p)
-    return [g[:BLOCK] for g in groups.values()]
+    return list(groups.values())
+
+
+def _group_of(a: Advice, groups: Sequence[Sequence[PlannedRun]]) -> Sequence[PlannedRun]:
+    return next(g for g in groups if a.planned in g)
 
 
 def _evaluate(
     df: pd.DataFrame,
-    blocks: Sequence[Sequence[PlannedRun]],
+    groups: Sequence[Sequence[PlannedRun]],
     question: Question,
     width: float,
     bought: list[Run],
     n_boot: int,
     seed: int,
+    dear: float,
 ) -> list[Advice]:
+    """Each group's block: one run where a run costs at least `dear` (it may narrow the
+    interval alone), else, or when one narrows less than NOISE, up to BLOCK seeds."""
     rows = []
-    for block in blocks:
-        runs = [run_of(p) for p in block]
-        est = answer(df, question, hypothetical=[*bought, *runs], n_boot=n_boot, seed=seed)
-        after = est.width if est.reliable else math.nan
-        gain = width - after if math.isfinite(after) else 0.0
+    for group in groups:
+        for k in (1, BLOCK) if group[0].gpu_hours >= dear and len(group) > 1 else (BLOCK,):
+            block = group[:k]
+            runs = [run_of(p) for p in block]
+            est = answer(df, question, hypothetical=[*bought, *runs], n_boot=n_boot, seed=seed)
+            after = est.width if est.reliable else math.nan
+            gain = width - after if math.isfinite(after) else 0.0
+            if gain > NOISE * width:
+                break
         hours = sum(p.gpu_hours for p in block)
         n = f"{len(block)} seeds: " if len(block) > 1 else ""
         if gain <= NOISE * width:
@@ -239,6 +283,37 @@ def _evaluate(
         why = n + f"{100 * gain / width:.1f}% narrower"
         rows.append(Advice(block[0], hours, after, gain / hours, why, tuple(block)))
     return sorted(rows, key=lambda a: (-a.narrowing, a.hours))
+
+
+def _together(
+    df: pd.DataFrame,
+    rows: Sequence[Advice],
+    question: Question,
+    width: float,
+    n_boot: int,
+    seed: int,
+) -> list[Advice]:
+    """When no block narrows the interval by NOISE alone: the blocks that narrowed it
+    some (under the noise floor), best per device-hour first, 2, 4, 8, ... of them
+    together, the first such union that narrows it by more than NOISE (none: [])."""
+    some = sorted(
+        (a for a in rows if math.isfinite(a.width) and a.width < width),
+        key=lambda a: -(width - a.width) / a.hours,
+    )
+    m = 2
+    while m <= TOGETHER and m // 2 < len(some):
+        block = [p for a in some[:m] for p in a.block]
+        est = answer(
+            df, question, hypothetical=[run_of(p) for p in block], n_boot=n_boot, seed=seed
+        )
+        after = est.width if est.reliable else math.nan
+        gain = width - after if math.isfinite(after) else 0.0
+        if gain > NOISE * width:
+            hours = sum(p.gpu_hours for p in block)
+            why = f"{len(block)} runs together ({min(m, len(some))} blocks): {100 * gain / width:.1f}% narrower"
+            return [Advice(block[0], hours, after, gain / hours, why, tuple(block))]
+        m *= 2
+    return []
 
 
 def _extend(df: pd.DataFrame, cands: Sequence[PlannedRun], why: str) -> list[Advice]:
@@ -258,59 +333,6 @@ def _extend(df: pd.DataFrame, cands: Sequence[PlannedRun], why: str) -> list[Adv
     return rows
 
 
-@dataclass(frozen=True)
-class Need:
-    """What one method's law lacks for an interval."""
-
-    sizes: bool  # too few distinct sizes: new sizes first
-    runs: int  # runs still needed (sizes and residual degrees of freedom)
-    why: str
-
-
-def _lacking(df: pd.DataFrame, methods: Sequence[str], joint: bool) -> dict[str, Need]:
-    """What keeps each method's law from an interval: too few sizes, too few runs."""
-    out = {}
-    p = PARAMS[joint]
-    for method in methods:
-        sub = df[df["method"] == method] if len(df) else df
-        sizes = sub["encoder_params"].nunique() if len(sub) else 0
-        runs = max(MIN_DISTINCT_X - sizes, p + MIN_DOF - len(sub))
-        if sizes < MIN_DISTINCT_X:
-            out[method] = Need(True, runs, f"{sizes} size(s); a law needs {MIN_DISTINCT_X}")
-        elif runs > 0:
-            dof = len(sub) - p
-            out[method] = Need(False, runs, f"{dof} residual dof; an interval needs {MIN_DOF}")
-    return out
-
-
-def _unlock(
-    df: pd.DataFrame, cands: Sequence[PlannedRun], lacking: dict[str, Need], grid: frozenset[str]
-) -> list[Advice]:
-    """Per method that lacks a law: the sizes of a spread first design it has not run
-    (from the sweep's own grid) where it lacks sizes, then its cheapest runs (new sizes
-    first while it lacks them), as many as it needs; interleaved between methods,
-    cheapest first within a round."""
-    per = []
-    for method, need in lacking.items():
-        mine = [p for p in cands if p.spec.method == method]
-        have = set(df.loc[df["method"] == method, "encoder_params"]) if len(df) else set()
-        own = [p for p in mine if p.spec.run_id in grid] or mine
-        design = first_design(own, have)  # the spread is kept until it is run
-        ids = {p.spec.run_id for p in design}
-        rest = sorted(
-            (p for p in mine if p.spec.run_id not in ids),
-            key=lambda p: (need.sizes and p.encoder_params in have, p.gpu_hours),
-        )
-        order = (design + rest)[: max(need.runs, len(design))]
-        first = not have and need.sizes
-        why = "first design: cheap, spread" if first else f"the law lacks: {need.why}"
-        per.append([Advice(p, p.gpu_hours, math.nan, 0.0, why) for p in order])
-    rows = []
-    for i in range(max((len(x) for x in per), default=0)):
-        rows += sorted((x[i] for x in per if i < len(x)), key=lambda a: a.hours)
-    return rows
-
-
 def _take(rows: Sequence[Advice], batch: int, budget: float) -> list[Advice]:
     chosen, spent = [], 0.0
     for a in rows:
@@ -318,30 +340,6 @@ def _take(rows: Sequence[Advice], batch: int, budget: float) -> list[Advice]:
             chosen.append(a)
             spent += a.hours
     return chosen
-
-
-def first_design(
-    cands: Sequence[PlannedRun], have: Collection[float] = frozenset()
-) -> list[PlannedRun]:
-    """A cheap, well-spread first design of one method: up to FIRST_SIZES sizes spread
-    over the range (both ends in, counting the sizes in `have`, already run), each at the
-    cheapest recipe and the lowest seed; the runs not in `have`, cheapest first."""
-    if not cands:
-        return []
-    seed = min(p.spec.seed for p in cands)
-    recipes: dict[str, list[PlannedRun]] = {}
-    for p in cands:
-        if p.spec.seed == seed:
-            key = json.dumps(dict(p.spec.config), sort_keys=True, default=str)
-            recipes.setdefault(key, []).append(p)
-    cheapest = min(recipes.values(), key=lambda ps: sum(p.gpu_hours for p in ps))
-    by_size = {p.encoder_params: p for p in sorted(cheapest, key=lambda p: -p.gpu_hours)}
-    sizes = sorted(set(by_size) | set(have))
-    pick = np.unique(np.round(np.linspace(0, len(sizes) - 1, min(FIRST_SIZES, len(sizes)))))
-    wanted = [sizes[int(i)] for i in pick]
-    return sorted(
-        (by_size[n] for n in wanted if n in by_size and n not in have), key=lambda p: p.gpu_hours
-    )
 
 
 # ----------------------------------------------------------------------------- one call

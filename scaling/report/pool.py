@@ -20,6 +20,7 @@ from typing import Any
 from scaling.plan.layout import train_size
 from scaling.plan.planner import Plan, PlannedRun, make_plan
 from scaling.report.questions import Run
+from scaling.report.results import CONFIG_TYPES, NOT_RECIPE
 from scaling.sweep.cluster import ClusterProfile
 from scaling.sweep.config import apply_overrides, read_yaml
 from scaling.sweep.spec import Sweep, load_sweep
@@ -86,7 +87,15 @@ def run_of(planned: PlannedRun) -> Run:
     spec = planned.spec
     n = train_size(spec.dataset, spec.method)
     images = None if n is None else float(n * int(spec.config["epochs"]))
-    return Run(spec.method, float(planned.encoder_params), images, 1)
+    recipe = tuple(
+        (k, v)
+        for k, v in sorted(spec.config.items())
+        if k in CONFIG_TYPES
+        and k not in NOT_RECIPE
+        and not k.startswith("eval_")
+        and isinstance(v, int | float | str)
+    )
+    return Run(spec.method, float(planned.encoder_params), images, 1, recipe)
 
 
 def write_sweep(

@@ -66,12 +66,15 @@ Question = GapAt | GapCloses | ComputeOptimal
 @dataclass(frozen=True)
 class Run:
     """A run not made yet: its method, size, training length (images seen; joint laws
-    only) and how many seeds of it."""
+    only), how many seeds of it and its recipe (config values such as batch_size and
+    epochs: a run whose recipe differs from the one the law is fitted to adds nothing to
+    it; empty: any)."""
 
     method: str
     params: float
     images: float | None = None
     seeds: int = 1
+    recipe: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -158,15 +161,37 @@ def _estimate(
     return Estimate(q, float(value), float(lo), float(hi), level, unit, True)
 
 
-def _group(runs: pd.DataFrame) -> pd.DataFrame:
+def law_runs(runs: pd.DataFrame, *, joint: bool = False) -> pd.DataFrame:
+    """The runs of one method (finished, every label) its law is fitted to: one recipe
+    (the most sizes, then the best validation) for a law in size, for a joint law the
+    group of the other recipe axes with the most (size, length) cells (all: no such group)."""
+    if joint:
+        group = joint_group(runs, recipe_columns(runs))
+        return runs if group is None else group[1]
     groups = list(by_values(runs, recipe_columns(runs)))
     return groups[top_group(groups)][1]
+
+
+def same_recipe(run: Run, law: pd.DataFrame) -> bool:
+    """Whether `run` belongs to the law fitted to the runs `law`: each of its config
+    values that all of those runs share (a column of the table) is the same."""
+    for key, value in run.recipe:
+        if key not in law or law[key].nunique(dropna=False) != 1:
+            continue
+        have = law[key].iloc[0]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if have is None or not math.isclose(float(have), float(value)):
+                return False
+        elif str(have) != str(value):
+            return False
+    return True
 
 
 def _law(
     runs: pd.DataFrame, method: str, extra: list[Run], level: float, n_boot: int, seed: int
 ) -> LawFit:
-    sub = _group(runs)
+    sub = law_runs(runs)
+    extra = [r for r in extra if same_recipe(r, sub)]
     more = np.repeat([r.params for r in extra], [r.seeds for r in extra]) if extra else None
     return fit_power_law(
         sub["encoder_params"],
@@ -183,8 +208,8 @@ def _law(
 def _joint(
     runs: pd.DataFrame, method: str, extra: list[Run], level: float, n_boot: int, seed: int
 ) -> JointLaw:
-    group = joint_group(runs, recipe_columns(runs))
-    sub = runs if group is None else group[1]
+    sub = law_runs(runs, joint=True)
+    extra = [r for r in extra if same_recipe(r, sub)]
     rows = [(r.params, r.images) for r in extra for _ in range(r.seeds) if r.images]
     more = np.array(rows, float) if rows else None
     return fit_joint(
