@@ -63,7 +63,8 @@ def synthetic(pool: P.Pool, finished: bool = True) -> object:
         done = finished and pool.sweep_id(p) in pool.in_grid
         s = p.spec
         err = law(s.method, p.encoder_params) + rng.normal(0, 0.01) if done else None
-        rows.append(row(s.method, p.encoder_params, s.seed, err, run_id=s.run_id))
+        recipe = {k: s.config[k] for k in ("batch_size", "epochs")}
+        rows.append(row(s.method, p.encoder_params, s.seed, err, run_id=s.run_id, **recipe))
     return to_table(rows, {})
 
 
@@ -258,3 +259,20 @@ def test_a_law_in_size_is_advised_runs_of_its_own_recipe(pool2d) -> None:
     assert not {a.planned.spec.run_id for a in ranking.batch} & {
         a.planned.spec.run_id for a in other
     }
+
+
+def test_blocks_too_small_alone_are_advised_together(pool: P.Pool) -> None:
+    """Cheap seeds at small sizes: none narrows the gap at 4x the largest size by the
+    noise floor alone, a few together do, and that union is what is advised."""
+    sizes = sorted({p.encoder_params for p in pool.plan.runs})
+    cands = [
+        p
+        for p in pool.plan.runs
+        if pool.sweep_id(p) not in pool.in_grid and p.encoder_params <= sizes[2]
+    ]
+    ranking = A.rank(synthetic(pool), cands, Q.GapAt(4 * sizes[-1]), batch=4, n_boot=200)
+    best, *alone = ranking.rows
+    assert not any(a.useful for a in alone) and "together" in best.why
+    assert best.useful and best.width < (1 - A.NOISE) * ranking.now.width
+    groups = {(p.spec.method, p.encoder_params) for p in best.block}
+    assert len(groups) >= 2 and [a.planned for a in ranking.batch] == list(best.block[:4])
