@@ -1,17 +1,23 @@
 """Benchmark: does the adaptive loop reach the full grid's interval with at most half of
 the grid's device-hours? (scaling.report.advise, the loop of scaling.report.adaptive)
 
-Simulated, no training: a digits grid (depth 10, `--widths`, 3 seeds, both methods) is
-planned by the real planner, and each run's cost is set proportional to its training
-FLOPs (flops per image x views x images seen). Outcomes are drawn, once per run, from a
-known law per method (err = E + A n^-alpha + noise). The full grid's answer (every run)
+Simulated, no training: a digits grid (depth 10, `--widths`, 3 seeds, both methods; with
+`--grids "widths x epochs"` also three training lengths per method, the paper's Fig. 7
+in miniature) is planned by the real planner, and each run's cost is set proportional to
+its training FLOPs (flops per image x views x images seen). Outcomes are drawn, once per
+run, from a known law per method (err = E + A n^-alpha + noise, plus PER_HALVING per
+halving of the training length below the longest). The full grid's answer (every run)
 gives the width to reach; the adaptive loop starts from nothing (first design) and buys
 `--batch` advised runs a step, within the grid's device-hours, until its interval is as
-narrow. Printed per scenario (law x question): the grid's width and hours, the hours the
-loop spent to reach that width (or where it stopped), the ratio.
+narrow. Printed per scenario (grid x law x question): the grid's width and hours, the
+hours the loop spent to reach that width (or where it stopped), their ratio, and the
+`bound`: the fraction of the grid's hours with which the best allocation of the pool's
+runs, chosen knowing the true laws, matches the grid's variance of the answer
+(linearised, c-optimal design). No loop can be expected to beat it; a single draw can,
+since the loop stops the first time its interval is as narrow as the grid's one draw.
 
     .venv/bin/python benchmarks/bench_adaptive.py [--batch 2] [--n-boot 400] [--out table.md]
-        [--laws 0 1 2] [--questions 0 1]
+        [--laws 0 1 2] [--questions 0 1] [--grids widths "widths x epochs"] [--data-seed 0]
 """
 
 from __future__ import annotations

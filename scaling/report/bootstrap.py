@@ -99,11 +99,14 @@ def fit_batch(
     resampling: Resampling = Resampling.PARAMETRIC,
     delta: float | None = None,
     extra: np.ndarray | None = None,
+    extra_mean: np.ndarray | None = None,
     log_ref: np.ndarray | None = None,
 ) -> Batch:
     """Fit `form` to each row of err (R, n) at x (n, dims), with bootstrap replicates.
-    `extra`: x of hypothetical runs added to every parametric replicate. `log_ref`: the
-    coordinates' origin (default: the mean of log x)."""
+    `extra`: x of hypothetical runs added to every parametric replicate, their error
+    drawn around `extra_mean` (R, k) where given (the laws' consensus, so that forms
+    that disagree there are pulled together as a measured run would), else around this
+    form's own fit. `log_ref`: the coordinates' origin (default: the mean of log x)."""
     x = np.asarray(x, float).reshape(len(x), -1)
     err = np.atleast_2d(np.asarray(err, float))
     ref = np.log(x).mean(axis=0) if log_ref is None else np.asarray(log_ref, float)
@@ -120,7 +123,9 @@ def fit_batch(
     if n_boot <= 0 or dof < MIN_DOF:
         boot, noise = np.empty((len(theta), 0, form.n_params)), np.empty((len(theta), 0))
     elif resampling is Resampling.PARAMETRIC:
-        boot, noise = _parametric(form, d, x, theta, deltas, sigma, dof, n_boot, rng, ref, extra)
+        boot, noise = _parametric(
+            form, d, x, theta, deltas, sigma, dof, n_boot, rng, ref, extra, extra_mean
+        )
     else:
         boot, dropped = _runs(form, d, logy, theta, second, deltas, n_boot, rng)
         noise = np.broadcast_to(sigma[:, None], boot.shape[:2]).copy()
@@ -139,11 +144,15 @@ def _parametric(
     rng: np.random.Generator,
     ref: np.ndarray,
     extra: np.ndarray | None,
+    extra_mean: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r_sets, p = theta.shape
     xs = x if extra is None else np.vstack([x, np.asarray(extra, float).reshape(-1, form.dims)])
     db, order = design(np.log(xs) - ref)
-    mean = np.exp(form.log_pred(theta, db.u))[:, db.idx]  # (R, n')
+    mean = np.exp(form.log_pred(theta, db.u))[:, db.idx]  # (R, n'), xs sorted by `order`
+    if extra_mean is not None:  # xs[j] sits at np.argsort(order)[j]
+        at = np.argsort(order)[len(x) :]
+        mean[:, at] = np.asarray(extra_mean, float).reshape(r_sets, -1)
     # sigma* = sigma sqrt(dof / chi2_dof): the noise level as uncertain as the residuals
     # leave it; with k hypothetical runs the sweep would have dof + k residual degrees of
     # freedom. Drawn by inversion from one uniform per replicate, so that replicates with

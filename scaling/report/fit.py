@@ -254,8 +254,22 @@ def fit_runs(
     )
     # Replicates only of the forms some data set keeps (those that passed, the best of
     # those that failed, the default when it was not tested): a failed form is not drawn.
-    needed = {bt.needed(candidates, {k: t[i] for k, t in tests.items()}) for i in range(len(err))}
-    names = {name for row in needed for name in row}
+    kept = [bt.needed(candidates, {k: t[i] for k, t in tests.items()}) for i in range(len(err))]
+    names = {name for row in kept for name in row}
+    extra_mean = None
+    if extra is not None:  # a hypothetical run's error: the mean of its data set's forms
+        more = np.asarray(extra, float).ravel()
+        points = {
+            f.name: fit_batch(f, x[:, None], err, n_boot=0, delta=delta)
+            for f in candidates
+            if f.name in names
+        }
+        extra_mean = np.array(
+            [
+                np.mean([FormFit.of(points[n], i).predict(more) for n in sorted(row)], axis=0)
+                for i, row in enumerate(kept)
+            ]
+        )
     batches = {
         f.name: fit_batch(
             f,
@@ -266,6 +280,7 @@ def fit_runs(
             resampling=resampling,
             delta=delta,
             extra=None if extra is None else np.asarray(extra, float).reshape(-1, 1),
+            extra_mean=extra_mean,
         )
         for f in candidates
         if f.name in names
