@@ -6,8 +6,10 @@ sizes and lengths between its own and two more seeds), each at the plan's cost.
 
 Expected narrowing (`rank`): the interval the sweep would give with a candidate added is
 scaling.report.questions.answer(..., hypothetical=[run]): every parametric replicate of
-the current fit also simulates the candidate from the fitted law at its noise (and counts
-its residual degree of freedom) and is refitted. The replicates of every candidate share
+the current fit also simulates the candidate at the fit's noise (and counts its residual
+degree of freedom) and is refitted; its error is drawn around the mean of the forms the
+law keeps, so a run where they disagree is expected to pull them together, as a
+measured one would. The replicates of every candidate share
 their random numbers with the current answer's (common random numbers), so the
 difference of two widths is the candidate's effect, not bootstrap noise; a narrowing
 under NOISE of the width counts as none. tests/test_advise.py checks this expected width

@@ -13,7 +13,9 @@ passes hundreds) and draws `n_boot` replicates of each fit:
   replicates' percentiles are then the Student-t interval, which is what makes a
   nominal 90% cover about 90% with 4 to 8 sizes (measured by simulation:
   scaling.report.calibration and benchmarks/bench_coverage.py). Hypothetical extra runs
-  (`extra`) join every replicate: the interval they would give, before they are run.
+  (`extra`) join every replicate: the interval they would give, before they are run;
+  their error is drawn around `extra_mean` where given (scaling.report.fit passes the
+  mean of the forms it keeps, so that forms that disagree there are pulled together).
 - `Resampling.RUNS` (the method before): resample runs with replacement, dropping
   replicates that keep fewer distinct points than the form needs. Kept for comparison:
   it covered 74% at the largest size with 4 sizes x 3 seeds.
