@@ -85,7 +85,7 @@ def show(console: object, ranking: Ranking, top: int) -> None:
     """The question, today's answer and the ranking (the batch marked *)."""
     from rich.table import Table
 
-    from scaling.report.advise import describe
+    from scaling.report.advise import OTHER_RECIPE, describe
 
     now = ranking.now
     head = f"question: {describe(ranking.question)}"
@@ -103,7 +103,10 @@ def show(console: object, ranking: Ranking, top: int) -> None:
     for col in ("", "run", "device-h", "interval after", "narrowing/h", "why"):
         table.add_column(col, no_wrap=col != "why")
     chosen = {id(a.planned) for a in ranking.batch}
-    rows = list(ranking.batch) + [a for a in ranking.rows if id(a.planned) not in chosen]
+    other = [a for a in ranking.rows if a.why == OTHER_RECIPE]
+    rows = list(ranking.batch) + [
+        a for a in ranking.rows if id(a.planned) not in chosen and a.why != OTHER_RECIPE
+    ]
     for a in rows[:top]:
         s = a.planned.spec
         table.add_row(
@@ -116,5 +119,9 @@ def show(console: object, ranking: Ranking, top: int) -> None:
             a.why,
         )
     console.print(table)  # type: ignore[attr-defined]
+    if other:
+        console.print(  # type: ignore[attr-defined]
+            f"{len(other)} runs of other recipes are not shown: {OTHER_RECIPE}", highlight=False
+        )
     if not ranking.batch:
         console.print("no candidate narrows the interval further", highlight=False)  # type: ignore[attr-defined]

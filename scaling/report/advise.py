@@ -70,6 +70,8 @@ RESCORE = 8
 #: Seeds of one size evaluated (and bought) together: one run more among dozens narrows
 #: an interval by less than the bootstrap's noise, a few of them by more.
 BLOCK = 3
+#: Why a run of another recipe than a law's narrows nothing.
+OTHER_RECIPE = "another recipe than the law's: not a point of it"
 #: The most blocks bought together when none narrows the interval alone (_together).
 TOGETHER = 16
 
@@ -223,8 +225,7 @@ def _of_the_laws(
         if law is None or same_recipe(run_of(p), law):
             mine.append(p)
         else:
-            why = "another recipe than the law's: not a point of it"
-            other.append(Advice(p, p.gpu_hours, width, 0.0, why))
+            other.append(Advice(p, p.gpu_hours, width, 0.0, OTHER_RECIPE))
     return mine, other
 
 
