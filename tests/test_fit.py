@@ -260,33 +260,22 @@ def test_human_numbers() -> None:
 def test_hypothetical_runs_drawn_around_a_given_mean_land_where_they_are_asked() -> None:
     """fit_batch's extra_mean: the hypothetical runs' error is drawn around it. Given the
     form's own prediction, the replicates are those drawn without it, bit for bit (the
-    runs are placed, not permuted); given a mean far above, every replicate at that
-    size rises."""
+    runs are placed, not permuted); given a mean 1.5x higher at one of them, the
+    replicates' mean there rises and stays at the other."""
     from scaling.report.bootstrap import fit_batch
 
     rng = np.random.default_rng(3)
     x = np.repeat([1e4, 4e4, 1.6e5, 6.4e5, 2.6e6], 2).astype(float)
     err = 0.02 + 3.0 * x**-0.35 + rng.normal(0, 0.005, len(x))
     more = np.array([[5e3], [5e6]])  # one below, one above the data: both ends of the order
-    own = fit_batch(forms.SATURATING, x[:, None], err, n_boot=200, extra=more)
+
+    def drawn(mean: np.ndarray | None = None) -> object:
+        return fit_batch(forms.SATURATING, x[:, None], err, n_boot=200, extra=more, extra_mean=mean)
+
+    own = drawn()
     fit = FormFit.of(own, 0)
-    same = fit_batch(
-        forms.SATURATING,
-        x[:, None],
-        err,
-        n_boot=200,
-        extra=more,
-        extra_mean=fit.predict(more[:, 0])[None],
-    )
-    np.testing.assert_array_equal(same.boot, own.boot)
-    high = fit_batch(
-        forms.SATURATING,
-        x[:, None],
-        err,
-        n_boot=200,
-        extra=more,
-        extra_mean=(fit.predict(more[:, 0]) * [1.0, 1.5])[None],
-    )
+    np.testing.assert_array_equal(drawn(fit.predict(more[:, 0])[None]).boot, own.boot)
+    high = drawn((fit.predict(more[:, 0]) * [1.0, 1.5])[None])
     up = FormFit.of(high, 0).draws([5e6])[:, 0].mean() / fit.draws([5e6])[:, 0].mean()
     down = FormFit.of(high, 0).draws([5e3])[:, 0].mean() / fit.draws([5e3])[:, 0].mean()
     assert up > 1.1 and abs(down - 1) < 0.05

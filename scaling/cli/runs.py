@@ -78,8 +78,12 @@ def submit(
 
         kind = QuestionKind.parse(question)
         goal = Goal.of(adaptive, budget, until, kind, params, threshold, flops)
-        given = {"--only": only, "--dry-run": dry_run, "--rerun-failed": rerun_failed}
-        given["--force"] = force
+        given = {
+            "--only": only,
+            "--dry-run": dry_run,
+            "--rerun-failed": rerun_failed,
+            "--force": force,
+        }
         if clash := [k for k, v in given.items() if v]:
             raise SpecError(
                 f"{', '.join(clash)} cannot go with --adaptive: the loop buys from the whole "
