@@ -16,8 +16,16 @@ runs, chosen knowing the true laws, matches the grid's variance of the answer
 (linearised, c-optimal design). No loop can be expected to beat it; a single draw can,
 since the loop stops the first time its interval is as narrow as the grid's one draw.
 
+With `--coverage N`, each scenario is run on N data draws (seeds `--data-seed` onwards)
+and the table gives, per scenario, how often the loop's final interval and the grid's
+contain the true gap (the law's, at the longest training), with the ratios' median and
+how many draws met the goal: a loop that stops the first time its interval is narrow
+enough could stop on an interval that is narrow by chance, and its saving would then be
+one the data do not support.
+
     .venv/bin/python benchmarks/bench_adaptive.py [--batch 2] [--n-boot 400] [--out table.md]
         [--laws 0 1 2] [--questions 0 1] [--grids widths "widths x epochs"] [--data-seed 0]
+        [--coverage 20]
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import numpy as np
 from scaling.plan.layout import train_size
 from scaling.report import advise as A
 from scaling.report import pool as P
-from scaling.report.questions import GapAt, Question, answer
+from scaling.report.questions import Estimate, GapAt, Question, answer
 from scaling.report.results import to_table
 from scaling.sweep.cluster import load_profile
 from scaling.sweep.methods import get_method
@@ -163,6 +171,12 @@ def bound(pool: P.Pool, law: dict, noise: float, q: GapAt) -> float:
     return hi
 
 
+def truth(law: dict, q: GapAt) -> float:
+    """The true gap (points, supervised minus SimCLR top-1) at q.params, longest training."""
+    err = {m: e + a * q.params**-alpha for m, (e, a, alpha) in law.items()}
+    return 100 * (err["simclr"] - err["supervised"])
+
+
 def table_of(pool: P.Pool, errs: dict[str, float], done: set[str]) -> object:
     rows = []
     for p in pool.plan.runs:
@@ -198,7 +212,7 @@ def scenario(pool: P.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> 
     full = answer(table_of(pool, errs, grid), q, n_boot=n_boot)
     target = full.width if full.reliable else math.nan
     done: set[str] = set()
-    spent, steps, width, stop = 0.0, 0, math.inf, "budget"
+    spent, steps, width, stop, now = 0.0, 0, math.inf, "budget", None
     while True:
         ranking = A.advise(
             pool,
@@ -222,6 +236,8 @@ def scenario(pool: P.Pool, q: Question, errs: dict, batch: int, n_boot: int) -> 
             spent += a.hours
         steps += 1
     return {
+        "grid": full,
+        "final": now,
         "grid_width": target,
         "grid_hours": grid_hours,
         "grid_runs": len(grid),
@@ -245,7 +261,10 @@ def main() -> None:
     ap.add_argument("--laws", type=int, nargs="+", default=list(range(len(LAWS))))
     ap.add_argument("--questions", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--grids", nargs="+", default=["widths"], choices=["widths", "widths x epochs"])
+    ap.add_argument("--coverage", type=int, default=0, help="data draws per scenario")
     args = ap.parse_args()
+    if args.coverage:
+        return coverage(args)
     lines = [
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
         f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates, "
@@ -278,6 +297,58 @@ def main() -> None:
                 print(line, flush=True)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
+
+
+def coverage(args: argparse.Namespace) -> None:
+    """Per scenario, over `args.coverage` data draws: how often the loop's final interval
+    and the grid's contain the truth, the median ratio of hours, the draws that met the
+    goal (answered with at most half the grid's hours)."""
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; widths {args.widths}, 3 seeds, "
+        f"batch {args.batch}, {args.n_boot} replicates, data seeds {args.data_seed}-"
+        f"{args.data_seed + args.coverage - 1}",
+        "",
+        "| grid | law | question | draws | grid covers | loop covers | loop covers, answered | median ratio | goal met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    print("\n".join(lines), flush=True)
+    for grid in args.grids:
+        pool = pool_with_flop_costs(args.widths, lengths=grid != "widths")
+        largest = P.largest(pool)
+        for name, law, noise in (LAWS[i] for i in args.laws):
+            for qi in args.questions:
+                q = GapAt(largest * (1, 4)[qi])
+                true, rows = truth(law, q), []
+                for seed in range(args.data_seed, args.data_seed + args.coverage):
+                    r = scenario(pool, q, outcomes(pool, law, noise, seed), args.batch, args.n_boot)
+                    rows.append(r)
+                    print(
+                        f"  seed {seed}: {r['stop']} at {r['spent'] / r['grid_hours']:.2f}, "
+                        f"{_interval(r['final'])} vs grid {_interval(r['grid'])}, truth {true:.2f}",
+                        flush=True,
+                    )
+                answered = [r for r in rows if r["stop"] == "answered"]
+                ratios = sorted(r["spent"] / r["grid_hours"] for r in rows)
+                line = (
+                    f"| {grid} | {name} | {('at the largest', 'at 4x')[qi]} | {len(rows)} | "
+                    f"{_covers(rows, 'grid', true)} | {_covers(rows, 'final', true)} | "
+                    f"{_covers(answered, 'final', true)} | {ratios[len(ratios) // 2]:.2f} | "
+                    f"{sum(r['stop'] == 'answered' and r['spent'] <= r['grid_hours'] / 2 for r in rows)}"
+                    f"/{len(rows)} |"
+                )
+                lines.append(line)
+                print(line, flush=True)
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+
+
+def _interval(e: Estimate | None) -> str:
+    return f"{e.lo:.2f} to {e.hi:.2f}" if e is not None and e.reliable else "no interval"
+
+
+def _covers(rows: list[dict], key: str, true: float) -> str:
+    ins = [r[key] is not None and r[key].reliable and r[key].lo <= true <= r[key].hi for r in rows]
+    return f"{sum(ins)}/{len(ins)}" if ins else "-"
 
 
 if __name__ == "__main__":
