@@ -276,3 +276,26 @@ def test_blocks_too_small_alone_are_advised_together(pool: P.Pool) -> None:
     assert best.useful and best.width < (1 - A.NOISE) * ranking.now.width
     groups = {(p.spec.method, p.encoder_params) for p in best.block}
     assert len(groups) >= 2 and [a.planned for a in ranking.batch] == list(best.block[:4])
+
+
+def test_a_failed_back_test_is_re_measured_not_given_up(pool: P.Pool) -> None:
+    """SimCLR's largest size measured 5 points worse than its law: its back-test fails, so
+    no gap is read past the data (whichever law failed), and the advice is more seeds of
+    the size it held out, not "no candidate"."""
+    df = synthetic(pool).to_pandas()
+    worse = (df["method"] == "simclr") & (df["encoder_params"] == df["encoder_params"].max())
+    df.loc[worse & (df["state"] == "finished"), "top1"] -= 0.05
+    largest = P.largest(pool)
+    inside = Q.answer(df, Q.GapAt(largest), n_boot=100)
+    assert inside.reliable and not inside.failed  # at the data the law is not extrapolated
+    past = Q.answer(df, Q.GapAt(2 * largest), n_boot=100)
+    assert not past.reliable and past.failed == ("simclr",)
+    assert "past the largest model trained" in past.why and "back-test" in past.why
+    ranking = A.advise(
+        pool, to_table(df.to_dict("records"), {}), Q.GapAt(2 * largest), batch=4, n_boot=100
+    )
+    assert ranking.batch and ranking.wanted
+    assert {(a.planned.spec.method, a.planned.encoder_params) for a in ranking.batch} == {
+        ("simclr", int(largest))
+    }
+    assert all(a.planned.spec.seed >= 3 and "back-test" in a.why for a in ranking.batch)

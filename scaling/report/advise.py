@@ -46,6 +46,7 @@ import pandas as pd
 from scaling.errors import SpecError
 from scaling.plan.planner import PlannedRun
 from scaling.report import design
+from scaling.report.backtest import holdout
 from scaling.report.gaps import REFERENCE, every_label
 from scaling.report.goal import QuestionKind
 from scaling.report.pool import Pool, run_of
@@ -177,8 +178,8 @@ def rank(
         return Ranking(question, None, tuple(rows), tuple(chosen), note)
     now = answer(df, question, n_boot=n_boot, seed=seed)
     cands, other = _of_the_laws(df, cands, joint, now.width)
-    if not now.reliable:  # no interval: larger sizes may give one (reach, a floor)
-        rows = _extend(df, cands, now.why)
+    if not now.reliable:  # no interval: re-measure a failed back-test; larger sizes
+        rows = _remeasure(df, cands, now.failed, joint) + _extend(df, cands, now.why)
         return Ranking(question, now, tuple(rows), tuple(_take(rows, batch, budget)), now.why)
     groups = _groups(cands)
     dear = float(np.median([g[0].gpu_hours for g in groups])) if groups else math.inf
@@ -317,6 +318,32 @@ def _together(
             return [Advice(block[0], hours, after, gain / hours, why, tuple(block))]
         m *= 2
     return []
+
+
+def _remeasure(
+    df: pd.DataFrame, cands: Sequence[PlannedRun], failed: Sequence[str], joint: bool
+) -> list[Advice]:
+    """More seeds of the sizes the back-test of each law in `failed` held out (its largest
+    one or two; a joint law's largest, at every length): a sound law fails its back-test
+    1 - BACKTEST_LEVEL of the time by noise alone, which a mean of more seeds tells from
+    a law that does not hold. One seed of each such size (and length) at a time, cheapest
+    first."""
+    ranked: list[tuple[int, float, Advice]] = []
+    for method in failed:
+        law = law_runs(df[df["method"] == method], joint=joint)
+        sizes = sorted(law["encoder_params"].unique())
+        held = set(sizes[-1:] if joint else sizes[len(sizes) - holdout(len(sizes)) :])
+        why = (
+            f"{method}'s law failed its back-test at this size: more seeds tell noise "
+            "from a law that does not hold"
+        )
+        held_runs = [p for p in cands if p.spec.method == method and p.encoder_params in held]
+        for group in _groups(held_runs):
+            ranked += [
+                (i, p.gpu_hours, Advice(p, p.gpu_hours, math.nan, 0.0, why))
+                for i, p in enumerate(group)
+            ]
+    return [a for *_, a in sorted(ranked, key=lambda r: r[:2])]
 
 
 def _extend(df: pd.DataFrame, cands: Sequence[PlannedRun], why: str) -> list[Advice]:

@@ -111,6 +111,14 @@ def gap_band(
     return gap, lo, hi
 
 
+def gap_reach(reference: LawFit, contrastive: LawFit) -> tuple[float, str]:
+    """How far past the largest size trained the gap may be read (REACH x, or 1: at the
+    data, where either law failed its back-test), and why it stops at the data ("" when
+    it reaches further)."""
+    withheld = "; ".join(f"{f.label}: {f.withheld}" for f in (reference, contrastive) if f.withheld)
+    return (1.0 if withheld else REACH), withheld
+
+
 def gap_curve(
     reference: LawFit,
     contrastive: LawFit,
@@ -124,8 +132,7 @@ def gap_curve(
         return None
     lo_x = min(reference.x_min, contrastive.x_min)
     hi_x = max(reference.x_max, contrastive.x_max)
-    withheld = "; ".join(f"{f.label}: {f.withheld}" for f in (reference, contrastive) if f.withheld)
-    reach = 1.0 if withheld else REACH
+    reach, withheld = gap_reach(reference, contrastive)
     x = np.geomspace(lo_x, hi_x * reach, points)
     gap, lo, hi = gap_band(reference, contrastive, x)
     q = ((1 - reference.level) / 2, (1 + reference.level) / 2)

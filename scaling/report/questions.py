@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +30,7 @@ import pandas as pd
 
 from scaling.report.fit import REACH, LawFit, fit_power_law
 from scaling.report.frontier import interval
-from scaling.report.gapcurve import gap_band, gap_curve
+from scaling.report.gapcurve import gap_band, gap_curve, gap_reach
 from scaling.report.gaps import REFERENCE, by_values, every_label
 from scaling.report.joint import JointLaw, fit_joint
 from scaling.report.laws import joint_group, top_group
@@ -88,6 +88,9 @@ class Estimate:
     reliable: bool
     why: str = ""  # why there is no (reliable) interval
     fitted: bool = True
+    # the methods whose law failed its back-test where that is why there is no interval:
+    # more seeds of its largest sizes (the ones held out) tell noise from a law that fails
+    failed: tuple[str, ...] = ()
 
     @property
     def width(self) -> float:
@@ -120,27 +123,43 @@ def answer(
             m: _joint(df[df["method"] == m], m, extra[m], level, n_boot, seed)
             for m in (REFERENCE, other)
         }
-        return _compute(question, laws[REFERENCE], laws[other], level)
+        est = _compute(question, laws[REFERENCE], laws[other], level)
+        used = {m: law for m, law in laws.items() if question.method in (None, m)}
+        if est.reliable or _why(*used.values()):
+            return est
+        return replace(est, failed=_failed(used))
     fits = {
         m: _law(df[df["method"] == m], m, extra[m], level, n_boot, seed) for m in (REFERENCE, other)
     }
     ref, con = fits[REFERENCE], fits[other]
     if isinstance(question, GapAt):
         gap, lo, hi = gap_band(ref, con, [question.params])
-        far = question.params > max(ref.x_max, con.x_max) * (1 if ref.withheld else REACH)
-        why = _why(ref, con) or (
-            f"{question.params:.3g} parameters is beyond {REACH:g}x the largest model trained "
-            "or past a failed back-test: no interval is calibrated there"
-            if far
-            else ""
-        )
-        return _estimate(question, gap[0], lo[0], hi[0], level, "points", why)
+        reach, withheld = gap_reach(ref, con)
+        far = question.params > max(ref.x_max, con.x_max) * reach
+        why = _why(ref, con)
+        if not why and far:
+            why = f"{question.params:.3g} parameters is " + (
+                f"past the largest model trained, and no law is extrapolated: {withheld}"
+                if withheld
+                else f"beyond {REACH:g}x the largest model trained: no interval is calibrated there"
+            )
+        est = _estimate(question, gap[0], lo[0], hi[0], level, "points", why)
+        return replace(est, failed=_failed(fits) if far and withheld and not _why(ref, con) else ())
     curve = gap_curve(ref, con, threshold=question.threshold)
     if curve is None:
         why = ref.message or con.message
         return Estimate(question, math.nan, math.nan, math.nan, level, "parameters", False, why)
     lo, hi = curve.closes_interval
-    return _estimate(question, curve.closes_at, lo, hi, level, "parameters", _why(ref, con))
+    est = _estimate(question, curve.closes_at, lo, hi, level, "parameters", _why(ref, con))
+    if est.reliable or not curve.withheld or _why(ref, con):
+        return est
+    return replace(est, why=f"{est.why}; {curve.withheld}", failed=_failed(fits))
+
+
+def _failed(laws: dict[str, Any]) -> tuple[str, ...]:
+    """The methods whose law (LawFit or JointLaw) failed its back-test (its extrapolation
+    withheld)."""
+    return tuple(m for m, law in laws.items() if law.withheld)
 
 
 def _why(*laws: LawFit | JointLaw) -> str:
