@@ -28,8 +28,12 @@ device-hour first) before the advice is that nothing narrows it. While a law has
 all (too few sizes, or too few residual degrees of freedom to know its noise) nothing
 can be narrowed: the sizes of a spread `first_design` from the sweep's own grid (all but
 the costliest size, at the recipe the laws will be read at), then the cheapest runs of
-that recipe, until it has one (scaling.report.design). With an interval missing for another reason (the question
-past the sizes' reach): the cheapest larger sizes.
+that recipe, until it has one (scaling.report.design). With an interval missing for another
+reason: where a law failed its back-test (no gap is read past the data then), more seeds
+of the sizes it held out first (`_remeasure`: noise alone fails a sound law's back-test
+at times, which more seeds tell from a law that does not hold); then, for the question
+past the sizes' reach, the cheapest larger sizes. Only when none is left is the advice
+that nothing helps, with the reason.
 """
 
 from __future__ import annotations
