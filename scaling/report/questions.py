@@ -136,15 +136,16 @@ def answer(
         gap, lo, hi = gap_band(ref, con, [question.params])
         reach, withheld = gap_reach(ref, con)
         far = question.params > max(ref.x_max, con.x_max) * reach
-        why = _why(ref, con)
+        why, failed = _why(ref, con), ()
         if not why and far:
             why = f"{question.params:.3g} parameters is " + (
                 f"past the largest model trained, and no law is extrapolated: {withheld}"
                 if withheld
                 else f"beyond {REACH:g}x the largest model trained: no interval is calibrated there"
             )
+            failed = _failed(fits)
         est = _estimate(question, gap[0], lo[0], hi[0], level, "points", why)
-        return replace(est, failed=_failed(fits) if far and withheld and not _why(ref, con) else ())
+        return replace(est, failed=failed)
     curve = gap_curve(ref, con, threshold=question.threshold)
     if curve is None:
         why = ref.message or con.message
