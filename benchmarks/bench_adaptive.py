@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,6 +63,8 @@ LAWS = (
 EPOCHS = {"simclr": [5, 10, 20], "supervised": [15, 30, 60]}
 #: Error added per halving of the training length (the laws hold at the longest).
 PER_HALVING = 0.02
+#: The questions: the gap at this many times the grid's largest size.
+QUESTIONS = (("gap at the largest size", 1), ("gap at 4x the largest", 4))
 
 
 def pool_with_flop_costs(widths: list[float], lengths: bool = False) -> P.Pool:
@@ -263,83 +266,92 @@ def main() -> None:
     ap.add_argument("--grids", nargs="+", default=["widths"], choices=["widths", "widths x epochs"])
     ap.add_argument("--coverage", type=int, default=0, help="data draws per scenario")
     args = ap.parse_args()
-    if args.coverage:
-        return coverage(args)
-    lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
-        f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates, "
-        f"data seed {args.data_seed}",
-        "",
-        "| grid | law | question | grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | bound | stop: final width |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    print("\n".join(lines), flush=True)
-    for grid in args.grids:
-        pool = pool_with_flop_costs(args.widths, lengths=grid != "widths")
-        largest = P.largest(pool)
-        questions = (
-            ("gap at the largest size", GapAt(largest)),
-            ("gap at 4x the largest", GapAt(4 * largest)),
-        )
-        for name, law, noise in (LAWS[i] for i in args.laws):
-            errs = outcomes(pool, law, noise, args.data_seed)
-            for qname, q in (questions[i] for i in args.questions):
-                t0 = time.time()
-                r = scenario(pool, q, errs, args.batch, args.n_boot)
-                ratio = r["spent"] / r["grid_hours"]
-                line = (
-                    f"| {grid} | {name} ({100 * noise:g} pt) | {qname} | {r['grid_width']:.3g}, "
-                    f"{r['grid_hours']:.3g} ({r['grid_runs']}) | {r['spent']:.3g} ({r['runs']}, "
-                    f"{r['steps']}) | {ratio:.2f} | {bound(pool, law, noise, q):.2f} | "
-                    f"{r['stop']}: width {r['width']:.3g} ({time.time() - t0:.0f} s) |"
-                )
-                lines.append(line)
-                print(line, flush=True)
+    lines = coverage(args) if args.coverage else single(args)
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
 
 
-def coverage(args: argparse.Namespace) -> None:
+def single(args: argparse.Namespace) -> list[str]:
+    """Each scenario on one data draw, with the bound."""
+    lines = header(
+        args,
+        f"data seed {args.data_seed}",
+        "grid: width, device-h (runs) | adaptive: device-h spent (runs, steps) | ratio | bound "
+        "| stop: final width",
+    )
+    for grid, pool, (name, law, noise), (qname, q) in scenarios(args):
+        errs = outcomes(pool, law, noise, args.data_seed)
+        t0 = time.time()
+        r = scenario(pool, q, errs, args.batch, args.n_boot)
+        ratio = r["spent"] / r["grid_hours"]
+        line = (
+            f"| {grid} | {name} ({100 * noise:g} pt) | {qname} | {r['grid_width']:.3g}, "
+            f"{r['grid_hours']:.3g} ({r['grid_runs']}) | {r['spent']:.3g} ({r['runs']}, "
+            f"{r['steps']}) | {ratio:.2f} | {bound(pool, law, noise, q):.2f} | "
+            f"{r['stop']}: width {r['width']:.3g} ({time.time() - t0:.0f} s) |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+    return lines
+
+
+def header(args: argparse.Namespace, seeds: str, columns: str) -> list[str]:
+    """The machine and settings line and a table's head (grid, law, question, `columns`),
+    printed and returned."""
+    n = columns.count("|") + 4
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; "
+        f"widths {args.widths}, 3 seeds, batch {args.batch}, {args.n_boot} replicates, {seeds}",
+        "",
+        f"| grid | law | question | {columns} |",
+        "|" + " --- |" * n,
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def scenarios(args: argparse.Namespace) -> Iterator[tuple[str, P.Pool, tuple, tuple[str, GapAt]]]:
+    """(grid, its pool, law, (question's name, question)) for every scenario asked."""
+    for grid in args.grids:
+        pool = pool_with_flop_costs(args.widths, lengths=grid != "widths")
+        largest = P.largest(pool)
+        for law in (LAWS[i] for i in args.laws):
+            for name, times in (QUESTIONS[i] for i in args.questions):
+                yield grid, pool, law, (name, GapAt(times * largest))
+
+
+def coverage(args: argparse.Namespace) -> list[str]:
     """Per scenario, over `args.coverage` data draws: how often the loop's final interval
     and the grid's contain the truth, the median ratio of hours, the draws that met the
     goal (answered with at most half the grid's hours)."""
-    lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; widths {args.widths}, 3 seeds, "
-        f"batch {args.batch}, {args.n_boot} replicates, data seeds {args.data_seed}-"
-        f"{args.data_seed + args.coverage - 1}",
-        "",
-        "| grid | law | question | draws | grid covers | loop covers | loop covers, answered | median ratio | goal met |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    print("\n".join(lines), flush=True)
-    for grid in args.grids:
-        pool = pool_with_flop_costs(args.widths, lengths=grid != "widths")
-        largest = P.largest(pool)
-        for name, law, noise in (LAWS[i] for i in args.laws):
-            for qi in args.questions:
-                q = GapAt(largest * (1, 4)[qi])
-                true, rows = truth(law, q), []
-                for seed in range(args.data_seed, args.data_seed + args.coverage):
-                    r = scenario(pool, q, outcomes(pool, law, noise, seed), args.batch, args.n_boot)
-                    rows.append(r)
-                    print(
-                        f"  seed {seed}: {r['stop']} at {r['spent'] / r['grid_hours']:.2f}, "
-                        f"{_interval(r['final'])} vs grid {_interval(r['grid'])}, truth {true:.2f}",
-                        flush=True,
-                    )
-                answered = [r for r in rows if r["stop"] == "answered"]
-                ratios = sorted(r["spent"] / r["grid_hours"] for r in rows)
-                line = (
-                    f"| {grid} | {name} | {('at the largest', 'at 4x')[qi]} | {len(rows)} | "
-                    f"{_covers(rows, 'grid', true)} | {_covers(rows, 'final', true)} | "
-                    f"{_covers(answered, 'final', true)} | {ratios[len(ratios) // 2]:.2f} | "
-                    f"{sum(r['stop'] == 'answered' and r['spent'] <= r['grid_hours'] / 2 for r in rows)}"
-                    f"/{len(rows)} |"
-                )
-                lines.append(line)
-                print(line, flush=True)
-    if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+    last = args.data_seed + args.coverage - 1
+    lines = header(
+        args,
+        f"data seeds {args.data_seed}-{last}",
+        "draws | grid covers | loop covers | loop covers, answered | median ratio | goal met",
+    )
+    for grid, pool, (name, law, noise), (qname, q) in scenarios(args):
+        true, rows = truth(law, q), []
+        for seed in range(args.data_seed, last + 1):
+            r = scenario(pool, q, outcomes(pool, law, noise, seed), args.batch, args.n_boot)
+            rows.append(r)
+            print(
+                f"  seed {seed}: {r['stop']} at {r['spent'] / r['grid_hours']:.2f}, "
+                f"{_interval(r['final'])} vs grid {_interval(r['grid'])}, truth {true:.2f}",
+                flush=True,
+            )
+        answered = [r for r in rows if r["stop"] == "answered"]
+        ratios = sorted(r["spent"] / r["grid_hours"] for r in rows)
+        line = (
+            f"| {grid} | {name} | {qname} | {len(rows)} | "
+            f"{_covers(rows, 'grid', true)} | {_covers(rows, 'final', true)} | "
+            f"{_covers(answered, 'final', true)} | {ratios[len(ratios) // 2]:.2f} | "
+            f"{sum(r['stop'] == 'answered' and r['spent'] <= r['grid_hours'] / 2 for r in rows)}"
+            f"/{len(rows)} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+    return lines
 
 
 def _interval(e: Estimate | None) -> str:

@@ -289,7 +289,7 @@ def test_a_failed_back_test_is_re_measured_not_given_up(pool: P.Pool) -> None:
     inside = Q.answer(df, Q.GapAt(largest), n_boot=100)
     assert inside.reliable and not inside.failed  # at the data the law is not extrapolated
     past = Q.answer(df, Q.GapAt(2 * largest), n_boot=100)
-    assert not past.reliable and past.failed == ("simclr",)
+    assert not past.reliable and past.failed == {"simclr": (largest,)}  # the size held out
     assert "past the largest model trained" in past.why and "back-test" in past.why
     ranking = A.advise(
         pool, to_table(df.to_dict("records"), {}), Q.GapAt(2 * largest), batch=4, n_boot=100

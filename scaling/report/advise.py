@@ -50,7 +50,6 @@ import pandas as pd
 from scaling.errors import SpecError
 from scaling.plan.planner import PlannedRun
 from scaling.report import design
-from scaling.report.backtest import holdout
 from scaling.report.gaps import REFERENCE, every_label
 from scaling.report.goal import QuestionKind
 from scaling.report.pool import Pool, run_of
@@ -183,7 +182,7 @@ def rank(
     now = answer(df, question, n_boot=n_boot, seed=seed)
     cands, other = _of_the_laws(df, cands, joint, now.width)
     if not now.reliable:  # no interval: re-measure a failed back-test; larger sizes
-        rows = _remeasure(df, cands, now.failed, joint) + _extend(df, cands, now.why)
+        rows = _remeasure(cands, now.failed) + _extend(df, cands, now.why)
         return Ranking(question, now, tuple(rows), tuple(_take(rows, batch, budget)), now.why)
     groups = _groups(cands)
     dear = float(np.median([g[0].gpu_hours for g in groups])) if groups else math.inf
@@ -324,25 +323,19 @@ def _together(
     return []
 
 
-def _remeasure(
-    df: pd.DataFrame, cands: Sequence[PlannedRun], failed: Sequence[str], joint: bool
-) -> list[Advice]:
-    """More seeds of the sizes the back-test of each law in `failed` held out (its largest
-    one or two; a joint law's largest, at every length): a sound law fails its back-test
-    1 - BACKTEST_LEVEL of the time by noise alone, which a mean of more seeds tells from
-    a law that does not hold. One seed of each such size (and length) at a time, cheapest
-    first."""
+def _remeasure(cands: Sequence[PlannedRun], failed: dict[str, tuple[float, ...]]) -> list[Advice]:
+    """More seeds of the sizes a failed back-test held out (`failed`: method -> sizes): a
+    sound law fails its back-test 1 - BACKTEST_LEVEL of the time by noise alone, which a
+    mean of more seeds tells from a law that does not hold. One seed of each such size
+    (and length) at a time, cheapest first."""
     ranked: list[tuple[int, float, Advice]] = []
-    for method in failed:
-        law = law_runs(df[df["method"] == method], joint=joint)
-        sizes = sorted(law["encoder_params"].unique())
-        held = set(sizes[-1:] if joint else sizes[len(sizes) - holdout(len(sizes)) :])
+    for method, sizes in failed.items():
         why = (
             f"{method}'s law failed its back-test at this size: more seeds tell noise "
             "from a law that does not hold"
         )
-        held_runs = [p for p in cands if p.spec.method == method and p.encoder_params in held]
-        for group in _groups(held_runs):
+        held = [p for p in cands if p.spec.method == method and p.encoder_params in sizes]
+        for group in _groups(held):
             ranked += [
                 (i, p.gpu_hours, Advice(p, p.gpu_hours, math.nan, 0.0, why))
                 for i, p in enumerate(group)

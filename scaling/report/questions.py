@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -88,9 +88,9 @@ class Estimate:
     reliable: bool
     why: str = ""  # why there is no (reliable) interval
     fitted: bool = True
-    # the methods whose law failed its back-test where that is why there is no interval:
-    # more seeds of its largest sizes (the ones held out) tell noise from a law that fails
-    failed: tuple[str, ...] = ()
+    # where a failed back-test is why there is no interval: each such method's law, the
+    # sizes its back-test held out (more seeds of them tell noise from a law that fails)
+    failed: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def width(self) -> float:
@@ -136,7 +136,7 @@ def answer(
         gap, lo, hi = gap_band(ref, con, [question.params])
         reach, withheld = gap_reach(ref, con)
         far = question.params > max(ref.x_max, con.x_max) * reach
-        why, failed = _why(ref, con), ()
+        why, failed = _why(ref, con), {}
         if not why and far:
             why = f"{question.params:.3g} parameters is " + (
                 f"past the largest model trained, and no law is extrapolated: {withheld}"
@@ -157,10 +157,15 @@ def answer(
     return replace(est, why=f"{est.why}; {curve.withheld}", failed=_failed(fits))
 
 
-def _failed(laws: dict[str, Any]) -> tuple[str, ...]:
+def _failed(laws: dict[str, Any]) -> dict[str, tuple[float, ...]]:
     """The methods whose law (LawFit or JointLaw) failed its back-test (its extrapolation
-    withheld)."""
-    return tuple(m for m, law in laws.items() if law.withheld)
+    withheld), each with the sizes that back-test held out."""
+    out = {}
+    for method, law in laws.items():
+        if law.withheld and law.backtest is not None:
+            held = np.asarray(law.backtest.held, float)
+            out[method] = tuple(sorted({float(n) for n in held.reshape(len(held), -1)[:, 0]}))
+    return out
 
 
 def _why(*laws: LawFit | JointLaw) -> str:
